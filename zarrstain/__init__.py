@@ -1,0 +1,22 @@
+"""zarrstain: virtual staining over whole OME-Zarr stores, lazily and in parallel with dask."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("zarrstain")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+from . import datasets, errors
+from .errors import ZarrstainError
+from .io import open_image, open_scenes, write_channels
+
+__all__ = [
+    "ZarrstainError",
+    "__version__",
+    "datasets",
+    "errors",
+    "open_image",
+    "open_scenes",
+    "write_channels",
+]

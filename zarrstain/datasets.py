@@ -1,0 +1,344 @@
+"""Deterministic synthetic OME-Zarr stores: transmitted light → fluorescence, learnable.
+
+Every scene shows cells (ellipsoids) with a nucleus and a membrane, imaged three ways:
+
+- ``"BF"``: a phase-like brightfield: the cells' optical density seen through a defocus blur
+  (difference of Gaussians, brighter halos at edges), the same for every channel of a cell;
+- ``"DNA"``: the nuclei, with a little texture;
+- ``"Membrane"``: the cell outlines.
+
+Voxels are anisotropic (z steps 4× the xy pixel size), intensities are photon counts with shot
+(Poisson) noise over a camera offset, stored as uint16. Both fluorescence channels are functions
+of the same geometry that the brightfield reveals, so a small U-Net can learn them. Stores are
+written with ome-zarr-py (an independent writer): NGFF 0.5 (zarr v3) by default, 0.4 (zarr v2)
+on request. Time-lapses move the cells by a fixed drift per frame. Everything depends only on
+``seed``, so tests and benchmarks see identical data on every machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from scipy import ndimage
+
+__all__ = [
+    "CHANNELS",
+    "make_bioformats2raw",
+    "make_image",
+    "make_plate",
+    "render_cells",
+    "save_image",
+]
+
+logger = logging.getLogger(__name__)
+
+CHANNELS = ("BF", "DNA", "Membrane")
+#: physical pixel size in micrometers (z, y, x): anisotropic like a widefield z-stack
+VOXEL_UM = (1.0, 0.25, 0.25)
+_CAMERA_OFFSET = 100.0
+
+
+def render_cells(
+    shape: tuple[int, int, int, int], seed: int = 0, n_cells: int | None = None
+) -> dict[str, np.ndarray]:
+    """Render noise-free cells for each time point.
+
+    Parameters
+    ----------
+    shape
+        (t, z, y, x).
+    seed
+        Random seed; the same seed gives the same cells.
+    n_cells
+        Number of cells; by default about one per 32×32 pixels.
+
+    Returns
+    -------
+    dict
+        ``"BF"``, ``"DNA"``, ``"Membrane"`` → float32 arrays of ``shape``, in expected photons.
+    """
+    t, nz, ny, nx = shape
+    rng = np.random.default_rng(seed)
+    n = n_cells or max(2, round(ny * nx / 1024))
+    centers = rng.uniform([0.3 * nz, 0, 0], [0.7 * nz, ny, nx], size=(n, 3))
+    radii = rng.uniform([3.0, 7.0, 7.0], [4.5, 11.0, 11.0], size=(n, 3))  # voxels; z anisotropic
+    radii[:, 0] = np.minimum(radii[:, 0], max(nz / 3, 1.0))
+    nuc_offset = rng.uniform(-0.2, 0.2, size=(n, 3)) * radii
+    drift = rng.uniform(-1.5, 1.5, size=(n, 3)) * np.array([0.0, 1.0, 1.0])
+    brightness = rng.uniform(0.6, 1.0, size=n)
+    zz, yy, xx = np.meshgrid(
+        np.arange(nz, dtype=np.float32),
+        np.arange(ny, dtype=np.float32),
+        np.arange(nx, dtype=np.float32),
+        indexing="ij",
+    )
+    texture = ndimage.gaussian_filter(rng.standard_normal((nz, ny, nx)).astype(np.float32), 1.0)
+    out = {c: np.zeros(shape, np.float32) for c in CHANNELS}
+    for ti in range(t):
+        density = np.zeros((nz, ny, nx), np.float32)
+        dna = np.zeros_like(density)
+        membrane = np.zeros_like(density)
+        for k in range(n):
+            c = centers[k] + drift[k] * ti
+            d = np.sqrt(
+                ((zz - c[0]) / radii[k, 0]) ** 2
+                + ((yy - c[1]) / radii[k, 1]) ** 2
+                + ((xx - c[2]) / radii[k, 2]) ** 2
+            )
+            cn = c + nuc_offset[k]
+            dn = np.sqrt(
+                ((zz - cn[0]) / (0.5 * radii[k, 0])) ** 2
+                + ((yy - cn[1]) / (0.45 * radii[k, 1])) ** 2
+                + ((xx - cn[2]) / (0.45 * radii[k, 2])) ** 2
+            )
+            body = 1.0 / (1.0 + np.exp((d - 1.0) * 8.0))
+            nucleus = 1.0 / (1.0 + np.exp((dn - 1.0) * 8.0))
+            density += 0.5 * body + 0.8 * nucleus
+            dna = np.maximum(dna, brightness[k] * nucleus * (1.0 + 0.3 * texture))
+            membrane = np.maximum(membrane, np.exp(-(((d - 1.0) / 0.12) ** 2)))
+        # Defocused phase-like contrast: a difference of Gaussians of the optical density,
+        # wider along z (the microscope's axial blur), on a bright background.
+        near = ndimage.gaussian_filter(density, (1.0, 1.0, 1.0))
+        far = ndimage.gaussian_filter(density, (2.0, 3.0, 3.0))
+        out["BF"][ti] = 2000.0 * (1.0 + 0.6 * (near - far) - 0.15 * near)
+        out["DNA"][ti] = 1500.0 * np.clip(dna, 0, None) + 20.0
+        out["Membrane"][ti] = 800.0 * membrane + 20.0
+    return out
+
+
+def _camera(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shot noise over a camera offset, as uint16 counts."""
+    counts = rng.poisson(np.clip(expected, 0, None)).astype(np.float64) + _CAMERA_OFFSET
+    return np.clip(counts, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def _synthetic_tczyx(shape: tuple[int, int, int, int], seed: int) -> np.ndarray:
+    clean = render_cells(shape, seed)
+    rng = np.random.default_rng(seed + 1)
+    return np.stack([_camera(clean[c], rng) for c in CHANNELS], axis=1)
+
+
+def _fmt(version: str) -> Any:
+    from ome_zarr.format import FormatV04, FormatV05
+
+    if version == "0.4":
+        return FormatV04()
+    if version == "0.5":
+        return FormatV05()
+    raise ValueError(f"ngff_version must be '0.4' or '0.5', not {version!r}")
+
+
+def save_image(
+    group: zarr.Group | str | os.PathLike,
+    data: np.ndarray,
+    axes: str,
+    *,
+    ngff_version: str = "0.5",
+    channel_labels: Sequence[str] | None = None,
+    scale: dict[str, float] | None = None,
+    chunks: Sequence[int] | None = None,
+    levels: int = 2,
+) -> zarr.Group:
+    """Write a numpy array as an OME-Zarr image with ome-zarr-py (data first, metadata last).
+
+    Parameters
+    ----------
+    group
+        A zarr group, or a path for a new store.
+    data
+        Array whose dims are named by ``axes`` (a subset of ``"tczyx"`` in that order).
+    axes
+        E.g. ``"tczyx"``, ``"czyx"``, ``"zyx"``, ``"yx"``.
+    ngff_version
+        ``"0.5"`` (zarr v3) or ``"0.4"`` (zarr v2).
+    channel_labels
+        Omero channel labels, one per channel.
+    scale
+        Physical pixel size per axis (micrometers for space).
+    chunks
+        Chunk shape; default one channel and one time point per chunk, 32 pixels in y and x.
+    levels
+        Number of pyramid levels (y and x halved per level).
+    """
+    from ome_zarr.writer import add_metadata, write_image
+
+    fmt = _fmt(ngff_version)
+    if not isinstance(group, zarr.Group):
+        group = zarr.open_group(
+            zarr.storage.LocalStore(Path(group)), mode="w", zarr_format=fmt.zarr_format
+        )
+    if chunks is None:
+        chunks = [
+            1 if a in "tc" else (n if a == "z" else min(n, 32))
+            for a, n in zip(axes, data.shape, strict=True)
+        ]
+    units = {a: ("second" if a == "t" else "micrometer") for a in axes if a in "tzyx"}
+    write_image(
+        data,
+        group,
+        fmt=fmt,
+        axes=list(axes),
+        scale_factors=[2**i for i in range(1, levels)],
+        scale={a: (scale or {}).get(a, 1.0) for a in axes},
+        axes_units=units,
+        storage_options={"chunks": tuple(chunks)},
+    )
+    if channel_labels is not None:
+        hi = float(np.iinfo(data.dtype).max) if np.issubdtype(data.dtype, np.integer) else 1.0
+        colors = ("FFFFFF", "0000FF", "00FF00", "FF0000", "FF00FF")
+        channels = [
+            {
+                "label": str(lab),
+                "color": colors[i % len(colors)],
+                "active": True,
+                "window": {"start": 0.0, "end": float(np.max(data)), "min": 0.0, "max": hi},
+            }
+            for i, lab in enumerate(channel_labels)
+        ]
+        add_metadata(group, {"omero": {"channels": channels, "rdefs": {"model": "color"}}}, fmt)
+    return group
+
+
+def _scale() -> dict[str, float]:
+    return {"t": 60.0, "z": VOXEL_UM[0], "y": VOXEL_UM[1], "x": VOXEL_UM[2]}
+
+
+def make_image(
+    path: str | os.PathLike,
+    *,
+    shape: tuple[int, int, int, int] = (1, 16, 64, 64),
+    ngff_version: str = "0.5",
+    seed: int = 0,
+    levels: int = 2,
+    chunks: Sequence[int] | None = None,
+) -> Path:
+    """Write a synthetic single image (a time-lapse when ``shape[0] > 1``) with BF, DNA, Membrane.
+
+    Parameters
+    ----------
+    path
+        New store path (overwritten if it exists).
+    shape
+        (t, z, y, x); sizes need not be multiples of 16.
+    ngff_version
+        ``"0.5"`` or ``"0.4"``.
+    seed
+        Random seed.
+    levels
+        Pyramid levels.
+    chunks
+        (t, c, z, y, x) chunk shape; default (1, 1, z, 32, 32).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    data = _synthetic_tczyx(shape, seed)
+    save_image(
+        path,
+        data,
+        "tczyx",
+        ngff_version=ngff_version,
+        channel_labels=CHANNELS,
+        scale=_scale(),
+        chunks=chunks,
+        levels=levels,
+    )
+    logger.info("wrote synthetic image %s %s", path, data.shape)
+    return Path(path)
+
+
+def make_plate(
+    path: str | os.PathLike,
+    *,
+    rows: Sequence[str] = ("A", "B"),
+    columns: Sequence[str] = ("1", "2", "3"),
+    fields: int = 2,
+    shape: tuple[int, int, int, int] = (1, 16, 64, 64),
+    ngff_version: str = "0.5",
+    seed: int = 0,
+    levels: int = 2,
+) -> Path:
+    """Write a synthetic HCS plate: every well of ``rows`` × ``columns`` with ``fields`` fields.
+
+    Each field gets its own cells (seeded from ``seed`` and its position). Scene ids are
+    ``"A/1/0"``, ``"A/1/1"``, ... Other parameters as in :func:`make_image`.
+    """
+    from ome_zarr.writer import write_plate_metadata, write_well_metadata
+
+    fmt = _fmt(ngff_version)
+    root = zarr.open_group(
+        zarr.storage.LocalStore(Path(path)), mode="w", zarr_format=fmt.zarr_format
+    )
+    wells = [f"{r}/{c}" for r in rows for c in columns]
+    for w, well in enumerate(wells):
+        well_group = root.require_group(well)
+        for f in range(fields):
+            data = _synthetic_tczyx(shape, seed + 1000 * w + 17 * f)
+            save_image(
+                well_group.require_group(str(f)),
+                data,
+                "tczyx",
+                ngff_version=ngff_version,
+                channel_labels=CHANNELS,
+                scale=_scale(),
+                levels=levels,
+            )
+        write_well_metadata(well_group, [{"path": str(f)} for f in range(fields)], fmt=fmt)
+    write_plate_metadata(
+        root, list(rows), list(columns), wells, fmt=fmt, name="synthetic plate", field_count=fields
+    )
+    logger.info("wrote synthetic plate %s: %d wells × %d fields", path, len(wells), fields)
+    return Path(path)
+
+
+def make_bioformats2raw(
+    path: str | os.PathLike,
+    *,
+    series: int = 2,
+    shape: tuple[int, int, int, int] = (1, 8, 48, 40),
+    ngff_version: str = "0.4",
+    seed: int = 0,
+    write_series_list: bool = True,
+) -> Path:
+    """Write a bioformats2raw-style collection: images ``0``, ``1``, ... under a layout root.
+
+    Parameters
+    ----------
+    write_series_list
+        Also write the ``OME`` group's ``series`` list (bioformats2raw ≥ 0.5 does).
+    Other parameters
+        As in :func:`make_image`.
+    """
+    fmt = _fmt(ngff_version)
+    root = zarr.open_group(
+        zarr.storage.LocalStore(Path(path)), mode="w", zarr_format=fmt.zarr_format
+    )
+    for s in range(series):
+        data = _synthetic_tczyx(shape, seed + 31 * s)
+        save_image(
+            root.require_group(str(s)),
+            data,
+            "tczyx",
+            ngff_version=ngff_version,
+            channel_labels=CHANNELS,
+            scale=_scale(),
+        )
+    ome = root.require_group("OME")
+    layout = {"bioformats2raw.layout": 3}
+    if ngff_version == "0.5":
+        root.attrs["ome"] = {"version": "0.5", **layout}
+        if write_series_list:
+            ome.attrs["ome"] = {"version": "0.5", "series": [str(s) for s in range(series)]}
+    else:
+        root.attrs.update(layout)
+        if write_series_list:
+            ome.attrs["series"] = [str(s) for s in range(series)]
+    return Path(path)

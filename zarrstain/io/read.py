@@ -1,0 +1,158 @@
+"""Open OME-Zarr scenes as lazy, labeled ``xarray.DataArray`` objects with dims (t, c, z, y, x)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from dask.base import tokenize
+
+from ..errors import SceneNotFoundError, UnsupportedError
+from .layout import Layout, find_layout, select_scenes
+from .metadata import DIMS, ImageMeta, parse_image
+from .store import StoreLike, describe_store, open_root
+
+__all__ = ["open_image", "open_scenes"]
+
+logger = logging.getLogger(__name__)
+
+
+def open_scenes(
+    path: StoreLike,
+    *,
+    level: int = 0,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, xr.DataArray]:
+    """Open every image of an OME-Zarr store as a lazy DataArray.
+
+    Parameters
+    ----------
+    path
+        Local path, fsspec URL (``http://...`` is read-only) or zarr store of an OME-Zarr image,
+        HCS plate or bioformats2raw collection, NGFF 0.4 (zarr v2) or 0.5 (zarr v3).
+    level
+        Pyramid level to open, 0 being full resolution.
+    storage_options
+        Passed to fsspec for URLs.
+
+    Returns
+    -------
+    dict of str to xarray.DataArray
+        Scene id → image, in store order: ``"A/1/0"`` for plate row/column/field, the series
+        path for bioformats2raw, ``""`` for a single image. See :func:`open_image`.
+
+    Notes
+    -----
+    Only metadata is read; pixels are read when the arrays are computed.
+    """
+    root = open_root(path, "r", storage_options)
+    where = describe_store(path)
+    layout = find_layout(root, where)
+    return {
+        sid: _open_scene(root, layout, sid, level, where)
+        for sid in select_scenes(layout, None, where)
+    }
+
+
+def open_image(
+    path: StoreLike,
+    scene: str | None = None,
+    *,
+    level: int = 0,
+    storage_options: dict[str, Any] | None = None,
+) -> xr.DataArray:
+    """Open one image of an OME-Zarr store as a lazy DataArray.
+
+    Parameters
+    ----------
+    path
+        Store path or URL, as in :func:`open_scenes`.
+    scene
+        Scene id; may be omitted when the store holds one image.
+    level
+        Pyramid level to open, 0 being full resolution (``attrs["levels"]`` lists them).
+    storage_options
+        Passed to fsspec for URLs.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims exactly ``("t", "c", "z", "y", "x")`` (axes absent from the store have length 1),
+        backed by a dask array chunked like the store. Coordinates: ``c`` holds the channel
+        labels (omero metadata, else ``"0", "1", ...``); ``t``, ``z``, ``y``, ``x`` hold
+        physical positions from the level's scale and translation. ``attrs`` holds ``units``,
+        ``ngff_version``, ``store``, ``scene``, ``level``, ``levels`` and ``axes`` (the axes
+        present in the store).
+
+    Raises
+    ------
+    SceneNotFoundError
+        ``scene`` is not in the store, or omitted while the store has several.
+    """
+    root = open_root(path, "r", storage_options)
+    where = describe_store(path)
+    layout = find_layout(root, where)
+    if scene is None:
+        if len(layout.scenes) != 1:
+            raise SceneNotFoundError(
+                f"{where} holds {len(layout.scenes)} scenes; pass scene= one of "
+                f"{', '.join(repr(s) for s in list(layout.scenes)[:5])}"
+                + (" ..." if len(layout.scenes) > 5 else "")
+            )
+        scene = next(iter(layout.scenes))
+    select_scenes(layout, scene, where)
+    return _open_scene(root, layout, scene, level, where)
+
+
+def _open_scene(
+    root: zarr.Group, layout: Layout, scene: str, level: int, where: str
+) -> xr.DataArray:
+    gpath = layout.scenes[scene]
+    group = root[gpath] if gpath else root
+    scene_where = f"{where}/{gpath}" if gpath else where
+    meta = parse_image(group, scene_where)
+    return image_to_dataarray(group, meta, level, scene=scene, store=where)
+
+
+def image_to_dataarray(
+    group: zarr.Group, meta: ImageMeta, level: int, *, scene: str, store: str
+) -> xr.DataArray:
+    """Wrap one level of a validated image group as a (t, c, z, y, x) DataArray."""
+    if not 0 <= level < len(meta.levels):
+        raise UnsupportedError(
+            f"{store}: scene {scene!r} has pyramid levels 0..{len(meta.levels) - 1}, not {level}"
+        )
+    lvl = meta.levels[level]
+    arr = group[lvl.path]
+    # A name from the store location and the array metadata (not the pixels) is stable across
+    # processes, so graphs built from the same store tokenize identically.
+    name = "zarrstain-read-" + tokenize(store, group.path, lvl.path, arr.metadata.to_dict())
+    data = da.from_array(arr, chunks=lvl.chunks, name=name, asarray=False, fancy=False)
+    present = meta.axis_names
+    data = data[tuple(slice(None) if d in present else None for d in DIMS)]
+    size = dict(zip(DIMS, data.shape, strict=True))
+    scale = dict(zip(present, lvl.scale, strict=True))
+    trans = dict(zip(present, lvl.translation, strict=True))
+    coords: dict[str, Any] = {
+        d: trans.get(d, 0.0) + scale.get(d, 1.0) * np.arange(size[d], dtype=np.float64)
+        for d in ("t", "z", "y", "x")
+    }
+    coords["c"] = list(meta.channel_labels or [str(i) for i in range(size["c"])])
+    attrs = {
+        "store": store,
+        "scene": scene,
+        "ngff_version": meta.version,
+        "axes": "".join(present),
+        "units": meta.units(),
+        "scale": {d: scale.get(d, 1.0) for d in ("t", "z", "y", "x")},
+        "level": level,
+        "levels": [
+            {"path": lv.path, "shape": list(lv.shape), "scale": list(lv.scale)}
+            for lv in meta.levels
+        ],
+    }
+    return xr.DataArray(data, dims=DIMS, coords=coords, attrs=attrs, name=meta.name or None)
