@@ -56,7 +56,7 @@ def render_cells(
     seed
         Random seed; the same seed gives the same cells.
     n_cells
-        Number of cells; by default about one per 32×32 pixels.
+        Number of cells; by default about one per 40×40 pixels.
 
     Returns
     -------
@@ -65,9 +65,9 @@ def render_cells(
     """
     t, nz, ny, nx = shape
     rng = np.random.default_rng(seed)
-    n = n_cells or max(2, round(ny * nx / 1024))
+    n = n_cells or max(2, round(ny * nx / 1600))
     centers = rng.uniform([0.3 * nz, 0, 0], [0.7 * nz, ny, nx], size=(n, 3))
-    radii = rng.uniform([3.0, 7.0, 7.0], [4.5, 11.0, 11.0], size=(n, 3))  # voxels; z anisotropic
+    radii = rng.uniform([3.0, 10.0, 10.0], [5.0, 15.0, 15.0], size=(n, 3))  # voxels; z anisotropic
     radii[:, 0] = np.minimum(radii[:, 0], max(nz / 3, 1.0))
     nuc_offset = rng.uniform(-0.2, 0.2, size=(n, 3)) * radii
     drift = rng.uniform(-1.5, 1.5, size=(n, 3)) * np.array([0.0, 1.0, 1.0])
@@ -106,7 +106,7 @@ def render_cells(
         # wider along z (the microscope's axial blur), on a bright background.
         near = ndimage.gaussian_filter(density, (1.0, 1.0, 1.0))
         far = ndimage.gaussian_filter(density, (2.0, 3.0, 3.0))
-        out["BF"][ti] = 2000.0 * (1.0 + 0.6 * (near - far) - 0.15 * near)
+        out["BF"][ti] = 4000.0 * (1.0 + 1.5 * (near - far) - 0.25 * near)
         out["DNA"][ti] = 1500.0 * np.clip(dna, 0, None) + 20.0
         out["Membrane"][ti] = 800.0 * membrane + 20.0
     return out

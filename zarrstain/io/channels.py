@@ -57,8 +57,6 @@ def grown_view(arr: zarr.Array, shape: tuple[int, ...]) -> zarr.Array:
     land at their normal keys, but readers keep the shape stored on disk until ``resize``.
     ``write_empty_chunks`` makes every written chunk exist, so completion can be checked by key.
     """
-    if tuple(shape) == tuple(arr.shape):
-        return arr
     meta = arr.metadata.update_shape(tuple(shape))
     return Array(AsyncArray(meta, arr.store_path, config={"write_empty_chunks": True}))
 
@@ -207,8 +205,8 @@ def append_channels(
                 "channels in place only to stores chunked one channel per chunk; write to a new "
                 "store with out=... (CLI: --out)"
             )
-    n0 = meta.levels[0].shape[cax]
-    existing = list(meta.channel_labels or [str(i) for i in range(n0)])
+    n0 = _listed_channels(group, meta.levels[0].shape[cax])
+    existing = list(meta.channel_labels or [str(i) for i in range(n0)])[:n0]
     data = to_store_axes(data, dims)
     take = lambda idx: da.take(data, idx, axis=cax)  # noqa: E731
     new = [i for i, lab in enumerate(labels) if lab not in existing]
@@ -230,8 +228,8 @@ def append_channels(
     blocks = ([(take(new), n0)] if new else []) + [(take([i]), slot) for i, slot in replaced]
     lo, hi = write_pyramid(views, cax, blocks, where)
 
-    if new:
-        for arr, view in zip(arrays, views, strict=True):
+    for arr, view in zip(arrays, views, strict=True):
+        if arr.shape != view.shape:  # grow; or shrink away slots of an interrupted earlier run
             arr.resize(view.shape)
     channels = omero["channels"]
     for k, i in enumerate(new):
@@ -245,6 +243,25 @@ def append_channels(
         written[lab] = {**record, "written": now()}
     set_image_attrs(group, omero=omero, zarrstain=prov)
     logger.info("%s: wrote channels %s", where, ", ".join(repr(x) for x in labels))
+
+
+def _listed_channels(group: zarr.Group, n_stored: int) -> int:
+    """Channels that count as present.
+
+    After an interrupted append (shape grown, channel list not yet written) the trailing
+    unlisted channels belong to the ``pending`` write; they are reused, not kept.
+    """
+    pending = (group.attrs.get("zarrstain") or {}).get("pending")
+    listed = len((ome_attrs(group)[1].get("omero") or {}).get("channels") or [])
+    if pending and 0 < listed < n_stored and pending.get("first_new_index") == listed:
+        logger.warning(
+            "%s: channels %d..%d of an interrupted write are unlisted; rewriting them",
+            group.path or "image",
+            listed,
+            n_stored - 1,
+        )
+        return listed
+    return n_stored
 
 
 def _omero(group: zarr.Group, existing: list[str], dtype: np.dtype) -> dict[str, Any]:

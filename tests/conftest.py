@@ -1,0 +1,80 @@
+"""Shared fixtures: small synthetic stores (built once, copied per test) and the shared/ folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from zarrstain import datasets
+from zarrstain.testing import assert_valid_store
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ZARRSTAIN_SHARED", ROOT.parent / "shared"))
+SCHEMAS = SHARED / "ngff-schemas"
+
+# Small enough to be quick, odd sizes (not multiples of 16) on purpose.
+SHAPE = (2, 6, 37, 42)
+
+
+@pytest.fixture(scope="session")
+def schema_dir() -> Path | None:
+    """The NGFF JSON schemas, or None when ../shared is absent (a user's clone)."""
+    return SCHEMAS if SCHEMAS.is_dir() else None
+
+
+@pytest.fixture
+def validate(schema_dir):
+    """Validate a store with yaozarrs, and with the NGFF JSON schemas when they are present."""
+
+    def check(path: Path) -> None:
+        assert_valid_store(path, schema_dir)
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def _source_stores(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    base = tmp_path_factory.mktemp("sources")
+    stores = {}
+    for version in ("0.4", "0.5"):
+        stores["image", version] = datasets.make_image(
+            base / f"image{version}.zarr", shape=SHAPE, ngff_version=version, seed=1
+        )
+        stores["plate", version] = datasets.make_plate(
+            base / f"plate{version}.zarr",
+            rows=("A", "B"),
+            columns=("1", "2"),
+            fields=2,
+            shape=(1, 4, 33, 30),
+            ngff_version=version,
+            seed=2,
+        )
+        stores["bioformats2raw", version] = datasets.make_bioformats2raw(
+            base / f"bf2raw{version}.zarr", series=2, ngff_version=version, seed=3
+        )
+    return stores
+
+
+@pytest.fixture
+def make_store(_source_stores, tmp_path):
+    """A fresh copy of a prebuilt synthetic store: ``make_store("plate", "0.4")``."""
+
+    def copy(kind: str, version: str) -> Path:
+        dst = tmp_path / f"{kind}{version}.zarr"
+        shutil.copytree(_source_stores[kind, version], dst)
+        return dst
+
+    return copy
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Relative path → sha256 of every file under ``path`` (to prove a store is untouched)."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }

@@ -1,0 +1,155 @@
+"""Helpers for testing code that uses zarrstain (and for zarrstain's own tests).
+
+- :func:`raise_if_dask_computes`: fail if building a graph computes anything.
+- :class:`RecordingStore`: a zarr store wrapper that records every key read.
+- :func:`assert_valid_store`: validate a written store with independent checkers (yaozarrs and,
+  when given, the NGFF JSON schemas).
+
+``yaozarrs`` and ``jsonschema`` come with the ``test`` extra (``pip install zarrstain[test]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import zarr
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import WrapperStore
+
+__all__ = ["RecordingStore", "assert_valid_store", "chunk_keys", "raise_if_dask_computes"]
+
+_METADATA_FILES = {"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"}
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes() -> Iterator[None]:
+    """Within the block, any dask compute raises ``RuntimeError`` (xarray's idiom)."""
+
+    def scheduler(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"a dask graph was computed ({len(dsk)} tasks) where none should be")
+
+    with dask.config.set(scheduler=scheduler):
+        yield
+
+
+class RecordingStore(WrapperStore):
+    """Wraps a zarr store and records the key of every ``get``."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.reads: list[str] = []
+
+    def _with_store(self, store: Any) -> RecordingStore:  # zarr re-wraps for read-only views
+        clone = type(self)(store)
+        clone.reads = self.reads
+        return clone
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        self.reads.append(key)
+        return await self._store.get(key, prototype, byte_range)
+
+
+def chunk_keys(keys: list[str]) -> list[str]:
+    """The keys among ``keys`` that are chunk data rather than metadata documents."""
+    return [k for k in keys if k.rsplit("/", 1)[-1] not in _METADATA_FILES]
+
+
+def _schema_for(attrs: dict[str, Any], version: str) -> str | None:
+    ome = attrs.get("ome", attrs) if version == "0.5" else attrs
+    for key, name in (
+        ("plate", "plate"),
+        ("well", "well"),
+        ("multiscales", "image"),
+        ("bioformats2raw.layout", "bf2raw"),
+    ):
+        if key in ome:
+            return name
+    return None
+
+
+def _schema_validators(schema_dir: Path, version: str) -> dict[str, Any]:
+    import jsonschema
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    resources = []
+    for f in sorted((schema_dir / version).glob("*.schema")):
+        doc = json.loads(f.read_text())
+        resources.append(
+            (doc["$id"], Resource.from_contents(doc, default_specification=DRAFT202012))
+        )
+    registry = Registry().with_resources(resources)
+    out = {}
+    for uri, res in resources:
+        name = uri.rsplit("/", 1)[-1].removesuffix(".schema")
+        cls = jsonschema.validators.validator_for(res.contents, jsonschema.Draft202012Validator)
+        out[name] = cls(res.contents, registry=registry)
+    return out
+
+
+def assert_valid_store(path: str | os.PathLike, schema_dir: str | os.PathLike | None = None) -> int:
+    """Validate an OME-Zarr store with yaozarrs and, optionally, the NGFF JSON schemas.
+
+    Parameters
+    ----------
+    path
+        Local store path.
+    schema_dir
+        Folder with ``0.4/`` and ``0.5/`` NGFF JSON schemas; skipped when None.
+
+    Returns
+    -------
+    int
+        Number of groups checked against a JSON schema.
+
+    Raises
+    ------
+    AssertionError
+        With the validator's message.
+    """
+    import yaozarrs
+
+    root = zarr.open_group(str(path), mode="r")
+    targets = [str(path)]
+    if root.metadata.zarr_format == 2 and "bioformats2raw.layout" in root.attrs:
+        # NGFF 0.4 bioformats2raw roots carry no version, which yaozarrs needs: check each series
+        targets = [f"{path}/{name}" for name, g in root.groups() if "multiscales" in g.attrs]
+    for target in targets:
+        try:
+            yaozarrs.validate_zarr_store(target)
+        except Exception as exc:
+            raise AssertionError(f"yaozarrs rejects {target}: {exc}") from exc
+    if schema_dir is None:
+        return 0
+    version = "0.5" if root.metadata.zarr_format == 3 else "0.4"
+    validators = _schema_validators(Path(schema_dir), version)
+    checked = 0
+    stack: list[tuple[str, zarr.Group]] = [("", root)]
+    seen: set[str] = set()
+    while stack:
+        gpath, group = stack.pop()
+        if gpath in seen:
+            continue
+        seen.add(gpath)
+        attrs = group.attrs.asdict()
+        name = _schema_for(attrs, version)
+        if name is not None:
+            errors = sorted(validators[name].iter_errors(attrs), key=lambda e: list(e.path))
+            if errors:
+                where = "/".join(str(p) for p in errors[0].absolute_path)
+                raise AssertionError(
+                    f"{path}/{gpath}: NGFF {version} {name} schema: "
+                    f"{errors[0].message} at {where!r}"
+                )
+            checked += 1
+        stack.extend((f"{gpath}/{p}".strip("/"), g) for p, g in group.groups())
+    return checked
