@@ -10,12 +10,18 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 from . import datasets, errors
 from .errors import ZarrstainError
 from .io import open_image, open_scenes, write_channels
+from .models import Model, load_model
+from .normalize import normalization_stats, normalize  # the function shadows the module name
 
 __all__ = [
+    "Model",
     "ZarrstainError",
     "__version__",
     "datasets",
     "errors",
+    "load_model",
+    "normalization_stats",
+    "normalize",
     "open_image",
     "open_scenes",
     "write_channels",

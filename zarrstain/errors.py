@@ -13,6 +13,7 @@ __all__ = [
     "ChannelError",
     "ChannelExistsError",
     "MetadataError",
+    "ModelError",
     "NotOmeZarrError",
     "ReadOnlyStoreError",
     "SceneNotFoundError",
@@ -86,3 +87,7 @@ class ShapeMismatchError(ZarrstainError, ValueError):
 
 class ReadOnlyStoreError(ZarrstainError, PermissionError):
     """A store that cannot be written to was asked to be modified in place."""
+
+
+class ModelError(ZarrstainError, ValueError):
+    """A model file or package that cannot be loaded (unreadable, foreign or inconsistent)."""

@@ -1,0 +1,97 @@
+"""The Model type: a torch module plus what the engine needs to tile, normalize and label it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Model", "state_dict_hash"]
+
+
+def state_dict_hash(module: nn.Module, architecture: str, kwargs: dict[str, Any]) -> str:
+    """SHA-256 of the architecture, its arguments and every tensor of the state dict, in order."""
+    h = hashlib.sha256(json.dumps([architecture, kwargs], sort_keys=True).encode())
+    for key, tensor in module.state_dict().items():
+        h.update(key.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A loaded virtual-staining model.
+
+    Attributes
+    ----------
+    name
+        Human-readable name (for provenance and messages).
+    module
+        The torch module, in eval mode, on the CPU.
+    spatial_dims
+        2 (runs plane by plane on (y, x)) or 3 (runs on (z, y, x)).
+    input_labels
+        Channel labels the model reads, in order; empty when the checkpoint does not say
+        (pytorch_fnet): the caller then names the input channels.
+    output_labels
+        Labels of the channels it predicts.
+    divisor
+        Every spatial input size must be a multiple of this (``2**depth`` for U-Nets).
+    receptive_radius
+        Per spatial axis, the largest input offset that can influence an output voxel.
+    normalization
+        How inputs are normalized before the forward pass (``"center"``, ``"zscore"``,
+        ``"percentile"`` or ``"none"``).
+    architecture, kwargs
+        Registry name and constructor arguments of the module.
+    content_hash
+        SHA-256 of architecture, arguments and weights: identifies the model in caches and
+        provenance.
+    source
+        Where it was loaded from.
+    """
+
+    name: str
+    module: nn.Module
+    spatial_dims: int
+    input_labels: tuple[str, ...]
+    output_labels: tuple[str, ...]
+    divisor: int
+    receptive_radius: tuple[int, ...]
+    normalization: str
+    architecture: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    content_hash: str = ""
+    source: str = ""
+
+    @property
+    def n_inputs(self) -> int:
+        """Number of input channels the module takes."""
+        first = next(m for m in self.module.modules() if isinstance(m, nn.modules.conv._ConvNd))
+        return int(first.in_channels)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One forward pass of the module on an (N, C, *spatial) tensor."""
+        return self.module(x)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary for provenance and ``--dry-run``."""
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "kwargs": self.kwargs,
+            "content_hash": self.content_hash,
+            "spatial_dims": self.spatial_dims,
+            "input_labels": list(self.input_labels),
+            "output_labels": list(self.output_labels),
+            "divisor": self.divisor,
+            "receptive_radius": list(self.receptive_radius),
+            "normalization": self.normalization,
+            "source": self.source,
+        }

@@ -1,0 +1,191 @@
+"""Normalization with global statistics, computed once per (t, c) of a scene and applied lazily.
+
+Never per block: statistics are dask reductions over each (t, c) volume, and the result is an
+affine map ``(x - offset) / scale`` applied blockwise, so tiles cannot drift apart.
+
+Methods (pytorch_fnet and MMV_Im2Im conventions):
+
+- ``"center"``: pytorch_fnet's ``norm_around_center``: mean and population std of the 32
+  z-slices around the middle (start ``Z//2 - 16``, clamped inside the stack), in float64.
+  With fewer than 32 slices all are used (logged; pytorch_fnet would raise).
+- ``"zscore"``: whole-volume mean and population std (pytorch_fnet's ``normalize``).
+- ``"percentile"``: clip to the ``p_low``/``p_high`` percentiles and rescale to [0, 1]. Exact for
+  integer data (a histogram over the dtype's range, numpy's linear interpolation); dask's
+  approximate percentiles for floats.
+
+A constant or empty volume (std 0, or equal percentiles) gets a warning and a divisor of 1,
+never NaN or inf.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+__all__ = ["METHODS", "normalization_stats", "normalize"]
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["center", "zscore", "percentile"]
+METHODS = ("center", "zscore", "percentile")
+CENTER_SLICES = 32
+
+
+def _as_dask(data: xr.DataArray) -> da.Array:
+    return data.data if isinstance(data.data, da.Array) else da.from_array(data.values)
+
+
+def _center_window(nz: int) -> slice:
+    if nz < CENTER_SLICES:
+        logger.info("center normalization: only %d z-slices (< %d); using all", nz, CENTER_SLICES)
+        return slice(0, nz)
+    start = min(max(nz // 2 - CENTER_SLICES // 2, 0), nz - CENTER_SLICES)
+    return slice(start, start + CENTER_SLICES)
+
+
+def _hist_percentiles(arr: da.Array, q: tuple[float, float]) -> da.Array:
+    """Exact percentiles of integer data per (t, c) from full-range histograms; shape (t, c, 2)."""
+    info = np.iinfo(arr.dtype)
+    n_bins = int(info.max) - int(info.min) + 1
+    if n_bins > 2**17:
+        raise TypeError(f"exact percentiles need 8- or 16-bit integers, not {arr.dtype}")
+    lo = int(info.min)
+
+    def hist(block: np.ndarray) -> np.ndarray:
+        flat = block.reshape(block.shape[0], block.shape[1], -1).astype(np.int64) - lo
+        out = np.zeros((block.shape[0], block.shape[1], 1, 1, n_bins), np.int64)
+        for i in range(block.shape[0]):
+            for j in range(block.shape[1]):
+                out[i, j, 0, 0] = np.bincount(flat[i, j], minlength=n_bins)
+        return out
+
+    # one histogram per block, each block spanning all of x so the bins line up along x
+    counts = arr.rechunk({0: 1, 1: 1, 4: -1}).map_blocks(
+        hist, dtype=np.int64, chunks=(1, 1, 1, 1, n_bins)
+    )
+    total = counts.sum(axis=(2, 3))  # (t, c, bins): add up the z and y block grid
+
+    def pick(c: np.ndarray) -> np.ndarray:
+        cum = np.cumsum(c, axis=-1)
+        n = cum[..., -1:]
+        out = np.empty((*c.shape[:-1], 2), np.float64)
+        for k, p in enumerate(q):
+            pos = p / 100.0 * (n[..., 0] - 1)  # numpy's 'linear' method
+            below, above = np.floor(pos), np.ceil(pos)
+            v_lo = np.argmax(cum > below[..., None], axis=-1)
+            v_hi = np.argmax(cum > above[..., None], axis=-1)
+            out[..., k] = v_lo + (v_hi - v_lo) * (pos - below) + lo
+        return out
+
+    return total.map_blocks(pick, dtype=np.float64, chunks=(1, 1, 2))
+
+
+def normalization_stats(
+    data: xr.DataArray,
+    method: Method = "center",
+    *,
+    p_low: float = 0.5,
+    p_high: float = 99.5,
+) -> xr.Dataset:
+    """Per (t, c) ``offset`` and ``scale`` of a (t, c, z, y, x) DataArray, lazily.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``offset`` and ``scale`` (float64, dims (t, c), dask-backed): normalized data is
+        ``(data - offset) / scale``. ``attrs`` holds the method and its parameters.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown normalization {method!r}; choose one of {', '.join(METHODS)}")
+    arr = _as_dask(data)
+    if method in ("center", "zscore"):
+        window = _center_window(arr.shape[2]) if method == "center" else slice(None)
+        sub = arr[:, :, window].astype(np.float64)
+        offset = sub.mean(axis=(2, 3, 4))
+        scale = sub.std(axis=(2, 3, 4))  # population std (ddof 0), as pytorch_fnet
+        params: dict[str, object] = {"method": method}
+        if method == "center":
+            params["z_slices"] = [window.start, window.stop]
+    else:
+        if np.issubdtype(arr.dtype, np.integer):
+            pct = _hist_percentiles(arr, (p_low, p_high))
+        else:
+            flat = arr.reshape(arr.shape[0], arr.shape[1], -1).astype(np.float64)
+            pct = da.stack(
+                [
+                    da.stack(
+                        [
+                            da.percentile(flat[i, j].rechunk(-1), [p_low, p_high])
+                            for j in range(arr.shape[1])
+                        ]
+                    )
+                    for i in range(arr.shape[0])
+                ]
+            )
+        offset = pct[..., 0]
+        scale = pct[..., 1] - pct[..., 0]
+        params = {"method": method, "p_low": p_low, "p_high": p_high}
+    coords = {d: data.coords[d] for d in ("t", "c") if d in data.coords}
+    return xr.Dataset(
+        {"offset": (("t", "c"), offset), "scale": (("t", "c"), scale)}, coords=coords, attrs=params
+    )
+
+
+def _safe_scale(scale: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(scale) | (scale <= 0)
+    if bad.any():
+        logger.warning(
+            "normalization: %d (t, c) volume(s) are constant or empty (spread 0); dividing by 1 "
+            "instead (VisCy#422)",
+            int(bad.sum()),
+        )
+    return np.where(bad, 1.0, scale)
+
+
+def normalize(
+    data: xr.DataArray,
+    method: Method = "center",
+    *,
+    p_low: float = 0.5,
+    p_high: float = 99.5,
+    stats: xr.Dataset | None = None,
+) -> xr.DataArray:
+    """Normalize a (t, c, z, y, x) DataArray with global statistics, lazily, as float32.
+
+    Parameters
+    ----------
+    data
+        The scene (or any DataArray with those dims).
+    method
+        ``"center"``, ``"zscore"`` or ``"percentile"`` (see the module docstring).
+    p_low, p_high
+        Percentiles for ``"percentile"``.
+    stats
+        Precomputed :func:`normalization_stats` (e.g. from training data) instead of the data's own.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32, same dims and coords; ``attrs["normalization"]`` names the method.
+        ``"percentile"`` output is clipped to [0, 1].
+    """
+    stats = (
+        stats
+        if stats is not None
+        else normalization_stats(data, method, p_low=p_low, p_high=p_high)
+    )
+    offset = stats["offset"].data[:, :, None, None, None]
+    scale = da.map_blocks(_safe_scale, stats["scale"].data, dtype=np.float64)[
+        :, :, None, None, None
+    ]
+    arr = _as_dask(data)
+    out = ((arr.astype(np.float64) - offset) / scale).astype(np.float32)
+    if stats.attrs.get("method") == "percentile":
+        out = da.clip(out, 0.0, 1.0)
+    result = data.copy(data=out)
+    result.attrs = {**data.attrs, "normalization": dict(stats.attrs)}
+    return result
