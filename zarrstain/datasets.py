@@ -205,8 +205,27 @@ def save_image(
     return group
 
 
-def _scale() -> dict[str, float]:
-    return {"t": 60.0, "z": VOXEL_UM[0], "y": VOXEL_UM[1], "x": VOXEL_UM[2]}
+def _write_synthetic(
+    group: zarr.Group | str | os.PathLike,
+    shape: tuple[int, int, int, int],
+    seed: int,
+    ngff_version: str,
+    levels: int = 2,
+    chunks: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Render one synthetic (t, c, z, y, x) image and write it with its labels and voxel size."""
+    data = _synthetic_tczyx(shape, seed)
+    save_image(
+        group,
+        data,
+        "tczyx",
+        ngff_version=ngff_version,
+        channel_labels=CHANNELS,
+        scale={"t": 60.0, "z": VOXEL_UM[0], "y": VOXEL_UM[1], "x": VOXEL_UM[2]},
+        chunks=chunks,
+        levels=levels,
+    )
+    return data
 
 
 def make_image(
@@ -240,17 +259,7 @@ def make_image(
     pathlib.Path
         ``path``.
     """
-    data = _synthetic_tczyx(shape, seed)
-    save_image(
-        path,
-        data,
-        "tczyx",
-        ngff_version=ngff_version,
-        channel_labels=CHANNELS,
-        scale=_scale(),
-        chunks=chunks,
-        levels=levels,
-    )
+    data = _write_synthetic(path, shape, seed, ngff_version, levels, chunks)
     logger.info("wrote synthetic image %s %s", path, data.shape)
     return Path(path)
 
@@ -281,15 +290,12 @@ def make_plate(
     for w, well in enumerate(wells):
         well_group = root.require_group(well)
         for f in range(fields):
-            data = _synthetic_tczyx(shape, seed + 1000 * w + 17 * f)
-            save_image(
+            _write_synthetic(
                 well_group.require_group(str(f)),
-                data,
-                "tczyx",
-                ngff_version=ngff_version,
-                channel_labels=CHANNELS,
-                scale=_scale(),
-                levels=levels,
+                shape,
+                seed + 1000 * w + 17 * f,
+                ngff_version,
+                levels,
             )
         write_well_metadata(well_group, [{"path": str(f)} for f in range(fields)], fmt=fmt)
     write_plate_metadata(
@@ -322,15 +328,7 @@ def make_bioformats2raw(
         zarr.storage.LocalStore(Path(path)), mode="w", zarr_format=fmt.zarr_format
     )
     for s in range(series):
-        data = _synthetic_tczyx(shape, seed + 31 * s)
-        save_image(
-            root.require_group(str(s)),
-            data,
-            "tczyx",
-            ngff_version=ngff_version,
-            channel_labels=CHANNELS,
-            scale=_scale(),
-        )
+        _write_synthetic(root.require_group(str(s)), shape, seed + 31 * s, ngff_version)
     ome = root.require_group("OME")
     layout = {"bioformats2raw.layout": 3}
     if ngff_version == "0.5":
