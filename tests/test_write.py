@@ -215,3 +215,29 @@ def test_new_store_bioformats2raw(make_store, tmp_path, validate, version):
 def test_http_store_is_read_only():
     with pytest.raises(ReadOnlyStoreError, match="HTTP stores are read-only.*out="):
         zarrstain.write_channels("http://127.0.0.1:9/plate.zarr", xr.DataArray([0]))
+
+
+def test_unlabeled_float_store_uses_reader_labels(tmp_path, validate):
+    """Labels the reader shows ("0", ...) are the ones copy/refusal use; windows stay finite."""
+    from zarrstain import datasets
+
+    src = tmp_path / "unlabeled.zarr"
+    data = np.linspace(-1, 1, 5 * 24 * 20, dtype=np.float32).reshape(5, 24, 20)
+    datasets.save_image(src, data, "zyx", ngff_version="0.5")
+    image = zarrstain.open_image(src)
+    assert list(image.c.values) == ["0"]
+    out = tmp_path / "out.zarr"
+    pred = (image * 2).assign_coords(c=["doubled"])
+    zarrstain.write_channels(src, pred, out=out, copy_channels=True)
+    written = zarrstain.open_image(out)
+    assert list(written.c.values) == ["0", "doubled"]
+    np.testing.assert_array_equal(written.sel(c="0").values, image.sel(c="0").values)
+    windows = [
+        c["window"] for c in ome_attrs(zarr.open_group(str(out), mode="r"))[1]["omero"]["channels"]
+    ]
+    assert all(np.isfinite(v) for w in windows for v in w.values())
+    validate(out)
+    with pytest.raises(ChannelExistsError, match="channel 'doubled' already exists"):
+        zarrstain.write_channels(out, (written.sel(c=["doubled"]) * 3), overwrite=False)
+    with pytest.raises(ChannelExistsError, match="channel '0' already exists"):
+        zarrstain.write_channels(src, pred.assign_coords(c=["0"]) + 1, out=out)

@@ -55,13 +55,9 @@ def _hist_percentiles(arr: da.Array, q: tuple[float, float]) -> da.Array:
         raise TypeError(f"exact percentiles need 8- or 16-bit integers, not {arr.dtype}")
     lo = int(info.min)
 
-    def hist(block: np.ndarray) -> np.ndarray:
-        flat = block.reshape(block.shape[0], block.shape[1], -1).astype(np.int64) - lo
-        out = np.zeros((block.shape[0], block.shape[1], 1, 1, n_bins), np.int64)
-        for i in range(block.shape[0]):
-            for j in range(block.shape[1]):
-                out[i, j, 0, 0] = np.bincount(flat[i, j], minlength=n_bins)
-        return out
+    def hist(block: np.ndarray) -> np.ndarray:  # one (t, c) per block, see the rechunk below
+        counts = np.bincount(block.ravel().astype(np.int64) - lo, minlength=n_bins)
+        return counts.reshape(1, 1, 1, 1, n_bins)
 
     # one histogram per block, each block spanning all of x so the bins line up along x
     counts = arr.rechunk({0: 1, 1: 1, 4: -1}).map_blocks(

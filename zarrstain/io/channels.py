@@ -73,8 +73,8 @@ def channel_entry(label: str, index: int, dtype: np.dtype, lo: float, hi: float)
         info = np.iinfo(dtype)
         dmin, dmax = float(info.min), float(info.max)
     else:
-        dmin, dmax = float(min(lo, 0.0)), float(max(hi, 1.0))
-    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        dmin, dmax = 0.0, 1.0
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:  # unknown or empty range
         lo, hi = dmin, dmax
     return {
         "label": label,
@@ -86,8 +86,8 @@ def channel_entry(label: str, index: int, dtype: np.dtype, lo: float, hi: float)
         "window": {
             "start": float(lo),
             "end": float(hi),
-            "min": min(dmin, lo),
-            "max": max(dmax, hi),
+            "min": float(min(dmin, lo)),
+            "max": float(max(dmax, hi)),
         },
     }
 
@@ -206,7 +206,7 @@ def append_channels(
                 "store with out=... (CLI: --out)"
             )
     n0 = _listed_channels(group, meta.levels[0].shape[cax])
-    existing = list(meta.channel_labels or [str(i) for i in range(n0)])[:n0]
+    existing = list(meta.labels)[:n0]
     data = to_store_axes(data, dims)
     take = lambda idx: da.take(data, idx, axis=cax)  # noqa: E731
     new = [i for i, lab in enumerate(labels) if lab not in existing]

@@ -79,11 +79,7 @@ def create_image(
     version, src_ome = ome_attrs(src_group)
     ms, cax, added = _with_channel_axis(src_meta, src_ome["multiscales"][0])
     axis_names = [a["name"] for a in ms["axes"]]
-    src_labels = list(src_meta.channel_labels or [])
-    if not src_labels:
-        n = src_meta.levels[0].shape[src_meta.axis_names.index("c")] if not added else 1
-        src_labels = [str(i) for i in range(n)]
-    copy_idx = [src_labels.index(lab) for lab in copy_labels]
+    copy_idx = [src_meta.labels.index(lab) for lab in copy_labels]
     n_out = len(copy_idx) + len(labels)
     dtype = np.dtype(data.dtype)
     if copy_idx:

@@ -71,6 +71,15 @@ class ImageMeta:
         """Names of the axes in store order, mapped to zarrstain dims (``t c z y x``)."""
         return tuple(_canonical_dim(a) for a in self.axes)
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Channel labels as readers see them: omero labels, else ``"0", "1", ...``."""
+        if self.channel_labels:
+            return self.channel_labels
+        dims = self.axis_names
+        n = self.levels[0].shape[dims.index("c")] if "c" in dims else 1
+        return tuple(str(i) for i in range(n))
+
     def units(self) -> dict[str, str]:
         """Unit per zarrstain dim, for the axes that declare one."""
         return {_canonical_dim(a): a.unit for a in self.axes if a.unit}

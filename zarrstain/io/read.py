@@ -141,7 +141,7 @@ def image_to_dataarray(
         d: trans.get(d, 0.0) + scale.get(d, 1.0) * np.arange(size[d], dtype=np.float64)
         for d in ("t", "z", "y", "x")
     }
-    coords["c"] = list(meta.channel_labels or [str(i) for i in range(size["c"])])
+    coords["c"] = list(meta.labels)
     attrs = {
         "store": store,
         "scene": scene,

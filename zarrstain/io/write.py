@@ -209,7 +209,7 @@ def _same_content(group: zarr.Group, plan: _Plan, labels: list[str]) -> bool:
     lvl = plan.meta.levels[0]
     cax = plan.meta.axis_names.index("c")
     stored = dask.array.from_array(group[lvl.path], chunks=lvl.chunks)
-    existing = list(plan.meta.channel_labels or [])
+    existing = list(plan.meta.labels)
     checks = []
     for i, lab in enumerate(plan.labels):
         old = dask.array.take(stored, [existing.index(lab)], axis=cax)
@@ -225,7 +225,7 @@ def _same_content(group: zarr.Group, plan: _Plan, labels: list[str]) -> bool:
 
 def _existing_state(group: zarr.Group, plan: _Plan, overwrite: bool, where: str) -> bool:
     """Whether the write is already done; raises when labels exist and may not be replaced."""
-    present = set(plan.meta.channel_labels or [])
+    present = set(plan.meta.labels)
     clash = [lab for lab in plan.labels if lab in present]
     if not clash:
         return False
@@ -282,8 +282,9 @@ def _write_new_store(
     storage_options: dict | None,
 ) -> None:
     out_where = describe_store(out)
+    to_copy = {}
     for plan in plans:  # check copy labels before creating anything
-        src_labels = list(plan.meta.channel_labels or [])
+        src_labels = list(plan.meta.labels)
         wanted = src_labels if copy_channels is True else list(copy_channels or [])
         missing = [lab for lab in wanted if lab not in src_labels]
         if missing:
@@ -293,6 +294,7 @@ def _write_new_store(
         clash = set(wanted) & set(plan.labels)
         if clash:
             raise ChannelError(f"labels {sorted(clash)} are both copied and new; rename them")
+        to_copy[plan.scene] = wanted
     root = _open_out(out, src_root.metadata.zarr_format, storage_options)
     written = []
     for plan in plans:
@@ -306,8 +308,6 @@ def _write_new_store(
                 data = plan.data.data.astype(meta.levels[0].dtype)
                 append_channels(existing, meta, data, plan.labels, plan.record, swhere)
         else:
-            src_labels = list(plan.meta.channel_labels or [])
-            wanted = src_labels if copy_channels is True else list(copy_channels or [])
             create_image(
                 root,
                 plan.gpath,
@@ -315,7 +315,7 @@ def _write_new_store(
                 plan.meta,
                 plan.data.data,
                 plan.labels,
-                wanted,
+                to_copy[plan.scene],
                 plan.record,
                 swhere,
             )

@@ -69,12 +69,6 @@ class Model:
     content_hash: str = ""
     source: str = ""
 
-    @property
-    def n_inputs(self) -> int:
-        """Number of input channels the module takes."""
-        first = next(m for m in self.module.modules() if isinstance(m, nn.modules.conv._ConvNd))
-        return int(first.in_channels)
-
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One forward pass of the module on an (N, C, *spatial) tensor."""
