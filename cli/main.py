@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -65,16 +66,276 @@ def info(store: str, as_json: bool) -> None:
     click.echo(json.dumps(description, indent=2) if as_json else format_description(description))
 
 
+def _halo(value: str) -> str | int:
+    if value in ("auto", "exact"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not auto, exact or an integer") from None
+
+
+@cli.command()
+@click.argument("store")
+@click.option(
+    "--model", "-m", "model_path", required=True, help="Model folder or pytorch_fnet model.p."
+)
+@click.option(
+    "--input-channel",
+    "input_channels",
+    multiple=True,
+    help="Input channel label, in the model's order (repeat for several).",
+)
+@click.option(
+    "--scene", "scenes", multiple=True, help="Scene id, e.g. A/1/0 (repeat; default all)."
+)
+@click.option("--time", "time", default=None, help="Time points T0:T1 or T (default all).")
+@click.option("--out", default=None, help="Write into this new store instead of in place.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an earlier prediction with the same label."
+)
+@click.option(
+    "--halo", default="auto", show_default=True, help="auto, exact or a number of voxels."
+)
+@click.option(
+    "--normalization",
+    default="model",
+    show_default=True,
+    type=click.Choice(["model", "none", "center", "zscore", "percentile"]),
+)
+@click.option("--output-label", default=None, help="Label of the predicted channel.")
+@click.option(
+    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+)
+@click.option(
+    "--precision",
+    default="float32",
+    show_default=True,
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    help="Mixed precision on GPUs.",
+)
+@click.option("--dtype", default=None, help="Output dtype (in place: the store's, e.g. uint16).")
+@click.option("--copy-channels", is_flag=True, help="With --out: copy the source channels too.")
+@click.option("--block-memory", default=None, help="Memory budget per block, e.g. 4GiB.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; compute and write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan / result as JSON.")
+def predict(
+    store: str,
+    model_path: str,
+    input_channels: tuple[str, ...],
+    scenes: tuple[str, ...],
+    time: str | None,
+    out: str | None,
+    overwrite: bool,
+    halo: str,
+    normalization: str,
+    output_label: str | None,
+    device: str,
+    precision: str,
+    dtype: str | None,
+    copy_channels: bool,
+    block_memory: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Predict channels for the scenes of STORE with a model and write them back (or to --out).
+
+    Predicted channels are labelled "<name> (predicted)" by default, so they never collide
+    with acquired channels, which predictions never replace.
+    """
+    from zarrstain.pipeline import format_plan, plan_prediction
+
+    plan = plan_prediction(
+        store,
+        model_path,
+        scenes=list(scenes) or None,
+        time=time,
+        out=out,
+        overwrite=overwrite,
+        halo=_halo(halo),
+        normalization=normalization,
+        input_channels=list(input_channels) or None,
+        output_label=output_label,
+        device=device,
+        precision=precision,
+        dtype=dtype,
+        copy_channels=copy_channels,
+        block_memory=block_memory,
+    )
+    if dry_run:
+        description = plan.describe()
+        click.echo(json.dumps(description, indent=2) if as_json else format_plan(description))
+        return
+    with click.progressbar(
+        length=plan.n_blocks, label="predicting blocks", file=sys.stderr, show_pos=True
+    ) as bar:
+        result = plan.run(progress=bar.update)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for scene, status in result.items():
+            click.echo(f"{scene or '(image)'}: {status}")
+
+
+def _ints(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.lower().replace("x", ",").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size like 32x64x64") from None
+
+
+@cli.command()
+@click.argument("stores", nargs=-1, required=True)
+@click.option("--input", "inputs", multiple=True, help="Input channel label (repeat for several).")
+@click.option("--target", "targets", multiple=True, help="Target channel label (repeat).")
+@click.option("--out", required=True, help="Model package folder to write.")
+@click.option(
+    "--model",
+    "arch",
+    default=None,
+    type=click.Choice(["fnet3d", "fnet2d"]),
+    help="Architecture [default: fnet3d].",
+)
+@click.option("--depth", type=int, default=None, help="U-Net depth [default: 4].")
+@click.option("--mult-chan", type=int, default=None, help="Channels of the top level [8].")
+@click.option(
+    "--projection",
+    type=int,
+    default=None,
+    help="Learned per-pixel projection of the inputs to N channels (In silico labeling).",
+)
+@click.option("--steps", type=int, default=None, help="Optimizer steps [400].")
+@click.option("--batch-size", type=int, default=None, help="Patches per step [4].")
+@click.option("--patch", default=None, help="Patch size, e.g. 32x64x64 (3D) or 256x256 (2D).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate [1e-3].")
+@click.option("--seed", type=int, default=None, help="Random seed [0].")
+@click.option("--scene", "scenes", multiple=True, help="Train on these scenes only (repeat).")
+@click.option("--val-scene", "val_scenes", multiple=True, help="Hold out this scene (repeat).")
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=None,
+    help="Hold out the right fraction of every scene instead.",
+)
+@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--paper", is_flag=True, help="pytorch_fnet's published settings (slow on CPU).")
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(exists=True),
+    help="TOML file with any of these settings (flags override it).",
+)
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+def train(stores, inputs, targets, out, config_file, paper, resume, **options) -> None:
+    """Train a model on paired channels of STORES (OME-Zarr) and save it as a model package."""
+    from zarrstain.training import TrainConfig, build_config
+    from zarrstain.training import train as run_training
+
+    options = {k: v for k, v in options.items() if v not in (None, ())}
+    options["model"] = options.pop("arch", None) or None
+    options["patch"] = _ints(options.get("patch"))
+    config = build_config(
+        config_file,
+        paper=paper,
+        inputs=list(inputs),
+        targets=list(targets),
+        **{k: v for k, v in options.items() if v is not None},
+    )
+    assert isinstance(config, TrainConfig)
+    with click.progressbar(
+        length=config.steps, label="training", file=sys.stderr, item_show_func=_loss_text
+    ) as bar:
+
+        def progress(step: int, entry: dict) -> None:
+            bar.current_item = entry
+            bar.update(step - bar.pos)
+
+        result = run_training(list(stores), config, out, resume=resume, progress=progress)
+    vals = [h["val_pcc"] for h in result.history if "val_pcc" in h]
+    last = result.history[-1] if result.history else {}
+    click.echo(f"model: {result.package}")
+    if last:
+        click.echo(
+            f"final loss {last['loss']:.4f}"
+            + (f", validation Pearson r {vals[-1]:.3f}" if vals else "")
+        )
+
+
+def _loss_text(entry: dict | None) -> str:
+    if not entry:
+        return ""
+    text = f"loss {entry['loss']:.4f}"
+    return text + (f"  val r {entry['val_pcc']:.3f}" if "val_pcc" in entry else "")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--prediction", required=True, help="Label of the predicted channel.")
+@click.option("--target", required=True, help="Label of the acquired channel.")
+@click.option("--scene", "scenes", multiple=True, help="Scene id (repeat; default all).")
+@click.option("--input-channel", default=None, help="Shown beside them in the panels.")
+@click.option("--out", default=None, help="Folder for evaluation.csv / .md and panels/.")
+@click.option("--json", "as_json", is_flag=True, help="Print rows and summary as JSON.")
+def evaluate(store, prediction, target, scenes, input_channel, out, as_json) -> None:
+    """Compare a predicted channel with its target: Pearson r, SSIM, MSE, MAE, NRMSE."""
+    from zarrstain.evaluate import evaluate as run_evaluation
+    from zarrstain.report import format_table
+
+    result = run_evaluation(
+        store, prediction, target, scenes=list(scenes) or None, input_channel=input_channel, out=out
+    )
+    if as_json:
+        click.echo(json.dumps({"rows": result.rows, "summary": result.summary}, indent=2))
+        return
+    mean = {"scene": "mean", "t": "", **result.summary, "voxels": ""}
+    click.echo(format_table([*result.rows, mean]))
+    for path in result.files:
+        click.echo(f"wrote {path}")
+
+
 @cli.command()
 @click.argument("directory", default="zarrstain-demo", type=click.Path(path_type=Path))
 def demo(directory: Path) -> None:
-    """Generate a synthetic plate in DIRECTORY, write a channel back and show the result."""
-    from zarrstain.demo import run_demo
-    from zarrstain.io.info import describe, format_description
+    """The whole loop on a synthetic plate: train BF → DNA, predict every scene, evaluate.
 
-    plate = run_demo(directory)
-    click.echo(format_description(describe(plate)))
-    click.echo(f"\ndemo store: {plate}")
+    Writes DIRECTORY/plate.zarr (with "DNA (predicted)" beside the real channels),
+    DIRECTORY/model, and the held-out wells' evaluation.csv, evaluation.md and panels/.
+    """
+    from zarrstain.demo import DEMO_CONFIG, HELD_OUT, run_demo
+    from zarrstain.report import format_table
+
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int, info: dict) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.render_finish()
+            label = "training" if stage == "train" else "predicting blocks"
+            bars[stage] = click.progressbar(
+                length=total, label=label, file=sys.stderr, item_show_func=_loss_text
+            )
+        bar = bars[stage]
+        bar.current_item = info or None
+        bar.update(done - bar.pos)
+
+    click.echo(
+        f"demo in {directory}: a 2×3-well plate, {DEMO_CONFIG.steps} training steps on "
+        f"CPU; held out: {', '.join(HELD_OUT)}",
+        err=True,
+    )
+    result = run_demo(directory, progress=progress)
+    for bar in bars.values():
+        bar.render_finish()
+    rows = result.evaluation.rows
+    click.echo(
+        format_table([*rows, {"scene": "mean", "t": "", **result.evaluation.summary, "voxels": ""}])
+    )
+    click.echo(f"\nplate (with 'DNA (predicted)'): {result.plate}\nmodel: {result.model}")
+    for path in result.evaluation.files:
+        click.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from zarrstain.cli.main import cli
 
@@ -53,10 +54,20 @@ def test_bad_input_gives_one_line_and_exit_1(tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_demo(tmp_path):
+@pytest.mark.slow
+def test_demo_trains_predicts_and_evaluates(tmp_path):
+    """The README's main command: held-out Pearson r ≥ 0.85 (about 2.5 minutes on 2 cores)."""
+    import csv
+
     result = CliRunner().invoke(cli, ["demo", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
-    assert "plate, 12 scenes" in result.output
-    assert "channels: BF, DNA, Membrane, DNA (smoothed)" in result.output
     scenes = zarrstain.open_scenes(tmp_path / "demo" / "plate.zarr")
-    assert all(list(s.c.values)[-1] == "DNA (smoothed)" for s in scenes.values())
+    assert len(scenes) == 6
+    assert all(list(s.c.values)[-1] == "DNA (predicted)" for s in scenes.values())
+    with open(tmp_path / "demo" / "evaluation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["scene"] for r in rows} == {"A/3/0", "B/3/0"}  # the held-out wells
+    assert min(float(r["pcc"]) for r in rows) >= 0.85
+    assert (tmp_path / "demo" / "panels" / "A_3_0.png").is_file()
+    assert "mean" in result.output
+    assert zarrstain.load_model(tmp_path / "demo" / "model").output_labels == ("DNA (predicted)",)

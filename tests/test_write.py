@@ -241,3 +241,14 @@ def test_unlabeled_float_store_uses_reader_labels(tmp_path, validate):
         zarrstain.write_channels(out, (written.sel(c=["doubled"]) * 3), overwrite=False)
     with pytest.raises(ChannelExistsError, match="channel '0' already exists"):
         zarrstain.write_channels(src, pred.assign_coords(c=["0"]) + 1, out=out)
+
+
+def test_floats_into_integers_are_rounded_and_clipped(make_store):
+    path = make_store("image", "0.5")
+    image = zarrstain.open_image(path)
+    values = np.array([-5.0, 0.4, 0.6, 70000.0, 65535.4], np.float32)
+    pred = xr.zeros_like(image.sel(c=["DNA"]), dtype=np.float32)
+    pred[0, 0, 0, 0, : values.size] = values
+    zarrstain.write_channels(path, pred.assign_coords(c=["clipped"]), dtype="uint16")
+    stored = zarrstain.open_image(path).sel(c="clipped").values[0, 0, 0, : values.size]
+    np.testing.assert_array_equal(stored, [0, 0, 1, 65535, 65535])  # no wrap-around

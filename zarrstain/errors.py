@@ -15,6 +15,7 @@ __all__ = [
     "MetadataError",
     "ModelError",
     "NotOmeZarrError",
+    "ParameterError",
     "ReadOnlyStoreError",
     "SceneNotFoundError",
     "ShapeMismatchError",
@@ -26,6 +27,10 @@ __all__ = [
 
 class ZarrstainError(Exception):
     """Base class of every error zarrstain raises on purpose."""
+
+
+class ParameterError(ZarrstainError, ValueError):
+    """An argument with a value zarrstain cannot use (halo, time range, device, ...)."""
 
 
 class StoreNotFoundError(ZarrstainError, FileNotFoundError):

@@ -26,6 +26,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .errors import ParameterError
+from .io.read import source_token
+
 __all__ = ["METHODS", "normalization_stats", "normalize"]
 
 logger = logging.getLogger(__name__)
@@ -96,7 +99,8 @@ def normalization_stats(
         ``(data - offset) / scale``. ``attrs`` holds the method and its parameters.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown normalization {method!r}; choose one of {', '.join(METHODS)}")
+        choices = ", ".join(METHODS)
+        raise ParameterError(f"unknown normalization {method!r}; choose one of {choices}")
     arr = _as_dask(data)
     if method in ("center", "zscore"):
         window = _center_window(arr.shape[2]) if method == "center" else slice(None)
@@ -125,6 +129,7 @@ def normalization_stats(
         offset = pct[..., 0]
         scale = pct[..., 1] - pct[..., 0]
         params = {"method": method, "p_low": p_low, "p_high": p_high}
+    params["data"] = source_token(data)  # what the statistics describe (for fingerprints)
     coords = {d: data.coords[d] for d in ("t", "c") if d in data.coords}
     return xr.Dataset(
         {"offset": (("t", "c"), offset), "scale": (("t", "c"), scale)}, coords=coords, attrs=params
@@ -174,10 +179,9 @@ def normalize(
         if stats is not None
         else normalization_stats(data, method, p_low=p_low, p_high=p_high)
     )
-    offset = stats["offset"].data[:, :, None, None, None]
-    scale = da.map_blocks(_safe_scale, stats["scale"].data, dtype=np.float64)[
-        :, :, None, None, None
-    ]
+    offset = da.asarray(stats["offset"].data)[:, :, None, None, None]
+    scale = da.asarray(stats["scale"].data).map_blocks(_safe_scale, dtype=np.float64)
+    scale = scale[:, :, None, None, None]
     arr = _as_dask(data)
     out = ((arr.astype(np.float64) - offset) / scale).astype(np.float32)
     if stats.attrs.get("method") == "percentile":

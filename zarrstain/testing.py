@@ -4,6 +4,8 @@
 - :class:`RecordingStore`: a zarr store wrapper that records every key read.
 - :func:`assert_valid_store`: validate a written store with independent checkers (yaozarrs and,
   when given, the NGFF JSON schemas).
+- :func:`random_model`: a small model with random weights *and* random BatchNorm statistics, so
+  that every layer matters in eval mode (fresh BatchNorms are nearly identities).
 
 ``yaozarrs`` and ``jsonschema`` come with the ``test`` extra (``pip install zarrstain[test]``).
 """
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -18,12 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import torch
 import zarr
 from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
 
-__all__ = ["RecordingStore", "assert_valid_store", "chunk_keys", "raise_if_dask_computes"]
+from .models import create_model
+from .models.model import Model, state_dict_hash
+
+__all__ = [
+    "RecordingStore",
+    "assert_valid_store",
+    "chunk_keys",
+    "raise_if_dask_computes",
+    "random_model",
+]
 
 _METADATA_FILES = {"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"}
 
@@ -153,3 +166,50 @@ def assert_valid_store(path: str | os.PathLike, schema_dir: str | os.PathLike | 
             checked += 1
         stack.extend((f"{gpath}/{p}".strip("/"), g) for p, g in group.groups())
     return checked
+
+
+def random_model(
+    architecture: str = "fnet",
+    *,
+    seed: int = 0,
+    input_labels: tuple[str, ...] = ("BF",),
+    output_labels: tuple[str, ...] = ("DNA (predicted)",),
+    normalization: str = "center",
+    **kwargs: Any,
+) -> Model:
+    """A registered architecture with seeded random weights and BatchNorm statistics.
+
+    Parameters
+    ----------
+    architecture
+        Registry name.
+    seed
+        Seeds the weights and statistics.
+    input_labels, output_labels, normalization
+        As in :func:`zarrstain.models.create_model`.
+    **kwargs
+        The architecture's arguments (fnet default here: ``ndim=3, depth=2, mult_chan=4``).
+    """
+    if architecture == "fnet":
+        kwargs = {"ndim": 3, "depth": 2, "mult_chan": 4, **kwargs}
+    torch.manual_seed(seed)
+    model = create_model(
+        architecture,
+        input_labels=input_labels,
+        output_labels=output_labels,
+        normalization=normalization,
+        **kwargs,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.module.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                module.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                module.bias.copy_(0.1 * torch.randn(n, generator=gen))
+    kw = model.kwargs
+    return dataclasses.replace(
+        model, content_hash=state_dict_hash(model.module, model.architecture, kw)
+    )

@@ -21,6 +21,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import zarr
@@ -35,7 +36,9 @@ __all__ = [
     "append_channels",
     "channel_entry",
     "set_image_attrs",
+    "time_region",
     "to_store_axes",
+    "with_time_points",
     "write_pyramid",
 ]
 
@@ -113,7 +116,9 @@ def write_pyramid(
     cax: int,
     blocks: list[tuple[da.Array, int]],
     where: str,
-) -> tuple[list[float], list[float]]:
+    record: dict[str, Any] | None = None,
+    time: tuple[int, slice] | None = None,
+) -> tuple[list[float], list[float], dict[str, Any]]:
     """Write channel blocks at full resolution, then derive every lower level from what was written.
 
     Parameters
@@ -126,12 +131,21 @@ def write_pyramid(
         ``(data, first_channel)``: data in store axes order, written at ``first_channel``.
     where
         For messages.
+    record
+        Provenance that may hold dask values (e.g. normalization statistics that are part of the
+        data's graph): they are computed together with the full-resolution level, sharing work.
+    time
+        ``(t_axis, slice)``: the blocks cover only these time points (the same at every level).
 
     Returns
     -------
     lo, hi
         Minimum and maximum of each block's channels, from the smallest level (for display windows).
+    record
+        ``record`` with its dask values computed, as JSON-ready Python values.
     """
+    if time is not None and any(a.shape[time[0]] != arrays[0].shape[time[0]] for a in arrays):
+        raise UnsupportedError(f"{where}: its pyramid downsamples t; write all time points")
     for level, arr in enumerate(arrays):
         chunks = tuple(arr.shards or arr.chunks)
         sources, regions = [], []
@@ -139,33 +153,62 @@ def write_pyramid(
             n = data.shape[cax]
             if level > 0:
                 prev = arrays[level - 1]
-                region = _region(prev.ndim, cax, start, n)
+                region = _region(prev.ndim, cax, start, n, time)
                 above = da.from_array(prev, chunks=tuple(prev.shards or prev.chunks))[region]
                 target = list(arr.shape)
                 target[cax] = n
+                if time is not None:
+                    target[time[0]] = above.shape[time[0]]
                 data = downsample_to(above, tuple(target), where)
             data = data.astype(arr.dtype).rechunk(
                 tuple(1 if i == cax else c for i, c in enumerate(chunks))
             )
             sources.append(data)
-            regions.append(_region(arr.ndim, cax, start, n))
+            regions.append(_region(arr.ndim, cax, start, n, time))
         logger.info("%s: writing level %d (%s)", where, level, arr.path)
         # Sources are chunk-aligned with the zarr chunks, so tasks never share a chunk: no lock.
-        da.store(sources, [arr] * len(sources), regions=regions, lock=False)
+        stored = da.store(sources, [arr] * len(sources), regions=regions, lock=False, compute=False)
+        if level == 0:
+            _, record = dask.compute(stored, record or {})
+        else:
+            stored.compute()
     smallest = arrays[-1]
     lo, hi = [], []
     for data, start in blocks:
         n = data.shape[cax]
-        view = da.from_array(smallest)[_region(smallest.ndim, cax, start, n)]
+        view = da.from_array(smallest)[_region(smallest.ndim, cax, start, n, time)]
         other = tuple(i for i in range(smallest.ndim) if i != cax)
         mins, maxs = da.compute(da.nanmin(view, axis=other), da.nanmax(view, axis=other))
         lo += [float(v) for v in np.atleast_1d(mins)]
         hi += [float(v) for v in np.atleast_1d(maxs)]
-    return lo, hi
+    return lo, hi, _jsonable(record or {})
 
 
-def _region(ndim: int, cax: int, start: int, n: int) -> tuple[slice, ...]:
-    return tuple(slice(start, start + n) if i == cax else slice(None) for i in range(ndim))
+def _jsonable(value: Any) -> Any:
+    """Numpy scalars and arrays (computed provenance) as plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | np.generic):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+def _region(
+    ndim: int, cax: int, start: int, n: int, time: tuple[int, slice] | None = None
+) -> tuple[slice, ...]:
+    region = [slice(start, start + n) if i == cax else slice(None) for i in range(ndim)]
+    if time is not None:
+        region[time[0]] = time[1]
+    return tuple(region)
+
+
+def time_region(dims: tuple[str, ...], time: slice | None) -> tuple[int, slice] | None:
+    """``(t axis, slice)`` for :func:`write_pyramid`, or None for all time points."""
+    return None if time is None or "t" not in dims else (dims.index("t"), time)
 
 
 def append_channels(
@@ -175,6 +218,7 @@ def append_channels(
     labels: list[str],
     record: dict[str, Any],
     where: str,
+    time: slice | None = None,
 ) -> None:
     """Add (or overwrite) labeled channels in every level of an image group, crash-safely.
 
@@ -190,6 +234,8 @@ def append_channels(
         Provenance to store per written label under ``attrs["zarrstain"]["channels"]``.
     where
         For messages.
+    time
+        ``data`` holds only these time points (a new channel's other time points stay empty).
     """
     dims = meta.axis_names
     if "c" not in dims:
@@ -226,7 +272,7 @@ def append_channels(
     set_image_attrs(group, omero=omero, zarrstain=prov)
 
     blocks = ([(take(new), n0)] if new else []) + [(take([i]), slot) for i, slot in replaced]
-    lo, hi = write_pyramid(views, cax, blocks, where)
+    lo, hi, record = write_pyramid(views, cax, blocks, where, record, time_region(dims, time))
 
     for arr, view in zip(arrays, views, strict=True):
         if arr.shape != view.shape:  # grow; or shrink away slots of an interrupted earlier run
@@ -240,9 +286,28 @@ def append_channels(
     prov.pop("pending", None)
     written = prov.setdefault("channels", {})
     for lab in labels:
-        written[lab] = {**record, "written": now()}
+        written[lab] = with_time_points(record, written.get(lab) if time else None, time)
     set_image_attrs(group, omero=omero, zarrstain=prov)
     logger.info("%s: wrote channels %s", where, ", ".join(repr(x) for x in labels))
+
+
+def with_time_points(
+    record: dict[str, Any], previous: dict[str, Any] | None, time: slice | None
+) -> dict[str, Any]:
+    """A label's provenance, with the time points written so far when only some were written."""
+    entry = {**record, "written": now()}
+    if time is not None:
+        done = set(range(time.start, time.stop))
+        if previous:
+            done |= {t for lo, hi in previous.get("time_points", []) for t in range(lo, hi)}
+        runs: list[list[int]] = []
+        for t in sorted(done):
+            if runs and runs[-1][1] == t:
+                runs[-1][1] = t + 1
+            else:
+                runs.append([t, t + 1])
+        entry["time_points"] = runs
+    return entry
 
 
 def _listed_channels(group: zarr.Group, n_stored: int) -> int:

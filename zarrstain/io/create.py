@@ -14,7 +14,14 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .channels import channel_entry, now, set_image_attrs, to_store_axes, write_pyramid
+from .channels import (
+    channel_entry,
+    set_image_attrs,
+    time_region,
+    to_store_axes,
+    with_time_points,
+    write_pyramid,
+)
 from .layout import Layout
 from .metadata import DIMS, ImageMeta, ome_attrs
 
@@ -54,6 +61,7 @@ def create_image(
     copy_labels: list[str],
     record: dict[str, Any],
     where: str,
+    time: slice | None = None,
 ) -> None:
     """Create an image at ``gpath`` with the source's axes, scales and pyramid shapes.
 
@@ -75,6 +83,8 @@ def create_image(
         Provenance per new label.
     where
         For messages.
+    time
+        ``data`` holds only these time points (the others stay empty).
     """
     version, src_ome = ome_attrs(src_group)
     ms, cax, added = _with_channel_axis(src_meta, src_ome["multiscales"][0])
@@ -123,7 +133,9 @@ def create_image(
             da.store(src.astype(dtype).rechunk(chunks), arr, regions=region, lock=False)
     store_dims = tuple(d for d in DIMS if d in axis_names or d == "c")
     new = to_store_axes(data.astype(dtype), store_dims)
-    lo, hi = write_pyramid(arrays, cax, [(new, len(copy_idx))], where)
+    lo, hi, record = write_pyramid(
+        arrays, cax, [(new, len(copy_idx))], where, record, time_region(store_dims, time)
+    )
 
     src_channels = (src_ome.get("omero") or {}).get("channels") or []
     entries = [
@@ -141,7 +153,7 @@ def create_image(
         group.attrs.put({"ome": {"version": version, **multiscales}})
     else:
         group.attrs.put(multiscales)
-    prov = {"channels": {lab: {**record, "written": now()} for lab in labels}}
+    prov = {"channels": {lab: with_time_points(record, None, time) for lab in labels}}
     set_image_attrs(group, omero=omero, zarrstain=prov)
     logger.info("%s: created image with channels %s", where, ", ".join(copy_labels + labels))
 

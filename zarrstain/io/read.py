@@ -16,7 +16,7 @@ from .layout import Layout, find_layout, select_scenes
 from .metadata import DIMS, ImageMeta, parse_image
 from .store import StoreLike, describe_store, open_root
 
-__all__ = ["open_image", "open_scenes"]
+__all__ = ["open_image", "open_scenes", "source_token"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 def open_scenes(
     path: StoreLike,
     *,
+    scenes: str | list[str] | None = None,
     level: int = 0,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, xr.DataArray]:
@@ -34,6 +35,8 @@ def open_scenes(
     path
         Local path, fsspec URL (``http://...`` is read-only) or zarr store of an OME-Zarr image,
         HCS plate or bioformats2raw collection, NGFF 0.4 (zarr v2) or 0.5 (zarr v3).
+    scenes
+        Only these scene ids (unknown ids raise :class:`~zarrstain.errors.SceneNotFoundError`).
     level
         Pyramid level to open, 0 being full resolution.
     storage_options
@@ -54,7 +57,7 @@ def open_scenes(
     layout = find_layout(root, where)
     return {
         sid: _open_scene(root, layout, sid, level, where)
-        for sid in select_scenes(layout, None, where)
+        for sid in select_scenes(layout, scenes, where)
     }
 
 
@@ -154,5 +157,22 @@ def image_to_dataarray(
             {"path": lv.path, "shape": list(lv.shape), "scale": list(lv.scale)}
             for lv in meta.levels
         ],
+        # per-channel records of the channels zarrstain wrote (see write_channels)
+        "provenance": dict((group.attrs.get("zarrstain") or {}).get("channels") or {}),
     }
     return xr.DataArray(data, dims=DIMS, coords=coords, attrs=attrs, name=meta.name or None)
+
+
+def source_token(data: xr.DataArray) -> str:
+    """A stable identity of ``data``'s values, for fingerprints of what was computed from them.
+
+    For data opened from a store: the store, scene, level, channel labels and coordinates, so
+    adding other channels to the store (which changes the array's shape) does not change it.
+    Otherwise the dask name (a hash of the values for in-memory arrays).
+    """
+    if "store" in data.attrs and "scene" in data.attrs:
+        # as lists: label arrays' string width changes when longer labels are added
+        coords = {d: data.coords[d].values.tolist() for d in data.dims if d in data.coords}
+        return tokenize(data.attrs["store"], data.attrs["scene"], data.attrs.get("level"), coords)
+    arr = data.data
+    return arr.name if isinstance(arr, da.Array) else tokenize(np.asarray(arr))

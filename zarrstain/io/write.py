@@ -15,7 +15,13 @@ import zarr
 import zarr.storage
 
 from .. import __version__
-from ..errors import ChannelError, ChannelExistsError, ShapeMismatchError, UnsupportedError
+from ..errors import (
+    ChannelError,
+    ChannelExistsError,
+    ParameterError,
+    ShapeMismatchError,
+    UnsupportedError,
+)
 from .channels import INCOMPLETE_SUFFIX, append_channels, to_store_axes
 from .create import create_image, write_collection_metadata
 from .layout import Layout, find_layout, select_scenes
@@ -47,8 +53,10 @@ def write_channels(
     overwrite: bool = False,
     copy_channels: list[str] | bool = False,
     dtype: Any = None,
+    time: slice | None = None,
+    dry_run: bool = False,
     storage_options: dict[str, Any] | None = None,
-) -> None:
+) -> dict[str, str]:
     """Write new labeled channels beside the existing ones, with pyramids and provenance.
 
     Parameters
@@ -76,8 +84,20 @@ def write_channels(
         Output dtype. Default: float predictions are written as float32, others as they are.
         In place, data is cast to the store's dtype, which must then be able to hold it: a
         float prediction into an integer store needs an explicit ``dtype``.
+    time
+        The predictions hold only these time points of the scene (``slice(t0, t1)``): they
+        are written there, a new channel's other time points stay empty (zero) and the
+        provenance lists the time points written (``time_points``).
+    dry_run
+        Run every check, write nothing.
     storage_options
         Passed to fsspec for URLs.
+
+    Returns
+    -------
+    dict
+        Scene id → ``"written"``, or ``"unchanged"`` (already held this data); with
+        ``dry_run``, ``"to write"`` or ``"unchanged"``.
 
     Raises
     ------
@@ -94,17 +114,21 @@ def write_channels(
     ``predictions.attrs["zarrstain"]``, the package version, a fingerprint of the data and the
     time) is stored under the image group's ``zarrstain`` attribute.
     """
-    src_root = open_root(path, "r" if out is not None else "r+", storage_options)
+    mode = "r" if out is not None or dry_run else "r+"
+    src_root = open_root(path, mode, storage_options)
     where = describe_store(path)
     layout = find_layout(src_root, where)
+    if time is not None and (time.step not in (None, 1) or time.start is None or time.stop is None):
+        raise ParameterError(f"time must be a slice(t0, t1) with step 1, not {time!r}")
     plans = [
-        _plan(src_root, layout, sid, pred, where, dtype, out is None)
+        _plan(src_root, layout, sid, pred, where, dtype, out is None, time)
         for sid, pred in _by_scene(predictions, scene, layout, where).items()
     ]
     if out is None:
-        _write_in_place(src_root, plans, overwrite, where)
-    else:
-        _write_new_store(src_root, layout, plans, out, overwrite, copy_channels, storage_options)
+        return _write_in_place(src_root, plans, overwrite, where, time, dry_run)
+    return _write_new_store(
+        src_root, layout, plans, out, overwrite, copy_channels, storage_options, time, dry_run
+    )
 
 
 def _by_scene(
@@ -143,6 +167,7 @@ def _plan(
     where: str,
     dtype: Any,
     in_place: bool,
+    time: slice | None,
 ) -> _Plan:
     gpath = layout.scenes[sid]
     swhere = f"{where}/{gpath}" if gpath else where
@@ -155,6 +180,14 @@ def _plan(
     pred = pred.transpose(*DIMS)
     dims = meta.axis_names
     full = dict(zip(dims, meta.levels[0].shape, strict=True))
+    if time is not None:
+        wanted = len(range(full.get("t", 1))[time])
+        if wanted == 0 or time.stop > full.get("t", 1) or time.start < 0:
+            raise ShapeMismatchError(
+                f"time {time.start}:{time.stop} is outside scene {sid!r}, which has "
+                f"t={full.get('t', 1)} time points (0:{full.get('t', 1)})"
+            )
+        full = {**full, "t": wanted}
     for d in ("t", "z", "y", "x"):
         if pred.sizes[d] != full.get(d, 1):
             raise ShapeMismatchError(
@@ -174,17 +207,23 @@ def _plan(
         target = np.dtype(np.float32) if np.issubdtype(pred.dtype, np.floating) else pred.dtype
     if in_place:
         store_dtype = np.dtype(meta.levels[0].dtype)
+        if dtype is not None and target != store_dtype:
+            raise UnsupportedError(
+                f"{swhere} stores {store_dtype}; channels added in place take that dtype, not "
+                f"{target}; pass dtype='{store_dtype}' or write to a new store with out=... "
+                "(CLI: --out)"
+            )
         if dtype is None and not np.can_cast(target, store_dtype, "same_kind"):
             raise UnsupportedError(
                 f"{swhere} stores {store_dtype} and cannot hold {target} predictions without "
-                f"rounding them; pass dtype='{store_dtype}' to round and clip, or write to a "
-                "new store with out=... (CLI: --out) to keep them as they are"
+                f"rounding them; pass dtype='{store_dtype}' (CLI: --dtype {store_dtype}) to round "
+                "and clip, or write to a new store with out=... (CLI: --out) to keep them as floats"
             )
         target = store_dtype
     data = pred.data
     if not isinstance(data, dask.array.Array):
         data = dask.array.from_array(np.asarray(data), chunks=-1)
-    data = data.astype(target)
+    data = _cast(data, target)
     fingerprint = _fingerprint(pred)
     user = pred.attrs.get("zarrstain")
     record = {**(dict(user) if isinstance(user, dict) else {}), "zarrstain_version": __version__}
@@ -192,6 +231,17 @@ def _plan(
         record["fingerprint"] = fingerprint
     record["dtype"] = str(target)
     return _Plan(sid, gpath, meta, pred.copy(data=data), labels, fingerprint, record)
+
+
+def _cast(data: dask.array.Array, target: np.dtype) -> dask.array.Array:
+    """``data`` as ``target``; floats into integers are rounded and clipped to its range.
+
+    (A bare ``astype`` wraps out-of-range values around: a bright spot would turn black.)
+    """
+    if np.issubdtype(target, np.integer) and np.issubdtype(data.dtype, np.floating):
+        info = np.iinfo(target)
+        data = dask.array.clip(dask.array.round(data), info.min, info.max)
+    return data.astype(target)
 
 
 def _fingerprint(pred: xr.DataArray) -> str | None:
@@ -246,15 +296,30 @@ def _existing_state(group: zarr.Group, plan: _Plan, overwrite: bool, where: str)
     return False
 
 
-def _write_in_place(root: zarr.Group, plans: list[_Plan], overwrite: bool, where: str) -> None:
-    todo = []
+def _write_in_place(
+    root: zarr.Group,
+    plans: list[_Plan],
+    overwrite: bool,
+    where: str,
+    time: slice | None,
+    dry_run: bool,
+) -> dict[str, str]:
+    todo, result = [], {}
     for plan in plans:
         group = root[plan.gpath] if plan.gpath else root
         swhere = f"{where}/{plan.gpath}" if plan.gpath else where
-        if not _existing_state(group, plan, overwrite, swhere):
+        if dry_run and "c" not in plan.meta.axis_names:
+            raise UnsupportedError(
+                f"{swhere} has no channel axis, so channels cannot be added in place; write "
+                "to a new store with out=... (CLI: --out)"
+            )
+        done = _existing_state(group, plan, overwrite, swhere)
+        result[plan.scene] = "unchanged" if done else ("to write" if dry_run else "written")
+        if not done:
             todo.append((group, plan, swhere))
-    for group, plan, swhere in todo:
-        append_channels(group, plan.meta, plan.data.data, plan.labels, plan.record, swhere)
+    for group, plan, swhere in [] if dry_run else todo:
+        append_channels(group, plan.meta, plan.data.data, plan.labels, plan.record, swhere, time)
+    return result
 
 
 def _open_out(out: StoreLike, zarr_format: int, storage_options: dict | None) -> zarr.Group:
@@ -280,7 +345,9 @@ def _write_new_store(
     overwrite: bool,
     copy_channels: list[str] | bool,
     storage_options: dict | None,
-) -> None:
+    time: slice | None,
+    dry_run: bool,
+) -> dict[str, str]:
     out_where = describe_store(out)
     to_copy = {}
     for plan in plans:  # check copy labels before creating anything
@@ -295,8 +362,10 @@ def _write_new_store(
         if clash:
             raise ChannelError(f"labels {sorted(clash)} are both copied and new; rename them")
         to_copy[plan.scene] = wanted
+    if dry_run:
+        return _check_out(out, plans, overwrite, storage_options)
     root = _open_out(out, src_root.metadata.zarr_format, storage_options)
-    written = []
+    written, result = [], {}
     for plan in plans:
         src_group = src_root[plan.gpath] if plan.gpath else src_root
         swhere = f"{out_where}/{plan.gpath}" if plan.gpath else out_where
@@ -304,9 +373,11 @@ def _write_new_store(
         if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
             meta = parse_image(existing, swhere)
             plan = _Plan(**{**plan.__dict__, "meta": meta})
-            if not _existing_state(existing, plan, overwrite, swhere):
-                data = plan.data.data.astype(meta.levels[0].dtype)
-                append_channels(existing, meta, data, plan.labels, plan.record, swhere)
+            if _existing_state(existing, plan, overwrite, swhere):
+                result[plan.scene] = "unchanged"
+            else:
+                data = _cast(plan.data.data, np.dtype(meta.levels[0].dtype))
+                append_channels(existing, meta, data, plan.labels, plan.record, swhere, time)
         else:
             create_image(
                 root,
@@ -318,6 +389,33 @@ def _write_new_store(
                 to_copy[plan.scene],
                 plan.record,
                 swhere,
+                time,
             )
         written.append(plan.scene)
+        result.setdefault(plan.scene, "written")
     write_collection_metadata(root, src_root, layout, written)
+    return result
+
+
+def _check_out(
+    out: StoreLike, plans: list[_Plan], overwrite: bool, storage_options: dict | None
+) -> dict[str, str]:
+    """What writing into ``out`` would do, without writing (``dry_run``)."""
+    if isinstance(out, zarr.Group):
+        root: zarr.Group | None = out
+    elif is_remote(out) or Path(os.fspath(out)).exists():
+        root = open_root(out, "r", storage_options)
+    else:
+        root = None
+    result = {}
+    for plan in plans:
+        existing = (root.get(plan.gpath) if plan.gpath else root) if root is not None else None
+        done = False
+        if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
+            where = f"{describe_store(out)}/{plan.gpath}" if plan.gpath else describe_store(out)
+            meta = parse_image(existing, where)
+            done = _existing_state(
+                existing, _Plan(**{**plan.__dict__, "meta": meta}), overwrite, where
+            )
+        result[plan.scene] = "unchanged" if done else "to write"
+    return result

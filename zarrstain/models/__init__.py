@@ -1,14 +1,18 @@
-"""Models: the fnet U-Net, a registry of architectures, and loaders."""
+"""Models: the fnet U-Net, a registry of architectures, model packages and loaders."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelError
+from .card import is_package, load_package, save_model
 from .fnet_compat import is_fnet_checkpoint, load_fnet_checkpoint
-from .model import Model
-from .registry import ARCHITECTURES, build
+from .model import Model, state_dict_hash
+from .registry import ARCHITECTURES, build, geometry
 from .unet import FnetUNet, fnet_receptive_radius
 
 __all__ = [
@@ -16,10 +20,63 @@ __all__ = [
     "FnetUNet",
     "Model",
     "build",
+    "create_model",
     "fnet_receptive_radius",
     "load_fnet_checkpoint",
     "load_model",
+    "save_model",
 ]
+
+
+def create_model(
+    architecture: str,
+    *,
+    input_labels: Sequence[str],
+    output_labels: Sequence[str],
+    normalization: str = "center",
+    name: str | None = None,
+    output_intensity: Sequence[tuple[float, float]] = (),
+    **kwargs: Any,
+) -> Model:
+    """A new (untrained) model of a registered architecture.
+
+    Parameters
+    ----------
+    architecture
+        Registry name, e.g. ``"fnet"``.
+    input_labels, output_labels
+        Channel labels the model reads and predicts.
+    normalization
+        Input normalization ``predict`` applies (``"center"``, ``"zscore"``, ``"percentile"``,
+        ``"none"``).
+    name
+        For provenance; default the architecture name.
+    output_intensity
+        ``(offset, scale)`` per output mapping predictions to the target's units.
+    **kwargs
+        The architecture's arguments (fnet: ``ndim``, ``depth``, ``mult_chan``); in/out
+        channel counts default to the number of labels.
+    """
+    if "in_channels" not in kwargs and architecture == "fnet":
+        kwargs["in_channels"] = len(input_labels)
+    if "out_channels" not in kwargs and architecture == "fnet":
+        kwargs["out_channels"] = len(output_labels)
+    module = build(architecture, **kwargs).eval()
+    dims, divisor, radius = geometry(architecture, kwargs)
+    return Model(
+        name=name or architecture,
+        module=module,
+        spatial_dims=dims,
+        input_labels=tuple(input_labels),
+        output_labels=tuple(output_labels),
+        divisor=divisor,
+        receptive_radius=radius,
+        normalization=normalization,
+        architecture=architecture,
+        kwargs=dict(kwargs),
+        content_hash=state_dict_hash(module, architecture, kwargs),
+        output_intensity=tuple((float(o), float(s)) for o, s in output_intensity),
+    )
 
 
 def load_model(path: str | os.PathLike, *, output_label: str | None = None) -> Model:
@@ -28,22 +85,36 @@ def load_model(path: str | os.PathLike, *, output_label: str | None = None) -> M
     Parameters
     ----------
     path
-        A pytorch_fnet checkpoint (``model.p``, or the folder holding it, in either of
-        pytorch_fnet's formats).
+        A zarrstain model package folder (``card.json`` + ``weights.pt``), or a pytorch_fnet
+        checkpoint (``model.p``, or the folder holding it, in either of pytorch_fnet's formats).
     output_label
-        Label of the predicted channel, for checkpoints that carry none.
+        Label of the predicted channel (models with one output); pytorch_fnet checkpoints carry
+        none and default to ``"<folder> (predicted)"``.
 
     Raises
     ------
     ModelError
-        Nothing loadable at ``path``.
+        Nothing loadable at ``path``, or a file that is not a model zarrstain understands.
     """
     p = Path(path)
     if not p.exists():
-        raise ModelError(f"no model at {path!s}; pass a pytorch_fnet model.p or its folder")
-    if is_fnet_checkpoint(p):
+        raise ModelError(
+            f"no model at {path!s}; pass a zarrstain model folder or a pytorch_fnet model.p"
+        )
+    if is_package(p):
+        model = load_package(p)
+    elif is_fnet_checkpoint(p):
         return load_fnet_checkpoint(p, output_label=output_label)
-    raise ModelError(
-        f"{path!s} is not a model zarrstain can load: expected a pytorch_fnet model.p or a "
-        "folder holding one"
-    )
+    else:
+        raise ModelError(
+            f"{path!s} is not a model zarrstain can load: expected a zarrstain model folder "
+            "(card.json + weights.pt) or a pytorch_fnet model.p (or a folder holding one)"
+        )
+    if output_label is not None:
+        if len(model.output_labels) != 1:
+            raise ModelError(
+                f"model {model.name} predicts {len(model.output_labels)} channels "
+                f"{list(model.output_labels)}; output_label renames only single-output models"
+            )
+        model = dataclasses.replace(model, output_labels=(output_label,))
+    return model

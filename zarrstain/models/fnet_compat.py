@@ -41,7 +41,7 @@ def _checkpoint_file(path: str | os.PathLike) -> Path:
     if p.is_dir():
         p = p / "model.p"
     if not p.is_file():
-        raise ModelError(f"no pytorch_fnet checkpoint at {path!s}: expected model.p or its folder")
+        raise ModelError(f"no pytorch_fnet checkpoint at {path!s}; expected model.p or its folder")
     return p
 
 

@@ -52,6 +52,10 @@ class Model:
     content_hash
         SHA-256 of architecture, arguments and weights: identifies the model in caches and
         provenance.
+    output_intensity
+        Per output channel, ``(offset, scale)`` of the target channel the model was trained on:
+        ``prediction * scale + offset`` is in the target's units. Empty when unknown
+        (pytorch_fnet checkpoints): predictions then stay in normalized units.
     source
         Where it was loaded from.
     """
@@ -68,6 +72,12 @@ class Model:
     kwargs: dict[str, Any] = field(default_factory=dict)
     content_hash: str = ""
     source: str = ""
+    output_intensity: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels the module reads."""
+        return int(self.kwargs.get("in_channels", len(self.input_labels) or 1))
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,5 +97,6 @@ class Model:
             "divisor": self.divisor,
             "receptive_radius": list(self.receptive_radius),
             "normalization": self.normalization,
+            "output_intensity": [list(v) for v in self.output_intensity],
             "source": self.source,
         }

@@ -79,6 +79,10 @@ class FnetUNet(nn.Module):
         Channels of the top level (doubled per level).
     in_channels, out_channels
         Input and output channels.
+    projection
+        When > 0, a learned per-pixel projection (1×1 convolution) of the input channels to
+        this many channels comes first: In silico labeling's way of reading a z-stack given as
+        channels (13 phase planes → a 2D stain). 0 keeps pytorch_fnet's module tree exactly.
     """
 
     def __init__(
@@ -88,10 +92,14 @@ class FnetUNet(nn.Module):
         mult_chan: int = 32,
         in_channels: int = 1,
         out_channels: int = 1,
+        projection: int = 0,
     ) -> None:
         super().__init__()
         conv, _, _ = _layers(ndim)
         self.ndim, self.depth = ndim, depth
+        if projection:
+            self.project = conv(in_channels, projection, kernel_size=1)
+            in_channels = projection
         self.net_recurse = _Level(ndim, in_channels, mult_chan, depth)
         self.conv_out = conv(mult_chan, out_channels, kernel_size=3, padding=1)
 
@@ -102,6 +110,8 @@ class FnetUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predict the output channels of an (N, C, *spatial) tensor."""
+        if hasattr(self, "project"):
+            x = self.project(x)
         return self.conv_out(self.net_recurse(x))
 
 

@@ -1,0 +1,187 @@
+"""``zarrstain predict``: writes validated channels with provenance; refuses bad input untouched."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+from conftest import SHARED, tree_digest
+from zarrstain.cli.main import cli
+
+import zarrstain
+from zarrstain.testing import random_model
+
+FNET = SHARED / "fixtures" / "pytorch_fnet"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "nuclei"
+    return zarrstain.save_model(random_model(seed=7), folder)
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_predict_into_new_store(make_store, model_dir, validate, tmp_path, version):
+    src = make_store("plate", version)
+    before = tree_digest(src)
+    out = tmp_path / "pred.zarr"
+    result = run(
+        "predict",
+        src,
+        "--model",
+        model_dir,
+        "--out",
+        out,
+        "--halo",
+        "exact",
+        "--scene",
+        "A/1/0",
+        "--scene",
+        "B/2/1",
+        "--copy-channels",
+    )
+    assert result.exit_code == 0, result.output
+    assert "A/1/0: written" in result.output and "B/2/1: written" in result.output
+    assert tree_digest(src) == before  # the source is never touched with --out
+    validate(out)
+    scenes = zarrstain.open_scenes(out)
+    assert sorted(scenes) == ["A/1/0", "B/2/1"]
+    image = scenes["A/1/0"]
+    assert list(image.coords["c"].values) == ["BF", "DNA", "Membrane", "DNA (predicted)"]
+    assert image.dtype == np.float32
+    records = zarr.open_group(out / "A" / "1" / "0").attrs["zarrstain"]["channels"]
+    record = records["DNA (predicted)"]
+    model = zarrstain.load_model(model_dir)
+    assert record["model"]["content_hash"] == model.content_hash
+    assert record["input_channels"] == ["BF"]
+    assert record["normalization"]["method"] == "center"
+    assert np.isfinite(record["normalization"]["offset"][0][0])
+    assert record["tiling"]["halo_mode"] == "exact" and "zarrstain_version" in record
+    # the written values are the in-memory prediction of the source scene
+    expected = zarrstain.predict(zarrstain.open_image(src, "A/1/0"), model, halo="exact")
+    np.testing.assert_allclose(image.sel(c=["DNA (predicted)"]).values, expected.values, atol=1e-5)
+
+
+def test_predict_in_place_and_repeat(make_store, model_dir, validate):
+    src = make_store("image", "0.5")
+    args = ("predict", src, "--model", model_dir, "--dtype", "uint16")
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    validate(src)
+    assert list(zarrstain.open_image(src).coords["c"].values)[-1] == "DNA (predicted)"
+    after = tree_digest(src)
+    again = run(*args)
+    assert again.exit_code == 0 and "unchanged" in again.output
+    assert tree_digest(src) == after
+
+
+def test_dry_run_writes_nothing(make_store, model_dir):
+    src = make_store("plate", "0.5")
+    before = tree_digest(src)
+    result = run("predict", src, "--model", model_dir, "--dry-run", "--dtype", "uint16")
+    assert result.exit_code == 0, result.output
+    assert "8 to write" in result.output and "BF → DNA (predicted)" in result.output
+    assert "memory/block" in result.output
+    plan = json.loads(
+        run(
+            "predict",
+            src,
+            "--model",
+            model_dir,
+            "--dry-run",
+            "--json",
+            "--dtype",
+            "uint16",
+            "--halo",
+            "exact",
+        ).output
+    )
+    assert plan["blocks_to_run"] == 8 and plan["scenes"][0]["halo_mode"] == "exact"
+    assert tree_digest(src) == before
+
+
+def test_time_points(make_store, model_dir):
+    src = make_store("image", "0.5")  # t=2
+    result = run("predict", src, "--model", model_dir, "--dtype", "uint16", "--time", "1")
+    assert result.exit_code == 0, result.output
+    record = zarr.open_group(src).attrs["zarrstain"]["channels"]["DNA (predicted)"]
+    assert record["time_points"] == [[1, 2]]
+    bad = run("predict", src, "--model", model_dir, "--time", "5:9", "--dtype", "uint16")
+    assert bad.exit_code == 1 and "outside 0:2" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--input-channel", "Phase"], "'Phase' not found; available: ['BF', 'DNA', 'Membrane']"),
+        (["--scene", "C/9/0"], "scene 'C/9/0' is not in"),
+        (["--output-label", "DNA"], "acquired channel 'DNA'"),
+        ([], "cannot hold float32 predictions"),
+        (["--halo", "wide"], "'wide' is not auto, exact or an integer"),
+    ],
+)
+def test_bad_input_fails_before_writing(make_store, model_dir, extra, message):
+    src = make_store("plate", "0.5")
+    before = tree_digest(src)
+    result = run("predict", src, "--model", model_dir, *extra)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert tree_digest(src) == before
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+def test_bad_checkpoints(make_store, tmp_path):
+    src = make_store("image", "0.5")
+    before = tree_digest(src)
+    garbage = tmp_path / "garbage" / "model.p"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"\x80\x04 definitely not a checkpoint")
+    foreign = tmp_path / "foreign" / "model.p"
+    foreign.parent.mkdir()
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    for path, message in [
+        (garbage, "cannot read"),
+        (foreign, "not a pytorch_fnet checkpoint"),
+        (tmp_path / "none", "no model at"),
+    ]:
+        result = run("predict", src, "--model", path, "--out", tmp_path / "o.zarr")
+        assert result.exit_code == 1, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert tree_digest(src) == before
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.skipif(not FNET.is_dir(), reason=f"{FNET} is absent (no ../shared)")
+def test_pytorch_fnet_checkpoint_on_a_store(tmp_path, validate):
+    from zarrstain import datasets
+
+    src = datasets.make_image(tmp_path / "cells.zarr", shape=(1, 16, 40, 36), seed=4)
+    out = tmp_path / "out.zarr"
+    result = run(
+        "predict",
+        src,
+        "--model",
+        FNET / "fnet3d",
+        "--input-channel",
+        "BF",
+        "--output-label",
+        "DNA (fnet)",
+        "--out",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    validate(out)
+    written = zarrstain.open_image(out)
+    assert list(written.coords["c"].values) == ["DNA (fnet)"]
+    record = zarr.open_group(out).attrs["zarrstain"]["channels"]["DNA (fnet)"]
+    assert record["model"]["name"] == "pytorch_fnet:fnet3d"
+    assert record["normalization"]["method"] == "center"

@@ -1,0 +1,49 @@
+"""Metrics against hand-computed values and skimage's reference implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from zarrstain import metrics
+
+
+def test_pearson_by_hand():
+    t = np.array([1.0, 2.0, 3.0, 4.0])
+    p = np.array([2.0, 4.0, 5.0, 9.0])
+    # means 2.5 and 5; deviations (-1.5,-.5,.5,1.5) and (-3,-1,0,4)
+    expected = (4.5 + 0.5 + 0 + 6) / np.sqrt(5.0 * 26.0)
+    assert metrics.pearson(t, p) == pytest.approx(expected)
+    assert metrics.pearson(t, 3 * t + 7) == pytest.approx(1.0)
+    assert metrics.pearson(t, -t) == pytest.approx(-1.0)
+    assert np.isnan(metrics.pearson(t, np.ones(4)))
+
+
+def test_errors_in_target_std_units_by_hand():
+    t = np.array([0.0, 2.0, 4.0, 6.0])  # mean 3, population std sqrt(5)
+    p = np.array([1.0, 2.0, 3.0, 10.0])  # errors 1, 0, -1, 4
+    assert metrics.mse(t, p) == pytest.approx((1 + 0 + 1 + 16) / 4 / 5)
+    assert metrics.mae(t, p) == pytest.approx((1 + 0 + 1 + 4) / 4 / np.sqrt(5))
+    assert metrics.nrmse(t, p) == pytest.approx(np.sqrt(18 / 4) / np.sqrt(5))
+    assert metrics.mse(t, t) == 0.0
+
+
+def test_ssim_matches_skimage():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(2, 40, 50))
+    p = t + 0.3 * rng.normal(size=t.shape)
+    ours = metrics.ssim(t, p)
+    theirs = np.mean(
+        [
+            structural_similarity(a, b, data_range=t.max() - t.min())
+            for a, b in zip(t, p, strict=True)
+        ]
+    )
+    assert ours == pytest.approx(theirs, rel=1e-6)
+    assert metrics.ssim(t, t) == pytest.approx(1.0)
+
+
+def test_shapes_must_match():
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.score(np.zeros((3, 3)), np.zeros((3, 4)))

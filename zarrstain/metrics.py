@@ -1,0 +1,93 @@
+"""Image-similarity metrics for predicted vs. acquired channels (numpy, float64).
+
+- ``pearson``: Pearson correlation coefficient, the virtual-staining papers' headline number
+  (scale and offset invariant).
+- ``ssim``: structural similarity (Wang et al. 2004) with a 7-voxel uniform window, computed in
+  2D per plane and averaged (as ``skimage.metrics.structural_similarity`` with its defaults),
+  with the data range taken from the target.
+- ``mse``, ``mae``: in units of the target's standard deviation (both images are divided by the
+  target's std after subtracting its mean), so numbers compare across channels and stores.
+- ``nrmse``: root of the raw mean squared error over the target's standard deviation
+  (``skimage``'s ``normalized_root_mse(normalization="euclidean")`` differs by a constant).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["METRICS", "mae", "mse", "nrmse", "pearson", "score", "ssim"]
+
+
+def _pair(target: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(target, np.float64)
+    p = np.asarray(prediction, np.float64)
+    if t.shape != p.shape:
+        raise ValueError(f"target {t.shape} and prediction {p.shape} differ in shape")
+    return t, p
+
+
+def pearson(target: np.ndarray, prediction: np.ndarray) -> float:
+    """Pearson r over all voxels (NaN when either image is constant)."""
+    t, p = _pair(target, prediction)
+    t, p = t - t.mean(), p - p.mean()
+    denom = np.sqrt((t * t).sum() * (p * p).sum())
+    return float((t * p).sum() / denom) if denom > 0 else float("nan")
+
+
+def _standardized(target: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    t, p = _pair(target, prediction)
+    mean, std = t.mean(), t.std()
+    std = std if std > 0 else 1.0
+    return (t - mean) / std, (p - mean) / std
+
+
+def mse(target: np.ndarray, prediction: np.ndarray) -> float:
+    """Mean squared error in units of the target's variance."""
+    t, p = _standardized(target, prediction)
+    return float(np.mean((t - p) ** 2))
+
+
+def mae(target: np.ndarray, prediction: np.ndarray) -> float:
+    """Mean absolute error in units of the target's standard deviation."""
+    t, p = _standardized(target, prediction)
+    return float(np.mean(np.abs(t - p)))
+
+
+def nrmse(target: np.ndarray, prediction: np.ndarray) -> float:
+    """Root mean squared error over the target's standard deviation."""
+    return float(np.sqrt(mse(target, prediction)))
+
+
+def ssim(target: np.ndarray, prediction: np.ndarray, *, window: int = 7) -> float:
+    """Mean structural similarity over (..., y, x) planes; data range from the target."""
+    t, p = _pair(target, prediction)
+    data_range = float(t.max() - t.min()) or 1.0
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    planes_t = t.reshape(-1, *t.shape[-2:])
+    planes_p = p.reshape(-1, *p.shape[-2:])
+    n = window * window
+    cov_norm = n / (n - 1)  # sample covariance, as skimage
+    values = []
+    for a, b in zip(planes_t, planes_p, strict=True):
+        mu_a = ndimage.uniform_filter(a, window)
+        mu_b = ndimage.uniform_filter(b, window)
+        var_a = cov_norm * (ndimage.uniform_filter(a * a, window) - mu_a * mu_a)
+        var_b = cov_norm * (ndimage.uniform_filter(b * b, window) - mu_b * mu_b)
+        cov = cov_norm * (ndimage.uniform_filter(a * b, window) - mu_a * mu_b)
+        s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+            (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+        )
+        pad = (window - 1) // 2  # skimage crops the border where the window leaves the image
+        if s.shape[0] > 2 * pad and s.shape[1] > 2 * pad:
+            s = s[pad:-pad, pad:-pad]
+        values.append(s.mean())
+    return float(np.mean(values))
+
+
+METRICS = {"pcc": pearson, "ssim": ssim, "mse": mse, "mae": mae, "nrmse": nrmse}
+
+
+def score(target: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """Every metric of :data:`METRICS` for one pair of images."""
+    return {name: fn(target, prediction) for name, fn in METRICS.items()}

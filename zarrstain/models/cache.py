@@ -1,0 +1,176 @@
+"""One copy of each model per process and device, found by content hash, never rebuilt per block.
+
+Tasks carry a small :class:`ModelHandle` instead of the weights. In the process that called
+``predict`` the handle finds the registered model directly; a handle unpickled in another process
+(a dask worker) reloads the model once from its source file and checks the content hash, or
+(for models that exist only in memory) unpickles the weights carried with it once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelError, ParameterError
+from .model import Model
+
+__all__ = [
+    "ModelHandle",
+    "forward_lock",
+    "loads",
+    "match_worker_threads",
+    "placed_module",
+    "resolve_device",
+]
+
+logger = logging.getLogger(__name__)
+
+_LOCK = threading.Lock()
+_MODELS: dict[str, Model] = {}
+_PLACED: dict[tuple[str, str], nn.Module] = {}
+_FORWARD_LOCKS: dict[str, threading.Lock] = {}
+_THREADS_MATCHED = False
+#: how many times each content hash was loaded from its source in this process (for tests)
+loads: Counter[str] = Counter()
+
+
+def _register(model: Model) -> Model:
+    with _LOCK:
+        return _MODELS.setdefault(model.content_hash, model)
+
+
+def _load_from_source(content_hash: str, source: str) -> Model:
+    from . import load_model
+
+    with _LOCK:
+        if content_hash in _MODELS:
+            return _MODELS[content_hash]
+        model = load_model(source)
+        if model.content_hash != content_hash:
+            raise ModelError(
+                f"the model at {source} changed while predicting (content hash "
+                f"{model.content_hash[:12]} instead of {content_hash[:12]}); run again"
+            )
+        loads[content_hash] += 1
+        logger.info("loaded model %s from %s in this process", model.name, source)
+        return _MODELS.setdefault(content_hash, model)
+
+
+class ModelHandle:
+    """A picklable, tokenizable reference to a :class:`Model`.
+
+    Parameters
+    ----------
+    model
+        The model; it is registered in this process's cache.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.content_hash = model.content_hash
+        self.source = model.source
+        self.name = model.name
+        self._model: Model | None = _register(model)
+
+    @classmethod
+    def _rebuild(
+        cls, content_hash: str, source: str, name: str, model: Model | None
+    ) -> ModelHandle:
+        handle = cls.__new__(cls)
+        handle.content_hash, handle.source, handle.name = content_hash, source, name
+        handle._model = _register(model) if model is not None else _MODELS.get(content_hash)
+        return handle
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Models with a file travel as its path; in-memory models carry their weights.
+        carried = None if self.source else self._model
+        return (ModelHandle._rebuild, (self.content_hash, self.source, self.name, carried))
+
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        return ("zarrstain-model", self.content_hash)
+
+    def get(self) -> Model:
+        """The model, loading it once per process when it is not cached yet."""
+        if self._model is None:
+            cached = _MODELS.get(self.content_hash)
+            if cached is None and not self.source:
+                raise ModelError(f"model {self.name} is not available in this process")
+            self._model = cached or _load_from_source(self.content_hash, self.source)
+        return self._model
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when this process sees a GPU, else CPU; ``"cpu"``; ``"cuda[:N]"``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ParameterError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(
+            f"device {device!r} was asked for but torch sees no CUDA GPU here; use "
+            "device='cpu' (CLI: --device cpu) or 'auto'"
+        )
+    if resolved.type not in ("cpu", "cuda"):
+        raise ParameterError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
+    return resolved
+
+
+def placed_module(handle: ModelHandle, device: torch.device) -> nn.Module:
+    """The handle's module on ``device``, moved there once per process."""
+    key = (handle.content_hash, str(device))
+    module = _PLACED.get(key)
+    if module is None:
+        model = handle.get()
+        with _LOCK:
+            module = _PLACED.get(key)
+            if module is None:
+                module = model.module if device.type == "cpu" else _copy_to(model.module, device)
+                module.eval()
+                _PLACED[key] = module
+    return module
+
+
+def _copy_to(module: nn.Module, device: torch.device) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module).to(device)
+
+
+def forward_lock(device: torch.device) -> threading.Lock:
+    """One forward at a time per device and process.
+
+    A forward pass already uses every core (torch's intra-op threads) or the whole GPU;
+    concurrent forwards only oversubscribe. Other dask threads keep reading and writing.
+    """
+    key = str(device)
+    with _LOCK:
+        return _FORWARD_LOCKS.setdefault(key, threading.Lock())
+
+
+def match_worker_threads() -> None:
+    """In a dask.distributed worker, give torch as many threads as the worker has, once.
+
+    A worker process with N threads was given N cores; torch's default (every core of the
+    machine) would oversubscribe them when several workers share a machine. Outside a worker
+    (the local threaded scheduler) torch keeps its default: forwards run one at a time.
+    """
+    global _THREADS_MATCHED
+    if _THREADS_MATCHED:
+        return
+    _THREADS_MATCHED = True
+    try:
+        from distributed import get_worker
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return
+    try:
+        worker = get_worker()
+    except ValueError:  # not in a worker
+        return
+    torch.set_num_threads(max(1, int(worker.state.nthreads)))
+    logger.info("torch uses %d threads in worker %s", torch.get_num_threads(), worker.address)

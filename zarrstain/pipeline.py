@@ -1,0 +1,311 @@
+"""Store to store: predict selected scenes and time points and write the outputs back.
+
+:func:`plan_prediction` reads metadata only and runs every check (scenes, channels, time
+points, output labels, dtypes, writability); :meth:`PredictionPlan.run` then computes the
+normalization statistics of every scene in a first pass (reductions, so memory stays bounded),
+and predicts and writes with those statistics fixed. ``zarrstain predict`` is these two calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import xarray as xr
+from dask.utils import format_bytes
+
+from .errors import ChannelExistsError, ModelError, ParameterError
+from .io.read import open_scenes
+from .io.store import StoreLike, describe_store
+from .io.write import write_channels
+from .models import Model, load_model
+from .normalize import normalization_stats
+from .predict import normalization_method, predict, select_inputs
+from .progress import BlockProgress
+
+__all__ = ["PredictionPlan", "ScenePlan", "format_plan", "parse_time", "plan_prediction"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_time(spec: str | slice | int | None, n_t: int) -> slice | None:
+    """``"T0:T1"`` (either end optional), ``"T"`` or a slice → ``slice(t0, t1)`` within ``n_t``."""
+    if spec is None:
+        return None
+    if isinstance(spec, int):
+        spec = slice(spec, spec + 1)
+    if isinstance(spec, str):
+        parts = spec.split(":")
+        try:
+            if len(parts) == 1:
+                t = int(parts[0])
+                spec = slice(t, t + 1)
+            elif len(parts) == 2:
+                spec = slice(int(parts[0]) if parts[0] else 0, int(parts[1]) if parts[1] else n_t)
+            else:
+                raise ValueError
+        except ValueError:
+            raise ParameterError(f"time {spec!r} is not T or T0:T1 (e.g. 0:5)") from None
+    start = 0 if spec.start is None else spec.start
+    stop = n_t if spec.stop is None else spec.stop
+    if not 0 <= start < stop <= n_t:
+        raise ParameterError(
+            f"time {start}:{stop} is outside 0:{n_t} (the scene has {n_t} time points)"
+        )
+    return slice(start, stop)
+
+
+@dataclass
+class ScenePlan:
+    """What happens to one scene."""
+
+    scene: str
+    prediction: xr.DataArray
+    inputs: list[str]
+    tiling: dict[str, Any]
+    status: str  # "to write", "unchanged" or, after run, "written"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary."""
+        sizes = self.prediction.sizes
+        return {
+            "scene": self.scene,
+            "status": self.status,
+            "shape_tzyx": [sizes[d] for d in ("t", "z", "y", "x")],
+            "inputs": self.inputs,
+            "outputs": [str(c) for c in self.prediction.coords["c"].values],
+            **self.tiling,
+        }
+
+
+@dataclass
+class PredictionPlan:
+    """A checked prediction of a store: :meth:`run` computes and writes it."""
+
+    store: StoreLike
+    model: Model
+    scenes: list[ScenePlan]
+    method: str | None
+    write_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_blocks(self) -> int:
+        """Model blocks of the scenes still to write."""
+        return sum(s.tiling["blocks"] for s in self.scenes if s.status == "to write")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary (what ``--dry-run`` prints)."""
+        return {
+            "store": describe_store(self.store),
+            "out": describe_store(self.write_options["out"])
+            if self.write_options.get("out")
+            else None,
+            "model": {"name": self.model.name, "content_hash": self.model.content_hash},
+            "normalization": self.method or "none",
+            "blocks_to_run": self.n_blocks,
+            "scenes": [s.describe() for s in self.scenes],
+        }
+
+    def run(self, progress: Callable[[int], Any] | None = None) -> dict[str, str]:
+        """Compute the statistics, predict and write; returns scene → status.
+
+        Parameters
+        ----------
+        progress
+            Called with the number of model blocks finished (local schedulers).
+        """
+        todo = [s for s in self.scenes if s.status == "to write"]
+        if not todo:
+            logger.info("every scene already holds this prediction; nothing to do")
+            return {s.scene: s.status for s in self.scenes}
+        preds = {s.scene: s.prediction for s in todo}
+        if self.method is not None:
+            stats = {s.scene: normalization_stats(self._inputs(s), self.method) for s in todo}
+            logger.info("computing %s statistics of %d scene(s)", self.method, len(todo))
+            (computed,) = dask.compute(stats)
+            preds = {s.scene: self._predict(s, computed[s.scene]) for s in todo}
+        callback = BlockProgress(progress) if progress is not None else None
+        with callback or _nothing():
+            result = write_channels(self.store, preds, **self.write_options)
+        for s in self.scenes:
+            s.status = result.get(s.scene, s.status)
+        return {s.scene: s.status for s in self.scenes}
+
+    # the scene's selected inputs and the prediction options, kept for the second pass
+    _sources: dict[str, xr.DataArray] = field(default_factory=dict, repr=False)
+    _options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def _inputs(self, s: ScenePlan) -> xr.DataArray:
+        return self._sources[s.scene].sel(c=s.inputs)
+
+    def _predict(self, s: ScenePlan, stats: xr.Dataset) -> xr.DataArray:
+        return predict(self._sources[s.scene], self.model, stats=stats, **self._options)
+
+
+class _nothing:  # noqa: N801  (a null context manager that is cheap to construct)
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def plan_prediction(
+    store: StoreLike,
+    model: Model | str | os.PathLike,
+    *,
+    scenes: str | Sequence[str] | None = None,
+    time: str | slice | int | None = None,
+    out: StoreLike | None = None,
+    overwrite: bool = False,
+    halo: str | int = "auto",
+    normalization: str | None = "model",
+    input_channels: Sequence[str] | Mapping[str, str] | str | None = None,
+    output_label: str | None = None,
+    device: str = "auto",
+    precision: str = "float32",
+    dtype: Any = None,
+    copy_channels: bool | list[str] = False,
+    chunks: dict[str, int] | None = None,
+    block_memory: int | str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> PredictionPlan:
+    """Check and plan the prediction of a store's scenes; reads metadata only.
+
+    Parameters
+    ----------
+    store
+        The OME-Zarr store (image, plate, bioformats2raw collection).
+    model
+        A :class:`~zarrstain.Model`, or a path for :func:`~zarrstain.load_model`.
+    scenes
+        Scene ids (default: all).
+    time
+        ``"T0:T1"``, ``"T"`` or a slice: only these time points (default: all).
+    out
+        Write into this new store instead of in place.
+    overwrite
+        Replace earlier predictions with the same label. Channels zarrstain did not write
+        (acquired data) are never replaced.
+    halo, normalization, input_channels, device, precision, chunks, block_memory
+        As in :func:`zarrstain.predict` (``normalization`` is its ``normalize``).
+    output_label
+        Label of the predicted channel (single-output models).
+    dtype, copy_channels
+        As in :func:`zarrstain.write_channels`.
+    storage_options
+        fsspec options for URLs.
+
+    Raises
+    ------
+    ZarrstainError
+        Any problem with the store, scenes, channels, labels or model, before anything is
+        computed or written.
+    """
+    if not isinstance(model, Model):
+        model = load_model(model, output_label=output_label)
+    elif output_label is not None:
+        if len(model.output_labels) != 1:
+            raise ModelError(f"output_label renames single-output models; {model.name} has more")
+        model = dataclasses.replace(model, output_labels=(output_label,))
+    images = open_scenes(store, scenes=scenes, storage_options=storage_options)
+    options = {
+        "halo": halo,
+        "normalize": normalization,
+        "input_channels": input_channels,
+        "device": device,
+        "precision": precision,
+        "chunks": chunks,
+        "block_memory": block_memory,
+    }
+    method = normalization_method(normalization, model)
+    sources, plans, tsel = {}, [], None
+    for sid, image in images.items():
+        if out is None and dtype is None and model.output_intensity and image.dtype.kind in "iu":
+            # predictions in the target's units: rounding to the store's integers is meaningful
+            dtype = image.dtype
+        tsel = parse_time(time, image.sizes["t"])
+        src = image.isel(t=tsel) if tsel is not None else image
+        inputs = select_inputs(src.coords["c"].values, model, input_channels)
+        if out is None:
+            _protect_acquired(src, model, sid)
+        pred = predict(src, model, **options)
+        sources[sid] = src
+        plans.append(ScenePlan(sid, pred, inputs, pred.attrs["zarrstain"]["tiling"], "to write"))
+    write_options = {
+        "out": out,
+        "overwrite": overwrite,
+        "dtype": dtype,
+        "copy_channels": copy_channels,
+        "time": tsel,
+        "storage_options": storage_options,
+    }
+    status = write_channels(
+        store, {p.scene: p.prediction for p in plans}, dry_run=True, **write_options
+    )
+    for p in plans:
+        p.status = status[p.scene]
+    plan = PredictionPlan(store, model, plans, method, write_options)
+    plan._sources, plan._options = sources, options
+    return plan
+
+
+def _protect_acquired(image: xr.DataArray, model: Model, scene: str) -> None:
+    written = image.attrs.get("provenance") or {}
+    labels = [str(c) for c in image.coords["c"].values]
+    for label in model.output_labels:
+        if label in labels and label not in written:
+            raise ChannelExistsError(
+                f"scene {scene!r} already has an acquired channel {label!r} (not written by "
+                "zarrstain), which predictions never replace; name the output differently, e.g. "
+                f"--output-label '{label} (predicted)'"
+            )
+
+
+def format_plan(description: dict[str, Any]) -> str:
+    """A :meth:`PredictionPlan.describe` as text (``zarrstain predict --dry-run``)."""
+    d = description
+    scenes = d["scenes"]
+    todo = sum(s["status"] == "to write" for s in scenes)
+    lines = [
+        f"store:  {d['store']}" + (f"  →  {d['out']}" if d["out"] else "  (in place)"),
+        f"model:  {d['model']['name']} ({d['model']['content_hash'][:12]}), "
+        f"normalization {d['normalization']}",
+        f"scenes: {len(scenes)} ({todo} to write, {len(scenes) - todo} unchanged); "
+        f"blocks to run: {d['blocks_to_run']}",
+        "",
+    ]
+    header = (
+        "scene",
+        "status",
+        "t×z×y×x",
+        "inputs → outputs",
+        "blocks",
+        "block t×z×y×x",
+        "halo z,y,x",
+        "memory/block",
+        "compute",
+    )
+    rows = [
+        (
+            s["scene"] or "(image)",
+            s["status"],
+            "×".join(map(str, s["shape_tzyx"])),
+            f"{', '.join(s['inputs'])} → {', '.join(s['outputs'])}",
+            str(s["blocks"]),
+            "×".join(map(str, s["block_tzyx"])),
+            ",".join(map(str, s["halo_zyx"])) + f" ({s['halo_mode']})",
+            format_bytes(s["memory_per_block"]),
+            f"{s['compute_ratio']:.2f}×",
+        )
+        for s in scenes
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,271 @@
+"""``zarrstain.predict``: select channels → normalize globally → tiled model → labeled channels."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .errors import ChannelError, ParameterError, ShapeMismatchError
+from .io.metadata import DIMS
+from .io.read import source_token
+from .models.cache import resolve_device
+from .models.model import Model
+from .normalize import METHODS, normalization_stats
+from .normalize import normalize as apply_normalization
+from .tiling import TilePlan, plan_tiles, run_tiled
+
+__all__ = ["as_scene", "normalization_method", "predict", "select_inputs"]
+
+logger = logging.getLogger(__name__)
+
+
+def as_scene(data: Any) -> xr.DataArray:
+    """``data`` as a (t, c, z, y, x) DataArray: DataArrays are transposed, arrays wrapped."""
+    if isinstance(data, xr.DataArray):
+        if set(data.dims) != set(DIMS):
+            raise ShapeMismatchError(
+                f"data has dims {data.dims}; expected {DIMS} (zarrstain.open_image returns "
+                "these; add missing axes with DataArray.expand_dims)"
+            )
+        return data.transpose(*DIMS)
+    arr = data if isinstance(data, da.Array) else np.asarray(data)
+    if arr.ndim != 5:
+        raise ShapeMismatchError(
+            f"data has shape {arr.shape}; expected 5 dims (t, c, z, y, x), e.g. "
+            "array[None, None, None] for a (y, x) image"
+        )
+    return xr.DataArray(arr, dims=DIMS, coords={"c": [str(i) for i in range(arr.shape[1])]})
+
+
+def select_inputs(
+    available: Sequence[str],
+    model: Model,
+    input_channels: Sequence[str] | Mapping[str, str] | str | None,
+) -> list[str]:
+    """The data's channel labels the model reads, in the model's order.
+
+    Parameters
+    ----------
+    available
+        The data's channel labels.
+    model
+        Declares its input labels (zarrstain packages) or only their number (pytorch_fnet).
+    input_channels
+        Data labels in the model's order, or a mapping model label → data label.
+
+    Raises
+    ------
+    ChannelError
+        A missing, ambiguous or wrongly counted channel; the message lists what is available.
+    """
+    available = [str(a) for a in available]
+    need = model.in_channels
+    if isinstance(input_channels, str):
+        input_channels = [input_channels]
+    if isinstance(input_channels, Mapping):
+        unknown = [k for k in input_channels if k not in model.input_labels]
+        if unknown:
+            raise ChannelError(
+                f"input_channels names {unknown[0]!r}, which model {model.name} does not read; "
+                f"it reads {list(model.input_labels)}"
+            )
+        chosen = [input_channels.get(lab, lab) for lab in model.input_labels]
+    elif input_channels is not None:
+        chosen = [str(c) for c in input_channels]
+    elif model.input_labels:
+        chosen = list(model.input_labels)
+    elif len(available) == need:
+        chosen = list(available)
+    else:
+        raise ChannelError(
+            f"model {model.name} reads {need} input channel(s) but does not name them, and the "
+            f"data has {len(available)}: {available}; choose with input_channels=[...] "
+            "(CLI: --input-channel NAME)"
+        )
+    if len(chosen) != need:
+        raise ChannelError(
+            f"model {model.name} reads {need} input channel(s), not {len(chosen)} ({chosen})"
+        )
+    for label in chosen:
+        count = available.count(label)
+        if count == 0:
+            raise ChannelError(
+                f"channel {label!r} not found; available: {available}; map it with "
+                "input_channels=... (CLI: --input-channel NAME)"
+            )
+        if count > 1:
+            raise ChannelError(
+                f"channel label {label!r} is ambiguous: {count} channels carry it; rename them"
+            )
+    return chosen
+
+
+def normalization_method(normalize: str | None, model: Model) -> str | None:
+    """The method ``normalize=`` asks for: ``"model"`` → the model's own, ``None``/"none" → none."""
+    if normalize == "model":
+        normalize = model.normalization
+    if normalize in (None, "none"):
+        return None
+    if normalize not in METHODS:
+        raise ParameterError(
+            f"unknown normalization {normalize!r}; choose 'model', 'none' or one of "
+            + ", ".join(METHODS)
+        )
+    return normalize
+
+
+def _align(arr: da.Array) -> dict[str, int]:
+    return {d: int(arr.chunks[i][0]) for i, d in enumerate(DIMS) if d in ("z", "y", "x")}
+
+
+def predict(
+    data: Any,
+    model: Model,
+    *,
+    halo: str | int = "auto",
+    normalize: str | None = "model",
+    input_channels: Sequence[str] | Mapping[str, str] | str | None = None,
+    chunks: dict[str, int] | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    precision: str = "float32",
+    stats: xr.Dataset | None = None,
+    block_memory: int | str | None = None,
+    denormalize: bool = True,
+) -> xr.DataArray:
+    """Predict the model's output channels for (t, c, z, y, x) data, lazily.
+
+    Parameters
+    ----------
+    data
+        A scene from :func:`zarrstain.open_image`, or any DataArray with dims (t, c, z, y, x),
+        or a 5-D numpy/dask array (its channels are then the model's inputs, in order).
+    model
+        From :func:`zarrstain.load_model`.
+    halo
+        ``"exact"``: identical to one forward pass over the whole volume; ``"auto"``: a
+        smaller halo with a small measured error (see the README); an integer: that overlap,
+        rounded up to the model's divisor.
+    normalize
+        ``"model"`` (the model's own method), ``None`` (the data as given) or a method name
+        (``"center"``, ``"zscore"``, ``"percentile"``).
+    input_channels
+        Data channels the model reads, by label, in the model's order, or a mapping model label
+        → data label. Default: the model's input labels; for models that name none
+        (pytorch_fnet), the data's only channel.
+    chunks
+        Block cores per axis (``{"z": 32, "y": 256, "x": 256}``), multiples of the divisor;
+        default: the largest blocks that fit ``block_memory``, aligned with the data's chunks.
+    device
+        ``"auto"`` (CUDA when the process running a block sees a GPU), ``"cpu"`` or ``"cuda"``.
+    batch_size
+        Items (time points, or planes for 2D models) per forward pass; default all in a block.
+    precision
+        ``"float32"``, or ``"bfloat16"``/``"float16"`` mixed precision (autocast).
+    stats
+        Precomputed :func:`zarrstain.normalization_stats` of the selected channels (computed
+        from the data, lazily, otherwise).
+    denormalize
+        Map predictions to the target channel's units with the model's ``output_intensity``
+        (models trained by zarrstain carry it); otherwise, or when False, predictions stay in
+        the normalized units the model computes in.
+    block_memory
+        Memory budget of one block's forward pass (bytes or ``"4GiB"``); default
+        :func:`zarrstain.tiling.default_block_memory`.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32, dims (t, c, z, y, x), ``c`` = the model's output labels, the data's t/z/y/x
+        coordinates and attrs; ``attrs["zarrstain"]`` holds the provenance that
+        :func:`zarrstain.write_channels` stores, including a fingerprint of everything that
+        determines the result. Nothing is computed until you compute or write it.
+    """
+    scene = as_scene(data)
+    if not isinstance(data, xr.DataArray) and input_channels is None:
+        input_channels = list(scene.coords["c"].values)  # unlabeled arrays: by position
+    chosen = select_inputs(scene.coords["c"].values, model, input_channels)
+    method = normalization_method(normalize, model)
+    if device != "auto":
+        resolve_device(device)  # fail now, not inside a task
+    inputs = scene.sel(c=chosen)
+    if not isinstance(inputs.data, da.Array):
+        inputs = inputs.copy(data=da.from_array(np.asarray(inputs.data), chunks=-1))
+    align = _align(inputs.data)
+    if method is not None:
+        if stats is None:
+            stats = normalization_stats(inputs, method)
+        inputs = apply_normalization(inputs, method, stats=stats)
+    arr = inputs.data.astype(np.float32)
+    plan = plan_tiles(
+        (arr.shape[0], *arr.shape[2:]),
+        model,
+        halo=halo,
+        chunks=chunks,
+        align=align,
+        block_memory=block_memory,
+    )
+    out = run_tiled(arr, model, plan, device=device, precision=precision, batch_size=batch_size)
+    units = "normalized"
+    if denormalize and model.output_intensity:
+        offset, scale = np.asarray(model.output_intensity, np.float32).T
+        out = out * scale[None, :, None, None, None] + offset[None, :, None, None, None]
+        units = "target"
+    coords = {d: scene.coords[d] for d in ("t", "z", "y", "x") if d in scene.coords}
+    result = xr.DataArray(out, dims=DIMS, coords={**coords, "c": list(model.output_labels)})
+    skip = ("normalization", "zarrstain", "provenance")
+    result.attrs = {k: v for k, v in scene.attrs.items() if k not in skip}
+    result.attrs["zarrstain"] = _provenance(
+        scene, model, chosen, method, stats, plan, precision, units
+    )
+    result.attrs["zarrstain"]["device"] = device
+    return result
+
+
+def _provenance(
+    scene: xr.DataArray,
+    model: Model,
+    chosen: list[str],
+    method: str | None,
+    stats: xr.Dataset | None,
+    plan: TilePlan,
+    precision: str,
+    units: str,
+) -> dict[str, Any]:
+    norm: dict[str, Any] = {"method": method or "none"}
+    if stats is not None:
+        norm.update({k: v for k, v in stats.attrs.items() if k not in ("method", "data")})
+        norm["offset"] = stats["offset"].data  # computed with the prediction when written
+        norm["scale"] = stats["scale"].data
+    # What determines the result; statistics by what they were computed from (their attrs), so
+    # lazy and precomputed statistics of the same data give the same fingerprint.
+    fingerprint = dask.base.tokenize(
+        model.content_hash,
+        source_token(scene.sel(c=chosen)),
+        chosen,
+        method,
+        dict(stats.attrs) if stats is not None else None,
+        plan,
+        precision,
+        units,
+    )
+    return {
+        "model": {
+            "name": model.name,
+            "content_hash": model.content_hash,
+            "architecture": model.architecture,
+            "source": model.source,
+        },
+        "input_channels": chosen,
+        "normalization": norm,
+        "tiling": plan.describe(),
+        "precision": precision,
+        "output_units": units,
+        "fingerprint": fingerprint,
+    }

@@ -1,0 +1,100 @@
+"""Tables (CSV, markdown, text) and PNG panels for evaluations."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ["error_map", "format_table", "gray", "markdown_table", "panel", "write_csv"]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Rows (dicts with the same keys) as a CSV file."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as a GitHub markdown table."""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as an aligned text table (for the terminal)."""
+    keys = list(rows[0])
+    cells = [keys] + [[_fmt(r[k]) for k in keys] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(keys))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells
+    )
+
+
+def gray(image: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """RGB uint8 of a 2D image scaled from lo to hi (default: its 0.5 and 99.8 percentiles)."""
+    image = np.asarray(image, np.float64)
+    lo = np.percentile(image, 0.5) if lo is None else lo
+    hi = np.percentile(image, 99.8) if hi is None else hi
+    scaled = np.clip((image - lo) / ((hi - lo) or 1.0), 0, 1)
+    return np.repeat((scaled * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def error_map(target: np.ndarray, prediction: np.ndarray, scale: float = 2.0) -> np.ndarray:
+    """RGB map of prediction − target (in target standard deviations) over the dimmed target.
+
+    Magenta: false positives (predicted signal the target lacks); green: false negatives
+    (target signal the prediction misses), full colour at ``scale`` standard deviations.
+    """
+    t = np.asarray(target, np.float64)
+    p = np.asarray(prediction, np.float64)
+    std = t.std() or 1.0
+    diff = (p - t) / std
+    base = gray(t).astype(np.float64) * 0.35
+    fp = np.clip(diff / scale, 0, 1)[..., None] * np.array([255.0, 0.0, 255.0])
+    fn = np.clip(-diff / scale, 0, 1)[..., None] * np.array([0.0, 255.0, 0.0])
+    return np.clip(base + fp + fn, 0, 255).astype(np.uint8)
+
+
+def panel(
+    images: Sequence[tuple[str, np.ndarray]], path: Path, *, title: str = "", width: int = 256
+) -> Path:
+    """Side-by-side tiles with captions: 2D grayscale arrays or RGB uint8 (error maps).
+
+    Target and prediction are best passed already on one intensity scale (the caller decides).
+    """
+    tiles = []
+    for caption, image in images:
+        rgb = image if image.ndim == 3 else gray(image)
+        im = Image.fromarray(rgb)
+        height = max(1, round(im.height * width / im.width))
+        tiles.append((caption, im.resize((width, height), Image.NEAREST)))
+    top = 18 if title else 0
+    height = max(t.height for _, t in tiles) + 16 + top
+    canvas = Image.new("RGB", (width * len(tiles) + 4 * (len(tiles) - 1), height), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 2), title, fill="black")
+    for k, (caption, tile) in enumerate(tiles):
+        x = k * (width + 4)
+        draw.text((x + 4, top + 1), caption, fill="black")
+        canvas.paste(tile, (x, top + 16))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

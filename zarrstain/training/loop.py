@@ -1,0 +1,329 @@
+"""``zarrstain.train``: fit an fnet U-Net on paired channels of OME-Zarr stores.
+
+pytorch_fnet's recipe (Adam, lr 1e-3, MSE on normalized patches, random xy flips) with defaults
+sized for a CPU: ``TrainConfig()`` gives a useful model in minutes, ``TrainConfig.paper()`` the
+published settings. Checkpoints are zarrstain model packages (``predict`` loads them) with a
+``training_state.pt`` beside the weights (optimizer, step, sampler state, history), so
+``resume=True`` continues a run exactly where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from ..errors import ParameterError
+from ..io.read import open_scenes
+from ..metrics import pearson
+from ..models import Model, create_model, load_model, save_model
+from ..models.cache import resolve_device
+from ..models.model import state_dict_hash
+from .sampler import PatchSampler, split_regions
+
+__all__ = ["TrainConfig", "TrainResult", "build_config", "train"]
+
+logger = logging.getLogger(__name__)
+
+STATE = "training_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (a ``--config`` TOML file holds these keys)."""
+
+    inputs: list[str]
+    targets: list[str]
+    model: str = "fnet3d"  # or "fnet2d"
+    depth: int = 4
+    mult_chan: int = 8  # pytorch_fnet: 32 (``paper()``)
+    projection: int = 0  # > 0: learned per-pixel projection of the inputs (In silico labeling)
+    steps: int = 400
+    batch_size: int = 4
+    patch: list[int] | None = None  # default 32×64×64 (3D) or 256×256 (2D), cut to fit
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    normalization: str = "center"
+    scenes: list[str] | None = None
+    val_scenes: list[str] | None = None
+    val_fraction: float | None = None
+    val_patches: int = 16
+    validate_every: int = 50
+    checkpoint_every: int = 100
+    device: str = "auto"
+
+    @classmethod
+    def paper(cls, **kwargs: Any) -> TrainConfig:
+        """pytorch_fnet's published settings: 32 channels, batch 24, 50,000 steps, β1 0.5."""
+        return cls(
+            **{
+                "mult_chan": 32,
+                "batch_size": 24,
+                "steps": 50_000,
+                "betas": (0.5, 0.999),
+                "validate_every": 1000,
+                "checkpoint_every": 5000,
+                **kwargs,
+            }
+        )
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dims of the model."""
+        if self.model not in ("fnet3d", "fnet2d"):
+            raise ParameterError(f"model must be 'fnet3d' or 'fnet2d', not {self.model!r}")
+        return 3 if self.model == "fnet3d" else 2
+
+
+def build_config(
+    file: str | os.PathLike | None = None, *, paper: bool = False, **overrides: Any
+) -> TrainConfig:
+    """A :class:`TrainConfig` from a TOML file, ``paper`` defaults and keyword overrides.
+
+    Unknown keys and missing inputs/targets raise :class:`~zarrstain.errors.ParameterError`.
+    """
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            values = tomllib.loads(Path(file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ParameterError(f"cannot read the config {file}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ParameterError(f"unknown training setting {unknown[0]!r}; known: {sorted(known)}")
+    for key in ("inputs", "targets"):
+        if not values.get(key):
+            flag = "--input" if key == "inputs" else "--target"
+            raise ParameterError(f"no {key} given; name the channels with {flag} LABEL")
+        if isinstance(values[key], str):
+            values[key] = [values[key]]
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    config = TrainConfig.paper(**values) if paper else TrainConfig(**values)
+    config.ndim  # noqa: B018  (validates the architecture name)
+    return config
+
+
+@dataclass
+class TrainResult:
+    """The trained model, its package folder and the loss / validation history."""
+
+    model: Model
+    package: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _patch(config: TrainConfig, scenes: dict) -> tuple[int, ...]:
+    if config.patch:
+        return tuple(config.patch)
+    default = (32, 64, 64) if config.ndim == 3 else (256, 256)
+    div = 2**config.depth
+    smallest = {a: min(im.sizes[a] for im in scenes.values()) for a in ("z", "y", "x")}
+    axes = ("z", "y", "x")[-config.ndim :]
+    # as pytorch_fnet's default when it fits, else the largest multiple of the divisor that does
+    return tuple(
+        min(p, max(div, smallest[a] // div * div)) for p, a in zip(default, axes, strict=True)
+    )
+
+
+def _open(stores: Sequence[str | os.PathLike], wanted: list[str] | None) -> dict:
+    scenes = {}
+    for i, store in enumerate(stores):
+        for sid, image in open_scenes(store).items():
+            key = sid if len(stores) == 1 else f"{i}:{sid}"
+            if wanted is None or key in wanted:
+                scenes[key] = image
+    if not scenes:
+        raise ParameterError(f"no scenes selected from {list(map(str, stores))} (scenes={wanted})")
+    return scenes
+
+
+def train(
+    stores: Sequence[str | os.PathLike] | str | os.PathLike,
+    config: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: Callable[[int, dict[str, float]], Any] | None = None,
+) -> TrainResult:
+    """Train a model on paired channels of OME-Zarr stores and save it as a model package.
+
+    Parameters
+    ----------
+    stores
+        One or more OME-Zarr stores (scene ids get an ``"<index>:"`` prefix with several).
+    config
+        Inputs, targets, architecture and optimisation settings.
+    out
+        The model package folder (written at every checkpoint, atomically).
+    resume
+        Continue the run saved in ``out`` (same config) from its last checkpoint.
+    progress
+        Called after every step with the step number (1-based) and ``{"loss": ...}`` (plus
+        ``"val_pcc"`` after validations).
+
+    Returns
+    -------
+    TrainResult
+    """
+    single = isinstance(stores, str | os.PathLike | zarr.Group)
+    stores = [stores] if single else list(stores)
+    out = Path(out)
+    scenes = _open(stores, config.scenes)
+    train_regions, val_regions = split_regions(
+        scenes, val_scenes=config.val_scenes, val_fraction=config.val_fraction
+    )
+    patch = _patch(config, scenes)
+    sampler = PatchSampler(
+        scenes,
+        train_regions,
+        config.inputs,
+        config.targets,
+        patch,
+        normalization=config.normalization,
+        seed=config.seed,
+    )
+    val = None
+    if val_regions:
+        val_sampler = PatchSampler(
+            scenes,
+            val_regions,
+            config.inputs,
+            config.targets,
+            patch,
+            normalization=config.normalization,
+            seed=config.seed + 1,
+            flips=False,
+        )
+        val = val_sampler.sample(config.val_patches)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)  # the initial weights
+    model = create_model(
+        "fnet",
+        input_labels=config.inputs,
+        output_labels=[f"{t} (predicted)" for t in config.targets],
+        normalization=config.normalization,
+        name=out.name,
+        output_intensity=sampler.target_intensity(),
+        ndim=config.ndim,
+        depth=config.depth,
+        mult_chan=config.mult_chan,
+        **({"projection": config.projection} if config.projection else {}),
+    )
+    module = model.module.to(device)
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, betas=config.betas)
+    start, history = 0, []
+    if resume:
+        start, history = _restore(out, model, optimizer, sampler, device)
+    record = _provenance(stores, config, patch, scenes, train_regions, val_regions)
+    loss_fn = torch.nn.MSELoss()
+    t0 = time.perf_counter()
+    for step in range(start + 1, config.steps + 1):
+        module.train()
+        x, y = sampler.sample(config.batch_size)
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(module(x), y)
+        loss.backward()
+        optimizer.step()
+        entry = {"step": step, "loss": float(loss.detach())}
+        if val is not None and (step % config.validate_every == 0 or step == config.steps):
+            entry["val_pcc"] = _validate(module, val, device)
+            logger.info(
+                "step %d: loss %.4f, validation Pearson r %.3f",
+                step,
+                entry["loss"],
+                entry["val_pcc"],
+            )
+        history.append(entry)
+        if progress is not None:
+            progress(step, entry)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model = _checkpoint(model, module, optimizer, sampler, out, step, history, record)
+    if start >= config.steps:
+        logger.info("%s already trained for %d steps; nothing to do", out, start)
+        model = load_model(out)
+    return TrainResult(model, out, history)
+
+
+def _validate(module: torch.nn.Module, val: tuple[np.ndarray, np.ndarray], device) -> float:
+    module.eval()
+    with torch.inference_mode():
+        pred = module(torch.from_numpy(val[0]).to(device)).float().cpu().numpy()
+    return pearson(val[1], pred)
+
+
+def _provenance(stores, config, patch, scenes, train_regions, val_regions) -> dict[str, Any]:
+    return {
+        "stores": [str(s) for s in stores],
+        "config": {**dataclasses.asdict(config), "patch": list(patch)},
+        "train_regions": [_region_name(r) for r in train_regions],
+        "val_regions": [_region_name(r) for r in val_regions],
+        "optimizer": "Adam",
+        "loss": "MSE",
+    }
+
+
+def _region_name(region) -> str:
+    if region.x == slice(None):
+        return region.scene
+    return f"{region.scene}[x={region.x.start}:{region.x.stop}]"
+
+
+def _checkpoint(model, module, optimizer, sampler, out, step, history, record) -> Model:
+    module_cpu = copy.deepcopy(module).to("cpu").eval()
+    snapshot = dataclasses.replace(
+        model,
+        module=module_cpu,
+        content_hash=state_dict_hash(module_cpu, model.architecture, model.kwargs),
+    )
+    last = {k: v for k, v in history[-1].items() if k != "step"}
+    vals = [h["val_pcc"] for h in history if "val_pcc" in h]
+    training = {**record, "steps": step, "last": last, **({"val_pcc": vals[-1]} if vals else {})}
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "rng": sampler.rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+    }
+    save_model(snapshot, out, training=training, overwrite=True, state=(STATE, state))
+    return snapshot
+
+
+def _restore(out: Path, model: Model, optimizer, sampler, device) -> tuple[int, list]:
+    if not (out / STATE).is_file():
+        raise ParameterError(f"nothing to resume in {out} (no {STATE}); drop --resume")
+    saved = load_model(out)
+    if (saved.kwargs, saved.input_labels, saved.output_labels) != (
+        model.kwargs,
+        model.input_labels,
+        model.output_labels,
+    ):
+        raise ParameterError(
+            f"{out} holds a different model ({saved.kwargs}, {list(saved.input_labels)} → "
+            f"{list(saved.output_labels)}); resume with the same settings, or choose a new --out"
+        )
+    model.module.load_state_dict(saved.module.state_dict())
+    state = torch.load(out / STATE, map_location=device, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    sampler.rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"])
+    logger.info("resuming %s at step %d", out, state["step"])
+    return int(state["step"]), list(state["history"])
