@@ -266,7 +266,8 @@ def _validate(module: torch.nn.Module, val: tuple[np.ndarray, np.ndarray], devic
     module.eval()
     with torch.inference_mode():
         pred = module(torch.from_numpy(val[0]).to(device)).float().cpu().numpy()
-    return pearson(val[1], pred)
+    # the mean over target channels of each channel's Pearson r (not one r over all of them)
+    return float(np.mean([pearson(val[1][:, c], pred[:, c]) for c in range(pred.shape[1])]))
 
 
 def _provenance(stores, config, patch, scenes, train_regions, val_regions) -> dict[str, Any]:
