@@ -116,6 +116,17 @@ def test_time_points(make_store, model_dir):
     assert record["time_points"] == [[1, 2]]
     bad = run("predict", src, "--model", model_dir, "--time", "5:9", "--dtype", "uint16")
     assert bad.exit_code == 1 and "outside 0:2" in bad.output
+    # the other time point is added to the same channel, no --overwrite needed
+    more = run("predict", src, "--model", model_dir, "--dtype", "uint16", "--time", "0")
+    assert more.exit_code == 0, more.output
+    record = zarr.open_group(src).attrs["zarrstain"]["channels"]["DNA (predicted)"]
+    assert record["time_points"] == [[0, 2]]
+    full = zarrstain.predict(zarrstain.open_image(src), zarrstain.load_model(model_dir))
+    stored = zarrstain.open_image(src).sel(c=["DNA (predicted)"]).values
+    np.testing.assert_array_equal(stored, np.clip(np.round(full.values), 0, 65535))
+    # but time points it already holds are a replacement
+    again = run("predict", src, "--model", model_dir, "--dtype", "uint16", "--time", "0:2")
+    assert again.exit_code == 1 and "already exists" in again.output
 
 
 @pytest.mark.parametrize(

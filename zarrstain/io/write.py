@@ -273,8 +273,13 @@ def _same_content(group: zarr.Group, plan: _Plan, labels: list[str]) -> bool:
     return bool(all(dask.compute(*checks)))
 
 
-def _existing_state(group: zarr.Group, plan: _Plan, overwrite: bool, where: str) -> bool:
-    """Whether the write is already done; raises when labels exist and may not be replaced."""
+def _existing_state(
+    group: zarr.Group, plan: _Plan, overwrite: bool, where: str, time: slice | None = None
+) -> bool:
+    """Whether the write is already done; raises when labels exist and may not be replaced.
+
+    Adding time points that a zarrstain channel does not hold yet (``time``) is not replacing.
+    """
     present = set(plan.meta.labels)
     clash = [lab for lab in plan.labels if lab in present]
     if not clash:
@@ -288,12 +293,25 @@ def _existing_state(group: zarr.Group, plan: _Plan, overwrite: bool, where: str)
         if same:
             logger.info("%s: channels %s already hold this data; nothing to do", where, clash)
             return True
+    if time is not None and not overwrite and _new_time_points(group, clash, time):
+        return False
     if not overwrite:
         raise ChannelExistsError(
             f"channel {clash[0]!r} already exists in {where}; pass overwrite=True "
             "(CLI: --overwrite) to replace it, or choose another output label"
         )
     return False
+
+
+def _new_time_points(group: zarr.Group, labels: list[str], time: slice) -> bool:
+    """Whether every label is a partial zarrstain channel holding none of ``time``."""
+    done = (group.attrs.get("zarrstain") or {}).get("channels") or {}
+    wanted = set(range(time.start, time.stop))
+    for label in labels:
+        runs = (done.get(label) or {}).get("time_points")
+        if not runs or wanted & {t for lo, hi in runs for t in range(lo, hi)}:
+            return False
+    return True
 
 
 def _write_in_place(
@@ -313,7 +331,7 @@ def _write_in_place(
                 f"{swhere} has no channel axis, so channels cannot be added in place; write "
                 "to a new store with out=... (CLI: --out)"
             )
-        done = _existing_state(group, plan, overwrite, swhere)
+        done = _existing_state(group, plan, overwrite, swhere, time)
         result[plan.scene] = "unchanged" if done else ("to write" if dry_run else "written")
         if not done:
             todo.append((group, plan, swhere))
@@ -363,7 +381,7 @@ def _write_new_store(
             raise ChannelError(f"labels {sorted(clash)} are both copied and new; rename them")
         to_copy[plan.scene] = wanted
     if dry_run:
-        return _check_out(out, plans, overwrite, storage_options)
+        return _check_out(out, plans, overwrite, storage_options, time)
     root = _open_out(out, src_root.metadata.zarr_format, storage_options)
     written, result = [], {}
     for plan in plans:
@@ -373,7 +391,7 @@ def _write_new_store(
         if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
             meta = parse_image(existing, swhere)
             plan = _Plan(**{**plan.__dict__, "meta": meta})
-            if _existing_state(existing, plan, overwrite, swhere):
+            if _existing_state(existing, plan, overwrite, swhere, time):
                 result[plan.scene] = "unchanged"
             else:
                 data = _cast(plan.data.data, np.dtype(meta.levels[0].dtype))
@@ -398,7 +416,11 @@ def _write_new_store(
 
 
 def _check_out(
-    out: StoreLike, plans: list[_Plan], overwrite: bool, storage_options: dict | None
+    out: StoreLike,
+    plans: list[_Plan],
+    overwrite: bool,
+    storage_options: dict | None,
+    time: slice | None,
 ) -> dict[str, str]:
     """What writing into ``out`` would do, without writing (``dry_run``)."""
     if isinstance(out, zarr.Group):
@@ -415,7 +437,7 @@ def _check_out(
             where = f"{describe_store(out)}/{plan.gpath}" if plan.gpath else describe_store(out)
             meta = parse_image(existing, where)
             done = _existing_state(
-                existing, _Plan(**{**plan.__dict__, "meta": meta}), overwrite, where
+                existing, _Plan(**{**plan.__dict__, "meta": meta}), overwrite, where, time
             )
         result[plan.scene] = "unchanged" if done else "to write"
     return result
