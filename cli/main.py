@@ -117,6 +117,10 @@ def _halo(value: str) -> str | int:
 @click.option("--dtype", default=None, help="Output dtype (in place: the store's, e.g. uint16).")
 @click.option("--copy-channels", is_flag=True, help="With --out: copy the source channels too.")
 @click.option("--block-memory", default=None, help="Memory budget per block, e.g. 4GiB.")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
+@click.option("--scheduler-file", default=None, help="Scheduler file of a running dask cluster.")
+@click.option("--workers", type=int, default=None, help="Start a LocalCluster of N processes.")
+@click.option("--threads-per-worker", type=int, default=None, help="Threads per local worker.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; compute and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan / result as JSON.")
 def predict(
@@ -135,6 +139,10 @@ def predict(
     dtype: str | None,
     copy_channels: bool,
     block_memory: str | None,
+    scheduler: str | None,
+    scheduler_file: str | None,
+    workers: int | None,
+    threads_per_worker: int | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -143,11 +151,10 @@ def predict(
     Predicted channels are labelled "<name> (predicted)" by default, so they never collide
     with acquired channels, which predictions never replace.
     """
+    from zarrstain.cluster import connect, gpu_workers
     from zarrstain.pipeline import format_plan, plan_prediction
 
-    plan = plan_prediction(
-        store,
-        model_path,
+    options = dict(
         scenes=list(scenes) or None,
         time=time,
         out=out,
@@ -163,13 +170,20 @@ def predict(
         block_memory=block_memory,
     )
     if dry_run:
-        description = plan.describe()
+        description = plan_prediction(store, model_path, **options).describe()
         click.echo(json.dumps(description, indent=2) if as_json else format_plan(description))
         return
-    with click.progressbar(
-        length=plan.n_blocks, label="predicting blocks", file=sys.stderr, show_pos=True
-    ) as bar:
-        result = plan.run(progress=bar.update)
+    with connect(scheduler, scheduler_file, workers, threads_per_worker) as client:
+        resources = {"GPU": 1} if client is not None and gpu_workers(client) else None
+        plan = plan_prediction(store, model_path, resources=resources, **options)
+        if client is not None:  # progress lives in the dashboard
+            click.echo(f"running on {client.dashboard_link}", err=True)
+            result = plan.run(client=client)
+        else:
+            with click.progressbar(
+                length=plan.n_blocks, label="predicting blocks", file=sys.stderr, show_pos=True
+            ) as bar:
+                result = plan.run(progress=bar.update)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

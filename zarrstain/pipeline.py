@@ -111,18 +111,27 @@ class PredictionPlan:
             "scenes": [s.describe() for s in self.scenes],
         }
 
-    def run(self, progress: Callable[[int], Any] | None = None) -> dict[str, str]:
+    def run(
+        self, progress: Callable[[int], Any] | None = None, client: Any = None
+    ) -> dict[str, str]:
         """Compute the statistics, predict and write; returns scene → status.
 
         Parameters
         ----------
         progress
             Called with the number of model blocks finished (local schedulers).
+        client
+            A ``distributed.Client`` to run on: the model is sent to each worker once first
+            (see :func:`zarrstain.cluster.publish_model`).
         """
         todo = [s for s in self.scenes if s.status == "to write"]
         if not todo:
             logger.info("every scene already holds this prediction; nothing to do")
             return {s.scene: s.status for s in self.scenes}
+        if client is not None:
+            from .cluster import publish_model
+
+            publish_model(client, self.model)
         preds = {s.scene: s.prediction for s in todo}
         if self.method is not None:
             stats = {s.scene: normalization_stats(self._inputs(s), self.method) for s in todo}
@@ -173,6 +182,7 @@ def plan_prediction(
     copy_channels: bool | list[str] = False,
     chunks: dict[str, int] | None = None,
     block_memory: int | str | None = None,
+    resources: dict[str, float] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> PredictionPlan:
     """Check and plan the prediction of a store's scenes; reads metadata only.
@@ -192,7 +202,7 @@ def plan_prediction(
     overwrite
         Replace earlier predictions with the same label. Channels zarrstain did not write
         (acquired data) are never replaced.
-    halo, normalization, input_channels, device, precision, chunks, block_memory
+    halo, normalization, input_channels, device, precision, chunks, block_memory, resources
         As in :func:`zarrstain.predict` (``normalization`` is its ``normalize``).
     output_label
         Label of the predicted channel (single-output models).
@@ -222,6 +232,7 @@ def plan_prediction(
         "precision": precision,
         "chunks": chunks,
         "block_memory": block_memory,
+        "resources": resources,
     }
     method = normalization_method(normalization, model)
     sources, plans, tsel = {}, [], None

@@ -138,6 +138,7 @@ def predict(
     stats: xr.Dataset | None = None,
     block_memory: int | str | None = None,
     denormalize: bool = True,
+    resources: dict[str, float] | None = None,
 ) -> xr.DataArray:
     """Predict the model's output channels for (t, c, z, y, x) data, lazily.
 
@@ -175,6 +176,9 @@ def predict(
         Map predictions to the target channel's units with the model's ``output_intensity``
         (models trained by zarrstain carry it); otherwise, or when False, predictions stay in
         the normalized units the model computes in.
+    resources
+        dask.distributed resources the model's tasks need, e.g. ``{"GPU": 1}``: they then run
+        only on workers that have them (reading, normalization and writing run anywhere).
     block_memory
         Memory budget of one block's forward pass (bytes or ``"4GiB"``); default
         :func:`zarrstain.tiling.default_block_memory`.
@@ -211,7 +215,15 @@ def predict(
         align=align,
         block_memory=block_memory,
     )
-    out = run_tiled(arr, model, plan, device=device, precision=precision, batch_size=batch_size)
+    out = run_tiled(
+        arr,
+        model,
+        plan,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        resources=resources,
+    )
     units = "normalized"
     if denormalize and model.output_intensity:
         offset, scale = np.asarray(model.output_intensity, np.float32).T

@@ -419,6 +419,7 @@ def run_tiled(
     device: str = "auto",
     precision: str = "float32",
     batch_size: int | None = None,
+    resources: dict[str, float] | None = None,
 ) -> da.Array:
     """The model's prediction for a normalized float32 (t, c, z, y, x) dask array, lazily.
 
@@ -427,12 +428,29 @@ def run_tiled(
     """
     if precision not in PRECISIONS:
         raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    n_out = len(model.output_labels)
     padded = da.pad(data, _pad_width(plan), mode="reflect") if plan.padded != plan.shape else data
     tc, zc, yc, xc = plan.chunks
     padded = padded.rechunk((tc, -1, zc, yc, xc))
+    # dask.distributed runs tasks annotated with resources only on workers that have them
+    annotate = dask.annotate(resources=resources) if resources else nullcontext()
+    with annotate:
+        out = _map_model(padded, model, plan, device, precision, batch_size)
+    z, y, x = plan.shape
+    return out[:, :, :z, :y, :x]
+
+
+def _map_model(
+    padded: da.Array,
+    model: Model,
+    plan: TilePlan,
+    device: str,
+    precision: str,
+    batch_size: int | None,
+) -> da.Array:
+    tc, zc, yc, xc = plan.chunks
+    n_out = len(model.output_labels)
     depth = {0: 0, 1: 0, 2: plan.halo[0], 3: plan.halo[1], 4: plan.halo[2]}
-    out = da.map_overlap(
+    return da.map_overlap(
         _block,
         padded,
         depth=depth,
@@ -450,8 +468,6 @@ def run_tiled(
         precision=precision,
         batch=batch_size or 0,
     )
-    z, y, x = plan.shape
-    return out[:, :, :z, :y, :x]
 
 
 def predict_whole(

@@ -169,9 +169,12 @@ def write_pyramid(
         # Sources are chunk-aligned with the zarr chunks, so tasks never share a chunk: no lock.
         stored = da.store(sources, [arr] * len(sources), regions=regions, lock=False, compute=False)
         if level == 0:
-            _, record = dask.compute(stored, record or {})
+            # Graph optimization fuses layers and drops their annotations: keep the graph as
+            # built when tasks ask for resources (model tasks that need a GPU worker).
+            optimize = not _wants_resources(sources)
+            _, record = dask.compute(stored, record or {}, optimize_graph=optimize)
         else:
-            stored.compute()
+            dask.compute(stored)
     smallest = arrays[-1]
     lo, hi = [], []
     for data, start in blocks:
@@ -182,6 +185,14 @@ def write_pyramid(
         lo += [float(v) for v in np.atleast_1d(mins)]
         hi += [float(v) for v in np.atleast_1d(maxs)]
     return lo, hi, _jsonable(record or {})
+
+
+def _wants_resources(arrays: list[da.Array]) -> bool:
+    return any(
+        "resources" in (getattr(layer, "annotations", None) or {})
+        for a in arrays
+        for layer in a.__dask_graph__().layers.values()
+    )
 
 
 def _jsonable(value: Any) -> Any:

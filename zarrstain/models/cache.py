@@ -23,8 +23,10 @@ __all__ = [
     "ModelHandle",
     "forward_lock",
     "loads",
+    "mark_published",
     "match_worker_threads",
     "placed_module",
+    "preload",
     "resolve_device",
 ]
 
@@ -35,13 +37,27 @@ _MODELS: dict[str, Model] = {}
 _PLACED: dict[tuple[str, str], nn.Module] = {}
 _FORWARD_LOCKS: dict[str, threading.Lock] = {}
 _THREADS_MATCHED = False
-#: how many times each content hash was loaded from its source in this process (for tests)
+_PUBLISHED: set[str] = set()
+#: how many times each content hash entered this process's cache (once, unless evicted)
 loads: Counter[str] = Counter()
 
 
 def _register(model: Model) -> Model:
     with _LOCK:
-        return _MODELS.setdefault(model.content_hash, model)
+        if model.content_hash not in _MODELS:
+            loads[model.content_hash] += 1
+            _MODELS[model.content_hash] = model
+        return _MODELS[model.content_hash]
+
+
+def preload(model: Model) -> None:
+    """Put ``model`` in this process's cache (what the workers' model plugin does)."""
+    _register(model)
+
+
+def mark_published(content_hash: str) -> None:
+    """Every worker preloads this model: handles need not carry its weights any more."""
+    _PUBLISHED.add(content_hash)
 
 
 def _load_from_source(content_hash: str, source: str) -> Model:
@@ -58,7 +74,8 @@ def _load_from_source(content_hash: str, source: str) -> Model:
             )
         loads[content_hash] += 1
         logger.info("loaded model %s from %s in this process", model.name, source)
-        return _MODELS.setdefault(content_hash, model)
+        _MODELS[content_hash] = model
+        return model
 
 
 class ModelHandle:
@@ -86,8 +103,9 @@ class ModelHandle:
         return handle
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Models with a file travel as its path; in-memory models carry their weights.
-        carried = None if self.source else self._model
+        # Published models are on every worker already, models with a file travel as its path;
+        # only in-memory models that were not published carry their weights.
+        carried = None if self.source or self.content_hash in _PUBLISHED else self._model
         return (ModelHandle._rebuild, (self.content_hash, self.source, self.name, carried))
 
     def __dask_tokenize__(self) -> tuple[str, str]:

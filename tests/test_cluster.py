@@ -1,0 +1,105 @@
+"""Distributed runs: worker processes, the model sent once per worker, GPU resources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream
+
+import zarrstain
+from zarrstain.cluster import connect, gpu_workers
+from zarrstain.errors import ParameterError
+from zarrstain.models import cache
+from zarrstain.pipeline import plan_prediction
+from zarrstain.progress import PREDICT_PREFIX
+from zarrstain.testing import random_model
+
+CHUNKS = {"y": 8, "x": 8}  # many small blocks: many tasks per worker
+
+
+def _loads(content_hash: str) -> int:
+    return cache.loads[content_hash]
+
+
+@pytest.mark.slow
+def test_worker_processes_load_the_model_once_and_match_a_local_run(make_store, tmp_path):
+    src = make_store("plate", "0.5")
+    model = random_model(seed=11)  # in memory only: it must travel by the worker plugin
+    local = plan_prediction(src, model, out=tmp_path / "local.zarr", halo=4, chunks=CHUNKS)
+    local.run()
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        plan = plan_prediction(src, model, out=tmp_path / "dist.zarr", halo=4, chunks=CHUNKS)
+        assert plan.n_blocks >= 8 * 8
+        plan.run(client=client)
+        loads = client.run(_loads, model.content_hash)
+    assert sorted(loads.values()) == [1, 1]  # each worker process: once, for every block
+    for sid in ("A/1/0", "B/2/1"):
+        a = zarrstain.open_image(tmp_path / "local.zarr", sid).values
+        b = zarrstain.open_image(tmp_path / "dist.zarr", sid).values
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_prediction_tasks_run_only_on_gpu_workers(make_store, tmp_path):
+    """A CPU stand-in: one worker advertises {"GPU": 1}; model tasks must all land there."""
+    src = make_store("image", "0.5")
+    model = random_model(seed=12)
+    workers = {
+        "gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+        "cpu": {"cls": Nanny, "options": {"nthreads": 1}},
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        assert gpu_workers(client) == 1
+        gpu = next(a for a, w in client.scheduler_info()["workers"].items() if w["resources"])
+        plan = plan_prediction(
+            src, model, out=tmp_path / "out.zarr", chunks=CHUNKS, resources={"GPU": 1}
+        )
+        with get_task_stream(client) as stream:
+            plan.run(client=client)
+    ran = [(t["key"], t["worker"]) for t in stream.data]
+    model_tasks = [w for k, w in ran if str(k).startswith(f"('{PREDICT_PREFIX}")]
+    assert model_tasks and set(model_tasks) == {gpu}
+    assert zarrstain.open_image(tmp_path / "out.zarr").sizes["c"] == 1
+
+
+def test_connect_options():
+    with connect() as client:
+        assert client is None  # dask's threaded scheduler in this process
+    with pytest.raises(ParameterError, match="not both"), connect("tcp://x:1", "f.json"):
+        pass
+    with pytest.raises(ParameterError, match="cannot be combined"), connect("tcp://x:1", workers=2):
+        pass
+
+
+@pytest.mark.slow
+def test_cli_predict_on_a_local_cluster(make_store, tmp_path):
+    from click.testing import CliRunner
+    from zarrstain.cli.main import cli
+
+    src = make_store("image", "0.4")
+    model = zarrstain.save_model(random_model(seed=13), tmp_path / "m")
+    out = tmp_path / "out.zarr"
+    args = [
+        "predict",
+        str(src),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--threads-per-worker",
+        "2",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "running on http" in result.output and ": written" in result.output
+    expected = zarrstain.predict(zarrstain.open_image(src), zarrstain.load_model(model))
+    np.testing.assert_allclose(zarrstain.open_image(out).values, expected.values, atol=1e-5)

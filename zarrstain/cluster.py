@@ -1,0 +1,143 @@
+"""Where prediction runs: dask's local threads, a LocalCluster, GPU workers or any scheduler.
+
+- No options: dask's threaded scheduler in this process (one forward at a time per device,
+  reads and writes in the other threads).
+- ``workers=N``: a LocalCluster of N worker processes (``threads_per_worker`` each).
+- On a machine with CUDA GPUs and ``gpus="auto"``: one single-threaded worker per GPU, each
+  seeing only its GPU (dask-cuda's ``LocalCUDACluster`` when installed, else a worker spec
+  with ``CUDA_VISIBLE_DEVICES``), advertising the resource ``{"GPU": 1}``.
+- ``scheduler=ADDRESS`` / ``scheduler_file=FILE``: an existing dask.distributed cluster
+  (dask-jobqueue on SLURM, Kubernetes, ...).
+
+Models reach each worker once: :func:`publish_model` registers a worker plugin keyed by the
+model's content hash, and prediction tasks then carry only the hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from .errors import ParameterError
+from .models import cache
+from .models.model import Model
+
+__all__ = ["ModelPlugin", "connect", "gpu_workers", "publish_model"]
+
+logger = logging.getLogger(__name__)
+
+
+class ModelPlugin(WorkerPlugin):
+    """Puts one model into each worker's cache when the worker starts (or joins later)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.name = f"zarrstain-model-{model.content_hash[:16]}"
+
+    def setup(self, worker: Any) -> None:
+        cache.preload(self.model)
+
+
+def publish_model(client: Client, model: Model) -> None:
+    """Send ``model`` to every worker of ``client`` once; tasks then carry only its hash."""
+    client.register_plugin(ModelPlugin(model))
+    cache.mark_published(model.content_hash)
+    logger.info("model %s published to the workers of %s", model.name, client.scheduler.address)
+
+
+def gpu_workers(client: Client) -> int:
+    """How many workers advertise a GPU resource."""
+    info = client.scheduler_info()["workers"].values()
+    return sum(1 for w in info if (w.get("resources") or {}).get("GPU"))
+
+
+def _gpu_cluster(n_gpus: int) -> SpecCluster | LocalCluster:
+    try:
+        from dask_cuda import LocalCUDACluster
+
+        return LocalCUDACluster(resources={"GPU": 1}, threads_per_worker=1)
+    except ImportError:
+        pass
+    workers = {
+        f"gpu-{i}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "env": {"CUDA_VISIBLE_DEVICES": str(i)},
+                "resources": {"GPU": 1},
+            },
+        }
+        for i in range(n_gpus)
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    return SpecCluster(workers=workers, scheduler=scheduler)
+
+
+@contextlib.contextmanager
+def connect(
+    scheduler: str | None = None,
+    scheduler_file: str | os.PathLike | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    *,
+    gpus: str = "auto",
+) -> Iterator[Client | None]:
+    """A dask client for the run, or None for dask's local threaded scheduler.
+
+    Parameters
+    ----------
+    scheduler, scheduler_file
+        An existing scheduler (address, or the file dask-jobqueue / ``dask scheduler`` wrote).
+    workers, threads_per_worker
+        Start a LocalCluster of worker processes.
+    gpus
+        ``"auto"``: with CUDA GPUs and no other option, one worker per GPU; ``"none"``: never.
+
+    Yields
+    ------
+    distributed.Client or None
+        The client is the default scheduler while the context is open; it and any cluster it
+        started are closed on exit.
+    """
+    if scheduler and scheduler_file:
+        raise ParameterError("pass --scheduler or --scheduler-file, not both")
+    remote = scheduler or scheduler_file
+    if remote and (workers or threads_per_worker):
+        raise ParameterError(
+            "--workers/--threads-per-worker start a local cluster; "
+            "they cannot be combined with --scheduler"
+        )
+    n_gpus = torch.cuda.device_count() if gpus == "auto" else 0
+    if not remote and not workers and not threads_per_worker and not n_gpus:
+        yield None
+        return
+    cluster = None
+    if remote:
+        client = Client(scheduler_file=str(scheduler_file)) if scheduler_file else Client(scheduler)
+    else:
+        if workers is not None and workers < 1:
+            raise ParameterError(f"--workers must be at least 1, not {workers}")
+        if n_gpus and not workers:
+            cluster = _gpu_cluster(n_gpus)
+        else:
+            cluster = LocalCluster(
+                n_workers=workers or 1,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                dashboard_address=":0",
+            )
+        client = Client(cluster)
+    logger.warning("dask dashboard: %s", client.dashboard_link)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
