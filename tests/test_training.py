@@ -192,53 +192,17 @@ def test_train_and_evaluate_cli(plate, tmp_path):
     store = tmp_path / "plate.zarr"
     shutil.copytree(plate, store)
     model = tmp_path / "m"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "train",
-            str(store),
-            "--input",
-            "BF",
-            "--target",
-            "DNA",
-            "--out",
-            str(model),
-            "--steps",
-            "4",
-            "--depth",
-            "2",
-            "--mult-chan",
-            "4",
-            "--patch",
-            "8x16x16",
-            "--val-scene",
-            "A/3/0",
-            "--batch-size",
-            "2",
-        ],
-    )
+    train_args = f"--out {model} --steps 4 --depth 2 --mult-chan 4 --patch 8x16x16 --val-scene "
+    train_args = (train_args + "A/3/0 --batch-size 2 --input BF --target DNA").split()
+    result = CliRunner().invoke(cli, ["train", str(store), *train_args])
     assert result.exit_code == 0, result.output
     assert "validation Pearson r" in result.output
     result = CliRunner().invoke(cli, ["predict", str(store), "--model", str(model)])
     assert result.exit_code == 0, result.output  # uint16 store: written in DNA's units
     out = tmp_path / "eval"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "evaluate",
-            str(store),
-            "--prediction",
-            "DNA (predicted)",
-            "--target",
-            "DNA",
-            "--scene",
-            "A/3/0",
-            "--input-channel",
-            "BF",
-            "--out",
-            str(out),
-        ],
-    )
+    evaluate_args = ["--prediction", "DNA (predicted)", "--target", "DNA", "--scene", "A/3/0"]
+    evaluate_args += ["--input-channel", "BF", "--out", str(out)]
+    result = CliRunner().invoke(cli, ["evaluate", str(store), *evaluate_args])
     assert result.exit_code == 0, result.output
     assert "pcc" in result.output and "mean" in result.output
     lines = (out / "evaluation.csv").read_text().splitlines()
