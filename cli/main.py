@@ -179,16 +179,42 @@ def predict(
         if client is not None:  # progress lives in the dashboard
             click.echo(f"running on {client.dashboard_link}", err=True)
             result = plan.run(client=client)
-        else:
-            with click.progressbar(
-                length=plan.n_blocks, label="predicting blocks", file=sys.stderr, show_pos=True
-            ) as bar:
-                result = plan.run(progress=bar.update)
+        else:  # the bar appears with the first finished block, after the statistics pass
+            bar = _LazyBar("predicting blocks", plan.n_blocks)
+            result = plan.run(progress=bar)
+            bar.finish()
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         for scene, status in result.items():
             click.echo(f"{scene or '(image)'}: {status}")
+
+
+class _LazyBar:
+    """A click progress bar on stderr, shown from its first update on."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.bar = label, total, None
+
+    def to(self, done: int, item: Any = None) -> None:
+        """Show ``done`` of ``total`` (and ``item``: a loss entry) ."""
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=self.total,
+                label=self.label,
+                file=sys.stderr,
+                show_pos=True,
+                item_show_func=_loss_text,
+            )
+        self.bar.current_item = item or None
+        self.bar.update(done - self.bar.pos)
+
+    def __call__(self, n: int) -> None:
+        self.to((self.bar.pos if self.bar is not None else 0) + n)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.render_finish()
 
 
 def _ints(value: str | None) -> list[int] | None:
@@ -259,15 +285,9 @@ def train(stores, inputs, targets, out, config_file, paper, resume, **options) -
         **{k: v for k, v in options.items() if v is not None},
     )
     assert isinstance(config, TrainConfig)
-    with click.progressbar(
-        length=config.steps, label="training", file=sys.stderr, item_show_func=_loss_text
-    ) as bar:
-
-        def progress(step: int, entry: dict) -> None:
-            bar.current_item = entry
-            bar.update(step - bar.pos)
-
-        result = run_training(list(stores), config, out, resume=resume, progress=progress)
+    bar = _LazyBar("training", config.steps)
+    result = run_training(list(stores), config, out, resume=resume, progress=bar.to)
+    bar.finish()
     vals = [h["val_pcc"] for h in result.history if "val_pcc" in h]
     last = result.history[-1] if result.history else {}
     click.echo(f"model: {result.package}")
@@ -321,19 +341,13 @@ def demo(directory: Path) -> None:
     from zarrstain.demo import DEMO_CONFIG, HELD_OUT, run_demo
     from zarrstain.report import format_table
 
-    bars: dict[str, Any] = {}
+    bars = {"train": _LazyBar("training", DEMO_CONFIG.steps), "predict": None}
 
     def progress(stage: str, done: int, total: int, info: dict) -> None:
-        if stage not in bars:
-            for bar in bars.values():
-                bar.render_finish()
-            label = "training" if stage == "train" else "predicting blocks"
-            bars[stage] = click.progressbar(
-                length=total, label=label, file=sys.stderr, item_show_func=_loss_text
-            )
-        bar = bars[stage]
-        bar.current_item = info or None
-        bar.update(done - bar.pos)
+        if stage == "predict" and bars["predict"] is None:
+            bars["train"].finish()
+            bars["predict"] = _LazyBar("predicting blocks", total)
+        bars[stage].to(done, info)
 
     click.echo(
         f"demo in {directory}: a 2×3-well plate, {DEMO_CONFIG.steps} training steps on "
@@ -341,8 +355,9 @@ def demo(directory: Path) -> None:
         err=True,
     )
     result = run_demo(directory, progress=progress)
-    for bar in bars.values():
-        bar.render_finish()
+    bars["train"].finish()
+    if bars["predict"] is not None:
+        bars["predict"].finish()
     rows = result.evaluation.rows
     click.echo(
         format_table([*rows, {"scene": "mean", "t": "", **result.evaluation.summary, "voxels": ""}])

@@ -196,3 +196,36 @@ def test_pytorch_fnet_checkpoint_on_a_store(tmp_path, validate):
     record = zarr.open_group(out).attrs["zarrstain"]["channels"]["DNA (fnet)"]
     assert record["model"]["name"] == "pytorch_fnet:fnet3d"
     assert record["normalization"]["method"] == "center"
+
+
+def _edit_axes(path):
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = group.attrs.asdict()
+    attrs["ome"]["multiscales"][0]["axes"].reverse()
+    group.attrs.put(attrs)
+
+
+def test_more_bad_input_through_the_cli(tmp_path, model_dir):
+    from zarrstain import datasets
+
+    cases = []
+    thin = datasets.make_image(tmp_path / "thin.zarr", shape=(1, 2, 32, 32), seed=1)
+    cases.append((thin, [], "z=2 is too small for the 3D model"))
+    axes = datasets.make_image(tmp_path / "axes.zarr", shape=(1, 4, 32, 32), seed=1)
+    _edit_axes(axes)
+    cases.append((axes, [], "axes in the order (x, y, z, c, t)"))
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(1, 1, 8, 32, 32)).astype(np.float32)
+    data[0, 0, 3, 5, 5] = np.nan
+    data[0, 0, 4, 6, 6] = np.inf
+    nan = tmp_path / "nan.zarr"
+    datasets.save_image(nan, data, "tczyx", channel_labels=["BF"], levels=1)
+    cases.append((nan, ["--out", tmp_path / "never.zarr"], "'BF' holds 2 NaN/inf voxels"))
+    for store, extra, message in cases:
+        before = tree_digest(store)
+        result = run("predict", store, "--model", model_dir, *extra)
+        assert result.exit_code == 1, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1 or "predicting" in result.output
+        assert tree_digest(store) == before
+    assert not (tmp_path / "never.zarr").exists()

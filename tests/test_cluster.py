@@ -103,3 +103,41 @@ def test_cli_predict_on_a_local_cluster(make_store, tmp_path):
     assert "running on http" in result.output and ": written" in result.output
     expected = zarrstain.predict(zarrstain.open_image(src), zarrstain.load_model(model))
     np.testing.assert_allclose(zarrstain.open_image(out).values, expected.values, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_costs_only_time(make_store, tmp_path):
+    """SIGKILL one of two worker processes mid-run: it completes, equal to a clean run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    src = make_store("plate", "0.5")
+    model = random_model(seed=14)
+    plan_prediction(src, model, out=tmp_path / "clean.zarr", halo=4, chunks=CHUNKS).run()
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        plan = plan_prediction(src, model, out=tmp_path / "faulty.zarr", halo=4, chunks=CHUNKS)
+        killed = threading.Event()
+
+        def kill_soon() -> None:
+            time.sleep(3)
+            os.kill(victim, signal.SIGKILL)
+            killed.set()
+
+        threading.Thread(target=kill_soon, daemon=True).start()
+        result = plan.run(client=client)
+        assert killed.is_set(), "the run ended before the worker was killed; make it longer"
+        assert victim not in client.run(os.getpid).values()
+    assert set(result.values()) == {"written"}
+    for sid in zarrstain.open_scenes(tmp_path / "clean.zarr"):
+        a = zarrstain.open_image(tmp_path / "clean.zarr", sid).values
+        b = zarrstain.open_image(tmp_path / "faulty.zarr", sid).values
+        np.testing.assert_array_equal(a, b)

@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "ChannelError",
     "ChannelExistsError",
+    "DataError",
     "MetadataError",
     "ModelError",
     "NotOmeZarrError",
@@ -27,6 +28,10 @@ __all__ = [
 
 class ZarrstainError(Exception):
     """Base class of every error zarrstain raises on purpose."""
+
+
+class DataError(ZarrstainError, ValueError):
+    """Pixel values zarrstain cannot use (NaN or inf where a model needs numbers)."""
 
 
 class ParameterError(ZarrstainError, ValueError):

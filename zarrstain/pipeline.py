@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dask
+import dask.array as da
 import xarray as xr
 from dask.utils import format_bytes
 
-from .errors import ChannelExistsError, ModelError, ParameterError
+from .errors import ChannelExistsError, DataError, ModelError, ParameterError
 from .io.read import open_scenes
 from .io.store import StoreLike, describe_store
 from .io.write import write_channels
@@ -133,10 +134,16 @@ class PredictionPlan:
 
             publish_model(client, self.model)
         preds = {s.scene: s.prediction for s in todo}
+        # First pass: reductions only (statistics, and a count of NaN/inf in float inputs).
+        stats = {}
         if self.method is not None:
             stats = {s.scene: normalization_stats(self._inputs(s), self.method) for s in todo}
             logger.info("computing %s statistics of %d scene(s)", self.method, len(todo))
-            (computed,) = dask.compute(stats)
+        checks = {s.scene: _nonfinite(self._inputs(s)) for s in todo}
+        computed, bad = dask.compute(stats, checks)
+        for s in todo:
+            _refuse_nonfinite(s, bad[s.scene])
+        if self.method is not None:
             preds = {s.scene: self._predict(s, computed[s.scene]) for s in todo}
         callback = BlockProgress(progress) if progress is not None else None
         with callback or _nothing():
@@ -154,6 +161,25 @@ class PredictionPlan:
 
     def _predict(self, s: ScenePlan, stats: xr.Dataset) -> xr.DataArray:
         return predict(self._sources[s.scene], self.model, stats=stats, **self._options)
+
+
+def _nonfinite(inputs: xr.DataArray) -> Any:
+    """Per input channel, the number of NaN/inf voxels (lazy); nothing to count for integers."""
+    if inputs.dtype.kind not in "fc":
+        return None
+    return (~da.isfinite(inputs.data)).sum(axis=(0, 2, 3, 4))
+
+
+def _refuse_nonfinite(scene: ScenePlan, counts: Any) -> None:
+    if counts is None:
+        return
+    for label, n in zip(scene.inputs, counts, strict=True):
+        if n:
+            raise DataError(
+                f"scene {scene.scene!r}, channel {label!r} holds {int(n)} NaN/inf voxels; "
+                "the model would spread them into its predictions; fill them first "
+                "(e.g. DataArray.fillna) or choose another channel"
+            )
 
 
 class _nothing:  # noqa: N801  (a null context manager that is cheap to construct)
