@@ -25,6 +25,7 @@ from ..errors import (
 from .channels import INCOMPLETE_SUFFIX, append_channels, to_store_axes
 from .create import create_image, write_collection_metadata
 from .layout import Layout, find_layout, select_scenes
+from .lock import group_lock
 from .metadata import DIMS, ImageMeta, ome_attrs, parse_image
 from .store import StoreLike, describe_store, is_remote, open_root
 
@@ -336,7 +337,13 @@ def _write_in_place(
         if not done:
             todo.append((group, plan, swhere))
     for group, plan, swhere in [] if dry_run else todo:
-        append_channels(group, plan.meta, plan.data.data, plan.labels, plan.record, swhere, time)
+        with group_lock(group):  # another process may have added channels meanwhile
+            fresh = _Plan(**{**plan.__dict__, "meta": parse_image(group, swhere)})
+            if _existing_state(group, fresh, overwrite, swhere, time):
+                result[plan.scene] = "unchanged"
+                continue
+            data = fresh.data.data
+            append_channels(group, fresh.meta, data, fresh.labels, fresh.record, swhere, time)
     return result
 
 
@@ -411,7 +418,8 @@ def _write_new_store(
             )
         written.append(plan.scene)
         result.setdefault(plan.scene, "written")
-    write_collection_metadata(root, src_root, layout, written)
+    with group_lock(root):  # merged with what concurrent writers listed
+        write_collection_metadata(root, src_root, layout, written)
     return result
 
 
