@@ -37,23 +37,24 @@ def _start(store, model, *extra):
 @pytest.mark.slow
 def test_concurrent_writers_in_place(make_store, tmp_path, validate):
     src = make_store("plate", "0.5")
-    a = zarrstain.save_model(
-        random_model(seed=21, output_labels=("A (predicted)",)), tmp_path / "a"
-    )
-    b = zarrstain.save_model(
-        random_model(seed=22, output_labels=("B (predicted)",)), tmp_path / "b"
+    a, b, c = (
+        zarrstain.save_model(
+            random_model(seed=20 + k, output_labels=(f"{name} (predicted)",)), tmp_path / name
+        )
+        for k, name in enumerate("ABC")
     )
     # different scenes with one model, and a second model into the same scenes, all at once
     runs = [
         _start(src, a, "--scene", "A/1/0", "--scene", "A/1/1", "--scene", "A/2/0"),
         _start(src, a, "--scene", "B/1/0", "--scene", "B/2/1"),
         _start(src, b, "--scene", "A/1/0", "--scene", "A/1/1", "--scene", "B/2/1"),
+        _start(src, c, "--scene", "A/1/0"),
     ]
     outputs = [r.communicate(timeout=300)[0] for r in runs]
-    assert [r.returncode for r in runs] == [0, 0, 0], outputs
+    assert [r.returncode for r in runs] == [0, 0, 0, 0], outputs
     validate(src)
     expected = {
-        "A/1/0": ["A (predicted)", "B (predicted)"],
+        "A/1/0": ["A (predicted)", "B (predicted)", "C (predicted)"],
         "A/1/1": ["A (predicted)", "B (predicted)"],
         "A/2/0": ["A (predicted)"],
         "B/1/0": ["A (predicted)"],
@@ -68,7 +69,7 @@ def test_concurrent_writers_in_place(make_store, tmp_path, validate):
         group = zarr.open_group(src / sid, mode="r")
         assert "pending" not in (group.attrs.get("zarrstain") or {})
         for label in new:  # every channel holds its own model's prediction
-            model = zarrstain.load_model(a if label.startswith("A") else b)
+            model = zarrstain.load_model({"A": a, "B": b, "C": c}[label[0]])
             pred = zarrstain.predict(image.sel(c=["BF"]), model, halo=8, normalize="zscore")
             np.testing.assert_array_equal(
                 image.sel(c=[label]).values, np.clip(np.round(pred.values), 0, 65535)

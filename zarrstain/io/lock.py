@@ -37,16 +37,25 @@ def _folder(group: zarr.Group) -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def _reopen(group: zarr.Group) -> zarr.Group:
+    """``group`` opened again: a Group object keeps the metadata it was opened with."""
+    return zarr.open_group(store=group.store, path=group.path, mode="r+")
+
+
 @contextlib.contextmanager
-def group_lock(group: zarr.Group) -> Iterator[None]:
-    """Hold an exclusive lock on ``group`` (local stores) for the duration of the block."""
+def group_lock(group: zarr.Group) -> Iterator[zarr.Group]:
+    """Lock ``group`` (local stores) for the block; yields it freshly opened under the lock.
+
+    Use the yielded group: the one passed in may hold metadata from before another writer's
+    change, and writing that back would undo the change.
+    """
     folder = _folder(group)
     if folder is None:
-        yield
+        yield group
         return
     with open(folder / LOCK_NAME, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield _reopen(group)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -337,7 +337,7 @@ def _write_in_place(
         if not done:
             todo.append((group, plan, swhere))
     for group, plan, swhere in [] if dry_run else todo:
-        with group_lock(group):  # another process may have added channels meanwhile
+        with group_lock(group) as group:  # another process may have added channels meanwhile
             fresh = _Plan(**{**plan.__dict__, "meta": parse_image(group, swhere)})
             if _existing_state(group, fresh, overwrite, swhere, time):
                 result[plan.scene] = "unchanged"
@@ -418,8 +418,8 @@ def _write_new_store(
             )
         written.append(plan.scene)
         result.setdefault(plan.scene, "written")
-    with group_lock(root):  # merged with what concurrent writers listed
-        write_collection_metadata(root, src_root, layout, written)
+    with group_lock(root) as fresh_root:  # merged with what concurrent writers listed
+        write_collection_metadata(fresh_root, src_root, layout, written)
     return result
 
 
