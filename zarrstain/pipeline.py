@@ -8,6 +8,7 @@ and predicts and writes with those statistics fixed. ``zarrstain predict`` is th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -146,7 +147,7 @@ class PredictionPlan:
         if self.method is not None:
             preds = {s.scene: self._predict(s, computed[s.scene]) for s in todo}
         callback = BlockProgress(progress) if progress is not None else None
-        with callback or _nothing():
+        with callback or contextlib.nullcontext():
             result = write_channels(self.store, preds, **self.write_options)
         for s in self.scenes:
             s.status = result.get(s.scene, s.status)
@@ -180,14 +181,6 @@ def _refuse_nonfinite(scene: ScenePlan, counts: Any) -> None:
                 "the model would spread them into its predictions; fill them first "
                 "(e.g. DataArray.fillna) or choose another channel"
             )
-
-
-class _nothing:  # noqa: N801  (a null context manager that is cheap to construct)
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def plan_prediction(
