@@ -66,6 +66,7 @@ def main() -> None:
 
     import zarrstain
     from zarrstain import datasets
+    from zarrstain.report import markdown_table
     from zarrstain.testing import random_model
 
     tmp = Path(tempfile.mkdtemp())
@@ -104,18 +105,22 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "memory.json").write_text(json.dumps(report, indent=2))
+    table = [
+        {
+            "run": name,
+            "scenes": n_small if name == "small" else n_large,
+            "blocks": r["blocks"],
+            "seconds": round(r["seconds"], 1),
+            "peak RSS of the driving process (MiB)": round(r["peak_rss"] / 2**20),
+        }
+        for name, r in rows.items()
+    ]
     lines = [
         f"Plates of {n_small} and {n_large} scenes of {'×'.join(map(str, shape))} (t×z×y×x), "
         f"3D fnet depth 3 width 8, halo auto; {report['machine']}.",
         "",
-        "| run | scenes | blocks | time (s) | peak RSS of the driving process (MiB) |",
-        "|---|---|---|---|---|",
+        markdown_table(table),
     ]
-    for name, r in rows.items():
-        n = n_small if name == "small" else n_large
-        lines.append(
-            f"| {name} | {n} | {r['blocks']} | {r['seconds']:.1f} | {r['peak_rss'] / 2**20:.0f} |"
-        )
     lines += [
         "",
         f"Peak RSS, large / small: {rss_ratio:.2f}×. "

@@ -39,6 +39,7 @@ from scipy import ndimage
 import zarrstain
 from zarrstain import datasets
 from zarrstain.pipeline import plan_prediction
+from zarrstain.report import markdown_table
 from zarrstain.testing import random_model
 from zarrstain.tiling import predict_whole
 
@@ -228,26 +229,12 @@ def main() -> None:
     lines = [
         f"Volume {'×'.join(map(str, args.size))}, {model_name}; {report['machine']}.",
         "",
-        "| method | blocks | time (s) | × whole | max error (std) | mean error (std) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['blocks']} | {r['seconds']:.1f} | {r['ratio']:.2f} | "
-            f"{r['max_err_std']:.2g} | {r['mean_err_std']:.2g} |"
-        )
-    lines += [
+        markdown_table(rows),
         "",
-        f"Halo sweep ({b}×{b} blocks):",
+        f"Halo sweep ({b}×{b} blocks; ratio = time × whole, compute_ratio = voxels × whole):",
         "",
-        "| halo | × whole | voxels computed × whole | max error (std) | mean error (std) |",
-        "|---|---|---|---|---|",
+        markdown_table(sweep),
     ]
-    for r in sweep:
-        lines.append(
-            f"| {r['halo']} | {r['ratio']:.2f} | {r['compute_ratio']:.2f} | "
-            f"{r['max_err_std']:.2g} | {r['mean_err_std']:.2g} |"
-        )
     lines += [
         "",
         f"Store → store (exact, {b}×{b} blocks): {t_store:.1f} s vs {t_mem:.1f} s in "

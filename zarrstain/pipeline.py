@@ -27,7 +27,7 @@ from .io.store import StoreLike, describe_store
 from .io.write import write_channels
 from .models import Model, load_model
 from .normalize import normalization_stats
-from .predict import normalization_method, predict, select_inputs
+from .predict import normalization_method, predict
 from .progress import BlockProgress
 
 __all__ = ["PredictionPlan", "ScenePlan", "format_plan", "parse_time", "plan_prediction"]
@@ -67,10 +67,19 @@ class ScenePlan:
     """What happens to one scene."""
 
     scene: str
+    source: xr.DataArray  # the scene (selected time points), as predict reads it
     prediction: xr.DataArray
-    inputs: list[str]
-    tiling: dict[str, Any]
     status: str  # "to write", "unchanged" or, after run, "written"
+
+    @property
+    def inputs(self) -> list[str]:
+        """The input channels predict selected."""
+        return list(self.prediction.attrs["zarrstain"]["input_channels"])
+
+    @property
+    def tiling(self) -> dict[str, Any]:
+        """predict's tiling plan, as described in the provenance."""
+        return self.prediction.attrs["zarrstain"]["tiling"]
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable summary."""
@@ -93,6 +102,7 @@ class PredictionPlan:
     model: Model
     scenes: list[ScenePlan]
     method: str | None
+    options: dict[str, Any] = field(default_factory=dict)  # predict's keyword arguments
     write_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -138,14 +148,17 @@ class PredictionPlan:
         # First pass: reductions only (statistics, and a count of NaN/inf in float inputs).
         stats = {}
         if self.method is not None:
-            stats = {s.scene: normalization_stats(self._inputs(s), self.method) for s in todo}
+            stats = {s.scene: normalization_stats(_inputs(s), self.method) for s in todo}
             logger.info("computing %s statistics of %d scene(s)", self.method, len(todo))
-        checks = {s.scene: _nonfinite(self._inputs(s)) for s in todo}
+        checks = {s.scene: _nonfinite(_inputs(s)) for s in todo}
         computed, bad = dask.compute(stats, checks)
         for s in todo:
             _refuse_nonfinite(s, bad[s.scene])
         if self.method is not None:
-            preds = {s.scene: self._predict(s, computed[s.scene]) for s in todo}
+            preds = {
+                s.scene: predict(s.source, self.model, stats=computed[s.scene], **self.options)
+                for s in todo
+            }
         callback = BlockProgress(progress) if progress is not None else None
         with callback or contextlib.nullcontext():
             result = write_channels(self.store, preds, **self.write_options)
@@ -153,15 +166,9 @@ class PredictionPlan:
             s.status = result.get(s.scene, s.status)
         return {s.scene: s.status for s in self.scenes}
 
-    # the scene's selected inputs and the prediction options, kept for the second pass
-    _sources: dict[str, xr.DataArray] = field(default_factory=dict, repr=False)
-    _options: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def _inputs(self, s: ScenePlan) -> xr.DataArray:
-        return self._sources[s.scene].sel(c=s.inputs)
-
-    def _predict(self, s: ScenePlan, stats: xr.Dataset) -> xr.DataArray:
-        return predict(self._sources[s.scene], self.model, stats=stats, **self._options)
+def _inputs(scene: ScenePlan) -> xr.DataArray:
+    return scene.source.sel(c=scene.inputs)
 
 
 def _nonfinite(inputs: xr.DataArray) -> Any:
@@ -254,19 +261,16 @@ def plan_prediction(
         "resources": resources,
     }
     method = normalization_method(normalization, model)
-    sources, plans, tsel = {}, [], None
+    plans, tsel = [], None
     for sid, image in images.items():
         if out is None and dtype is None and model.output_intensity and image.dtype.kind in "iu":
             # predictions in the target's units: rounding to the store's integers is meaningful
             dtype = image.dtype
         tsel = parse_time(time, image.sizes["t"])
         src = image.isel(t=tsel) if tsel is not None else image
-        inputs = select_inputs(src.coords["c"].values, model, input_channels)
         if out is None:
             _protect_acquired(src, model, sid)
-        pred = predict(src, model, **options)
-        sources[sid] = src
-        plans.append(ScenePlan(sid, pred, inputs, pred.attrs["zarrstain"]["tiling"], "to write"))
+        plans.append(ScenePlan(sid, src, predict(src, model, **options), "to write"))
     write_options = {
         "out": out,
         "overwrite": overwrite,
@@ -280,9 +284,7 @@ def plan_prediction(
     )
     for p in plans:
         p.status = status[p.scene]
-    plan = PredictionPlan(store, model, plans, method, write_options)
-    plan._sources, plan._options = sources, options
-    return plan
+    return PredictionPlan(store, model, plans, method, options, write_options)
 
 
 def _protect_acquired(image: xr.DataArray, model: Model, scene: str) -> None:

@@ -42,12 +42,17 @@ _PUBLISHED: set[str] = set()
 loads: Counter[str] = Counter()
 
 
+def _add(model: Model) -> Model:
+    """Cache ``model`` unless its hash is cached already (caller holds ``_LOCK``)."""
+    if model.content_hash not in _MODELS:
+        loads[model.content_hash] += 1
+        _MODELS[model.content_hash] = model
+    return _MODELS[model.content_hash]
+
+
 def _register(model: Model) -> Model:
     with _LOCK:
-        if model.content_hash not in _MODELS:
-            loads[model.content_hash] += 1
-            _MODELS[model.content_hash] = model
-        return _MODELS[model.content_hash]
+        return _add(model)
 
 
 def preload(model: Model) -> None:
@@ -72,10 +77,8 @@ def _load_from_source(content_hash: str, source: str) -> Model:
                 f"the model at {source} changed while predicting (content hash "
                 f"{model.content_hash[:12]} instead of {content_hash[:12]}); run again"
             )
-        loads[content_hash] += 1
         logger.info("loaded model %s from %s in this process", model.name, source)
-        _MODELS[content_hash] = model
-        return model
+        return _add(model)
 
 
 class ModelHandle:

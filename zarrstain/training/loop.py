@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -188,28 +189,14 @@ def train(
         scenes, val_scenes=config.val_scenes, val_fraction=config.val_fraction
     )
     patch = _patch(config, scenes)
-    sampler = PatchSampler(
-        scenes,
-        train_regions,
-        config.inputs,
-        config.targets,
-        patch,
+    sampler_for = functools.partial(
+        PatchSampler, scenes, inputs=config.inputs, targets=config.targets, patch=patch,
         normalization=config.normalization,
-        seed=config.seed,
-    )
+    )  # fmt: skip
+    sampler = sampler_for(train_regions, seed=config.seed)
     val = None
-    if val_regions:
-        val_sampler = PatchSampler(
-            scenes,
-            val_regions,
-            config.inputs,
-            config.targets,
-            patch,
-            normalization=config.normalization,
-            seed=config.seed + 1,
-            flips=False,
-        )
-        val = val_sampler.sample(config.val_patches)
+    if val_regions:  # a fixed set of held-out patches, not augmented
+        val = sampler_for(val_regions, seed=config.seed + 1, flips=False).sample(config.val_patches)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # the initial weights
     model = create_model(
