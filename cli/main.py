@@ -122,6 +122,16 @@ def _halo(value: str) -> str | int:
 @click.option("--workers", type=int, default=None, help="Start a LocalCluster of N processes.")
 @click.option("--threads-per-worker", type=int, default=None, help="Threads per local worker.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; compute and write nothing.")
+@click.option(
+    "--allow-missing-chunks",
+    is_flag=True,
+    help="Predict from inputs with missing chunks (read as the fill value) instead of refusing.",
+)
+@click.option(
+    "--allow-constant-frames",
+    is_flag=True,
+    help="Predict time points whose input is constant (blank) instead of refusing them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan / result as JSON.")
 def predict(
     store: str,
@@ -144,6 +154,8 @@ def predict(
     workers: int | None,
     threads_per_worker: int | None,
     dry_run: bool,
+    allow_missing_chunks: bool,
+    allow_constant_frames: bool,
     as_json: bool,
 ) -> None:
     """Predict channels for the scenes of STORE with a model and write them back (or to --out).
@@ -168,6 +180,8 @@ def predict(
         dtype=dtype,
         copy_channels=copy_channels,
         block_memory=block_memory,
+        allow_missing_chunks=allow_missing_chunks,
+        allow_constant_frames=allow_constant_frames,
     )
     if dry_run:
         description = plan_prediction(store, model_path, **options).describe()
@@ -176,13 +190,12 @@ def predict(
     with connect(scheduler, scheduler_file, workers, threads_per_worker) as client:
         resources = {"GPU": 1} if client is not None and gpu_workers(client) else None
         plan = plan_prediction(store, model_path, resources=resources, **options)
-        if client is not None:  # progress lives in the dashboard
+        if client is not None:
             click.echo(f"running on {client.dashboard_link}", err=True)
-            result = plan.run(client=client)
-        else:  # the bar appears with the first finished block, after the statistics pass
-            bar = _LazyBar("predicting blocks", plan.n_blocks)
-            result = plan.run(progress=bar)
-            bar.finish()
+        # the bar appears with the first finished block, after the statistics pass
+        bar = _LazyBar("predicting blocks", plan.n_blocks)
+        result = plan.run(progress=bar, client=client)
+        bar.finish()
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

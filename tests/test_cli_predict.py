@@ -221,6 +221,20 @@ def test_more_bad_input_through_the_cli(tmp_path, model_dir):
     nan = tmp_path / "nan.zarr"
     datasets.save_image(nan, data, "tczyx", channel_labels=["BF"], levels=1)
     cases.append((nan, ["--out", tmp_path / "never.zarr"], "'BF' holds 2 NaN/inf voxels"))
+    flat = data.copy()
+    flat[0] = 100.0  # a blank frame (non-zero: zarr skips chunks of fill values)
+    flat = np.concatenate([rng.normal(size=data.shape), flat]).astype(np.float32)
+    blank = tmp_path / "blank.zarr"
+    datasets.save_image(blank, flat, "tczyx", channel_labels=["BF"], levels=1)
+    cases.append(
+        (blank, ["--out", tmp_path / "never.zarr"], "1 frame(s) are constant (first at t=1)")
+    )
+    damaged = datasets.make_image(tmp_path / "damaged.zarr", shape=(1, 4, 32, 32), seed=1)
+    (damaged / "s0" / "c" / "0" / "0" / "0" / "0" / "0").write_bytes(b"not zstd at all")
+    cases.append((damaged, ["--dtype", "uint16"], "cannot read the chunk(s) at [0:1, 0:1, 0:4"))
+    holes = datasets.make_image(tmp_path / "holes.zarr", shape=(1, 4, 32, 32), seed=1)
+    (holes / "s0" / "c" / "0" / "0" / "0" / "0" / "0").unlink()
+    cases.append((holes, ["--dtype", "uint16"], "1 of 1 input chunks are missing"))
     for store, extra, message in cases:
         before = tree_digest(store)
         result = run("predict", store, "--model", model_dir, *extra)
@@ -229,3 +243,42 @@ def test_more_bad_input_through_the_cli(tmp_path, model_dir):
         assert len(result.output.strip().splitlines()) == 1 or "predicting" in result.output
         assert tree_digest(store) == before
     assert not (tmp_path / "never.zarr").exists()
+
+
+def test_blank_frames_and_holes_on_request(tmp_path, model_dir):
+    from zarrstain import datasets
+
+    store = datasets.make_image(tmp_path / "img.zarr", shape=(2, 4, 32, 32), seed=1)
+    (store / "s0" / "c" / "0" / "0" / "0" / "0" / "0").unlink()  # BF at t=0 reads as 0: blank
+    first = run("predict", store, "--model", model_dir, "--dtype", "uint16")
+    assert first.exit_code == 1 and "input chunks are missing" in first.output
+    second = run(
+        "predict", store, "--model", model_dir, "--dtype", "uint16", "--allow-missing-chunks"
+    )
+    assert second.exit_code == 1 and "constant (first at t=0)" in second.output
+    third = run(
+        "predict",
+        store,
+        "--model",
+        model_dir,
+        "--dtype",
+        "uint16",
+        "--allow-missing-chunks",
+        "--allow-constant-frames",
+    )
+    assert third.exit_code == 0, third.output
+    assert "DNA (predicted)" in list(zarrstain.open_image(store).c.values)
+
+
+def test_predict_from_http_into_a_local_store(http_root, model_dir, validate):
+    folder, url = http_root
+    from zarrstain import datasets
+
+    datasets.make_image(folder / "img.zarr", shape=(1, 4, 32, 32), seed=2)
+    out = folder / "out.zarr"
+    result = run("predict", f"{url}/img.zarr", "--model", model_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    validate(out)
+    model = zarrstain.load_model(model_dir)
+    expected = zarrstain.predict(zarrstain.open_image(folder / "img.zarr"), model)
+    np.testing.assert_allclose(zarrstain.open_image(out).values, expected.values, rtol=0, atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream
@@ -34,10 +36,16 @@ def test_worker_processes_load_the_model_once_and_match_a_local_run(make_store, 
         Client(cluster) as client,
     ):
         plan = plan_prediction(src, model, out=tmp_path / "dist.zarr", halo=4, chunks=CHUNKS)
-        assert plan.n_blocks >= 8 * 8
-        plan.run(client=client)
+        n_blocks = plan.n_blocks
+        assert n_blocks >= 8 * 8
+        seen = []
+        plan.run(client=client, progress=seen.append)
         loads = client.run(_loads, model.content_hash)
+        deadline = time.monotonic() + 10  # worker events reach the client asynchronously
+        while sum(seen) < n_blocks and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert sorted(loads.values()) == [1, 1]  # each worker process: once, for every block
+    assert sum(seen) == n_blocks  # progress: every block the workers ran, reported
     for sid in ("A/1/0", "B/2/1"):
         a = zarrstain.open_image(tmp_path / "local.zarr", sid).values
         b = zarrstain.open_image(tmp_path / "dist.zarr", sid).values

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -84,7 +85,7 @@ def test_interrupted_append_then_rerun(make_store, tmp_path, validate, monkeypat
             if stage == "before-resize":
                 _fail_on_call(m, zarr.Array, "resize", 1)
             else:  # shapes grown, omero not yet updated (2nd attrs write of the append)
-                _fail_on_call(m, channels_mod, "set_image_attrs", 2)
+                _fail_on_call(m, channels_mod, "set_image_attrs", 3)
         with pytest.raises(SimulatedCrash):
             zarrstain.write_channels(path, pred_to_write, dtype="uint16")
 
@@ -128,7 +129,8 @@ def test_interrupted_overwrite_is_marked_incomplete(make_store, validate, monkey
     )
 
 
-def test_crash_leaves_other_scenes_alone(make_store, validate):
+def test_crash_in_one_scene_lists_nothing_half_written(make_store, validate):
+    """Scenes are written together; a crash in one leaves every scene as readers knew it."""
     path = make_store("plate", "0.4")
     scenes = zarrstain.open_scenes(path)
     preds = {
@@ -138,5 +140,90 @@ def test_crash_leaves_other_scenes_alone(make_store, validate):
     with pytest.raises(SimulatedCrash):
         zarrstain.write_channels(path, preds, dtype="uint16")
     validate(path)
-    assert "DNA (predicted)" in list(zarrstain.open_image(path, "A/1/0").c.values)
-    assert "DNA (predicted)" not in list(zarrstain.open_image(path, "A/1/1").c.values)
+    for scene in preds:
+        assert "DNA (predicted)" not in list(zarrstain.open_image(path, scene).c.values)
+    preds["A/1/1"] = _prediction(scenes["A/1/1"])
+    assert zarrstain.write_channels(path, preds, dtype="uint16") == dict.fromkeys(preds, "written")
+    validate(path)
+    for scene in preds:
+        assert list(zarrstain.open_image(path, scene).c.values)[-1] == "DNA (predicted)"
+
+
+def _counting(pred, calls, crash_at=None):
+    """``pred`` whose blocks count their computations; the ``crash_at``-th one raises."""
+
+    def count(block):
+        if block.size == 0:  # dask probing the function's output type: not a computation
+            return block
+        calls.append(1)
+        if len(calls) == crash_at:
+            raise SimulatedCrash("killed")
+        return block
+
+    return pred.copy(data=pred.data.map_blocks(count, dtype=pred.dtype))
+
+
+@pytest.mark.parametrize("out", [False, True], ids=["in-place", "out"])
+def test_rerun_computes_only_missing_chunks(tmp_path, validate, out):
+    from zarrstain.io.stream import stored_keys
+
+    path = zarrstain.datasets.make_image(
+        tmp_path / "img.zarr", shape=(2, 4, 40, 40), chunks=(1, 4, 16, 16), seed=5
+    )
+    image = zarrstain.open_image(path)
+    pred = _prediction(image).chunk({"t": 2, "z": 4, "y": 16, "x": 16})
+    n_blocks = pred.data.npartitions  # 3 × 3: one block per store chunk
+    target = {"out": tmp_path / "out.zarr"} if out else {}
+    reference = tmp_path / "reference.zarr"
+    zarrstain.write_channels(path, pred, out=reference if out else None, dtype="uint16")
+    if not out:  # the reference went into the store itself: start again from a copy
+        shutil.move(path, reference)
+        path = zarrstain.datasets.make_image(
+            tmp_path / "img.zarr", shape=(2, 4, 40, 40), chunks=(1, 4, 16, 16), seed=5
+        )
+        image = zarrstain.open_image(path)
+    pred = _prediction(image).chunk({"t": 2, "z": 4, "y": 16, "x": 16})
+    pred.attrs["zarrstain"] = {"fingerprint": "the same write"}  # what predict provides
+
+    calls = []
+    with dask.config.set(scheduler="sync"), pytest.raises(SimulatedCrash):
+        zarrstain.write_channels(path, _counting(pred, calls, crash_at=8), dtype="uint16", **target)
+    written_to = zarr.open_group(str(target.get("out", path)), mode="r")["s0"]
+    slot = "0" if out else "3"
+    written = sum(1 for k in stored_keys(written_to) if k.split("/")[2:3] == [slot])
+    assert 0 < written < n_blocks
+    validate(path)
+
+    calls.clear()
+    status = zarrstain.write_channels(path, _counting(pred, calls), dtype="uint16", **target)
+    assert status == {"": "written"} or list(status.values()) == ["written"]
+    assert len(calls) == n_blocks - written  # only the missing chunks were computed
+    result = target.get("out", path)
+    validate(result)
+    for level in (0, 1):
+        np.testing.assert_array_equal(
+            zarrstain.open_image(result, level=level).sel(c="DNA (predicted)").values,
+            zarrstain.open_image(reference, level=level).sel(c="DNA (predicted)").values,
+        )
+    meta = zarr.open_group(str(result), mode="r").attrs["zarrstain"]
+    assert "pending" not in meta
+
+
+def test_a_different_write_does_not_reuse_leftover_chunks(tmp_path):
+    path = zarrstain.datasets.make_image(
+        tmp_path / "img.zarr", shape=(1, 4, 40, 40), chunks=(1, 4, 16, 16), seed=5
+    )
+    image = zarrstain.open_image(path)
+    pred = _prediction(image).chunk({"z": 4, "y": 16, "x": 16})
+    pred.attrs["zarrstain"] = {"fingerprint": "first"}
+    with dask.config.set(scheduler="sync"), pytest.raises(SimulatedCrash):
+        zarrstain.write_channels(path, _counting(pred, [], crash_at=5), dtype="uint16")
+    other = pred * 2
+    other.attrs["zarrstain"] = {"fingerprint": "second"}
+    calls = []
+    zarrstain.write_channels(path, _counting(other, calls), dtype="uint16")
+    assert len(calls) == pred.data.npartitions  # nothing of "first" was taken for "second"
+    np.testing.assert_array_equal(
+        zarrstain.open_image(path).sel(c="DNA (predicted)").values,
+        np.clip(np.round(image.sel(c="BF").values * 1.0), 0, 65535),
+    )

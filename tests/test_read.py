@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
-
 import dask.array as da
 import numpy as np
 import pytest
@@ -149,17 +145,6 @@ def test_dataarray_is_usable_with_xarray(make_store):
     dna = image.sel(c="DNA").isel(t=0).max("z")
     assert dna.dims == ("y", "x") and float(dna.max()) > 0
     assert isinstance(image, xr.DataArray)
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])

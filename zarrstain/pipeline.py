@@ -18,17 +18,18 @@ from typing import Any
 
 import dask
 import dask.array as da
+import numpy as np
 import xarray as xr
 from dask.utils import format_bytes
 
 from .errors import ChannelExistsError, DataError, ModelError, ParameterError
-from .io.read import open_scenes
+from .io.read import check_chunks, open_scenes
 from .io.store import StoreLike, describe_store
 from .io.write import write_channels
 from .models import Model, load_model
 from .normalize import normalization_stats
 from .predict import normalization_method, predict
-from .progress import BlockProgress
+from .progress import BlockProgress, cluster_progress
 
 __all__ = ["PredictionPlan", "ScenePlan", "format_plan", "parse_time", "plan_prediction"]
 
@@ -104,6 +105,12 @@ class PredictionPlan:
     method: str | None
     options: dict[str, Any] = field(default_factory=dict)  # predict's keyword arguments
     write_options: dict[str, Any] = field(default_factory=dict)
+    #: predict frames whose inputs are constant (normalized to 0) instead of refusing them
+    allow_constant: bool = False
+    #: after :meth:`run` on a local scheduler: model blocks computed (fewer than
+    #: :attr:`n_blocks` when an interrupted run is resumed); None on a cluster, where events
+    #: reach ``progress`` asynchronously
+    blocks_run: int | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -131,7 +138,8 @@ class PredictionPlan:
         Parameters
         ----------
         progress
-            Called with the number of model blocks finished (local schedulers).
+            Called with the number of model blocks finished (on a cluster: as the workers'
+            events arrive, from the client's event loop).
         client
             A ``distributed.Client`` to run on: the model is sent to each worker once first
             (see :func:`zarrstain.cluster.publish_model`).
@@ -154,14 +162,26 @@ class PredictionPlan:
         computed, bad = dask.compute(stats, checks)
         for s in todo:
             _refuse_nonfinite(s, bad[s.scene])
+            if not self.allow_constant and self.method is not None:
+                _refuse_constant(s, computed[s.scene], self.method, self.write_options.get("time"))
         if self.method is not None:
             preds = {
                 s.scene: predict(s.source, self.model, stats=computed[s.scene], **self.options)
                 for s in todo
             }
-        callback = BlockProgress(progress) if progress is not None else None
-        with callback or contextlib.nullcontext():
+        # Counts model blocks (a resumed run computes fewer than n_blocks).
+        blocks = BlockProgress(progress)
+        if client is None:
+            watch: Any = blocks
+        elif progress is not None:
+            watch = cluster_progress(client, progress)
+        else:
+            watch = contextlib.nullcontext()
+        with watch:
             result = write_channels(self.store, preds, **self.write_options)
+        if client is None:
+            self.blocks_run = blocks.done
+            logger.info("ran %d model block(s)", blocks.done)
         for s in self.scenes:
             s.status = result.get(s.scene, s.status)
         return {s.scene: s.status for s in self.scenes}
@@ -190,6 +210,20 @@ def _refuse_nonfinite(scene: ScenePlan, counts: Any) -> None:
             )
 
 
+def _refuse_constant(scene: ScenePlan, stats: xr.Dataset, method: str, time: slice | None) -> None:
+    scale = stats["scale"].values
+    flat = ~np.isfinite(scale) | (scale <= 0)
+    if flat.any():
+        t, c = (int(i) for i in np.argwhere(flat)[0])
+        t_abs = t + (time.start if time is not None else 0)
+        raise DataError(
+            f"scene {scene.scene!r}, channel {scene.inputs[c]!r}: {int(flat.sum())} frame(s) are "
+            f"constant (first at t={t_abs}), with no spread for {method} normalization; leave "
+            "them out (--time) or predict them anyway with allow_constant=True "
+            "(CLI: --allow-constant-frames)"
+        )
+
+
 def plan_prediction(
     store: StoreLike,
     model: Model | str | os.PathLike,
@@ -209,6 +243,8 @@ def plan_prediction(
     chunks: dict[str, int] | None = None,
     block_memory: int | str | None = None,
     resources: dict[str, float] | None = None,
+    allow_missing_chunks: bool = False,
+    allow_constant_frames: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> PredictionPlan:
     """Check and plan the prediction of a store's scenes; reads metadata only.
@@ -234,6 +270,12 @@ def plan_prediction(
         Label of the predicted channel (single-output models).
     dtype, copy_channels
         As in :func:`zarrstain.write_channels`.
+    allow_missing_chunks
+        Predict from inputs with missing chunks (read as the fill value) instead of refusing
+        them: for stores that skip chunks of empty regions on purpose.
+    allow_constant_frames
+        Predict time points whose input is constant (blank frames: normalized to 0) instead of
+        refusing them when :meth:`PredictionPlan.run` finds them.
     storage_options
         fsspec options for URLs.
 
@@ -284,7 +326,17 @@ def plan_prediction(
     )
     for p in plans:
         p.status = status[p.scene]
-    return PredictionPlan(store, model, plans, method, options, write_options)
+    missing = check_chunks(
+        store,
+        {p.scene: (p.inputs, tsel) for p in plans if p.status == "to write"},
+        allow_missing=allow_missing_chunks,
+        storage_options=storage_options,
+    )
+    if missing:
+        logger.warning("%d input chunk(s) are missing and read as the fill value", missing)
+    return PredictionPlan(
+        store, model, plans, method, options, write_options, allow_constant=allow_constant_frames
+    )
 
 
 def _protect_acquired(image: xr.DataArray, model: Model, scene: str) -> None:

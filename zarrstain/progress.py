@@ -1,20 +1,47 @@
-"""Progress of model blocks on dask's local schedulers (the threaded default and ``sync``)."""
+"""Progress of model blocks, on dask's local schedulers and on distributed clusters.
+
+Each model block reports itself when it finishes (:func:`block_done`, called by
+:func:`zarrstain.tiling.run_tiled`'s block function) rather than being recognised by its task
+key: dask's graph optimization fuses the model layer into its neighbours and renames the keys.
+In the calling process the report goes to the active :class:`BlockProgress`; on a
+``dask.distributed`` worker it is logged as an event on the ``zarrstain-blocks`` topic, which
+:func:`cluster_progress` follows from the client.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from dask.callbacks import Callback
-
-__all__ = ["PREDICT_PREFIX", "BlockProgress"]
+__all__ = ["PREDICT_PREFIX", "TOPIC", "BlockProgress", "block_done", "cluster_progress"]
 
 #: dask key prefix of the tasks that run the model (see :func:`zarrstain.tiling.run_tiled`)
 PREDICT_PREFIX = "zarrstain-predict-"
+#: the distributed event topic of finished model blocks
+TOPIC = "zarrstain-blocks"
+
+_listeners: list[Callable[[int], Any]] = []
 
 
-class BlockProgress(Callback):
-    """Calls ``update(1)`` each time a block of the model finishes.
+def block_done() -> None:
+    """Report one finished model block (to local listeners, or as a worker event)."""
+    for listener in list(_listeners):
+        listener(1)
+    if "distributed" in sys.modules:  # only a worker of a running cluster can log events
+        from distributed import get_worker
+
+        try:
+            worker = get_worker()
+        except ValueError:
+            return
+        worker.log_event(TOPIC, 1)
+
+
+class BlockProgress:
+    """Calls ``update(1)`` each time a model block finishes in this process, while active.
 
     Parameters
     ----------
@@ -23,17 +50,35 @@ class BlockProgress(Callback):
 
     Examples
     --------
-    >>> with BlockProgress(bar.update):  # doctest: +SKIP
+    >>> with BlockProgress(bar.update) as blocks:  # doctest: +SKIP
     ...     zarrstain.write_channels(store, prediction)
+    >>> blocks.done  # doctest: +SKIP
     """
 
-    def __init__(self, update: Callable[[int], Any]) -> None:
-        super().__init__()
+    def __init__(self, update: Callable[[int], Any] | None = None) -> None:
         self._update = update
+        self._lock = threading.Lock()
         self.done = 0
 
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        name = key[0] if isinstance(key, tuple) else key
-        if isinstance(name, str) and name.startswith(PREDICT_PREFIX):
-            self.done += 1
-            self._update(1)
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+        if self._update is not None:
+            self._update(n)
+
+    def __enter__(self) -> BlockProgress:
+        _listeners.append(self._count)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _listeners.remove(self._count)
+
+
+@contextlib.contextmanager
+def cluster_progress(client: Any, update: Callable[[int], Any]) -> Iterator[None]:
+    """Call ``update(1)`` for each model block the workers of ``client``'s cluster finish."""
+    client.subscribe_topic(TOPIC, lambda event: update(1))
+    try:
+        yield
+    finally:
+        client.unsubscribe_topic(TOPIC)

@@ -44,7 +44,7 @@ from .models.cache import (
     resolve_device,
 )
 from .models.model import Model
-from .progress import PREDICT_PREFIX
+from .progress import PREDICT_PREFIX, block_done
 
 __all__ = ["PRECISIONS", "TilePlan", "plan_tiles", "predict_whole", "run_tiled"]
 
@@ -403,6 +403,7 @@ def _block(
     info = block_info[None]
     loc, num = info["chunk-location"], info["num-chunks"]
     out = _forward(block, handle, spatial_dims, device, precision, batch)
+    block_done()
     index: list[slice] = [slice(None), slice(None)]
     for axis, h in enumerate(halo, start=2):
         lo = h if loc[axis] > 0 else 0

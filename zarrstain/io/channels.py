@@ -2,7 +2,9 @@
 
 In-place appends never expose a half-written channel:
 
-1. a ``pending`` record is added to the ``zarrstain`` attributes (no channel is listed yet);
+1. a ``pending`` record is added to the ``zarrstain`` attributes (no channel is listed yet),
+   the chunks about to be written are deleted (leftovers of an earlier, different write) and
+   the record is marked ``cleared``;
 2. the new channels' chunks are written *beyond* the arrays' visible channel extent, through an
    in-memory view whose metadata has the grown shape: every reader still sees the old shape and
    ignores those chunks;
@@ -13,6 +15,10 @@ In-place appends never expose a half-written channel:
 A crash before 4 leaves the store exactly as readers saw it before. Between 4 and 5 the new
 channels are complete but unlabeled (readers see index labels). Overwriting an existing channel
 first renames it ``"<label> [incomplete]"`` and restores the label only after its data is written.
+
+Resuming: a chunk key exists only once its chunk is completely written (see
+:mod:`zarrstain.io.stream`), so when the same write (same labels, fingerprint, dtype and time
+points) finds its own cleared ``pending`` record, it computes only the chunks that are missing.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import zarr
@@ -29,17 +34,17 @@ from zarr.core.array import Array, AsyncArray
 
 from ..errors import UnsupportedError
 from .metadata import DIMS, ImageMeta, ome_attrs
-from .pyramid import downsample_to
+from .stream import PyramidWrite, delete_chunks, region, stored_keys, write_pyramids
 
 __all__ = [
     "INCOMPLETE_SUFFIX",
     "append_channels",
+    "begin_append",
     "channel_entry",
     "set_image_attrs",
     "time_region",
     "to_store_axes",
     "with_time_points",
-    "write_pyramid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,118 +116,12 @@ def set_image_attrs(
     group.attrs.put(attrs)
 
 
-def write_pyramid(
-    arrays: list[zarr.Array],
-    cax: int,
-    blocks: list[tuple[da.Array, int]],
-    where: str,
-    record: dict[str, Any] | None = None,
-    time: tuple[int, slice] | None = None,
-) -> tuple[list[float], list[float], dict[str, Any]]:
-    """Write channel blocks at full resolution, then derive every lower level from what was written.
-
-    Parameters
-    ----------
-    arrays
-        One (possibly grown) array per level, full resolution first.
-    cax
-        Index of the channel axis in the store's axes.
-    blocks
-        ``(data, first_channel)``: data in store axes order, written at ``first_channel``.
-    where
-        For messages.
-    record
-        Provenance that may hold dask values (e.g. normalization statistics that are part of the
-        data's graph): they are computed together with the full-resolution level, sharing work.
-    time
-        ``(t_axis, slice)``: the blocks cover only these time points (the same at every level).
-
-    Returns
-    -------
-    lo, hi
-        Minimum and maximum of each block's channels, from the smallest level (for display windows).
-    record
-        ``record`` with its dask values computed, as JSON-ready Python values.
-    """
-    if time is not None and any(a.shape[time[0]] != arrays[0].shape[time[0]] for a in arrays):
-        raise UnsupportedError(f"{where}: its pyramid downsamples t; write all time points")
-    for level, arr in enumerate(arrays):
-        chunks = tuple(arr.shards or arr.chunks)
-        sources, regions = [], []
-        for data, start in blocks:
-            n = data.shape[cax]
-            if level > 0:
-                prev = arrays[level - 1]
-                region = _region(prev.ndim, cax, start, n, time)
-                above = da.from_array(prev, chunks=tuple(prev.shards or prev.chunks))[region]
-                target = list(arr.shape)
-                target[cax] = n
-                if time is not None:
-                    target[time[0]] = above.shape[time[0]]
-                data = downsample_to(above, tuple(target), where)
-            data = data.astype(arr.dtype).rechunk(
-                tuple(1 if i == cax else c for i, c in enumerate(chunks))
-            )
-            sources.append(data)
-            regions.append(_region(arr.ndim, cax, start, n, time))
-        logger.info("%s: writing level %d (%s)", where, level, arr.path)
-        # Sources are chunk-aligned with the zarr chunks, so tasks never share a chunk: no lock.
-        stored = da.store(sources, [arr] * len(sources), regions=regions, lock=False, compute=False)
-        if level == 0:
-            # Graph optimization fuses layers and drops their annotations: keep the graph as
-            # built when tasks ask for resources (model tasks that need a GPU worker).
-            optimize = not _wants_resources(sources)
-            _, record = dask.compute(stored, record or {}, optimize_graph=optimize)
-        else:
-            dask.compute(stored)
-    smallest = arrays[-1]
-    lo, hi = [], []
-    for data, start in blocks:
-        n = data.shape[cax]
-        view = da.from_array(smallest)[_region(smallest.ndim, cax, start, n, time)]
-        other = tuple(i for i in range(smallest.ndim) if i != cax)
-        mins, maxs = da.compute(da.nanmin(view, axis=other), da.nanmax(view, axis=other))
-        lo += [float(v) for v in np.atleast_1d(mins)]
-        hi += [float(v) for v in np.atleast_1d(maxs)]
-    return lo, hi, _jsonable(record or {})
-
-
-def _wants_resources(arrays: list[da.Array]) -> bool:
-    return any(
-        "resources" in (getattr(layer, "annotations", None) or {})
-        for a in arrays
-        for layer in a.__dask_graph__().layers.values()
-    )
-
-
-def _jsonable(value: Any) -> Any:
-    """Numpy scalars and arrays (computed provenance) as plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray | np.generic):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
-
-
-def _region(
-    ndim: int, cax: int, start: int, n: int, time: tuple[int, slice] | None = None
-) -> tuple[slice, ...]:
-    region = [slice(start, start + n) if i == cax else slice(None) for i in range(ndim)]
-    if time is not None:
-        region[time[0]] = time[1]
-    return tuple(region)
-
-
 def time_region(dims: tuple[str, ...], time: slice | None) -> tuple[int, slice] | None:
     """``(t axis, slice)`` for :func:`write_pyramid`, or None for all time points."""
     return None if time is None or "t" not in dims else (dims.index("t"), time)
 
 
-def append_channels(
+def begin_append(
     group: zarr.Group,
     meta: ImageMeta,
     data: da.Array,
@@ -230,8 +129,14 @@ def append_channels(
     record: dict[str, Any],
     where: str,
     time: slice | None = None,
-) -> None:
-    """Add (or overwrite) labeled channels in every level of an image group, crash-safely.
+) -> PyramidWrite:
+    """Start adding (or overwriting) labeled channels in every level of an image group.
+
+    Writes the ``pending`` record (and ``[incomplete]`` labels for channels being replaced) and
+    clears the chunks about to be written; returns the write for :func:`write_pyramids`, whose
+    ``finish`` grows the arrays and lists the channels. The caller holds the group's lock until
+    then. When the group's pending record is this very write (same labels, fingerprint, dtype
+    and time points) an interrupted run is resumed: chunks already written are kept.
 
     Parameters
     ----------
@@ -242,7 +147,8 @@ def append_channels(
     labels
         Channel labels; those already present are overwritten (the caller checked permission).
     record
-        Provenance to store per written label under ``attrs["zarrstain"]["channels"]``.
+        Provenance to store per written label under ``attrs["zarrstain"]["channels"]``; its
+        ``fingerprint`` identifies the write for resuming.
     where
         For messages.
     time
@@ -262,8 +168,12 @@ def append_channels(
                 "channels in place only to stores chunked one channel per chunk; write to a new "
                 "store with out=... (CLI: --out)"
             )
+    prov = dict(group.attrs.get("zarrstain") or {})
+    old = prov.get("pending") or {}
     n0 = _listed_channels(group, meta.levels[0].shape[cax])
-    existing = list(meta.labels)[:n0]
+    # a channel an interrupted overwrite left "[incomplete]" is that label's slot
+    unfinished = {lab + INCOMPLETE_SUFFIX: lab for lab in old.get("labels") or []}
+    existing = [unfinished.get(lab, lab) for lab in list(meta.labels)[:n0]]
     data = to_store_axes(data, dims)
     take = lambda idx: da.take(data, idx, axis=cax)  # noqa: E731
     new = [i for i, lab in enumerate(labels) if lab not in existing]
@@ -276,30 +186,70 @@ def append_channels(
         views.append(grown_view(arr, tuple(shape)))
 
     omero = _omero(group, existing, arrays[0].dtype)
-    prov = dict(group.attrs.get("zarrstain") or {})
-    prov["pending"] = {"labels": labels, "first_new_index": n0, "started": now()}
+    tregion = time_region(dims, time)
+    pending = {
+        "labels": labels,
+        "first_new_index": n0,
+        "fingerprint": record.get("fingerprint"),
+        "dtype": str(arrays[0].dtype),
+        "time": [time.start, time.stop] if time is not None else None,
+    }
     for _, slot in replaced:
         omero["channels"][slot]["label"] = existing[slot] + INCOMPLETE_SUFFIX
-    set_image_attrs(group, omero=omero, zarrstain=prov)
+    resume = (
+        bool(pending["fingerprint"])
+        and bool(old.get("cleared"))
+        and all(old.get(k) == v for k, v in pending.items())
+    )
+    if resume:
+        done = [stored_keys(v) for v in views]
+        logger.info("%s: resuming an interrupted write of %s", where, labels)
+    else:
+        prov["pending"] = {**pending, "started": now(), "cleared": False}
+        set_image_attrs(group, omero=omero, zarrstain=prov)
+        slots = ([(n0, len(new))] if new else []) + [(slot, 1) for _, slot in replaced]
+        for view in views:  # stale chunks must not pass for written ones on a resume
+            delete_chunks(view, [region(view.ndim, cax, s, n, tregion) for s, n in slots])
+        prov["pending"] = {**prov["pending"], "cleared": True}
+        set_image_attrs(group, zarrstain=prov)
+        done = None
+
+    def finish(lo: list[float], hi: list[float], computed: dict[str, Any]) -> None:
+        for arr, view in zip(arrays, views, strict=True):
+            if arr.shape != view.shape:  # grow; or shrink away slots of an interrupted run
+                arr.resize(view.shape)
+        channels = omero["channels"]
+        for k, i in enumerate(new):
+            channels.append(channel_entry(labels[i], n0 + k, arrays[0].dtype, lo[k], hi[k]))
+        for k, (i, slot) in enumerate(replaced):
+            m = len(new) + k
+            entry = channel_entry(labels[i], slot, arrays[0].dtype, lo[m], hi[m])
+            channels[slot] = {**channels[slot], "label": labels[i], "window": entry["window"]}
+        prov.pop("pending", None)
+        written = prov.setdefault("channels", {})
+        for lab in labels:
+            written[lab] = with_time_points(computed, written.get(lab) if time else None, time)
+        set_image_attrs(group, omero=omero, zarrstain=prov)
+        logger.info("%s: wrote channels %s", where, ", ".join(repr(x) for x in labels))
 
     blocks = ([(take(new), n0)] if new else []) + [(take([i]), slot) for i, slot in replaced]
-    lo, hi, record = write_pyramid(views, cax, blocks, where, record, time_region(dims, time))
+    return PyramidWrite(where, views, cax, blocks, [], tregion, record, done, finish)
 
-    for arr, view in zip(arrays, views, strict=True):
-        if arr.shape != view.shape:  # grow; or shrink away slots of an interrupted earlier run
-            arr.resize(view.shape)
-    channels = omero["channels"]
-    for k, i in enumerate(new):
-        channels.append(channel_entry(labels[i], n0 + k, arrays[0].dtype, lo[k], hi[k]))
-    for k, (i, slot) in enumerate(replaced):
-        entry = channel_entry(labels[i], slot, arrays[0].dtype, lo[len(new) + k], hi[len(new) + k])
-        channels[slot] = {**channels[slot], "label": labels[i], "window": entry["window"]}
-    prov.pop("pending", None)
-    written = prov.setdefault("channels", {})
-    for lab in labels:
-        written[lab] = with_time_points(record, written.get(lab) if time else None, time)
-    set_image_attrs(group, omero=omero, zarrstain=prov)
-    logger.info("%s: wrote channels %s", where, ", ".join(repr(x) for x in labels))
+
+def append_channels(
+    group: zarr.Group,
+    meta: ImageMeta,
+    data: da.Array,
+    labels: list[str],
+    record: dict[str, Any],
+    where: str,
+    time: slice | None = None,
+) -> None:
+    """Add (or overwrite) labeled channels in every level of one image group, crash-safely.
+
+    :func:`begin_append` and :func:`~zarrstain.io.stream.write_pyramids` for a single image.
+    """
+    write_pyramids([begin_append(group, meta, data, labels, record, where, time)])
 
 
 def with_time_points(

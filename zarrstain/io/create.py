@@ -16,16 +16,17 @@ import zarr
 
 from .channels import (
     channel_entry,
+    grown_view,
     set_image_attrs,
     time_region,
     to_store_axes,
     with_time_points,
-    write_pyramid,
 )
 from .layout import Layout
 from .metadata import DIMS, ImageMeta, ome_attrs
+from .stream import PyramidWrite, region, stored_keys
 
-__all__ = ["create_image", "write_collection_metadata"]
+__all__ = ["begin_create", "write_collection_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _with_channel_axis(meta: ImageMeta, ms: dict[str, Any]) -> tuple[dict[str, A
     return ms, cax, True
 
 
-def create_image(
+def begin_create(
     root: zarr.Group,
     gpath: str,
     src_group: zarr.Group,
@@ -62,8 +63,14 @@ def create_image(
     record: dict[str, Any],
     where: str,
     time: slice | None = None,
-) -> None:
-    """Create an image at ``gpath`` with the source's axes, scales and pyramid shapes.
+) -> PyramidWrite:
+    """Start creating an image at ``gpath`` with the source's axes, scales and pyramid shapes.
+
+    The arrays are created (under a ``pending`` record; the group carries no OME metadata yet,
+    so nothing lists it as an image); the returned write, run by :func:`write_pyramids`, fills
+    them and its ``finish`` writes the image metadata. A group left by an interrupted run of the
+    same write (same fingerprint, labels, copies and time points) is resumed: its chunks already
+    written are kept.
 
     Parameters
     ----------
@@ -96,66 +103,104 @@ def create_image(
         dtype = np.result_type(dtype, np.dtype(src_meta.levels[0].dtype))
 
     group = root.require_group(gpath) if gpath else root
-    arrays = []
+    pending = {
+        "labels": labels,
+        "copied": copy_labels,
+        "fingerprint": record.get("fingerprint"),
+        "dtype": str(dtype),
+        "time": [time.start, time.stop] if time is not None else None,
+    }
+    old = (group.attrs.get("zarrstain") or {}).get("pending") or {}
+    resume = bool(pending["fingerprint"]) and all(old.get(k) == v for k, v in pending.items())
+    layouts = []
     for lvl in src_meta.levels:
         shape, chunks = list(lvl.shape), list(lvl.chunks)
         if added:
             shape.insert(cax, 1)
             chunks.insert(cax, 1)
         shape[cax], chunks[cax] = n_out, 1
+        layouts.append((lvl.path, tuple(shape), tuple(chunks)))
+    arrays = [_resumable(group, *layout, dtype) for layout in layouts] if resume else []
+    resume = resume and all(a is not None for a in arrays)
+    if not resume:
         kwargs: dict[str, Any] = {}
         if root.metadata.zarr_format == 2:
             # NGFF 0.4 stores use "/" separated chunk keys (dimension_separator)
             kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
         else:
             kwargs["dimension_names"] = axis_names
-        arrays.append(
-            group.create_array(
-                lvl.path,
-                shape=tuple(shape),
-                chunks=tuple(chunks),
+        arrays = [
+            group.create_array(  # overwrite: removes the chunks of an earlier run
+                path,
+                shape=shape,
+                chunks=chunks,
                 dtype=dtype,
                 fill_value=0,
                 overwrite=True,
                 config={"write_empty_chunks": True},
                 **kwargs,
             )
-        )
+            for path, shape, chunks in layouts
+        ]
+        # After the arrays (and so after the removal of any older chunks): a resume may trust
+        # every chunk present once this record names the write. No OME metadata: not an image.
+        group.attrs.put({"zarrstain": {"pending": pending}})
+    else:
+        logger.info("%s: resuming an interrupted write", where)
     # Copied channels: every level straight from the source's own pyramid.
+    copies = []
     for k, i in enumerate(copy_idx):
-        for lvl, arr in zip(src_meta.levels, arrays, strict=True):
+        per_level = []
+        for lvl in src_meta.levels:
             src = da.from_array(src_group[lvl.path], chunks=lvl.chunks)
             if added:
                 src = src[(slice(None),) * cax + (None,)]
-            src = src[tuple(slice(i, i + 1) if a == cax else slice(None) for a in range(src.ndim))]
-            chunks = tuple(1 if a == cax else c for a, c in enumerate(arr.chunks))
-            region = tuple(slice(k, k + 1) if a == cax else slice(None) for a in range(src.ndim))
-            da.store(src.astype(dtype).rechunk(chunks), arr, regions=region, lock=False)
+            per_level.append(src[region(src.ndim, cax, i, 1)].astype(dtype))
+        copies.append((per_level, k))
     store_dims = tuple(d for d in DIMS if d in axis_names or d == "c")
     new = to_store_axes(data.astype(dtype), store_dims)
-    lo, hi, record = write_pyramid(
-        arrays, cax, [(new, len(copy_idx))], where, record, time_region(store_dims, time)
+
+    def finish(lo: list[float], hi: list[float], computed: dict[str, Any]) -> None:
+        src_channels = (src_ome.get("omero") or {}).get("channels") or []
+        entries = [
+            copy.deepcopy(src_channels[i])
+            if i < len(src_channels) and src_meta.channel_labels
+            else channel_entry(copy_labels[k], k, dtype, np.nan, np.nan)
+            for k, i in enumerate(copy_idx)
+        ]
+        entries += [
+            channel_entry(lab, len(copy_idx) + k, dtype, lo[k], hi[k])
+            for k, lab in enumerate(labels)
+        ]
+        multiscales = {"multiscales": [ms]}
+        if version == "0.5":
+            attrs: dict[str, Any] = {"ome": {"version": version, **multiscales}}
+        else:
+            attrs = multiscales
+        attrs["zarrstain"] = {
+            "channels": {lab: with_time_points(computed, None, time) for lab in labels}
+        }
+        group.attrs.put(attrs)  # replaces the pending record
+        set_image_attrs(group, omero={"channels": entries, "rdefs": {"model": "color"}})
+        logger.info("%s: created image with channels %s", where, ", ".join(copy_labels + labels))
+
+    done = [stored_keys(a) for a in arrays] if resume else None
+    tregion = time_region(store_dims, time)
+    return PyramidWrite(
+        where, arrays, cax, [(new, len(copy_idx))], copies, tregion, record, done, finish
     )
 
-    src_channels = (src_ome.get("omero") or {}).get("channels") or []
-    entries = [
-        copy.deepcopy(src_channels[i])
-        if i < len(src_channels) and src_meta.channel_labels
-        else channel_entry(copy_labels[k], k, dtype, np.nan, np.nan)
-        for k, i in enumerate(copy_idx)
-    ]
-    entries += [
-        channel_entry(lab, len(copy_idx) + k, dtype, lo[k], hi[k]) for k, lab in enumerate(labels)
-    ]
-    omero = {"channels": entries, "rdefs": {"model": "color"}}
-    multiscales = {"multiscales": [ms]}
-    if version == "0.5":
-        group.attrs.put({"ome": {"version": version, **multiscales}})
-    else:
-        group.attrs.put(multiscales)
-    prov = {"channels": {lab: with_time_points(record, None, time) for lab in labels}}
-    set_image_attrs(group, omero=omero, zarrstain=prov)
-    logger.info("%s: created image with channels %s", where, ", ".join(copy_labels + labels))
+
+def _resumable(
+    group: zarr.Group, path: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype
+) -> zarr.Array | None:
+    """The array an interrupted run created at ``path``, if it has the expected layout."""
+    arr = group.get(path)
+    if not isinstance(arr, zarr.Array):
+        return None
+    if arr.shape != shape or tuple(arr.chunks) != chunks or arr.dtype != dtype:
+        return None
+    return grown_view(arr, shape)  # a handle that writes empty chunks too
 
 
 def _put_ome(group: zarr.Group, version: str, key: str, value: Any) -> None:

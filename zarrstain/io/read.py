@@ -12,11 +12,12 @@ import zarr
 from dask.base import tokenize
 
 from ..errors import SceneNotFoundError, UnsupportedError
+from .integrity import ChunkReader, missing_chunks
 from .layout import Layout, find_layout, select_scenes
 from .metadata import DIMS, ImageMeta, parse_image
 from .store import StoreLike, describe_store, open_root
 
-__all__ = ["open_image", "open_scenes", "source_token"]
+__all__ = ["check_chunks", "open_image", "open_scenes", "source_token"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ def image_to_dataarray(
     # A name from the store location and the array metadata (not the pixels) is stable across
     # processes, so graphs built from the same store tokenize identically.
     name = "zarrstain-read-" + tokenize(store, group.path, lvl.path, arr.metadata.to_dict())
-    data = da.from_array(arr, chunks=lvl.chunks, name=name, asarray=False, fancy=False)
+    reader = ChunkReader(arr, f"{store}/{group.path}/{lvl.path}".replace("//", "/"))
+    data = da.from_array(reader, chunks=lvl.chunks, name=name, asarray=False, fancy=False)
     present = meta.axis_names
     data = data[tuple(slice(None) if d in present else None for d in DIMS)]
     size = dict(zip(DIMS, data.shape, strict=True))
@@ -176,3 +178,57 @@ def source_token(data: xr.DataArray) -> str:
         return tokenize(data.attrs["store"], data.attrs["scene"], data.attrs.get("level"), coords)
     arr = data.data
     return arr.name if isinstance(arr, da.Array) else tokenize(np.asarray(arr))
+
+
+def check_chunks(
+    path: StoreLike,
+    wanted: dict[str, tuple[list[str], slice | None]],
+    *,
+    allow_missing: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> int:
+    """Check that the full-resolution chunks of some channels and time points are all stored.
+
+    Parameters
+    ----------
+    path
+        The store.
+    wanted
+        Scene id → (channel labels, time slice or None for all).
+    allow_missing
+        Count missing chunks instead of raising.
+    storage_options
+        Passed to fsspec for URLs.
+
+    Returns
+    -------
+    int
+        The number of missing chunks.
+
+    Raises
+    ------
+    DataError
+        A chunk is missing and ``allow_missing`` is false.
+    """
+    root = open_root(path, "r", storage_options)
+    where = describe_store(path)
+    layout = find_layout(root, where)
+    missing = 0
+    for sid, (labels, time) in wanted.items():
+        gpath = layout.scenes[sid]
+        group = root[gpath] if gpath else root
+        swhere = f"{where}/{gpath}" if gpath else where
+        meta = parse_image(group, swhere)
+        arr = group[meta.levels[0].path]
+        dims = meta.axis_names
+        for label in labels:
+            region = [slice(None)] * len(dims)
+            if "c" in dims:
+                i = list(meta.labels).index(label)
+                region[dims.index("c")] = slice(i, i + 1)
+            if time is not None and "t" in dims:
+                region[dims.index("t")] = time
+            missing += missing_chunks(
+                arr, tuple(region), f"{swhere}, channel {label!r}", allow_missing
+            )
+    return missing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -22,12 +23,13 @@ from ..errors import (
     ShapeMismatchError,
     UnsupportedError,
 )
-from .channels import INCOMPLETE_SUFFIX, append_channels, to_store_axes
-from .create import create_image, write_collection_metadata
+from .channels import INCOMPLETE_SUFFIX, begin_append, to_store_axes
+from .create import begin_create, write_collection_metadata
 from .layout import Layout, find_layout, select_scenes
-from .lock import group_lock
+from .lock import group_lock, lock_path
 from .metadata import DIMS, ImageMeta, ome_attrs, parse_image
 from .store import StoreLike, describe_store, is_remote, open_root
+from .stream import write_pyramids
 
 __all__ = ["write_channels"]
 
@@ -315,6 +317,11 @@ def _new_time_points(group: zarr.Group, labels: list[str], time: slice) -> bool:
     return True
 
 
+#: Images whose writes share one graph per pyramid level. Each holds its lock (a file handle)
+#: until its metadata is written; batches keep both bounded on plates of thousands of fields.
+BATCH = 64
+
+
 def _write_in_place(
     root: zarr.Group,
     plans: list[_Plan],
@@ -336,14 +343,26 @@ def _write_in_place(
         result[plan.scene] = "unchanged" if done else ("to write" if dry_run else "written")
         if not done:
             todo.append((group, plan, swhere))
-    for group, plan, swhere in [] if dry_run else todo:
-        with group_lock(group) as group:  # another process may have added channels meanwhile
-            fresh = _Plan(**{**plan.__dict__, "meta": parse_image(group, swhere)})
-            if _existing_state(group, fresh, overwrite, swhere, time):
-                result[plan.scene] = "unchanged"
-                continue
-            data = fresh.data.data
-            append_channels(group, fresh.meta, data, fresh.labels, fresh.record, swhere, time)
+    if dry_run:
+        return result
+    # Locks are taken in one global order (their file names), so two writers whose scenes
+    # overlap cannot deadlock; each is held from the pending record to the channel list.
+    todo.sort(key=lambda item: str(lock_path(item[0]) or ""))
+    for first in range(0, len(todo), BATCH):
+        with contextlib.ExitStack() as stack:
+            jobs = []
+            for group, plan, swhere in todo[first : first + BATCH]:
+                group = stack.enter_context(group_lock(group))  # another process may have
+                fresh = _Plan(**{**plan.__dict__, "meta": parse_image(group, swhere)})  # added
+                if _existing_state(group, fresh, overwrite, swhere, time):  # channels meanwhile
+                    result[plan.scene] = "unchanged"
+                    continue
+                jobs.append(
+                    begin_append(
+                        group, fresh.meta, fresh.data.data, fresh.labels, fresh.record, swhere, time
+                    )
+                )
+            write_pyramids(jobs)
     return result
 
 
@@ -390,36 +409,39 @@ def _write_new_store(
     if dry_run:
         return _check_out(out, plans, overwrite, storage_options, time)
     root = _open_out(out, src_root.metadata.zarr_format, storage_options)
-    written, result = [], {}
-    for plan in plans:
-        src_group = src_root[plan.gpath] if plan.gpath else src_root
-        swhere = f"{out_where}/{plan.gpath}" if plan.gpath else out_where
-        existing = root.get(plan.gpath) if plan.gpath else root
-        if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
-            meta = parse_image(existing, swhere)
-            plan = _Plan(**{**plan.__dict__, "meta": meta})
-            if _existing_state(existing, plan, overwrite, swhere, time):
-                result[plan.scene] = "unchanged"
-            else:
+    result = {}
+    for first in range(0, len(plans), BATCH):
+        jobs = []
+        for plan in plans[first : first + BATCH]:
+            src_group = src_root[plan.gpath] if plan.gpath else src_root
+            swhere = f"{out_where}/{plan.gpath}" if plan.gpath else out_where
+            existing = root.get(plan.gpath) if plan.gpath else root
+            result[plan.scene] = "written"
+            if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
+                meta = parse_image(existing, swhere)
+                plan = _Plan(**{**plan.__dict__, "meta": meta})
+                if _existing_state(existing, plan, overwrite, swhere, time):
+                    result[plan.scene] = "unchanged"
+                    continue
                 data = _cast(plan.data.data, np.dtype(meta.levels[0].dtype))
-                append_channels(existing, meta, data, plan.labels, plan.record, swhere, time)
-        else:
-            create_image(
-                root,
-                plan.gpath,
-                src_group,
-                plan.meta,
-                plan.data.data,
-                plan.labels,
-                to_copy[plan.scene],
-                plan.record,
-                swhere,
-                time,
-            )
-        written.append(plan.scene)
-        result.setdefault(plan.scene, "written")
+                job = begin_append(existing, meta, data, plan.labels, plan.record, swhere, time)
+            else:
+                job = begin_create(
+                    root,
+                    plan.gpath,
+                    src_group,
+                    plan.meta,
+                    plan.data.data,
+                    plan.labels,
+                    to_copy[plan.scene],
+                    plan.record,
+                    swhere,
+                    time,
+                )
+            jobs.append(job)
+        write_pyramids(jobs)
     with group_lock(root) as fresh_root:  # merged with what concurrent writers listed
-        write_collection_metadata(fresh_root, src_root, layout, written)
+        write_collection_metadata(fresh_root, src_root, layout, list(result))
     return result
 
 

@@ -1,0 +1,253 @@
+"""Write new channels of many images level by level, each level of every image in one dask graph.
+
+One graph per pyramid level (not one per image) keeps every worker busy however small the
+images are, and lets dask stream: a store task frees its block as soon as it is written, so
+memory depends on the block size, not on the number of images or time points.
+
+Completion is tracked by the chunks themselves. Channels are written through handles with
+``write_empty_chunks``, so every chunk written exists as a key, and zarr writes each key
+atomically (a temporary file renamed into place on local stores; a single PUT on object stores):
+a key that exists is complete. Before a write starts, the chunks it will write are deleted, so
+none can be mistaken for new; a resumed write (:attr:`PyramidWrite.done`) lists the keys present
+and computes only the missing chunks, level by level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from ..errors import UnsupportedError
+from .pyramid import downsample_to
+
+__all__ = ["PyramidWrite", "delete_chunks", "keys_in", "region", "stored_keys", "write_pyramids"]
+
+logger = logging.getLogger(__name__)
+
+Finish = Callable[[list[float], list[float], dict[str, Any]], None]
+
+
+@dataclass
+class PyramidWrite:
+    """New channels of one image, to be written at every pyramid level.
+
+    Attributes
+    ----------
+    where
+        For messages.
+    arrays
+        One array handle per level, full resolution first, addressing the channels written
+        (see :func:`zarrstain.io.channels.grown_view`).
+    cax
+        Index of the channel axis.
+    blocks
+        ``(data, first_channel)``: full-resolution data in store axes order, written at
+        ``first_channel``; lower levels are derived from what was written one level up.
+    copies
+        ``(per-level data, first_channel)``: channels copied level by level (no derivation).
+    time
+        ``(t_axis, slice)``: the data covers only these time points.
+    record
+        Provenance, possibly holding dask values: computed with the full-resolution level.
+    done
+        Per level, the chunk keys already written by an interrupted run of this same write:
+        they are not computed again. None: write every chunk.
+    finish
+        Called with the display range (minimum, maximum per channel of ``blocks``, from the
+        smallest level) and the computed record once every level is written.
+    """
+
+    where: str
+    arrays: list[zarr.Array]
+    cax: int
+    blocks: list[tuple[da.Array, int]]
+    copies: list[tuple[list[da.Array], int]] = field(default_factory=list)
+    time: tuple[int, slice] | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    done: list[set[str]] | None = None
+    finish: Finish | None = None
+
+    def sources(self, level: int) -> Iterator[tuple[da.Array, tuple[slice, ...]]]:
+        """(data, region) pairs to store at ``level``, chunk-aligned with its array."""
+        arr = self.arrays[level]
+        for data, start in self.blocks:
+            n = data.shape[self.cax]
+            if level > 0:
+                prev = self.arrays[level - 1]
+                above = da.from_array(prev, chunks=write_grid(prev))
+                above = above[region(prev.ndim, self.cax, start, n, self.time)]
+                target = list(arr.shape)
+                target[self.cax] = n
+                if self.time is not None:
+                    target[self.time[0]] = above.shape[self.time[0]]
+                data = downsample_to(above, tuple(target), self.where)
+            yield data, region(arr.ndim, self.cax, start, n, self.time)
+        for per_level, start in self.copies:
+            data = per_level[level]
+            yield data, region(arr.ndim, self.cax, start, data.shape[self.cax], self.time)
+
+
+def write_grid(arr: zarr.Array) -> tuple[int, ...]:
+    """The unit one write task covers: a shard when sharded, else a chunk."""
+    return tuple(arr.shards or arr.chunks)
+
+
+def region(
+    ndim: int, cax: int, start: int, n: int, time: tuple[int, slice] | None = None
+) -> tuple[slice, ...]:
+    """Channels ``start:start+n`` (and ``time``) of an ``ndim`` array."""
+    out = [slice(start, start + n) if i == cax else slice(None) for i in range(ndim)]
+    if time is not None:
+        out[time[0]] = time[1]
+    return tuple(out)
+
+
+def stored_keys(arr: zarr.Array) -> set[str]:
+    """Keys (relative to ``arr``) of the chunks or shards present in the store."""
+    store, prefix = arr.store_path.store, arr.store_path.path
+
+    async def listing() -> list[str]:
+        return [key async for key in store.list_prefix(f"{prefix}/" if prefix else "")]
+
+    cut = len(prefix) + 1 if prefix else 0
+    return {key[cut:] for key in sync(listing())}
+
+
+def keys_in(arr: zarr.Array, where: tuple[slice, ...]) -> Iterator[tuple[str, tuple[slice, ...]]]:
+    """(key, array region) of every write unit that ``where`` touches."""
+    grid = write_grid(arr)
+    ranges = []
+    for sel, size, step in zip(where, arr.shape, grid, strict=True):
+        lo, hi, _ = sel.indices(size)
+        ranges.append(range(lo // step, -(-hi // step)) if hi > lo else range(0))
+    for coords in itertools.product(*ranges):
+        key = arr.metadata.encode_chunk_key(coords)
+        unit = tuple(
+            slice(c * step, min((c + 1) * step, size))
+            for c, step, size in zip(coords, grid, arr.shape, strict=True)
+        )
+        yield key, unit
+
+
+def delete_chunks(arr: zarr.Array, regions: list[tuple[slice, ...]]) -> int:
+    """Delete the stored chunks (shards) that ``regions`` touch; returns how many there were."""
+    present = stored_keys(arr)
+    doomed = {key for where in regions for key, _ in keys_in(arr, where) if key in present}
+    if doomed:
+        store, prefix = arr.store_path.store, arr.store_path.path
+
+        async def delete() -> None:
+            await asyncio.gather(*(store.delete(f"{prefix}/{k}" if prefix else k) for k in doomed))
+
+        sync(delete())
+    return len(doomed)
+
+
+def _missing(
+    data: da.Array, where: tuple[slice, ...], arr: zarr.Array, done: set[str] | None
+) -> list[tuple[da.Array, tuple[slice, ...]]]:
+    """The parts of ``data`` (to be stored at ``where``) whose chunks are not written yet."""
+    if not done:
+        return [(data, where)]
+    origin = [sel.indices(size)[0] for sel, size in zip(where, arr.shape, strict=True)]
+    todo = []
+    for key, unit in keys_in(arr, where):
+        if key in done:
+            continue
+        part = tuple(
+            slice(max(u.start, sel.indices(size)[0]), min(u.stop, sel.indices(size)[1]))
+            for u, sel, size in zip(unit, where, arr.shape, strict=True)
+        )
+        local = tuple(slice(p.start - o, p.stop - o) for p, o in zip(part, origin, strict=True))
+        todo.append((data[local], part))
+    return todo
+
+
+def write_pyramids(jobs: list[PyramidWrite]) -> None:
+    """Write every job, one dask computation per pyramid level, then call their ``finish``."""
+    for job in jobs:
+        time = job.time
+        if time is not None and any(
+            a.shape[time[0]] != job.arrays[0].shape[time[0]] for a in job.arrays
+        ):
+            raise UnsupportedError(f"{job.where}: its pyramid downsamples t; write all time points")
+    n_levels = max((len(job.arrays) for job in jobs), default=0)
+    records = [job.record for job in jobs]
+    for level in range(n_levels):
+        sources, targets, regions = [], [], []
+        for job in jobs:
+            if level >= len(job.arrays):
+                continue
+            arr = job.arrays[level]
+            grid = write_grid(arr)
+            chunks = tuple(1 if i == job.cax else c for i, c in enumerate(grid))
+            done = job.done[level] if job.done else None
+            for data, where in job.sources(level):
+                data = data.astype(arr.dtype).rechunk(chunks)
+                for part, part_region in _missing(data, where, arr, done):
+                    sources.append(part)
+                    targets.append(arr)
+                    regions.append(part_region)
+        logger.info("writing level %d: %d region(s) of %d image(s)", level, len(sources), len(jobs))
+        # Sources are aligned with the write grid, so tasks never share a chunk: no lock.
+        stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
+        if level == 0:
+            # Graph optimization fuses layers and drops their annotations: keep the graph as
+            # built when tasks ask for resources (model tasks that need a GPU worker).
+            optimize = not _wants_resources(sources)
+            _, records = dask.compute(stored, records, optimize_graph=optimize)
+        elif sources:
+            dask.compute(stored)
+    ranges = dask.compute([_display_range(job) for job in jobs])[0]
+    for job, (lo, hi), record in zip(jobs, ranges, records, strict=True):
+        if job.finish is not None:
+            job.finish(display_values(lo), display_values(hi), _jsonable(record))
+
+
+def _display_range(job: PyramidWrite) -> tuple[list[Any], list[Any]]:
+    """Lazy minimum and maximum of each new channel, read from the smallest level."""
+    smallest = job.arrays[-1]
+    lo, hi = [], []
+    for data, start in job.blocks:
+        n = data.shape[job.cax]
+        view = da.from_array(smallest)[region(smallest.ndim, job.cax, start, n, job.time)]
+        other = tuple(i for i in range(smallest.ndim) if i != job.cax)
+        lo.append(da.nanmin(view, axis=other))
+        hi.append(da.nanmax(view, axis=other))
+    return lo, hi
+
+
+def display_values(values: list[Any]) -> list[float]:
+    """Computed per-block minima (or maxima) as one flat list of floats."""
+    return [float(v) for block in values for v in np.atleast_1d(block)]
+
+
+def _wants_resources(arrays: list[da.Array]) -> bool:
+    return any(
+        "resources" in (getattr(layer, "annotations", None) or {})
+        for a in arrays
+        for layer in a.__dask_graph__().layers.values()
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy scalars and arrays (computed provenance) as plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | np.generic):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
