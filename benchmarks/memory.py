@@ -12,7 +12,7 @@ Writes ``<out>/memory.json`` and ``<out>/memory.md`` and prints the table.
 
 Usage::
 
-    python benchmarks/memory.py [--size 16 128 128] [--out benchmarks/results]
+    python benchmarks/memory.py [--size 16 128 128] [--chunks 16 128 128] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -61,6 +61,13 @@ def run(store: Path, model: Path, out: Path, workers: int = 0) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=3, default=(16, 128, 128))
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        nargs=3,
+        default=None,
+        help="store chunk (z y x) per channel and time point [default: full z, 32×32 in y, x]",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -71,8 +78,15 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp())
     shape = (2, *args.size)
+    chunks = (1, 1, *args.chunks) if args.chunks else None
     small = datasets.make_plate(
-        tmp / "small.zarr", rows=("A",), columns=("1", "2"), fields=1, shape=shape, levels=1
+        tmp / "small.zarr",
+        rows=("A",),
+        columns=("1", "2"),
+        fields=1,
+        shape=shape,
+        levels=1,
+        chunks=chunks,
     )
     large = datasets.make_plate(
         tmp / "large.zarr",
@@ -81,6 +95,7 @@ def main() -> None:
         fields=2,
         shape=shape,
         levels=1,
+        chunks=chunks,
     )
     model = zarrstain.save_model(random_model(ndim=3, depth=3, mult_chan=8, seed=0), tmp / "model")
     n_small = len(zarrstain.open_scenes(small))
@@ -97,6 +112,7 @@ def main() -> None:
     )
     report = {
         "scene_tzyx": list(shape),
+        "store_chunks_tczyx": list(chunks) if chunks else "default (1, 1, z, 32, 32)",
         "scenes": {"small": n_small, "large": n_large},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "runs": rows,
@@ -104,7 +120,8 @@ def main() -> None:
         "throughput_2_over_1_workers": speedup,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "memory.json").write_text(json.dumps(report, indent=2))
+    name = "memory" + ("-" + "x".join(map(str, args.chunks)) if args.chunks else "")
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
     table = [
         {
             "run": name,
@@ -117,6 +134,7 @@ def main() -> None:
     ]
     lines = [
         f"Plates of {n_small} and {n_large} scenes of {'×'.join(map(str, shape))} (t×z×y×x), "
+        f"store chunks {report['store_chunks_tczyx']}, "
         f"3D fnet depth 3 width 8, halo auto; {report['machine']}.",
         "",
         markdown_table(table),
@@ -126,7 +144,7 @@ def main() -> None:
         f"Peak RSS, large / small: {rss_ratio:.2f}×. "
         f"Throughput, 2 / 1 worker processes: {speedup:.2f}×.",
     ]
-    (args.out / "memory.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

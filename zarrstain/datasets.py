@@ -274,6 +274,7 @@ def make_plate(
     ngff_version: str = "0.5",
     seed: int = 0,
     levels: int = 2,
+    chunks: Sequence[int] | None = None,
 ) -> Path:
     """Write a synthetic HCS plate: every well of ``rows`` × ``columns`` with ``fields`` fields.
 
@@ -296,6 +297,7 @@ def make_plate(
                 seed + 1000 * w + 17 * f,
                 ngff_version,
                 levels,
+                chunks,
             )
         write_well_metadata(well_group, [{"path": str(f)} for f in range(fields)], fmt=fmt)
     write_plate_metadata(

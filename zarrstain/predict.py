@@ -181,7 +181,7 @@ def predict(
         only on workers that have them (reading, normalization and writing run anywhere).
     block_memory
         Memory budget of one block's forward pass (bytes or ``"4GiB"``); default
-        :func:`zarrstain.tiling.default_block_memory`.
+        :func:`zarrstain.planner.default_block_memory`.
 
     Returns
     -------

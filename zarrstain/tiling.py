@@ -15,27 +15,20 @@ Every output voxel then depends on the same input voxels through the same operat
 one forward pass over the whole volume. Smaller halos trade accuracy for time (``halo="auto"``
 and integer halos; measured in ``benchmarks/tiling.py``).
 
-Block sizes come from a memory budget per block (:func:`default_block_memory`): as large as
-fits, multiples of the divisor, full Z for 3D models when it fits, and whole multiples of the
-data's own chunks along y and x (the store's chunks, when the data came from a store) so that
-every task writes whole zarr chunks.
+Block sizes and halos are planned in :mod:`zarrstain.planner` (re-exported here).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 import torch
-from dask.utils import format_bytes, parse_bytes
 
-from .errors import ParameterError, ShapeMismatchError
+from .errors import ParameterError
 from .models.cache import (
     ModelHandle,
     forward_lock,
@@ -44,320 +37,23 @@ from .models.cache import (
     resolve_device,
 )
 from .models.model import Model
+from .planner import TilePlan, auto_halo, bytes_per_voxel, default_block_memory, plan_tiles
 from .progress import PREDICT_PREFIX, block_done
 
-__all__ = ["PRECISIONS", "TilePlan", "plan_tiles", "predict_whole", "run_tiled"]
+__all__ = [
+    "PRECISIONS",
+    "TilePlan",
+    "auto_halo",
+    "bytes_per_voxel",
+    "default_block_memory",
+    "plan_tiles",
+    "predict_whole",
+    "run_tiled",
+]
 
 logger = logging.getLogger(__name__)
 
-SPATIAL = ("z", "y", "x")
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: halo used by ``halo="auto"``, as a fraction of the exact halo (see ``auto_halo``)
-AUTO_FRACTION = 0.7
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """How a volume is cut into blocks.
-
-    Attributes
-    ----------
-    model_axes
-        Axes the model convolves: ``("z", "y", "x")`` or ``("y", "x")``.
-    shape, padded
-        (z, y, x) of the data, and after padding to the divisor.
-    chunks
-        Block cores along (t, z, y, x) of the padded volume.
-    halo
-        Overlap along (z, y, x); 0 where an axis is one block.
-    halo_mode
-        ``"exact"``, ``"auto"`` or ``"fixed"``.
-    divisor, bytes_per_voxel
-        Of the model.
-    """
-
-    model_axes: tuple[str, ...]
-    shape: tuple[int, int, int]
-    padded: tuple[int, int, int]
-    chunks: tuple[tuple[int, ...], ...]
-    halo: tuple[int, int, int]
-    halo_mode: str
-    divisor: int
-    bytes_per_voxel: int
-
-    @property
-    def n_blocks(self) -> int:
-        """Number of blocks (tasks running the model)."""
-        return math.prod(len(c) for c in self.chunks)
-
-    @property
-    def block_shape(self) -> tuple[int, ...]:
-        """Largest block core, (t, z, y, x)."""
-        return tuple(max(c) for c in self.chunks)
-
-    @property
-    def extended_shape(self) -> tuple[int, ...]:
-        """Largest block with its overlap, (t, z, y, x)."""
-        t, *zyx = self.block_shape
-        return (
-            t,
-            *(
-                min(b + 2 * h, p) if h else b
-                for b, h, p in zip(zyx, self.halo, self.padded, strict=True)
-            ),
-        )
-
-    @property
-    def memory_per_block(self) -> int:
-        """Estimated peak bytes of one block's forward pass."""
-        return math.prod(self.extended_shape) * self.bytes_per_voxel
-
-    @property
-    def compute_ratio(self) -> float:
-        """Voxels the model processes, over the voxels of one whole-volume forward."""
-        total = 1
-        for cores, h in zip(self.chunks[1:], self.halo, strict=True):
-            total *= sum(cores) + 2 * h * (len(cores) - 1)
-        return total / math.prod(self.padded)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-serialisable summary for provenance and ``--dry-run``."""
-        return {
-            "halo_mode": self.halo_mode,
-            "halo_zyx": list(self.halo),
-            "block_tzyx": list(self.block_shape),
-            "blocks": self.n_blocks,
-            "padded_zyx": list(self.padded),
-            "memory_per_block": self.memory_per_block,
-            "compute_ratio": round(self.compute_ratio, 3),
-        }
-
-
-def _round_up(n: int, k: int) -> int:
-    return -(-n // k) * k
-
-
-def bytes_per_voxel(model: Model) -> int:
-    """Rough peak activation bytes per input voxel of a forward pass.
-
-    For the fnet U-Net about eight float32 feature maps of the top level's width are alive at
-    once (skip, concatenation, convolution outputs, deeper levels). Measured peak RSS of one CPU
-    forward on 32×128×128: 425 B/voxel for width 8, 1080 for width 32.
-    """
-    width = int(model.kwargs.get("mult_chan", 32))
-    return 4 * 8 * width + 192
-
-
-def default_block_memory() -> int:
-    """Budget of one block's forward pass.
-
-    The dask config value ``zarrstain.block-memory`` when set; else half the memory of the
-    first CUDA GPU, or a quarter of this machine's RAM (one forward runs at a time per process,
-    see :func:`~zarrstain.models.cache.forward_lock`).
-    """
-    configured = dask.config.get("zarrstain.block-memory", None)
-    if configured:
-        return parse_bytes(configured)
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(0).total_memory // 2
-    import psutil
-
-    return psutil.virtual_memory().total // 4
-
-
-def auto_halo(model: Model) -> tuple[int, ...]:
-    """The halo ``"auto"`` uses: 70% of the receptive radius, rounded up to the divisor.
-
-    For the depth-4 fnet that is 80 instead of the exact 112. Measured in
-    ``benchmarks/tiling.py`` (see the README): on pytorch_fnet's fixture net halos of 32 / 64 /
-    80 / 96 left max errors of 0.16 / 0.027 / 0.0044 / 0 output standard deviations.
-    """
-    return tuple(
-        _round_up(math.ceil(r * AUTO_FRACTION), model.divisor) for r in model.receptive_radius
-    )
-
-
-def _halos(model: Model, halo: str | int) -> tuple[str, dict[str, int]]:
-    axes = SPATIAL[-model.spatial_dims :]
-    if halo == "exact":
-        values = [_round_up(r, model.divisor) for r in model.receptive_radius]
-    elif halo == "auto":
-        values = list(auto_halo(model))
-    elif isinstance(halo, int | np.integer) and not isinstance(halo, bool) and halo >= 0:
-        values = [_round_up(int(halo), model.divisor)] * model.spatial_dims
-        if values[0] != halo:
-            logger.info("halo %d rounded up to %d, a multiple of the divisor", halo, values[0])
-    else:
-        raise ParameterError(f"halo must be 'auto', 'exact' or an integer ≥ 0, not {halo!r}")
-    mode = halo if isinstance(halo, str) else "fixed"
-    return mode, dict(zip(axes, values, strict=True))
-
-
-def _axis_chunks(size: int, block: int, halo: int) -> tuple[int, ...]:
-    """Regular blocks; a last block smaller than the halo is merged into its neighbour."""
-    if block >= size:
-        return (size,)
-    chunks = [block] * (size // block)
-    rest = size - sum(chunks)
-    if rest:
-        if rest < halo:
-            chunks[-1] += rest
-        else:
-            chunks.append(rest)
-    return tuple(chunks)
-
-
-def _planar_block(
-    size: int, halo: int, depth: int, unit: int, div: int, budget: int, bpv: int
-) -> int:
-    """Block core along y (and x): square blocks, ``depth`` planes deep, within ``budget``.
-
-    Whole store chunks (``unit``) avoid rechunking before writing; they are used unless they
-    cost more than 10% extra compute over plain multiples of the divisor.
-    """
-
-    def ext(b: int) -> int:
-        return min(b + 2 * halo, size)
-
-    def largest(u: int) -> int | None:  # the largest multiple of u (≥ the halo) that fits
-        b = max(u, _round_up(halo, u))
-        if u != div and depth * ext(b) ** 2 * bpv > budget:
-            return None
-        while b < size and depth * ext(b + u) ** 2 * bpv <= budget:
-            b += u
-        return min(b, _round_up(size, u))
-
-    def cost(b: int) -> float:  # voxels computed along the axis, over its size
-        return (size + 2 * halo * (len(_axis_chunks(size, b, halo)) - 1)) / size
-
-    free, aligned = largest(div), largest(unit)
-    assert free is not None
-    return aligned if aligned is not None and cost(aligned) <= 1.1 * cost(free) else free
-
-
-def plan_tiles(
-    shape: tuple[int, int, int, int],
-    model: Model,
-    *,
-    halo: str | int = "auto",
-    chunks: dict[str, int] | None = None,
-    align: dict[str, int] | None = None,
-    block_memory: int | str | None = None,
-) -> TilePlan:
-    """Choose padding, block cores and halos for a (t, z, y, x) volume.
-
-    Parameters
-    ----------
-    shape
-        (t, z, y, x) of the data.
-    model
-        The model to tile.
-    halo
-        ``"exact"``, ``"auto"`` or an integer (rounded up to the divisor).
-    chunks
-        Block cores per axis (``{"t": 1, "z": 32, "y": 256, "x": 256}``; missing axes are
-        chosen); model axes must be multiples of the divisor.
-    align
-        Chunk sizes per axis that blocks should be whole multiples of (the store's chunks).
-    block_memory
-        Budget for one block's forward pass (bytes or a string such as ``"2GiB"``); default
-        :func:`default_block_memory`.
-
-    Raises
-    ------
-    ShapeMismatchError
-        A volume too small for the model's padding, or chunks that break the divisor.
-    """
-    div = model.divisor
-    model_axes = SPATIAL[-model.spatial_dims :]
-    mode, halos = _halos(model, halo)
-    t, *zyx = shape
-    padded = [
-        _round_up(s, div) if a in model_axes else s for a, s in zip(SPATIAL, zyx, strict=True)
-    ]
-    for a, s, p in zip(SPATIAL, zyx, padded, strict=True):
-        if p - s >= s:  # reflect padding needs more data than it adds
-            raise ShapeMismatchError(
-                f"{a}={s} is too small for the {model.spatial_dims}D model {model.name}: it pads "
-                f"each axis by mirroring to a multiple of {div} and needs {a} ≥ {p - s + 1}; "
-                + ("use a 2D model for thin stacks" if a == "z" else "use a larger image")
-            )
-    budget = parse_bytes(block_memory) if block_memory else default_block_memory()
-    bpv = bytes_per_voxel(model)
-    chunks = dict(chunks or {})
-    align = align or {}
-    for a, c in chunks.items():
-        if a in model_axes and c % div:
-            raise ShapeMismatchError(
-                f"chunks[{a!r}]={c} is not a multiple of the model's divisor {div}; use "
-                f"{_round_up(c, div)}"
-            )
-
-    def unit(a: int) -> int:
-        axis = SPATIAL[a]
-        if axis not in model_axes:
-            return 1
-        u = math.lcm(div, max(int(align.get(axis, div)), 1))
-        return u if u <= max(padded[a], div) and u <= 1024 else div
-
-    def ext(a: int, b: int) -> int:
-        return min(b + 2 * halos.get(SPATIAL[a], 0), padded[a])
-
-    sizes = [0, 0, 0]
-    planar = [a for a in range(3) if SPATIAL[a] in model_axes and SPATIAL[a] != "z"]
-    # z: the whole stack for 3D models when a minimal y/x block still fits the budget
-    for a, c in list(chunks.items()):
-        h = halos.get(a, 0)
-        p = padded[SPATIAL.index(a)] if a in SPATIAL else 0
-        if a in model_axes and c < min(h, p):  # dask overlaps only with neighbours ≥ the halo
-            chunks[a] = min(_round_up(h, div), p)
-            logger.warning(
-                "chunks[%r]=%d is smaller than the halo %d; using %d", a, c, h, chunks[a]
-            )
-    if "z" in chunks:
-        sizes[0] = chunks["z"]
-    elif "z" in model_axes:
-        minimal = math.prod(ext(a, max(unit(a), halos[SPATIAL[a]])) for a in planar)
-        fits = padded[0] * minimal * bpv <= budget
-        sizes[0] = padded[0] if fits else max(_round_up(halos["z"], div), unit(0), div)
-    else:
-        sizes[0] = 1  # set below: as many planes as fit
-    for a in planar:  # y and x: the largest square block that fits
-        if SPATIAL[a] in chunks:
-            sizes[a] = chunks[SPATIAL[a]]
-            continue
-        sizes[a] = _planar_block(
-            padded[a], halos[SPATIAL[a]], ext(0, sizes[0]), unit(a), div, budget, bpv
-        )
-    plane = math.prod(ext(a, sizes[a]) for a in planar)
-    if "z" not in model_axes and "z" not in chunks:
-        per_block = max(1, budget // max(plane * bpv, 1))
-        sizes[0] = int(min(padded[0], per_block))
-        if align.get("z") and sizes[0] > align["z"]:
-            sizes[0] -= sizes[0] % align["z"]
-    block_bytes = ext(0, sizes[0]) * plane * bpv
-    t_block = chunks.get("t") or int(max(1, min(t, budget // max(block_bytes, 1))))
-    core = [_axis_chunks(padded[a], sizes[a], halos.get(SPATIAL[a], 0)) for a in range(3)]
-    halo_zyx = tuple(halos.get(SPATIAL[a], 0) if len(core[a]) > 1 else 0 for a in range(3))
-    plan = TilePlan(
-        model_axes=model_axes,
-        shape=tuple(zyx),
-        padded=tuple(padded),
-        chunks=(_axis_chunks(t, t_block, 0), *core),
-        halo=halo_zyx,
-        halo_mode=mode,
-        divisor=div,
-        bytes_per_voxel=bpv,
-    )
-    if plan.memory_per_block > budget:
-        logger.warning(
-            "blocks need about %s, over the budget of %s: the halo (%s) sets their minimum "
-            "size; use a smaller halo or a larger block_memory",
-            format_bytes(plan.memory_per_block),
-            format_bytes(budget),
-            halo_zyx,
-        )
-    return plan
 
 
 def _pad_width(plan: TilePlan) -> list[tuple[int, int]]:
