@@ -352,9 +352,10 @@ def _write_in_place(
         with contextlib.ExitStack() as stack:
             jobs = []
             for group, plan, swhere in todo[first : first + BATCH]:
-                group = stack.enter_context(group_lock(group))  # another process may have
-                fresh = _Plan(**{**plan.__dict__, "meta": parse_image(group, swhere)})  # added
-                if _existing_state(group, fresh, overwrite, swhere, time):  # channels meanwhile
+                # re-read under the lock: another process may have added channels meanwhile
+                group = stack.enter_context(group_lock(group))
+                fresh = _Plan(**{**plan.__dict__, "meta": parse_image(group, swhere)})
+                if _existing_state(group, fresh, overwrite, swhere, time):
                     result[plan.scene] = "unchanged"
                     continue
                 jobs.append(
