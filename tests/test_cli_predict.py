@@ -235,6 +235,20 @@ def test_more_bad_input_through_the_cli(tmp_path, model_dir):
     holes = datasets.make_image(tmp_path / "holes.zarr", shape=(1, 4, 32, 32), seed=1)
     (holes / "s0" / "c" / "0" / "0" / "0" / "0" / "0").unlink()
     cases.append((holes, ["--dtype", "uint16"], "1 of 1 input chunks are missing"))
+    cases.append((tmp_path / "missing.zarr", [], "no such store"))
+    plain = tmp_path / "plain.zarr"
+    zarr.open_group(str(plain), mode="w").create_array("x", shape=(4,), dtype="u1")
+    cases.append((plain, [], "holds no OME-Zarr metadata"))
+    future = datasets.make_image(tmp_path / "future.zarr", shape=(1, 4, 32, 32), seed=1)
+    group = zarr.open_group(str(future), mode="r+")
+    attrs = group.attrs.asdict()
+    attrs["ome"]["version"] = "0.6"
+    group.attrs.put(attrs)
+    cases.append((future, [], "OME-Zarr 0.6, which zarrstain does not read"))
+    twice = tmp_path / "twice.zarr"
+    pair = np.nan_to_num(np.concatenate([data, data], axis=1), posinf=0.0)
+    datasets.save_image(twice, pair, "tczyx", channel_labels=["BF", "BF"], levels=1)
+    cases.append((twice, ["--out", tmp_path / "never.zarr"], "'BF' is ambiguous"))
     for store, extra, message in cases:
         before = tree_digest(store)
         result = run("predict", store, "--model", model_dir, *extra)
