@@ -34,11 +34,10 @@ from zarr.core.array import Array, AsyncArray
 
 from ..errors import UnsupportedError
 from .metadata import DIMS, ImageMeta, ome_attrs
-from .stream import PyramidWrite, delete_chunks, region, stored_keys, write_pyramids
+from .stream import PyramidWrite, delete_chunks, region, stored_keys
 
 __all__ = [
     "INCOMPLETE_SUFFIX",
-    "append_channels",
     "begin_append",
     "channel_entry",
     "set_image_attrs",
@@ -117,7 +116,7 @@ def set_image_attrs(
 
 
 def time_region(dims: tuple[str, ...], time: slice | None) -> tuple[int, slice] | None:
-    """``(t axis, slice)`` for :func:`write_pyramid`, or None for all time points."""
+    """``(t axis, slice)`` for :class:`~zarrstain.io.stream.PyramidWrite`, or None for all."""
     return None if time is None or "t" not in dims else (dims.index("t"), time)
 
 
@@ -234,22 +233,6 @@ def begin_append(
 
     blocks = ([(take(new), n0)] if new else []) + [(take([i]), slot) for i, slot in replaced]
     return PyramidWrite(where, views, cax, blocks, [], tregion, record, done, finish)
-
-
-def append_channels(
-    group: zarr.Group,
-    meta: ImageMeta,
-    data: da.Array,
-    labels: list[str],
-    record: dict[str, Any],
-    where: str,
-    time: slice | None = None,
-) -> None:
-    """Add (or overwrite) labeled channels in every level of one image group, crash-safely.
-
-    :func:`begin_append` and :func:`~zarrstain.io.stream.write_pyramids` for a single image.
-    """
-    write_pyramids([begin_append(group, meta, data, labels, record, where, time)])
 
 
 def with_time_points(
