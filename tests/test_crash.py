@@ -227,3 +227,27 @@ def test_a_different_write_does_not_reuse_leftover_chunks(tmp_path):
         zarrstain.open_image(path).sel(c="DNA (predicted)").values,
         np.clip(np.round(image.sel(c="BF").values * 1.0), 0, 65535),
     )
+
+
+def test_rerun_after_a_crash_in_a_lower_level_computes_no_model_block(tmp_path, monkeypatch):
+    import zarrstain.io.stream as stream
+
+    path = zarrstain.datasets.make_image(
+        tmp_path / "img.zarr", shape=(1, 4, 40, 40), chunks=(1, 4, 16, 16), seed=5
+    )
+    pred = _prediction(zarrstain.open_image(path)).chunk({"z": 4, "y": 16, "x": 16})
+    pred.attrs["zarrstain"] = {"fingerprint": "the same write"}
+    with monkeypatch.context() as m:
+        _fail_on_call(m, stream, "downsample_to", 1)  # full resolution written, level 1 not
+        with pytest.raises(SimulatedCrash):
+            zarrstain.write_channels(path, pred, dtype="uint16")
+    calls = []
+    zarrstain.write_channels(path, _counting(pred, calls), dtype="uint16")
+    assert calls == []  # every full-resolution chunk was kept
+    for level in (0, 1):
+        image = zarrstain.open_image(path, level=level)
+        assert list(image.c.values)[-1] == "DNA (predicted)"
+    expected = np.clip(np.round(zarrstain.open_image(path).sel(c="BF").values * 0.5), 0, 65535)
+    np.testing.assert_array_equal(
+        zarrstain.open_image(path).sel(c="DNA (predicted)").values, expected
+    )
