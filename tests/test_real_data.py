@@ -1,0 +1,47 @@
+"""The ISL real-data example and ablation run end to end (a few steps; ../shared/data needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SHARED
+
+import zarrstain
+
+ROOT = Path(__file__).resolve().parents[1]
+ISL = SHARED / "data" / "isl_condition_blue"
+pytestmark = pytest.mark.skipif(not ISL.is_dir(), reason=f"the ISL data ({ISL}) is absent")
+
+
+def test_isl_example_trains_predicts_and_evaluates(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "isl"
+    monkeypatch.setattr(sys, "argv", ["example", str(out), "--steps", "2", "--data", str(ISL)])
+    runpy.run_path(str(ROOT / "examples" / "isl_phase_to_dapi.py"), run_name="__main__")
+    image = zarrstain.open_image(out / "isl.zarr")
+    labels = list(image.c.values)
+    assert labels[:13] == [f"phase z{i:02d}" for i in range(13)]
+    assert labels[-3:] == ["DAPI (predicted)", "MAP2 (predicted)", "NFH (predicted)"]
+    table = (out / "isl-evaluation.md").read_text()
+    for stain in ("DAPI", "MAP2", "NFH"):
+        assert f"| {stain} |" in table
+        assert (out / f"evaluation-{stain}" / "panels" / "image.png").is_file()
+    assert "pcc" in capsys.readouterr().out
+
+
+def test_isl_ablation_variant_reports_both_halves():
+    spec = importlib.util.spec_from_file_location(
+        "isl_ablation", ROOT / "benchmarks" / "isl_ablation.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    settings = {"steps": 2, "bs": 2, "patch": 64, "down": 2, "ema": 0.99, "aug": "d4scale"}
+    row = bench.run_variant("smoke", settings, ISL)
+    for stain in bench.STAINS:
+        for half in ("right", "left"):
+            assert -1 <= row[f"{stain} {half}"] <= 1 and math.isfinite(row[f"{stain} {half}"])
+    assert row["steps"] == 2 and row["down"] == 2
