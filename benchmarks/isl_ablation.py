@@ -103,7 +103,7 @@ def _augmented(xi, yi, aug: str, patch: int, rng: np.random.Generator, zoom: flo
         xi, yi = out[:n_in], out[n_in:]
     if aug == "d4" and rng.random() < 0.5:
         xi, yi = xi[..., ::-1], yi[..., ::-1]
-    if aug in ("d4", "d4scale"):
+    if aug in ("d4", "d4scale"):  # a y flip and the rotations alone give all eight
         if rng.random() < 0.5:
             xi, yi = xi[..., ::-1, :], yi[..., ::-1, :]
         k = int(rng.integers(4))
