@@ -17,6 +17,14 @@ from zarrstain.testing import RecordingStore, chunk_keys, raise_if_dask_computes
 from zarrstain.training import PatchSampler, Region, TrainConfig, build_config, split_regions
 from zarrstain.training import train as run_training
 
+# CUDA runs where there is a GPU (the project's GPU checks run this suite there), else skips
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+    ),
+]
+
 
 def small_config(**kwargs) -> TrainConfig:
     """BF → DNA with a depth-2 net, on the CPU: seconds, not minutes."""
@@ -56,6 +64,64 @@ def test_sampler_reads_only_the_chunks_a_patch_needs(plate):
     assert 2 <= len(keys) <= 8
 
 
+def test_sampler_decodes_each_chunk_once_within_its_budget(plate):
+    import zarr
+
+    store = RecordingStore(zarr.storage.LocalStore(plate, read_only=True))
+    scenes = zarrstain.open_scenes(store)
+    region = [Region("A/1/0", slice(0, 32))]  # one chunk column: 32×32 chunks in y and x
+    cached = PatchSampler(scenes, region, ["BF"], ["DNA"], (8, 16, 16), seed=2)
+    store.reads.clear()
+    first = cached.sample(8)
+    touched = set(chunk_keys(store.reads))
+    assert touched and cached.cache.misses == len(touched)
+    store.reads.clear()
+    for _ in range(5):
+        cached.sample(8)
+    assert set(chunk_keys(store.reads)) <= touched  # nothing decoded twice, only new chunks
+    # the cache changes nothing but speed: same patches as reading every patch from the store
+    uncached = PatchSampler(scenes, region, ["BF"], ["DNA"], (8, 16, 16), seed=2, cache_bytes=0)
+    again = uncached.sample(8)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert uncached.cache.nbytes == 0
+    # a budget of two chunks keeps at most two, evicting the least recently used
+    chunk = 8 * 32 * 32 * 2  # z × y × x of uint16
+    small = PatchSampler(
+        scenes, [Region("A/1/0")], ["BF"], ["DNA"], (8, 16, 16), cache_bytes=2 * chunk
+    )
+    for _ in range(4):
+        small.sample(4)
+        assert small.cache.nbytes <= 2 * chunk
+
+
+def test_block_cache_reads_any_window():
+    import dask.array as da
+
+    from zarrstain.training.blocks import BlockCache
+
+    values = np.arange(3 * 5 * 20 * 30).reshape(3, 5, 20, 30)
+    array = da.from_array(values, chunks=(1, 2, 7, 8))
+    cache = BlockCache(10**6)
+    windows = [
+        (1, [4, 0, 2], slice(3, 17), slice(5, 29)),  # channels out of order, across blocks
+        (slice(None), 3, slice(0, 1), slice(29, 30)),
+        (2, [1], slice(None), slice(None)),
+    ]
+    got = cache.read([("a", array, w) for w in windows])
+    for window, result in zip(windows, got, strict=True):
+        expected, axis = values, 0  # numpy, one axis at a time
+        for index in window:
+            if isinstance(index, slice):
+                expected = expected[(slice(None),) * axis + (index,)]
+            else:
+                expected = np.take(expected, index, axis=axis)
+            axis += np.ndim(index) > 0 or isinstance(index, slice)
+        np.testing.assert_array_equal(result, expected)
+    assert cache.misses == len(cache._blocks)  # every block decoded once
+    assert cache.read([("a", array, windows[0])]) and cache.misses == len(cache._blocks)
+
+
 def test_sampler_is_deterministic_and_normalized(plate):
     scenes = zarrstain.open_scenes(plate)
     regions = [Region(s) for s in scenes]
@@ -93,7 +159,8 @@ def test_sampler_errors(plate):
         PatchSampler(scenes, [Region("A/1/0")], ["BF"], ["DNA"], (8, 64, 64))
 
 
-def test_a_tiny_model_learns_a_known_mapping(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_tiny_model_learns_a_known_mapping(tmp_path, device):
     """DNA := a smooth function of BF exactly: loss must fall and Pearson r rise."""
     from scipy import ndimage
 
@@ -117,6 +184,7 @@ def test_a_tiny_model_learns_a_known_mapping(tmp_path):
         validate_every=20,
         lr=3e-3,
         normalization="zscore",
+        device=device,
     )
     result = run_training(store, config, tmp_path / "toy-model")
     history = result.history
@@ -150,9 +218,11 @@ def test_checkpoint_is_a_package_predict_loads(trained, plate, tmp_path):
     assert np.isfinite(values).all() and abs(np.median(values) - offset) < 10 * scale
 
 
-def test_resume_continues_exactly(trained, plate, tmp_path):
-    _, config = trained
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_continues_exactly(trained, plate, tmp_path, device):
     import dataclasses
+
+    config = dataclasses.replace(trained[1], device=device)
 
     straight = run_training(
         plate, dataclasses.replace(config, steps=6, checkpoint_every=3), tmp_path / "straight"

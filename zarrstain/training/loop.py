@@ -215,7 +215,7 @@ def train(
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, betas=config.betas)
     start, history = 0, []
     if resume:
-        start, history = _restore(out, model, optimizer, sampler, device)
+        start, history = _restore(out, model, optimizer, sampler)
     record = _provenance(stores, config, patch, scenes, train_regions, val_regions)
     loss_fn = torch.nn.MSELoss()
     t0 = time.perf_counter()
@@ -295,7 +295,7 @@ def _checkpoint(model, module, optimizer, sampler, out, step, history, record) -
     return snapshot
 
 
-def _restore(out: Path, model: Model, optimizer, sampler, device) -> tuple[int, list]:
+def _restore(out: Path, model: Model, optimizer, sampler) -> tuple[int, list]:
     if not (out / STATE).is_file():
         raise ParameterError(f"nothing to resume in {out} (no {STATE}); drop --resume")
     saved = load_model(out)
@@ -309,7 +309,9 @@ def _restore(out: Path, model: Model, optimizer, sampler, device) -> tuple[int, 
             f"{list(saved.output_labels)}); resume with the same settings, or choose a new --out"
         )
     model.module.load_state_dict(saved.module.state_dict())
-    state = torch.load(out / STATE, map_location=device, weights_only=True)
+    # on the CPU: set_rng_state takes a CPU tensor only, and the optimizer moves its own state
+    # to the parameters' device when it loads it
+    state = torch.load(out / STATE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     sampler.rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
