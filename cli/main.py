@@ -111,7 +111,7 @@ def _halo(value: str) -> str | int:
     "--precision",
     default="float32",
     show_default=True,
-    type=click.Choice(["float32", "bfloat16", "float16"]),
+    type=click.Choice(["float32", "tf32", "bfloat16", "float16"]),
     help="Mixed precision on GPUs.",
 )
 @click.option("--dtype", default=None, help="Output dtype (in place: the store's, e.g. uint16).")

@@ -141,3 +141,24 @@ def test_bfloat16_mixed_precision_on_cpu(model):
     assert np.abs(low - ref).max() < 0.1 * ref.std() + 0.05
     with pytest.raises(ValueError, match="precision must be one of"):
         zarrstain.predict(x, model, precision="int8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("precision", ["float32", "tf32", "bfloat16"])
+def test_cuda_prediction_agrees_with_the_cpu(precision):
+    """float32 on a GPU is IEEE float32 (no TensorFloat-32); tf32 and bfloat16 are close."""
+    net = random_model(ndim=3, depth=3, mult_chan=16, seed=2)
+    x = np.random.default_rng(3).standard_normal((2, 1, 16, 96, 80)).astype(np.float32)
+    ref = predict_whole(x, net)
+    gpu = zarrstain.predict(x, net, normalize=None, halo="exact", chunks={"y": 48, "x": 48},
+                            device="cuda", precision=precision).values  # fmt: skip
+    tolerance = {"float32": 1e-5, "tf32": 1e-2, "bfloat16": 0.1}[precision]
+    assert np.abs(gpu - ref).max() < tolerance * ref.std()
+    assert torch.backends.cudnn.allow_tf32  # torch's own default is left as it was
+
+
+def test_tf32_is_float32_on_the_cpu(model):
+    x = np.random.default_rng(4).standard_normal((1, 1, 8, 32, 32)).astype(np.float32)
+    tf32 = zarrstain.predict(x, model, normalize=None, precision="tf32", device="cpu").values
+    np.testing.assert_array_equal(tf32, predict_whole(x, model))
+    assert zarrstain.predict(x, model, precision="tf32").attrs["zarrstain"]["precision"] == "tf32"

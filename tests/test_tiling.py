@@ -132,7 +132,9 @@ def test_pytorch_fnet_depth4_exact_halo_112():
     pred = zarrstain.predict(x, model, halo="exact", normalize=None, chunks={"y": 128, "x": 128})
     tiling = pred.attrs["zarrstain"]["tiling"]
     assert tiling["halo_zyx"] == [0, 112, 112] and tiling["blocks"] == 4
-    np.testing.assert_array_equal(pred.values, ref)  # bit for bit, as measured on this net
+    # bit for bit when run alone here; after other tests (a different heap, other oneDNN
+    # kernels) the float sums may round differently in the last bit: ~1e-6 of the maximum
+    assert_same(pred.values, ref)
     # and the whole forward of a fixture input equals pytorch_fnet's own output
     x32 = np.load(FNET / "input_3d_32x64x64.npy")
     expected = np.load(FNET / "expected_out_3d_forward.npy")

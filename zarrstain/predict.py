@@ -168,7 +168,9 @@ def predict(
     batch_size
         Items (time points, or planes for 2D models) per forward pass; default all in a block.
     precision
-        ``"float32"``, or ``"bfloat16"``/``"float16"`` mixed precision (autocast).
+        ``"float32"`` (IEEE, also on a GPU), ``"tf32"`` (float32 with TensorFloat-32
+        convolutions on CUDA GPUs of the Ampere generation and newer: faster, ~1e-3 relative
+        error), or ``"bfloat16"``/``"float16"`` mixed precision (autocast).
     stats
         Precomputed :func:`zarrstain.normalization_stats` of the selected channels (computed
         from the data, lazily, otherwise).

@@ -21,7 +21,8 @@ Block sizes and halos are planned in :mod:`zarrstain.planner` (re-exported here)
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import dask
 import dask.array as da
@@ -53,7 +54,34 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# "float32" is IEEE float32 everywhere; "tf32" lets CUDA convolutions use TensorFloat-32
+# (float32 storage, 10-bit mantissa products: faster on Ampere and newer, ~1e-3 relative error)
+PRECISIONS = {
+    "float32": None,
+    "tf32": None,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@contextmanager
+def _tf32(device: torch.device, allowed: bool) -> Iterator[None]:
+    """TensorFloat-32 on or off for CUDA convolutions and matmuls within the block.
+
+    torch allows it for cuDNN convolutions by default, which would make float32 predictions on a
+    GPU differ from the CPU's in the third decimal; zarrstain's float32 means IEEE float32. The
+    flags are process-wide; :func:`forward_lock` serialises forwards on one device.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def _pad_width(plan: TilePlan) -> list[tuple[int, int]]:
@@ -71,7 +99,7 @@ def _forward(
     items = x if spatial_dims == 3 else x.transpose(0, 2, 1, 3, 4).reshape(t * z, c, y, xx)
     amp = PRECISIONS[precision]
     outs = []
-    with forward_lock(dev), torch.inference_mode():
+    with forward_lock(dev), torch.inference_mode(), _tf32(dev, precision == "tf32"):
         for i in range(0, items.shape[0], batch or items.shape[0]):
             tensor = torch.from_numpy(np.ascontiguousarray(items[i : i + (batch or len(items))]))
             tensor = tensor.to(dev, dtype=torch.float32)
