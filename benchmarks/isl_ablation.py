@@ -7,6 +7,10 @@ Each variant changes one thing of the example's recipe (2D fnet depth 4, 16 chan
 projection of the 13 planes to 16, zscore with whole-image statistics, 128×128 patches, batch 8,
 Adam lr 1e-3, MSE, 600 steps, random flips and 90° rotations).
 
+Variants may also change the targets (DAPI alone), average several seeds (``ensemble``),
+recompute BatchNorm statistics from the whole image's phase planes before predicting (AdaBN:
+inputs only, no labels of the held-out half) or add weight decay (AdamW).
+
 The loop here is deliberately minimal (whole planes in memory, no dask) so that variants the
 library does not offer (affine augmentation, L1, In silico labeling's binned cross-entropy,
 EMA, cosine decay, downsampled models) can be compared on the same footing; the model is the
@@ -19,6 +23,7 @@ thread (``--jobs 2`` runs two at once on a 2-core machine); the binned ones abou
 Usage::
 
     python benchmarks/isl_ablation.py [--variants d4 none ...] [--jobs 2] [--out DIR]
+    python benchmarks/isl_ablation.py --device cuda --jobs 6 --variants ...   # on a GPU
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -44,8 +50,10 @@ DATA = Path(os.environ.get("ZARRSTAIN_SHARED", ROOT.parent / "shared")) / "data"
 STAINS = ("dapi", "map2", "nfh")
 BASE = dict(
     steps=600, aug="d4", loss="mse", seed=0, mult=16, depth=4, proj=16, patch=128, bs=8,
-    lr=1e-3, cosine=False, ema=0.0, down=1, bins=32,
+    lr=1e-3, cosine=False, ema=0.0, down=1, bins=32, wd=0.0, ensemble=1, adabn=False,
+    targets=STAINS,
 )  # fmt: skip
+GPU_LONG = {"down": 2, "ema": 0.999, "steps": 5000, "cosine": True}
 VARIANTS = {
     "d4": {},
     "d4 seed 1": {"seed": 1},
@@ -64,6 +72,16 @@ VARIANTS = {
     "4× downsampled, EMA 0.99": {"down": 4, "ema": 0.99},
     "32 channels, cosine lr": {"mult": 32, "cosine": True},
     "2000 steps, cosine lr": {"steps": 2000, "cosine": True},
+    "2× down + EMA, DAPI only": {"down": 2, "ema": 0.99, "targets": ("dapi",)},
+    "2× down + EMA, AdaBN": {"down": 2, "ema": 0.99, "adabn": True},
+    "2× down + EMA, weight decay 0.05": {"down": 2, "ema": 0.99, "wd": 0.05},
+    "2× down + EMA, 5 seeds averaged": {"down": 2, "ema": 0.99, "ensemble": 5},
+    # longer runs, for a GPU (--device cuda): minutes there, hours on 2 CPU cores
+    "2× down + EMA 0.999, 5000 steps, cosine": GPU_LONG,
+    "2× down + EMA 0.999, 5000 steps, cosine, zoom": {**GPU_LONG, "aug": "d4scale"},
+    "2× down + EMA 0.999, 5000 steps, cosine, 32 ch": {**GPU_LONG, "mult": 32},
+    "2× down + EMA 0.999, 5000 steps, cosine, 5 seeds": {**GPU_LONG, "ensemble": 5},
+    "pytorch_fnet size: 32 ch, batch 24, 5000 steps": {"mult": 32, "bs": 24, "steps": 5000},
 }
 
 
@@ -140,26 +158,21 @@ def _augmented(xi, yi, aug: str, patch: int, rng: np.random.Generator, zoom: flo
     return xi, yi
 
 
-def run_variant(name: str, settings: dict, data: Path, threads: int = 1) -> dict:
-    """Train one variant on the left half; Pearson r per stain on the right and left halves."""
-    torch.set_num_threads(threads)
-    v = {**BASE, **settings}
-    x_all, y_all, raw = load(data)
-    half = raw.shape[-1] // 2
-    if v["down"] > 1:  # the model sees d×d means; its prediction is upsampled bilinearly
-        x_all, y_all = (_pool(a, v["down"]) for a in (x_all, y_all))
-    rng = np.random.default_rng(v["seed"])
-    torch.manual_seed(v["seed"])
+def _fit(v: dict, x_all: np.ndarray, y_all: np.ndarray, seed: int, device: torch.device):
+    """One model trained on the left half; returns it with its binned output (or None)."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
     binned = _Binned(y_all[..., : y_all.shape[-1] // 2], v["bins"]) if v["loss"] == "ce" else None
-    out_channels = len(STAINS) * (v["bins"] if binned else 1)
-    net = FnetUNet(2, v["depth"], v["mult"], 13, out_channels, v["proj"])
-    opt = torch.optim.Adam(net.parameters(), lr=v["lr"])
+    out_channels = y_all.shape[0] * (v["bins"] if binned else 1)
+    net = FnetUNet(2, v["depth"], v["mult"], 13, out_channels, v["proj"]).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=v["lr"], weight_decay=v["wd"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, v["steps"]) if v["cosine"] else None
+    if binned:
+        binned.centers = binned.centers.to(device)
     losses = {"l1": torch.nn.L1Loss(), "mse": torch.nn.MSELoss()}
     loss_fn = binned.loss if binned else losses[v["loss"]]
     ema = None
     p = v["patch"]
-    start = time.perf_counter()
     for _ in range(v["steps"]):
         xs, ys = [], []
         for _ in range(v["bs"]):
@@ -177,7 +190,8 @@ def run_variant(name: str, settings: dict, data: Path, threads: int = 1) -> dict
             ys.append(np.ascontiguousarray(yi))
         net.train()
         opt.zero_grad()
-        loss = loss_fn(net(torch.from_numpy(np.stack(xs))), torch.from_numpy(np.stack(ys)))
+        x, y = (torch.from_numpy(np.stack(a)).to(device) for a in (xs, ys))
+        loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
         if sched is not None:
@@ -193,18 +207,54 @@ def run_variant(name: str, settings: dict, data: Path, threads: int = 1) -> dict
                         pe.mul_(v["ema"]).add_(pn, alpha=1 - v["ema"])
                     else:
                         pe.copy_(pn)
-    model = (net if ema is None else ema).eval()
-    with torch.inference_mode():
-        pred = model(torch.from_numpy(np.ascontiguousarray(x_all[None])))
-        if binned:
-            pred = binned.mean(pred)
-        if v["down"] > 1:
-            pred = functional.interpolate(
-                pred, scale_factor=v["down"], mode="bilinear", align_corners=False
-            )
-        pred = pred[0].numpy()
-    result = {"variant": name, "seconds": round(time.perf_counter() - start), **v}
-    for i, stain in enumerate(STAINS):
+    return (net if ema is None else ema), binned
+
+
+def _adapt_batchnorm(model: torch.nn.Module, image: torch.Tensor) -> None:
+    """AdaBN: BatchNorm statistics recomputed from the whole image's inputs (no labels used)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: one pass gives the image's statistics
+    model.train()
+    with torch.no_grad():
+        model(image)
+
+
+def run_variant(
+    name: str, settings: dict, data: Path, threads: int = 1, device: str = "cpu"
+) -> dict:
+    """Train one variant on the left half; Pearson r per stain on the right and left halves."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    v = {**BASE, **settings}
+    x_all, y_all, raw = load(data)
+    targets = [STAINS.index(t) for t in v["targets"]]
+    y_all, raw = y_all[targets], raw[targets]
+    half = raw.shape[-1] // 2
+    if v["down"] > 1:  # the model sees d×d means; its prediction is upsampled bilinearly
+        x_all, y_all = (_pool(a, v["down"]) for a in (x_all, y_all))
+    start = time.perf_counter()
+    image = torch.from_numpy(np.ascontiguousarray(x_all[None])).to(dev)
+    preds = []
+    for seed in range(v["seed"], v["seed"] + v["ensemble"]):  # an ensemble averages predictions
+        model, binned = _fit(v, x_all, y_all, seed, dev)
+        if v["adabn"]:
+            _adapt_batchnorm(model, image)
+        model.eval()
+        with torch.inference_mode():
+            pred = model(image)
+            if binned:
+                pred = binned.mean(pred)
+            if v["down"] > 1:
+                pred = functional.interpolate(
+                    pred, scale_factor=v["down"], mode="bilinear", align_corners=False
+                )
+            preds.append(pred[0].float().cpu().numpy())
+    pred = np.mean(preds, axis=0)
+    result = {"variant": name, "seconds": round(time.perf_counter() - start), "device": device}
+    result.update(v)
+    for i, stain in enumerate(v["targets"]):
         result[f"{stain} right"] = round(pearson(raw[i][:, half:], pred[i][:, half:]), 4)
         result[f"{stain} left"] = round(pearson(raw[i][:, :half], pred[i][:, :half]), 4)
     print(json.dumps(result), flush=True)
@@ -217,20 +267,24 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="variants run at once (1 thread each)")
     parser.add_argument("--data", type=Path, default=DATA / "isl_condition_blue")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} is absent: this benchmark needs the shared ISL data")
     threads = 1 if args.jobs > 1 else torch.get_num_threads()
-    with ProcessPoolExecutor(args.jobs) as pool:
+    # CUDA cannot be initialised in a forked process: start fresh ones
+    context = multiprocessing.get_context("spawn" if args.device == "cuda" else None)
+    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         futures = [
-            pool.submit(run_variant, n, VARIANTS[n], args.data, threads) for n in args.variants
+            pool.submit(run_variant, n, VARIANTS[n], args.data, threads, args.device)
+            for n in args.variants
         ]
         rows = [f.result() for f in futures]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "isl_ablation.json").write_text(json.dumps(rows, indent=2))
     cols = ["variant", "dapi right", "dapi left", "map2 right", "nfh right", "seconds"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r.get(c, "–")) for c in cols) + " |" for r in rows]
     table = "\n".join(lines)
     (args.out / "isl_ablation.md").write_text(
         "ISL well, trained on the left half, Pearson r (right = held out):\n\n" + table + "\n"

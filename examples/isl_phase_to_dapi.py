@@ -1,6 +1,6 @@
 """Real data: In silico labeling's rat neurons, 13 phase-contrast planes → DAPI, MAP2, NFH.
 
-Run: python examples/isl_phase_to_dapi.py [OUTPUT_DIR] [--steps N] [--data DIR]
+Run: python examples/isl_phase_to_dapi.py [OUTPUT_DIR] [--steps N] [--device cuda] [--data DIR]
 
 1. converts ``../shared/data/isl_condition_blue`` (13 phase planes and confocal DAPI, MAP2, NFH
    max projections, 1024×1024, uint16; Christiansen et al. 2018, Apache-2.0) into an OME-Zarr
@@ -57,6 +57,7 @@ def main(
     steps: int = 600,
     data: Path = DATA / "isl_condition_blue",
     stains: tuple[str, ...] = tuple(STAINS),
+    device: str = "auto",
 ):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,10 +79,11 @@ def main(
         val_patches=32,
         validate_every=100,
         checkpoint_every=200,
+        device=device,
     )
     result = train(store, config, out / "model")
     # predict the whole well; evaluate only the right half, which training never saw
-    plan_prediction(store, result.model, halo="exact").run()
+    plan_prediction(store, result.model, halo="exact", device=device).run()
     width = zarrstain.open_image(store).sizes["x"]
     right = slice(width // 2, width)
     rows = []
@@ -111,5 +113,6 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--data", type=Path, default=DATA / "isl_condition_blue")
     parser.add_argument("--stains", nargs="+", default=list(STAINS), choices=list(STAINS))
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
-    main(args.out, args.steps, args.data, tuple(args.stains))
+    main(args.out, args.steps, args.data, tuple(args.stains), args.device)

@@ -28,3 +28,19 @@ def test_predict_plate_example(tmp_path, monkeypatch, capsys):
     assert float(out.split("max |tiled - whole volume| =")[1].split()[0]) < 1e-5
     written = zarrstain.open_image(tmp_path / "out" / "predicted.zarr", "A/2/0")
     assert list(written.c.values) == ["BF", "DNA", "Membrane", "DNA (predicted)"]
+
+
+def test_gpu_benchmark_runs_its_steps_on_the_cpu(tmp_path, monkeypatch):
+    """CI has no GPU: the script's steps run with --device cpu so they cannot rot unseen."""
+    import json
+
+    bench = EXAMPLES.parent / "benchmarks" / "gpu.py"
+    argv = ["gpu.py", "--device", "cpu", "--size", "1", "16", "64", "64", "--block", "32"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
+    runpy.run_path(str(bench), run_name="__main__")
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    rows = report["rows"]
+    assert {r["precision"] for r in rows} == {"float32", "tf32", "bfloat16", "float16"}
+    exact = [r for r in rows if r["method"].startswith("zarrstain") and r["precision"] == "float32"]
+    assert exact and all(r["max err (std)"] < 1e-5 for r in exact)
+    assert report["store_to_store"]["ratio"] > 0
