@@ -10,7 +10,7 @@ the chunks it needs, and a training set that fits the budget is decoded once.
 
 from __future__ import annotations
 
-import logging
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -19,8 +19,6 @@ import dask.array as da
 import numpy as np
 
 __all__ = ["BlockCache"]
-
-logger = logging.getLogger(__name__)
 
 
 class BlockCache:
@@ -56,15 +54,18 @@ class BlockCache:
         self.misses += len(fetched)
         out = []
         for (name, _, _), (blocks, assemble) in zip(windows, plans, strict=True):
-            got = {b: fetched.get((name, b)) for b in blocks}
-            for b in blocks:
-                if got[b] is None:
-                    got[b] = self._blocks[(name, b)]
-                    self._blocks.move_to_end((name, b))
+            got = {
+                b: fetched[(name, b)] if (name, b) in fetched else self._hit((name, b))
+                for b in blocks
+            }
             out.append(assemble(got))
         for key, block in fetched.items():  # after assembling: a small budget still works
             self._keep(key, block)
         return out
+
+    def _hit(self, key: tuple) -> np.ndarray:
+        self._blocks.move_to_end(key)  # the most recently used is evicted last
+        return self._blocks[key]
 
     def _keep(self, key: tuple, block: np.ndarray) -> None:
         if block.nbytes > self.max_bytes:
@@ -103,7 +104,7 @@ class BlockCache:
                 _index([p[1] for p in combo]),
                 _index([p[2] for p in combo]),
             )
-            for combo in _product(per_axis)
+            for combo in itertools.product(*per_axis)
         ]
         shape = tuple(len(pos) for pos, _ in axes)
         drop = tuple(k for k, (_, dropped) in enumerate(axes) if dropped)
@@ -128,10 +129,3 @@ def _index(positions: list[np.ndarray]) -> tuple:
             for p, c in zip(positions, contiguous, strict=True)
         )
     return np.ix_(*positions)
-
-
-def _product(per_axis: list[list]) -> list[tuple]:
-    combos: list[tuple] = [()]
-    for options in per_axis:
-        combos = [(*c, o) for c in combos for o in options]
-    return combos

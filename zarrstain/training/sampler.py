@@ -151,8 +151,7 @@ class PatchSampler:
         self.cache = BlockCache(cache_bytes)
         self._channels = {  # positions of the input and target channels in each scene
             sid: [
-                [list(map(str, image.coords["c"].values)).index(lab) for lab in labels]
-                for labels in (self.inputs, self.targets)
+                image.get_index("c").get_indexer(labels) for labels in (self.inputs, self.targets)
             ]
             for sid, image in self.scenes.items()
         }
