@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=512, help="block core in y and x")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument(
+        "--width", type=int, default=32, help="channels of the top level (pytorch_fnet: 32)"
+    )
     args = parser.parse_args()
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -102,7 +105,7 @@ def main() -> None:
             "no CUDA GPU: this benchmark measures the GPU path (--device cpu to try it)"
         )
     cuda = device == "cuda"
-    model = random_model(ndim=3, depth=4, mult_chan=32, seed=0)
+    model = random_model(ndim=3, depth=4, mult_chan=args.width, seed=0)
     x = volume(tuple(args.size))
     voxels = x.size
     budget = default_block_memory()

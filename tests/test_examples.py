@@ -36,6 +36,8 @@ def test_gpu_benchmark_runs_its_steps_on_the_cpu(tmp_path, monkeypatch):
 
     bench = EXAMPLES.parent / "benchmarks" / "gpu.py"
     argv = ["gpu.py", "--device", "cpu", "--size", "1", "16", "64", "64", "--block", "32"]
+    # width 4: float16 convolutions on a CPU take 75 s per forward at width 32 (measured here)
+    argv += ["--width", "4"]
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
     runpy.run_path(str(bench), run_name="__main__")
     report = json.loads((tmp_path / "gpu.json").read_text())
