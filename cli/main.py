@@ -1,7 +1,9 @@
 """The ``zarrstain`` command line: thin click commands over the public API.
 
 Errors zarrstain raises on purpose are printed as one line (``error: ...``) with exit code 1 and
-no traceback; ``-v`` shows debug logging and tracebacks.
+no traceback, their advice naming command-line flags (:func:`zarrstain.errors.option`); so are
+operating-system errors (a full disk, a permission). Anything else is a bug, reported as one
+line too, with the traceback under ``-v``. ``-q`` prints errors only (and ``--json`` output).
 """
 
 from __future__ import annotations
@@ -10,27 +12,53 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 import zarrstain
-from zarrstain.errors import ZarrstainError
+from zarrstain.errors import ZarrstainError, cli_messages
+
+from .progress import Progress, stage_progress
 
 logger = logging.getLogger("zarrstain.cli")
 
 
 class _Group(click.Group):
-    """Turns zarrstain errors into a one-line message and a non-zero exit."""
+    """Turns errors into a one-line message and a non-zero exit; advice names CLI flags."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
-        except ZarrstainError as exc:
-            if logging.getLogger("zarrstain").isEnabledFor(logging.DEBUG):
+            with cli_messages():
+                return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if logging.getLogger("zarrstain").isEnabledFor(logging.INFO):
                 logger.exception("traceback")
-            click.echo(f"error: {exc}", err=True)
+            if isinstance(exc, ZarrstainError):
+                message = str(exc)
+            elif isinstance(exc, OSError):  # the machine's, not zarrstain's: a disk, a permission
+                message = str(exc) or type(exc).__name__
+            else:
+                message = (
+                    f"unexpected {type(exc).__name__}: {exc} (a bug in zarrstain; please report "
+                    "it with the traceback that -v prints)"
+                )
+            click.echo(f"error: {message}", err=True)
             ctx.exit(1)
+
+
+def _quiet() -> bool:
+    return bool((click.get_current_context().find_root().obj or {}).get("quiet"))
+
+
+def _say(text: str) -> None:
+    """Print a result line (tables, statuses, "wrote ..."), unless -q."""
+    if not _quiet():
+        click.echo(text)
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
@@ -47,9 +75,11 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 @click.version_option(zarrstain.__version__, prog_name="zarrstain")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-def cli(verbose: int, quiet: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Run virtual-staining models over whole OME-Zarr stores."""
     _configure_logging(verbose, quiet)
+    ctx.obj = {"quiet": quiet}
 
 
 @cli.command()
@@ -63,7 +93,10 @@ def info(store: str, as_json: bool) -> None:
     from zarrstain.io.info import describe, format_description
 
     description = describe(store)
-    click.echo(json.dumps(description, indent=2) if as_json else format_description(description))
+    if as_json:
+        click.echo(json.dumps(description, indent=2))
+    else:
+        _say(format_description(description))
 
 
 def _halo(value: str) -> str | int:
@@ -115,6 +148,11 @@ def _halo(value: str) -> str | int:
     help="Mixed precision on GPUs.",
 )
 @click.option("--dtype", default=None, help="Output dtype (in place: the store's, e.g. uint16).")
+@click.option(
+    "--rescale",
+    is_flag=True,
+    help="Map normalized-unit predictions (pytorch_fnet) onto the integer --dtype's range.",
+)
 @click.option("--copy-channels", is_flag=True, help="With --out: copy the source channels too.")
 @click.option("--block-memory", default=None, help="Memory budget per block, e.g. 4GiB.")
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
@@ -147,6 +185,7 @@ def predict(
     device: str,
     precision: str,
     dtype: str | None,
+    rescale: bool,
     copy_channels: bool,
     block_memory: str | None,
     scheduler: str | None,
@@ -178,6 +217,7 @@ def predict(
         device=device,
         precision=precision,
         dtype=dtype,
+        rescale=rescale,
         copy_channels=copy_channels,
         block_memory=block_memory,
         allow_missing_chunks=allow_missing_chunks,
@@ -185,49 +225,25 @@ def predict(
     )
     if dry_run:
         description = plan_prediction(store, model_path, **options).describe()
-        click.echo(json.dumps(description, indent=2) if as_json else format_plan(description))
+        if as_json:
+            click.echo(json.dumps(description, indent=2))
+        else:
+            _say(format_plan(description))
         return
     with connect(scheduler, scheduler_file, workers, threads_per_worker) as client:
         resources = {"GPU": 1} if client is not None and gpu_workers(client) else None
         plan = plan_prediction(store, model_path, resources=resources, **options)
-        if client is not None:
+        if client is not None and not _quiet():
             click.echo(f"running on {client.dashboard_link}", err=True)
-        # the bar appears with the first finished block, after the statistics pass
-        bar = _LazyBar("predicting blocks", plan.n_blocks)
+        # shown from the first finished block on, after the statistics pass
+        bar = Progress("predicting blocks", plan.n_blocks, "block", quiet=_quiet())
         result = plan.run(progress=bar, client=client)
         bar.finish()
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         for scene, status in result.items():
-            click.echo(f"{scene or '(image)'}: {status}")
-
-
-class _LazyBar:
-    """A click progress bar on stderr, shown from its first update on."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total, self.bar = label, total, None
-
-    def to(self, done: int, item: Any = None) -> None:
-        """Show ``done`` of ``total`` (and ``item``: a loss entry) ."""
-        if self.bar is None:
-            self.bar = click.progressbar(
-                length=self.total,
-                label=self.label,
-                file=sys.stderr,
-                show_pos=True,
-                item_show_func=_loss_text,
-            )
-        self.bar.current_item = item or None
-        self.bar.update(done - self.bar.pos)
-
-    def __call__(self, n: int) -> None:
-        self.to((self.bar.pos if self.bar is not None else 0) + n)
-
-    def finish(self) -> None:
-        if self.bar is not None:
-            self.bar.render_finish()
+            _say(f"{scene or '(image)'}: {status}")
 
 
 def _ints(value: str | None) -> list[int] | None:
@@ -282,7 +298,8 @@ def _ints(value: str | None) -> list[int] | None:
     help="TOML file with any of these settings (flags override it).",
 )
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
-def train(stores, inputs, targets, out, config_file, paper, resume, **options) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the model package in --out.")
+def train(stores, inputs, targets, out, config_file, paper, resume, overwrite, **options) -> None:
     """Train a model on paired channels of STORES (OME-Zarr) and save it as a model package."""
     from zarrstain.training import TrainConfig, build_config
     from zarrstain.training import train as run_training
@@ -298,24 +315,19 @@ def train(stores, inputs, targets, out, config_file, paper, resume, **options) -
         **{k: v for k, v in options.items() if v is not None},
     )
     assert isinstance(config, TrainConfig)
-    bar = _LazyBar("training", config.steps)
-    result = run_training(list(stores), config, out, resume=resume, progress=bar.to)
+    bar = Progress("training", config.steps, "step", quiet=_quiet())
+    result = run_training(
+        list(stores), config, out, resume=resume, overwrite=overwrite, progress=bar.to
+    )
     bar.finish()
     vals = [h["val_pcc"] for h in result.history if "val_pcc" in h]
     last = result.history[-1] if result.history else {}
-    click.echo(f"model: {result.package}")
+    _say(f"model: {result.package}")
     if last:
-        click.echo(
+        _say(
             f"final loss {last['loss']:.4f}"
             + (f", validation Pearson r {vals[-1]:.3f}" if vals else "")
         )
-
-
-def _loss_text(entry: dict | None) -> str:
-    if not entry:
-        return ""
-    text = f"loss {entry['loss']:.4f}"
-    return text + (f"  val r {entry['val_pcc']:.3f}" if "val_pcc" in entry else "")
 
 
 @cli.command()
@@ -338,9 +350,9 @@ def evaluate(store, prediction, target, scenes, input_channel, out, as_json) -> 
         click.echo(json.dumps({"rows": result.rows, "summary": result.summary}, indent=2))
         return
     mean = {"scene": "mean", "t": "", **result.summary, "voxels": ""}
-    click.echo(format_table([*result.rows, mean]))
+    _say(format_table([*result.rows, mean]))
     for path in result.files:
-        click.echo(f"wrote {path}")
+        _say(f"wrote {path}")
 
 
 @cli.command()
@@ -354,30 +366,23 @@ def demo(directory: Path) -> None:
     from zarrstain.demo import DEMO_CONFIG, HELD_OUT, run_demo
     from zarrstain.report import format_table
 
-    bars = {"train": _LazyBar("training", DEMO_CONFIG.steps), "predict": None}
-
-    def progress(stage: str, done: int, total: int, info: dict) -> None:
-        if stage == "predict" and bars["predict"] is None:
-            bars["train"].finish()
-            bars["predict"] = _LazyBar("predicting blocks", total)
-        bars[stage].to(done, info)
-
-    click.echo(
-        f"demo in {directory}: a 2×3-well plate, {DEMO_CONFIG.steps} training steps on "
-        f"CPU; held out: {', '.join(HELD_OUT)}",
-        err=True,
-    )
+    stages = {"train": ("training", "step"), "predict": ("predicting blocks", "block")}
+    progress = stage_progress(_quiet(), stages)
+    if not _quiet():
+        click.echo(
+            f"demo in {directory}: a 2×3-well plate, {DEMO_CONFIG.steps} training steps on "
+            f"CPU; held out: {', '.join(HELD_OUT)}",
+            err=True,
+        )
     result = run_demo(directory, progress=progress)
-    bars["train"].finish()
-    if bars["predict"] is not None:
-        bars["predict"].finish()
+    progress.finish()
     rows = result.evaluation.rows
-    click.echo(
+    _say(
         format_table([*rows, {"scene": "mean", "t": "", **result.evaluation.summary, "voxels": ""}])
     )
-    click.echo(f"\nplate (with 'DNA (predicted)'): {result.plate}\nmodel: {result.model}")
+    _say(f"\nplate (with 'DNA (predicted)'): {result.plate}\nmodel: {result.model}")
     for path in result.evaluation.files:
-        click.echo(f"wrote {path}")
+        _say(f"wrote {path}")
 
 
 def main() -> None:

@@ -81,7 +81,7 @@ def main(
         checkpoint_every=200,
         device=device,
     )
-    result = train(store, config, out / "model")
+    result = train(store, config, out / "model", overwrite=True)  # this script remakes its outputs
     # predict the whole well; evaluate only the right half, which training never saw
     plan_prediction(store, result.model, halo="exact", device=device).run()
     width = zarrstain.open_image(store).sizes["x"]

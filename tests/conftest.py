@@ -93,6 +93,16 @@ def assert_same(actual, expected):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """``zarrstain demo`` run once per session: (the CliRunner result, its folder)."""
+    from click.testing import CliRunner
+    from zarrstain.cli.main import cli
+
+    folder = tmp_path_factory.mktemp("demo") / "zarrstain-demo"
+    return CliRunner().invoke(cli, ["demo", str(folder)]), folder
+
+
 @pytest.fixture
 def http_root(tmp_path):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))

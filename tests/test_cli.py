@@ -55,19 +55,19 @@ def test_bad_input_gives_one_line_and_exit_1(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_trains_predicts_and_evaluates(tmp_path):
+def test_demo_trains_predicts_and_evaluates(demo_run):
     """The README's main command: held-out Pearson r ≥ 0.85 (about 2.5 minutes on 2 cores)."""
     import csv
 
-    result = CliRunner().invoke(cli, ["demo", str(tmp_path / "demo")])
+    result, folder = demo_run
     assert result.exit_code == 0, result.output
-    scenes = zarrstain.open_scenes(tmp_path / "demo" / "plate.zarr")
+    scenes = zarrstain.open_scenes(folder / "plate.zarr")
     assert len(scenes) == 6
     assert all(list(s.c.values)[-1] == "DNA (predicted)" for s in scenes.values())
-    with open(tmp_path / "demo" / "evaluation.csv") as f:
+    with open(folder / "evaluation.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["scene"] for r in rows} == {"A/3/0", "B/3/0"}  # the held-out wells
     assert min(float(r["pcc"]) for r in rows) >= 0.85
-    assert (tmp_path / "demo" / "panels" / "A_3_0.png").is_file()
+    assert (folder / "panels" / "A_3_0.png").is_file()
     assert "mean" in result.output
-    assert zarrstain.load_model(tmp_path / "demo" / "model").output_labels == ("DNA (predicted)",)
+    assert zarrstain.load_model(folder / "model").output_labels == ("DNA (predicted)",)

@@ -102,7 +102,7 @@ def test_dry_run_writes_nothing(make_store, model_dir):
             "uint16",
             "--halo",
             "exact",
-        ).output
+        ).stdout  # JSON on stdout; the warning about rounding normalized units on stderr
     )
     assert plan["blocks_to_run"] == 8 and plan["scenes"][0]["halo_mode"] == "exact"
     assert tree_digest(src) == before
@@ -210,7 +210,7 @@ def test_more_bad_input_through_the_cli(tmp_path, model_dir):
 
     cases = []
     thin = datasets.make_image(tmp_path / "thin.zarr", shape=(1, 2, 32, 32), seed=1)
-    cases.append((thin, [], "z=2 is too small for the 3D model"))
+    cases.append((thin, [], "z=2 is too small for 3D model '"))
     axes = datasets.make_image(tmp_path / "axes.zarr", shape=(1, 4, 32, 32), seed=1)
     _edit_axes(axes)
     cases.append((axes, [], "axes in the order (x, y, z, c, t)"))
@@ -231,10 +231,12 @@ def test_more_bad_input_through_the_cli(tmp_path, model_dir):
     )
     damaged = datasets.make_image(tmp_path / "damaged.zarr", shape=(1, 4, 32, 32), seed=1)
     (damaged / "s0" / "c" / "0" / "0" / "0" / "0" / "0").write_bytes(b"not zstd at all")
-    cases.append((damaged, ["--dtype", "uint16"], "cannot read the chunk(s) at [0:1, 0:1, 0:4"))
+    # --rescale: the random model predicts normalized units (a bare --dtype would warn)
+    rescaled = ["--dtype", "uint16", "--rescale"]
+    cases.append((damaged, rescaled, "cannot read the chunk(s) at [0:1, 0:1, 0:4"))
     holes = datasets.make_image(tmp_path / "holes.zarr", shape=(1, 4, 32, 32), seed=1)
     (holes / "s0" / "c" / "0" / "0" / "0" / "0" / "0").unlink()
-    cases.append((holes, ["--dtype", "uint16"], "1 of 1 input chunks are missing"))
+    cases.append((holes, rescaled, "1 of 1 input chunks are missing"))
     cases.append((tmp_path / "missing.zarr", [], "no such store"))
     plain = tmp_path / "plain.zarr"
     zarr.open_group(str(plain), mode="w").create_array("x", shape=(4,), dtype="u1")

@@ -155,7 +155,7 @@ def test_sampler_errors(plate):
     scenes = zarrstain.open_scenes(plate)
     with pytest.raises(ChannelError, match="'Phase' is not in scene"):
         PatchSampler(scenes, [Region("A/1/0")], ["Phase"], ["DNA"], (8, 16, 16))
-    with pytest.raises(zarrstain.errors.ShapeMismatchError, match="--patch"):
+    with pytest.raises(zarrstain.errors.ShapeMismatchError, match="choose a smaller patch"):
         PatchSampler(scenes, [Region("A/1/0")], ["BF"], ["DNA"], (8, 64, 64))
 
 

@@ -25,7 +25,7 @@ import torch
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .errors import ParameterError
+from .errors import ParameterError, option
 from .models import cache
 from .models.model import Model
 
@@ -80,6 +80,28 @@ def _gpu_cluster(n_gpus: int) -> SpecCluster | LocalCluster:
     return SpecCluster(workers=workers, scheduler=scheduler)
 
 
+def _remote_client(scheduler: str | None, scheduler_file: str | os.PathLike | None) -> Client:
+    """A client of a running cluster; a missing file or an unreachable address is refused.
+
+    (dask waits for a scheduler file to appear, forever: a typo would hang the command.)
+    """
+    if scheduler_file and not os.path.isfile(scheduler_file):
+        raise ParameterError(
+            f"no scheduler file at {os.fspath(scheduler_file)!r}; start the cluster first or "
+            f"check the path ({option('scheduler_file=', '--scheduler-file')})"
+        )
+    where = scheduler or os.fspath(scheduler_file)
+    try:
+        if scheduler_file:
+            return Client(scheduler_file=os.fspath(scheduler_file), timeout="20s")
+        return Client(scheduler, timeout="20s")
+    except OSError as exc:  # distributed raises OSError (TimeoutError) for unreachable hosts
+        raise ParameterError(
+            f"cannot reach the dask scheduler at {where} ({exc}); check that it runs and the "
+            f"address ({option('scheduler=', '--scheduler')})"
+        ) from None
+
+
 @contextlib.contextmanager
 def connect(
     scheduler: str | None = None,
@@ -114,16 +136,18 @@ def connect(
             "--workers/--threads-per-worker start a local cluster; "
             "they cannot be combined with --scheduler"
         )
+    for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
+        if value is not None and value < 1:
+            flag = option(f"{name}=", "--" + name.replace("_", "-"))
+            raise ParameterError(f"{flag} must be at least 1, not {value}")
     n_gpus = torch.cuda.device_count() if gpus == "auto" else 0
     if not remote and not workers and not threads_per_worker and not n_gpus:
         yield None
         return
     cluster = None
     if remote:
-        client = Client(scheduler_file=str(scheduler_file)) if scheduler_file else Client(scheduler)
+        client = _remote_client(scheduler, scheduler_file)
     else:
-        if workers is not None and workers < 1:
-            raise ParameterError(f"--workers must be at least 1, not {workers}")
         if n_gpus and not workers:
             cluster = _gpu_cluster(n_gpus)
         else:
@@ -134,7 +158,7 @@ def connect(
                 dashboard_address=":0",
             )
         client = Client(cluster)
-    logger.warning("dask dashboard: %s", client.dashboard_link)
+    logger.debug("dask dashboard: %s", client.dashboard_link)  # the CLI prints it
     try:
         yield client
     finally:

@@ -201,7 +201,9 @@ def save_image(
             }
             for i, lab in enumerate(channel_labels)
         ]
-        add_metadata(group, {"omero": {"channels": channels, "rdefs": {"model": "color"}}}, fmt)
+        nz = data.shape[axes.index("z")] if "z" in axes else 1
+        rdefs = {"defaultT": 0, "defaultZ": nz // 2, "model": "color"}  # iohub needs all three
+        add_metadata(group, {"omero": {"channels": channels, "rdefs": rdefs}}, fmt)
     return group
 
 

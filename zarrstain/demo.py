@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import datasets
+from .errors import ParameterError
 from .evaluate import Evaluation, evaluate
 from .pipeline import plan_prediction
 from .training import TrainConfig, train
@@ -73,6 +74,8 @@ def run_demo(
         ``"predict"`` blocks.
     """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ParameterError(f"{directory} is a file; choose a folder for the demo")
     directory.mkdir(parents=True, exist_ok=True)
     plate, model_dir = directory / "plate.zarr", directory / "model"
     for old in (plate, model_dir, directory / "panels"):

@@ -9,6 +9,9 @@ that line and exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "ChannelError",
     "ChannelExistsError",
@@ -23,6 +26,8 @@ __all__ = [
     "StoreNotFoundError",
     "UnsupportedError",
     "ZarrstainError",
+    "cli_messages",
+    "option",
 ]
 
 
@@ -101,3 +106,30 @@ class ReadOnlyStoreError(ZarrstainError, PermissionError):
 
 class ModelError(ZarrstainError, ValueError):
     """A model file or package that cannot be loaded (unreadable, foreign or inconsistent)."""
+
+
+# Advice in messages names what the caller can change: a keyword argument from Python, a flag
+# from the command line. The CLI sets this for the duration of a command. A process-wide flag,
+# not a context variable: errors raised in dask's worker threads must see it too.
+_CLI = [False]
+
+
+def option(python: str, cli: str) -> str:
+    """How to spell an option in advice: ``python`` from the API, ``cli`` under the CLI.
+
+    Examples
+    --------
+    >>> f"pass {option('overwrite=True', '--overwrite')} to replace it"
+    'pass overwrite=True to replace it'
+    """
+    return cli if _CLI[0] else python
+
+
+@contextlib.contextmanager
+def cli_messages() -> Iterator[None]:
+    """Within this block, :func:`option` spells options as command-line flags."""
+    before, _CLI[0] = _CLI[0], True
+    try:
+        yield
+    finally:
+        _CLI[0] = before

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ChannelError
+from .errors import ChannelError, ParameterError, option
 from .io.read import open_scenes
 from .io.store import StoreLike
 from .metrics import METRICS, score
@@ -83,6 +83,10 @@ def evaluate(
         for label in [prediction, target] + ([input_channel] if input_channel else []):
             _label(image, label, sid)
     out_dir = Path(out) if out is not None else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ParameterError(
+            f"{out_dir} is a file; choose a folder for the evaluation ({option('out=', '--out')})"
+        )
     rows, files = [], []
     for sid, image in images.items():
         if x_range is not None:

@@ -42,9 +42,14 @@ def _as_dask(data: xr.DataArray) -> da.Array:
     return data.data if isinstance(data.data, da.Array) else da.from_array(data.values)
 
 
-def _center_window(nz: int) -> slice:
+def _center_window(nz: int, scene: str | None) -> slice:
     if nz < CENTER_SLICES:
-        logger.info("center normalization: only %d z-slices (< %d); using all", nz, CENTER_SLICES)
+        logger.info(
+            "center normalization%s: only %d z-slices (< %d); using all",
+            f" of scene {scene!r}" if scene else "",
+            nz,
+            CENTER_SLICES,
+        )
         return slice(0, nz)
     start = min(max(nz // 2 - CENTER_SLICES // 2, 0), nz - CENTER_SLICES)
     return slice(start, start + CENTER_SLICES)
@@ -103,7 +108,8 @@ def normalization_stats(
         raise ParameterError(f"unknown normalization {method!r}; choose one of {choices}")
     arr = _as_dask(data)
     if method in ("center", "zscore"):
-        window = _center_window(arr.shape[2]) if method == "center" else slice(None)
+        scene = data.attrs.get("scene")
+        window = _center_window(arr.shape[2], scene) if method == "center" else slice(None)
         sub = arr[:, :, window].astype(np.float64)
         offset = sub.mean(axis=(2, 3, 4))
         scale = sub.std(axis=(2, 3, 4))  # population std (ddof 0), as pytorch_fnet

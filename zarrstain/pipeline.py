@@ -22,45 +22,94 @@ import numpy as np
 import xarray as xr
 from dask.utils import format_bytes
 
-from .errors import ChannelExistsError, DataError, ModelError, ParameterError
+from .errors import ChannelExistsError, DataError, ModelError, ParameterError, option
 from .io.read import check_chunks, open_scenes
 from .io.store import StoreLike, describe_store
 from .io.write import write_channels
 from .models import Model, load_model
 from .normalize import normalization_stats
-from .predict import normalization_method, predict
+from .predict import normalization_method, predict, select_inputs
 from .progress import BlockProgress, cluster_progress
+from .units import as_dtype, check_integer_output
+from .units import rescale as rescale_units
 
 __all__ = ["PredictionPlan", "ScenePlan", "format_plan", "parse_time", "plan_prediction"]
 
 logger = logging.getLogger(__name__)
 
 
-def parse_time(spec: str | slice | int | None, n_t: int) -> slice | None:
-    """``"T0:T1"`` (either end optional), ``"T"`` or a slice → ``slice(t0, t1)`` within ``n_t``."""
+def parse_time(spec: str | slice | int | None, n_t: int, scene: str | None = None) -> slice | None:
+    """``"T0:T1"`` (either end optional, stop exclusive), ``"T"`` or a slice → a slice of a scene.
+
+    Parameters
+    ----------
+    spec
+        The time points asked for; None for all.
+    n_t
+        The scene's number of time points. An open stop (``"1:"``) is the scene's end; a stop
+        beyond it is cut to it, so one ``--time`` serves the scenes of a plate however long
+        each is (:func:`plan_prediction` warns about the scenes cut).
+    scene
+        The scene id, for messages.
+
+    Raises
+    ------
+    ParameterError
+        A malformed or empty range, or one that starts after the scene's last time point.
+    """
     if spec is None:
         return None
+    start, stop = _time_range(spec)
+    name = "the image" if not scene else f"scene {scene!r}"
+    if start >= n_t:
+        raise ParameterError(
+            f"time {_range_text(start, stop)} is outside 0:{n_t}: {name} has {n_t} time "
+            f"point(s); choose {option('time=', '--time')} within 0:{n_t}"
+            + (f" or leave the scene out ({option('scenes=', '--scene')})" if scene else "")
+        )
+    return slice(start, n_t if stop is None else min(stop, n_t))
+
+
+def _time_range(spec: str | slice | int) -> tuple[int, int | None]:
+    """``spec`` as (start, stop or None for open), checked for syntax and emptiness."""
     if isinstance(spec, int):
         spec = slice(spec, spec + 1)
     if isinstance(spec, str):
-        parts = spec.split(":")
+        parts = spec.strip().split(":")
         try:
             if len(parts) == 1:
-                t = int(parts[0])
-                spec = slice(t, t + 1)
+                spec = slice(int(parts[0]), int(parts[0]) + 1)
             elif len(parts) == 2:
-                spec = slice(int(parts[0]) if parts[0] else 0, int(parts[1]) if parts[1] else n_t)
+                spec = slice(int(parts[0]) if parts[0] else 0, int(parts[1]) if parts[1] else None)
             else:
                 raise ValueError
         except ValueError:
-            raise ParameterError(f"time {spec!r} is not T or T0:T1 (e.g. 0:5)") from None
-    start = 0 if spec.start is None else spec.start
-    stop = n_t if spec.stop is None else spec.stop
-    if not 0 <= start < stop <= n_t:
+            raise ParameterError(
+                f"time {spec!r} is not T or T0:T1 (e.g. 0:5, stop exclusive; 3: for 3 to the end)"
+            ) from None
+    if spec.step not in (None, 1):
+        raise ParameterError(f"time {spec!r} has a step; use a contiguous range T0:T1")
+    start = 0 if spec.start is None else int(spec.start)
+    stop = None if spec.stop is None else int(spec.stop)
+    if start < 0 or (stop is not None and stop < 0):
         raise ParameterError(
-            f"time {start}:{stop} is outside 0:{n_t} (the scene has {n_t} time points)"
+            f"time {_range_text(start, stop)} has a negative index; time points count from 0"
         )
-    return slice(start, stop)
+    if stop is not None and start >= stop:
+        raise ParameterError(
+            f"time {_range_text(start, stop)} is empty: the start must be less than the stop, "
+            f"which is exclusive ({start}:{start + 1} is time point {start} alone)"
+        )
+    return start, stop
+
+
+def _stop(time: str | slice | int) -> float:
+    stop = _time_range(time)[1]
+    return float("inf") if stop is None else stop
+
+
+def _range_text(start: int, stop: int | None) -> str:
+    return f"{start}:{'' if stop is None else stop}"
 
 
 @dataclass
@@ -71,6 +120,7 @@ class ScenePlan:
     source: xr.DataArray  # the scene (selected time points), as predict reads it
     prediction: xr.DataArray
     status: str  # "to write", "unchanged" or, after run, "written"
+    stats: xr.Dataset | None = None  # the normalization statistics (lazy until run)
 
     @property
     def inputs(self) -> list[str]:
@@ -107,6 +157,8 @@ class PredictionPlan:
     write_options: dict[str, Any] = field(default_factory=dict)
     #: predict frames whose inputs are constant (normalized to 0) instead of refusing them
     allow_constant: bool = False
+    #: map normalized predictions onto the integer dtype written (:func:`zarrstain.units.rescale`)
+    rescale: bool = False
     #: after :meth:`run` on a local scheduler: model blocks computed (fewer than
     #: :attr:`n_blocks` when an interrupted run is resumed); None on a cluster, where events
     #: reach ``progress`` asynchronously
@@ -156,19 +208,17 @@ class PredictionPlan:
         # First pass: reductions only (statistics, and a count of NaN/inf in float inputs).
         stats = {}
         if self.method is not None:
-            stats = {s.scene: normalization_stats(_inputs(s), self.method) for s in todo}
+            stats = {s.scene: s.stats for s in todo}
             logger.info("computing %s statistics of %d scene(s)", self.method, len(todo))
         checks = {s.scene: _nonfinite(_inputs(s)) for s in todo}
         computed, bad = dask.compute(stats, checks)
         for s in todo:
             _refuse_nonfinite(s, bad[s.scene])
             if not self.allow_constant and self.method is not None:
-                _refuse_constant(s, computed[s.scene], self.method, self.write_options.get("time"))
+                time = (self.write_options.get("time") or {}).get(s.scene)
+                _refuse_constant(s, computed[s.scene], self.method, time)
         if self.method is not None:
-            preds = {
-                s.scene: predict(s.source, self.model, stats=computed[s.scene], **self.options)
-                for s in todo
-            }
+            preds = {s.scene: self.predict(s.source, computed[s.scene]) for s in todo}
         # Counts model blocks (a resumed run computes fewer than n_blocks).
         blocks = BlockProgress(progress)
         if client is None:
@@ -185,6 +235,13 @@ class PredictionPlan:
         for s in self.scenes:
             s.status = result.get(s.scene, s.status)
         return {s.scene: s.status for s in self.scenes}
+
+    def predict(self, source: xr.DataArray, stats: xr.Dataset | None) -> xr.DataArray:
+        """The (lazy) prediction of a scene, with these statistics, as it will be written."""
+        pred = predict(source, self.model, stats=stats, **self.options)
+        if self.rescale:
+            pred = rescale_units(pred, self.write_options["dtype"])
+        return pred
 
 
 def _inputs(scene: ScenePlan) -> xr.DataArray:
@@ -219,8 +276,8 @@ def _refuse_constant(scene: ScenePlan, stats: xr.Dataset, method: str, time: sli
         raise DataError(
             f"scene {scene.scene!r}, channel {scene.inputs[c]!r}: {int(flat.sum())} frame(s) are "
             f"constant (first at t={t_abs}), with no spread for {method} normalization; leave "
-            "them out (--time) or predict them anyway with allow_constant=True "
-            "(CLI: --allow-constant-frames)"
+            f"them out ({option('time=', '--time')}) or predict them anyway with "
+            + option("allow_constant_frames=True", "--allow-constant-frames")
         )
 
 
@@ -245,6 +302,7 @@ def plan_prediction(
     resources: dict[str, float] | None = None,
     allow_missing_chunks: bool = False,
     allow_constant_frames: bool = False,
+    rescale: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> PredictionPlan:
     """Check and plan the prediction of a store's scenes; reads metadata only.
@@ -276,6 +334,10 @@ def plan_prediction(
     allow_constant_frames
         Predict time points whose input is constant (blank frames: normalized to 0) instead of
         refusing them when :meth:`PredictionPlan.run` finds them.
+    rescale
+        Map predictions in normalized units (pytorch_fnet checkpoints) onto the integer dtype
+        written (the store's in place, ``dtype`` with ``out``) by a fixed affine map recorded
+        in the provenance (:func:`zarrstain.units.rescale`), instead of rounding them.
     storage_options
         fsspec options for URLs.
 
@@ -303,24 +365,48 @@ def plan_prediction(
         "resources": resources,
     }
     method = normalization_method(normalization, model)
-    plans, tsel = [], None
-    for sid, image in images.items():
-        if out is None and dtype is None and model.output_intensity and image.dtype.kind in "iu":
-            # predictions in the target's units: rounding to the store's integers is meaningful
-            dtype = image.dtype
-        tsel = parse_time(time, image.sizes["t"])
-        src = image.isel(t=tsel) if tsel is not None else image
-        if out is None:
-            _protect_acquired(src, model, sid)
-        plans.append(ScenePlan(sid, src, predict(src, model, **options), "to write"))
+    dtype = as_dtype(dtype) if dtype is not None else None
+    times: dict[str, slice | None] = {}
+    if time is not None:
+        _time_range(time)  # a malformed or empty range fails the same for every scene
+    in_integers = out is None and any(im.dtype.kind in "iu" for im in images.values())
+    if in_integers and dtype is None and (model.output_intensity or rescale):
+        # target units: rounding to the store's integers is meaningful; rescale: mapped onto them
+        dtype = next(im.dtype for im in images.values() if im.dtype.kind in "iu")
     write_options = {
         "out": out,
         "overwrite": overwrite,
         "dtype": dtype,
         "copy_channels": copy_channels,
-        "time": tsel,
+        "time": times,
         "storage_options": storage_options,
     }
+    plan = PredictionPlan(
+        store, model, [], method, options, write_options, allow_constant_frames, rescale=rescale
+    )
+    for sid, image in images.items():
+        times[sid] = tsel = parse_time(time, image.sizes["t"], sid)  # each scene its own
+        src = image.isel(t=tsel) if tsel is not None else image
+        if out is None:
+            _protect_acquired(src, model, sid)
+        stats = None
+        if method is not None:  # lazy: computed once, in run's first pass
+            chosen = select_inputs(src.coords["c"].values, model, input_channels)
+            stats = normalization_stats(src.sel(c=chosen), method)
+        pred = plan.predict(src, stats)
+        plan.scenes.append(ScenePlan(sid, src, pred, "to write", stats))
+    cut = [f"{sid} ({t.start}:{t.stop})" for sid, t in times.items() if t and t.stop < _stop(time)]
+    if cut:
+        logger.warning(
+            "time %s: %d scene(s) have fewer time points and get those they have: %s",
+            time,
+            len(cut),
+            ", ".join(cut[:5]) + (" ..." if len(cut) > 5 else ""),
+        )
+    if plan.scenes:
+        units = plan.scenes[0].prediction.attrs["zarrstain"]["output_units"]
+        check_integer_output(units, dtype, rescale, model.name, describe_store(out or store))
+    plans = plan.scenes
     status = write_channels(
         store, {p.scene: p.prediction for p in plans}, dry_run=True, **write_options
     )
@@ -328,15 +414,13 @@ def plan_prediction(
         p.status = status[p.scene]
     missing = check_chunks(
         store,
-        {p.scene: (p.inputs, tsel) for p in plans if p.status == "to write"},
+        {p.scene: (p.inputs, times[p.scene]) for p in plans if p.status == "to write"},
         allow_missing=allow_missing_chunks,
         storage_options=storage_options,
     )
     if missing:
         logger.warning("%d input chunk(s) are missing and read as the fill value", missing)
-    return PredictionPlan(
-        store, model, plans, method, options, write_options, allow_constant=allow_constant_frames
-    )
+    return plan
 
 
 def _protect_acquired(image: xr.DataArray, model: Model, scene: str) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from dask.utils import format_bytes, parse_bytes
 
-from .errors import ParameterError, ShapeMismatchError
+from .errors import ParameterError, ShapeMismatchError, option
 from .models.model import Model
 
 __all__ = ["TilePlan", "auto_halo", "bytes_per_voxel", "default_block_memory", "plan_tiles"]
@@ -140,6 +140,20 @@ def default_block_memory() -> int:
     return psutil.virtual_memory().total // 4
 
 
+def _budget(value: int | str) -> int:
+    """A memory budget in bytes from ``4GiB``, ``500MB`` or a number."""
+    try:
+        budget = parse_bytes(value)
+    except (ValueError, TypeError):
+        budget = 0
+    if budget <= 0:
+        raise ParameterError(
+            f"block memory {value!r} is not a size; use bytes or a unit, e.g. 4GiB or 500MB "
+            f"({option('block_memory=', '--block-memory')})"
+        )
+    return budget
+
+
 def auto_halo(model: Model) -> tuple[int, ...]:
     """The halo ``"auto"`` uses: 70% of the receptive radius, rounded up to the divisor.
 
@@ -253,11 +267,11 @@ def plan_tiles(
     for a, s, p in zip(SPATIAL, zyx, padded, strict=True):
         if p - s >= s:  # reflect padding needs more data than it adds
             raise ShapeMismatchError(
-                f"{a}={s} is too small for the {model.spatial_dims}D model {model.name}: it pads "
+                f"{a}={s} is too small for {model.spatial_dims}D model {model.name!r}: it pads "
                 f"each axis by mirroring to a multiple of {div} and needs {a} ≥ {p - s + 1}; "
                 + ("use a 2D model for thin stacks" if a == "z" else "use a larger image")
             )
-    budget = parse_bytes(block_memory) if block_memory else default_block_memory()
+    budget = _budget(block_memory) if block_memory else default_block_memory()
     bpv = bytes_per_voxel(model)
     chunks = dict(chunks or {})
     align = align or {}

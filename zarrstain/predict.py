@@ -11,7 +11,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .errors import ChannelError, ParameterError, ShapeMismatchError
+from .errors import ChannelError, ParameterError, ShapeMismatchError, option
 from .io.metadata import DIMS
 from .io.read import source_token
 from .models.cache import resolve_device
@@ -85,8 +85,8 @@ def select_inputs(
     else:
         raise ChannelError(
             f"model {model.name} reads {need} input channel(s) but does not name them, and the "
-            f"data has {len(available)}: {available}; choose with input_channels=[...] "
-            "(CLI: --input-channel NAME)"
+            f"data has {len(available)}: {available}; choose with "
+            + option("input_channels=[...]", "--input-channel NAME")
         )
     if len(chosen) != need:
         raise ChannelError(
@@ -97,7 +97,7 @@ def select_inputs(
         if count == 0:
             raise ChannelError(
                 f"channel {label!r} not found; available: {available}; map it with "
-                "input_channels=... (CLI: --input-channel NAME)"
+                + option("input_channels=...", "--input-channel NAME")
             )
         if count > 1:
             raise ChannelError(
@@ -120,6 +120,46 @@ def normalization_method(normalize: str | None, model: Model) -> str | None:
     return normalize
 
 
+def block_chunks(
+    chunks: Mapping[str, int] | Sequence[int | None] | None,
+    shape_zyx: Sequence[int],
+    divisor: int = 1,
+) -> dict[str, int] | None:
+    """``predict``'s ``chunks`` as a dict z/y/x → block size (tuples and -1/None accepted).
+
+    -1 or None is the whole axis, padded to a multiple of ``divisor`` as prediction pads it.
+    """
+    if chunks is None:
+        return None
+    if isinstance(chunks, Mapping):
+        items = dict(chunks)
+    elif isinstance(chunks, Sequence) and not isinstance(chunks, str) and len(chunks) in (3, 5):
+        items = dict(zip(("z", "y", "x"), list(chunks)[-3:], strict=True))
+    else:
+        raise ParameterError(
+            f"chunks={chunks!r}: give a dict like {{'y': 256, 'x': 256}} or a tuple (z, y, x) "
+            "or (t, c, z, y, x)"
+        )
+    unknown = sorted(set(items) - {"t", "c", "z", "y", "x"})
+    if unknown:
+        raise ParameterError(f"chunks names axis {unknown[0]!r}; use z, y and x")
+    sizes = dict(zip(("z", "y", "x"), shape_zyx, strict=True))
+    out = {}
+    for axis in ("z", "y", "x"):
+        value = items.get(axis)
+        if axis not in items:
+            continue
+        if value is None or value == -1:
+            value = -(-sizes[axis] // divisor) * divisor
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ParameterError(
+                f"chunks[{axis!r}]={value!r} is not a block size; use a positive integer, -1 or "
+                "None (the whole axis)"
+            )
+        out[axis] = int(value)
+    return out
+
+
 def _align(arr: da.Array) -> dict[str, int]:
     return {d: int(arr.chunks[i][0]) for i, d in enumerate(DIMS) if d in ("z", "y", "x")}
 
@@ -131,7 +171,7 @@ def predict(
     halo: str | int = "auto",
     normalize: str | None = "model",
     input_channels: Sequence[str] | Mapping[str, str] | str | None = None,
-    chunks: dict[str, int] | None = None,
+    chunks: Mapping[str, int] | Sequence[int | None] | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     precision: str = "float32",
@@ -163,6 +203,9 @@ def predict(
     chunks
         Block cores per axis (``{"z": 32, "y": 256, "x": 256}``), multiples of the divisor;
         default: the largest blocks that fit ``block_memory``, aligned with the data's chunks.
+        A dask-style tuple (z, y, x) or (t, c, z, y, x) says the same; its t and c entries are
+        ignored (a block holds every input channel; ``batch_size`` caps its time points), and
+        -1 or None means the whole axis.
     device
         ``"auto"`` (CUDA when the process running a block sees a GPU), ``"cpu"`` or ``"cuda"``.
     batch_size
@@ -213,7 +256,7 @@ def predict(
         (arr.shape[0], *arr.shape[2:]),
         model,
         halo=halo,
-        chunks=chunks,
+        chunks=block_chunks(chunks, arr.shape[2:], model.divisor),
         align=align,
         block_memory=block_memory,
     )
@@ -269,7 +312,11 @@ def _provenance(
         precision,
         units,
     )
+    source = None  # where the inputs were read (the resolved store), for data from a store
+    if "store" in scene.attrs and "scene" in scene.attrs:
+        source = {k: scene.attrs.get(k) for k in ("store", "scene", "level")}
     return {
+        **({"input": source} if source else {}),
         "model": {
             "name": model.name,
             "content_hash": model.content_hash,

@@ -32,7 +32,7 @@ import numpy as np
 import zarr
 from zarr.core.array import Array, AsyncArray
 
-from ..errors import UnsupportedError
+from ..errors import UnsupportedError, option
 from .metadata import DIMS, ImageMeta, ome_attrs
 from .stream import PyramidWrite, delete_chunks, region, stored_keys
 
@@ -106,6 +106,7 @@ def set_image_attrs(
     _, ome = ome_attrs(group)
     attrs = group.attrs.asdict()
     if omero is not None:
+        omero = {**omero, "rdefs": full_rdefs(omero.get("rdefs"), group, ome)}
         if "ome" in attrs:
             attrs["ome"] = {**ome, "omero": omero}
         else:
@@ -113,6 +114,30 @@ def set_image_attrs(
     if zarrstain is not None:
         attrs["zarrstain"] = zarrstain
     group.attrs.put(attrs)
+
+
+def full_rdefs(rdefs: dict | None, group: zarr.Group, ome: dict[str, Any]) -> dict[str, Any]:
+    """omero ``rdefs`` with the fields readers need: ``defaultT``, ``defaultZ``, ``model``.
+
+    The NGFF omero block is transitional and loosely specified, but OMERO's rendering settings
+    define these, and iohub's metadata model requires them (without them it lists no channel
+    names). Existing values are kept; the defaults are the first time point and the middle
+    z-plane.
+    """
+    out = {**(rdefs or {})}
+    out.setdefault("model", "color")
+    out.setdefault("defaultT", 0)
+    if "defaultZ" not in out:
+        nz = 1
+        try:
+            ms = ome["multiscales"][0]
+            names = [a["name"] if isinstance(a, dict) else a for a in ms["axes"]]
+            shape = group[ms["datasets"][0]["path"]].shape
+            nz = shape[names.index("z")] if "z" in names else 1
+        except (KeyError, IndexError, TypeError, ValueError):
+            pass  # metadata checked elsewhere; a plane of 0 is always valid
+        out["defaultZ"] = nz // 2
+    return out
 
 
 def time_region(dims: tuple[str, ...], time: slice | None) -> tuple[int, slice] | None:
@@ -157,7 +182,7 @@ def begin_append(
     if "c" not in dims:
         raise UnsupportedError(
             f"{where} has no channel axis (axes {''.join(dims)}), so channels cannot be added in "
-            "place; write to a new store with out=... (CLI: --out)"
+            f"place; write to a new store with {option('out=...', '--out')}"
         )
     cax = dims.index("c")
     for lvl in meta.levels:
@@ -165,7 +190,7 @@ def begin_append(
             raise UnsupportedError(
                 f"{where}/{lvl.path} stores {lvl.chunks[cax]} channels per chunk; zarrstain adds "
                 "channels in place only to stores chunked one channel per chunk; write to a new "
-                "store with out=... (CLI: --out)"
+                f"store with {option('out=...', '--out')}"
             )
     prov = dict(group.attrs.get("zarrstain") or {})
     old = prov.get("pending") or {}
@@ -284,5 +309,4 @@ def _omero(group: zarr.Group, existing: list[str], dtype: np.dtype) -> dict[str,
         for i in range(len(channels), len(existing))
     ]
     omero["channels"] = channels
-    omero.setdefault("rdefs", {"model": "color"})
-    return omero
+    return omero  # set_image_attrs completes its rdefs

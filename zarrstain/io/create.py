@@ -181,7 +181,7 @@ def begin_create(
             "channels": {lab: with_time_points(computed, None, time) for lab in labels}
         }
         group.attrs.put(attrs)  # replaces the pending record
-        set_image_attrs(group, omero={"channels": entries, "rdefs": {"model": "color"}})
+        set_image_attrs(group, omero={"channels": entries})
         logger.info("%s: created image with channels %s", where, ", ".join(copy_labels + labels))
 
     done = [stored_keys(a) for a in arrays] if resume else None

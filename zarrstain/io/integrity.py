@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..errors import DataError
+from ..errors import DataError, option
 from .stream import keys_in, stored_keys
 
 __all__ = ["ChunkReader", "missing_chunks"]
@@ -48,7 +48,7 @@ class ChunkReader:
             raise DataError(
                 f"{self.where}: cannot read the chunk(s) at {_describe(selection)} "
                 f"({type(exc).__name__}: {exc}); the store is damaged: restore it from a "
-                "copy, or leave this scene out (CLI: --scene)"
+                f"copy, or leave this scene out ({option('scenes=', '--scene')})"
             ) from exc
 
 
@@ -87,7 +87,8 @@ def missing_chunks(
         raise DataError(
             f"{where}: {len(missing)} of {len(expected)} input chunks are missing (first: "
             f"{missing[0]!r}); they would read as the fill value {array.fill_value}. Complete "
-            "the copy of the store, or pass allow_missing_chunks=True "
-            "(CLI: --allow-missing-chunks) if those regions are empty on purpose"
+            "the copy of the store, or pass "
+            + option("allow_missing_chunks=True", "--allow-missing-chunks")
+            + " if those regions are empty on purpose"
         )
     return len(missing)

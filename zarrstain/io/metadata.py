@@ -105,12 +105,30 @@ def ome_attrs(group: zarr.Group) -> tuple[str | None, dict[str, Any]]:
     return version, attrs
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """Warn once per process and store: a store's metadata is parsed more than once per run."""
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning("%s", message)
+
+
 def ome_version(group: zarr.Group, where: str) -> str:
     """The NGFF version of ``group``, refusing versions zarrstain does not read."""
     version, ome = ome_attrs(group)
-    if version is None:
-        if "bioformats2raw.layout" in ome and group.metadata.zarr_format == 2:
+    if version is None and group.metadata.zarr_format == 2:
+        if "bioformats2raw.layout" in ome:
             return "0.4"
+        # 0.4 makes the version optional (the spec's own test suite has valid examples without
+        # one). A zarr v2 group is 0.4 or older, and older axes (bare names) are refused later
+        # with a precise message.
+        key = next((k for k in ("multiscales", "plate", "well") if k in ome), None)
+        if key is not None:
+            _warn_once(where, f"{where}: {key} metadata without a version; reading it as 0.4")
+            return "0.4"
+    if version is None:
         raise NotOmeZarrError(
             f"{where} holds no OME-Zarr metadata (no multiscales, plate, well or "
             "bioformats2raw.layout with a version); point to an OME-Zarr image, plate or "

@@ -15,7 +15,7 @@ from ..errors import SceneNotFoundError, UnsupportedError
 from .integrity import ChunkReader, missing_chunks
 from .layout import Layout, find_layout, select_scenes
 from .metadata import DIMS, ImageMeta, parse_image
-from .store import StoreLike, describe_store, open_root
+from .store import StoreLike, describe_store, open_root, store_location
 
 __all__ = ["check_chunks", "open_image", "open_scenes", "source_token"]
 
@@ -57,7 +57,7 @@ def open_scenes(
     where = describe_store(path)
     layout = find_layout(root, where)
     return {
-        sid: _open_scene(root, layout, sid, level, where)
+        sid: _open_scene(root, layout, sid, level, where, store_location(path))
         for sid in select_scenes(layout, scenes, where)
     }
 
@@ -109,17 +109,17 @@ def open_image(
             )
         scene = next(iter(layout.scenes))
     select_scenes(layout, scene, where)
-    return _open_scene(root, layout, scene, level, where)
+    return _open_scene(root, layout, scene, level, where, store_location(path))
 
 
 def _open_scene(
-    root: zarr.Group, layout: Layout, scene: str, level: int, where: str
+    root: zarr.Group, layout: Layout, scene: str, level: int, where: str, location: str
 ) -> xr.DataArray:
     gpath = layout.scenes[scene]
     group = root[gpath] if gpath else root
     scene_where = f"{where}/{gpath}" if gpath else where
     meta = parse_image(group, scene_where)
-    return image_to_dataarray(group, meta, level, scene=scene, store=where)
+    return image_to_dataarray(group, meta, level, scene=scene, store=location)
 
 
 def image_to_dataarray(
@@ -135,7 +135,7 @@ def image_to_dataarray(
     # A name from the store location and the array metadata (not the pixels) is stable across
     # processes, so graphs built from the same store tokenize identically.
     name = "zarrstain-read-" + tokenize(store, group.path, lvl.path, arr.metadata.to_dict())
-    reader = ChunkReader(arr, f"{store}/{group.path}/{lvl.path}".replace("//", "/"))
+    reader = ChunkReader(arr, "/".join(p for p in (store, group.path, lvl.path) if p))
     data = da.from_array(reader, chunks=lvl.chunks, name=name, asarray=False, fancy=False)
     present = meta.axis_names
     data = data[tuple(slice(None) if d in present else None for d in DIMS)]

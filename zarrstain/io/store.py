@@ -12,9 +12,9 @@ import zarr.storage
 from zarr.abc.store import Store
 from zarr.errors import GroupNotFoundError
 
-from ..errors import NotOmeZarrError, ReadOnlyStoreError, StoreNotFoundError
+from ..errors import NotOmeZarrError, ReadOnlyStoreError, StoreNotFoundError, option
 
-__all__ = ["StoreLike", "describe_store", "is_remote", "open_root"]
+__all__ = ["StoreLike", "describe_store", "is_remote", "open_root", "store_location"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +27,37 @@ def is_remote(path: Any) -> bool:
 
 
 def describe_store(path: StoreLike) -> str:
-    """A short human-readable name of the store for messages and provenance."""
+    """The store as the user named it (a trailing slash dropped), for messages."""
     if isinstance(path, zarr.Group):
         return f"{path.store}/{path.path}".rstrip("/")
     if isinstance(path, Store):
         return str(path)
-    return os.fspath(path)
+    text = os.fspath(path)
+    return text if is_remote(text) else (text.rstrip("/") or text)
+
+
+def store_location(path: StoreLike) -> str:
+    """Where the store is, spelled one way: for fingerprints and provenance.
+
+    ``plate.zarr``, ``./plate.zarr/``, ``/data//plate.zarr`` and a symlink to it are one
+    store: local paths are made absolute and resolved; URLs lose doubled and trailing slashes
+    in their path. (Messages keep the path as the user typed it: :func:`describe_store`.)
+    """
+    if isinstance(path, zarr.Group):
+        return f"{store_location(path.store)}/{path.path}".rstrip("/")
+    if isinstance(path, zarr.storage.LocalStore):
+        return str(Path(path.root).resolve())
+    if isinstance(path, Store):
+        return str(path)
+    text = os.fspath(path)
+    if is_remote(text):
+        scheme, rest = text.split("://", 1)
+        host, _, tail = rest.partition("/")
+        tail = "/".join(p for p in tail.split("/") if p)
+        return f"{scheme}://{host}/{tail}".rstrip("/")
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    return str(Path(text).expanduser().resolve())
 
 
 def open_root(
@@ -69,7 +94,7 @@ def open_root(
         if mode != "r" and str(path).startswith(("http://", "https://")):
             raise ReadOnlyStoreError(
                 f"cannot modify {name} in place: HTTP stores are read-only; "
-                "write the result to a local store with out=... (CLI: --out)"
+                f"write the result to a local store with {option('out=...', '--out')}"
             )
         store = str(path)
     else:
@@ -79,7 +104,7 @@ def open_root(
         if mode != "r" and not os.access(local, os.W_OK):
             raise ReadOnlyStoreError(
                 f"cannot modify {name} in place: it is not writable; "
-                "write the result to a new store with out=... (CLI: --out)"
+                f"write the result to a new store with {option('out=...', '--out')}"
             )
         store = zarr.storage.LocalStore(local, read_only=(mode == "r"))
     try:
@@ -92,3 +117,9 @@ def open_root(
             f"{name} is not a zarr group (no .zgroup or zarr.json at its root); "
             "point to the root of an OME-Zarr store"
         ) from exc
+    except OSError as exc:  # aiohttp's connection errors, timeouts
+        if not isinstance(store, str):
+            raise
+        raise StoreNotFoundError(
+            f"cannot reach {name} ({type(exc).__name__}: {exc}); check the URL and the network"
+        ) from None

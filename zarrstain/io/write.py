@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,33 +18,25 @@ import zarr.storage
 from .. import __version__
 from ..errors import (
     ChannelError,
-    ChannelExistsError,
+    NotOmeZarrError,
     ParameterError,
     ShapeMismatchError,
     UnsupportedError,
+    option,
 )
-from .channels import INCOMPLETE_SUFFIX, begin_append, to_store_axes
+from ..units import as_dtype, float_into_integer_advice
+from .channels import INCOMPLETE_SUFFIX, begin_append
 from .create import begin_create, write_collection_metadata
 from .layout import Layout, find_layout, select_scenes
 from .lock import group_lock, lock_path
-from .metadata import DIMS, ImageMeta, ome_attrs, parse_image
+from .metadata import DIMS, ome_attrs, parse_image
+from .repeat import WritePlan, existing_state
 from .store import StoreLike, describe_store, is_remote, open_root
 from .stream import write_pyramids
 
 __all__ = ["write_channels"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Plan:
-    scene: str
-    gpath: str
-    meta: ImageMeta
-    data: xr.DataArray
-    labels: list[str]
-    fingerprint: str | None
-    record: dict[str, Any]
 
 
 def write_channels(
@@ -56,7 +48,7 @@ def write_channels(
     overwrite: bool = False,
     copy_channels: list[str] | bool = False,
     dtype: Any = None,
-    time: slice | None = None,
+    time: slice | Mapping[str, slice | None] | None = None,
     dry_run: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, str]:
@@ -90,7 +82,8 @@ def write_channels(
     time
         The predictions hold only these time points of the scene (``slice(t0, t1)``): they
         are written there, a new channel's other time points stay empty (zero) and the
-        provenance lists the time points written (``time_points``).
+        provenance lists the time points written (``time_points``). A mapping scene id →
+        slice gives each scene its own (scenes of a plate may differ in length).
     dry_run
         Run every check, write nothing.
     storage_options
@@ -121,17 +114,25 @@ def write_channels(
     src_root = open_root(path, mode, storage_options)
     where = describe_store(path)
     layout = find_layout(src_root, where)
-    if time is not None and (time.step not in (None, 1) or time.start is None or time.stop is None):
-        raise ParameterError(f"time must be a slice(t0, t1) with step 1, not {time!r}")
+    by_scene = _by_scene(predictions, scene, layout, where)
     plans = [
-        _plan(src_root, layout, sid, pred, where, dtype, out is None, time)
-        for sid, pred in _by_scene(predictions, scene, layout, where).items()
+        _plan(src_root, layout, sid, pred, where, dtype, out is None, _time_of(time, sid))
+        for sid, pred in by_scene.items()
     ]
     if out is None:
-        return _write_in_place(src_root, plans, overwrite, where, time, dry_run)
+        return _write_in_place(src_root, plans, overwrite, where, dry_run)
     return _write_new_store(
-        src_root, layout, plans, out, overwrite, copy_channels, storage_options, time, dry_run
+        src_root, layout, plans, out, overwrite, copy_channels, storage_options, dry_run
     )
+
+
+def _time_of(time: slice | Mapping[str, slice | None] | None, scene: str) -> slice | None:
+    """The time slice of ``scene``, checked."""
+    if isinstance(time, Mapping):
+        time = time.get(scene)
+    if time is not None and (time.step not in (None, 1) or time.start is None or time.stop is None):
+        raise ParameterError(f"time must be a slice(t0, t1) with step 1, not {time!r}")
+    return time
 
 
 def _by_scene(
@@ -171,7 +172,7 @@ def _plan(
     dtype: Any,
     in_place: bool,
     time: slice | None,
-) -> _Plan:
+) -> WritePlan:
     gpath = layout.scenes[sid]
     swhere = f"{where}/{gpath}" if gpath else where
     meta = parse_image(root[gpath] if gpath else root, swhere)
@@ -205,7 +206,7 @@ def _plan(
         )
     if any(x.endswith(INCOMPLETE_SUFFIX) for x in labels):
         raise ChannelError(f"channel labels may not end in {INCOMPLETE_SUFFIX!r}: {labels}")
-    target = np.dtype(dtype) if dtype is not None else None
+    target = as_dtype(dtype) if dtype is not None else None
     if target is None:
         target = np.dtype(np.float32) if np.issubdtype(pred.dtype, np.floating) else pred.dtype
     if in_place:
@@ -213,14 +214,16 @@ def _plan(
         if dtype is not None and target != store_dtype:
             raise UnsupportedError(
                 f"{swhere} stores {store_dtype}; channels added in place take that dtype, not "
-                f"{target}; pass dtype='{store_dtype}' or write to a new store with out=... "
-                "(CLI: --out)"
+                f"{target}; pass {option(f'dtype={str(store_dtype)!r}', f'--dtype {store_dtype}')} "
+                f"or write to a new store with {option('out=...', '--out')}"
             )
         if dtype is None and not np.can_cast(target, store_dtype, "same_kind"):
             raise UnsupportedError(
                 f"{swhere} stores {store_dtype} and cannot hold {target} predictions without "
-                f"rounding them; pass dtype='{store_dtype}' (CLI: --dtype {store_dtype}) to round "
-                "and clip, or write to a new store with out=... (CLI: --out) to keep them as floats"
+                "rounding them; "
+                + float_into_integer_advice(
+                    (pred.attrs.get("zarrstain") or {}).get("output_units"), store_dtype
+                )
             )
         target = store_dtype
     data = pred.data
@@ -233,7 +236,7 @@ def _plan(
     if fingerprint:
         record["fingerprint"] = fingerprint
     record["dtype"] = str(target)
-    return _Plan(sid, gpath, meta, pred.copy(data=data), labels, fingerprint, record)
+    return WritePlan(sid, gpath, meta, pred.copy(data=data), labels, fingerprint, record, time)
 
 
 def _cast(data: dask.array.Array, target: np.dtype) -> dask.array.Array:
@@ -257,66 +260,6 @@ def _fingerprint(pred: xr.DataArray) -> str | None:
     return str(given) if given else None
 
 
-def _same_content(group: zarr.Group, plan: _Plan, labels: list[str]) -> bool:
-    """Whether the stored channels ``labels`` already hold exactly ``plan``'s data."""
-    lvl = plan.meta.levels[0]
-    cax = plan.meta.axis_names.index("c")
-    stored = dask.array.from_array(group[lvl.path], chunks=lvl.chunks)
-    existing = list(plan.meta.labels)
-    checks = []
-    for i, lab in enumerate(plan.labels):
-        old = dask.array.take(stored, [existing.index(lab)], axis=cax)
-        new = to_store_axes(plan.data.data[:, i : i + 1], plan.meta.axis_names)
-        if old.shape != new.shape or old.dtype != new.dtype:
-            return False
-        same = old == new
-        if np.issubdtype(old.dtype, np.floating):
-            same |= dask.array.isnan(old) & dask.array.isnan(new)
-        checks.append(same.all())
-    return bool(all(dask.compute(*checks)))
-
-
-def _existing_state(
-    group: zarr.Group, plan: _Plan, overwrite: bool, where: str, time: slice | None = None
-) -> bool:
-    """Whether the write is already done; raises when labels exist and may not be replaced.
-
-    Adding time points that a zarrstain channel does not hold yet (``time``) is not replacing.
-    """
-    present = set(plan.meta.labels)
-    clash = [lab for lab in plan.labels if lab in present]
-    if not clash:
-        return False
-    if len(clash) == len(plan.labels):
-        done = (group.attrs.get("zarrstain") or {}).get("channels") or {}
-        if plan.fingerprint:
-            same = all((done.get(x) or {}).get("fingerprint") == plan.fingerprint for x in clash)
-        else:  # with overwrite, comparing would compute the data twice: just write it
-            same = not overwrite and _same_content(group, plan, clash)
-        if same:
-            logger.info("%s: channels %s already hold this data; nothing to do", where, clash)
-            return True
-    if time is not None and not overwrite and _new_time_points(group, clash, time):
-        return False
-    if not overwrite:
-        raise ChannelExistsError(
-            f"channel {clash[0]!r} already exists in {where}; pass overwrite=True "
-            "(CLI: --overwrite) to replace it, or choose another output label"
-        )
-    return False
-
-
-def _new_time_points(group: zarr.Group, labels: list[str], time: slice) -> bool:
-    """Whether every label is a partial zarrstain channel holding none of ``time``."""
-    done = (group.attrs.get("zarrstain") or {}).get("channels") or {}
-    wanted = set(range(time.start, time.stop))
-    for label in labels:
-        runs = (done.get(label) or {}).get("time_points")
-        if not runs or wanted & {t for lo, hi in runs for t in range(lo, hi)}:
-            return False
-    return True
-
-
 #: Images whose writes share one graph per pyramid level. Each holds its lock (a file handle)
 #: until its metadata is written; batches keep both bounded on plates of thousands of fields.
 BATCH = 64
@@ -324,10 +267,9 @@ BATCH = 64
 
 def _write_in_place(
     root: zarr.Group,
-    plans: list[_Plan],
+    plans: list[WritePlan],
     overwrite: bool,
     where: str,
-    time: slice | None,
     dry_run: bool,
 ) -> dict[str, str]:
     todo, result = [], {}
@@ -337,9 +279,9 @@ def _write_in_place(
         if dry_run and "c" not in plan.meta.axis_names:
             raise UnsupportedError(
                 f"{swhere} has no channel axis, so channels cannot be added in place; write "
-                "to a new store with out=... (CLI: --out)"
+                f"to a new store with {option('out=...', '--out')}"
             )
-        done = _existing_state(group, plan, overwrite, swhere, time)
+        done = existing_state(group, plan, overwrite, swhere)
         result[plan.scene] = "unchanged" if done else ("to write" if dry_run else "written")
         if not done:
             todo.append((group, plan, swhere))
@@ -354,26 +296,45 @@ def _write_in_place(
             for group, plan, swhere in todo[first : first + BATCH]:
                 # re-read under the lock: another process may have added channels meanwhile
                 group = stack.enter_context(group_lock(group))
-                fresh = _Plan(**{**plan.__dict__, "meta": parse_image(group, swhere)})
-                if _existing_state(group, fresh, overwrite, swhere, time):
+                fresh = WritePlan(**{**plan.__dict__, "meta": parse_image(group, swhere)})
+                if existing_state(group, fresh, overwrite, swhere):
                     result[plan.scene] = "unchanged"
                     continue
                 jobs.append(
                     begin_append(
-                        group, fresh.meta, fresh.data.data, fresh.labels, fresh.record, swhere, time
+                        group,
+                        fresh.meta,
+                        fresh.data.data,
+                        fresh.labels,
+                        fresh.record,
+                        swhere,
+                        fresh.time,
                     )
                 )
             write_pyramids(jobs)
     return result
 
 
-def _open_out(out: StoreLike, zarr_format: int, storage_options: dict | None) -> zarr.Group:
+def _existing_out(out: StoreLike, mode: str, storage_options: dict | None) -> zarr.Group | None:
+    """The ``out`` store's root when it exists (None when it does not)."""
     if isinstance(out, zarr.Group):
         return out
     if not is_remote(out) and not Path(os.fspath(out)).exists():
+        return None
+    try:
+        return open_root(out, mode, storage_options)
+    except NotOmeZarrError:
+        raise ParameterError(
+            f"{describe_store(out)} exists and is not a zarr store; choose a new path for "
+            f"{option('out=', '--out')}"
+        ) from None
+
+
+def _open_out(out: StoreLike, zarr_format: int, storage_options: dict | None) -> zarr.Group:
+    root = _existing_out(out, "r+", storage_options)
+    if root is None:
         store: Any = zarr.storage.LocalStore(Path(os.fspath(out)))
         return zarr.open_group(store, mode="w-", zarr_format=zarr_format)
-    root = open_root(out, "r+", storage_options)
     if root.metadata.zarr_format != zarr_format:
         raise UnsupportedError(
             f"{describe_store(out)} is a zarr v{root.metadata.zarr_format} store but the source "
@@ -385,30 +346,42 @@ def _open_out(out: StoreLike, zarr_format: int, storage_options: dict | None) ->
 def _write_new_store(
     src_root: zarr.Group,
     layout: Layout,
-    plans: list[_Plan],
+    plans: list[WritePlan],
     out: StoreLike,
     overwrite: bool,
     copy_channels: list[str] | bool,
     storage_options: dict | None,
-    time: slice | None,
     dry_run: bool,
 ) -> dict[str, str]:
     out_where = describe_store(out)
     to_copy = {}
     for plan in plans:  # check copy labels before creating anything
         src_labels = list(plan.meta.labels)
-        wanted = src_labels if copy_channels is True else list(copy_channels or [])
+        if copy_channels is True:
+            # all; a new prediction takes the place of an earlier one of the same label (never
+            # of an acquired channel: that clash is refused below)
+            group = src_root[plan.gpath] if plan.gpath else src_root
+            earlier = set((group.attrs.get("zarrstain") or {}).get("channels") or {})
+            wanted = [x for x in src_labels if x not in plan.labels or x not in earlier]
+            if len(wanted) < len(src_labels):
+                logger.info("%s: earlier %s not copied: written anew", plan.scene, plan.labels)
+        else:
+            wanted = list(copy_channels or [])
         missing = [lab for lab in wanted if lab not in src_labels]
         if missing:
             raise ChannelError(
                 f"cannot copy channel {missing[0]!r}: scene {plan.scene!r} has {src_labels}"
             )
-        clash = set(wanted) & set(plan.labels)
+        clash = sorted(set(wanted) & set(plan.labels))
         if clash:
-            raise ChannelError(f"labels {sorted(clash)} are both copied and new; rename them")
+            raise ChannelError(
+                f"channel {clash[0]!r} would be both copied and written anew; name the new "
+                f"channel differently ({option('output_label=', '--output-label')}) or leave "
+                "it out of copy_channels"
+            )
         to_copy[plan.scene] = wanted
     if dry_run:
-        return _check_out(out, plans, overwrite, storage_options, time)
+        return _check_out(out, plans, overwrite, storage_options)
     root = _open_out(out, src_root.metadata.zarr_format, storage_options)
     result = {}
     for first in range(0, len(plans), BATCH):
@@ -420,12 +393,14 @@ def _write_new_store(
             result[plan.scene] = "written"
             if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
                 meta = parse_image(existing, swhere)
-                plan = _Plan(**{**plan.__dict__, "meta": meta})
-                if _existing_state(existing, plan, overwrite, swhere, time):
+                plan = WritePlan(**{**plan.__dict__, "meta": meta})
+                if existing_state(existing, plan, overwrite, swhere):
                     result[plan.scene] = "unchanged"
                     continue
                 data = _cast(plan.data.data, np.dtype(meta.levels[0].dtype))
-                job = begin_append(existing, meta, data, plan.labels, plan.record, swhere, time)
+                job = begin_append(
+                    existing, meta, data, plan.labels, plan.record, swhere, plan.time
+                )
             else:
                 job = begin_create(
                     root,
@@ -437,7 +412,7 @@ def _write_new_store(
                     to_copy[plan.scene],
                     plan.record,
                     swhere,
-                    time,
+                    plan.time,
                 )
             jobs.append(job)
         write_pyramids(jobs)
@@ -448,18 +423,12 @@ def _write_new_store(
 
 def _check_out(
     out: StoreLike,
-    plans: list[_Plan],
+    plans: list[WritePlan],
     overwrite: bool,
     storage_options: dict | None,
-    time: slice | None,
 ) -> dict[str, str]:
     """What writing into ``out`` would do, without writing (``dry_run``)."""
-    if isinstance(out, zarr.Group):
-        root: zarr.Group | None = out
-    elif is_remote(out) or Path(os.fspath(out)).exists():
-        root = open_root(out, "r", storage_options)
-    else:
-        root = None
+    root = _existing_out(out, "r", storage_options)
     result = {}
     for plan in plans:
         existing = (root.get(plan.gpath) if plan.gpath else root) if root is not None else None
@@ -467,8 +436,8 @@ def _check_out(
         if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
             where = f"{describe_store(out)}/{plan.gpath}" if plan.gpath else describe_store(out)
             meta = parse_image(existing, where)
-            done = _existing_state(
-                existing, _Plan(**{**plan.__dict__, "meta": meta}), overwrite, where, time
+            done = existing_state(
+                existing, WritePlan(**{**plan.__dict__, "meta": meta}), overwrite, where
             )
         result[plan.scene] = "unchanged" if done else "to write"
     return result

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, ParameterError
+from ..errors import ModelError, ParameterError, option
 from .model import Model
 
 __all__ = [
@@ -135,7 +135,8 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(
             f"device {device!r} was asked for but torch sees no CUDA GPU here; use "
-            "device='cpu' (CLI: --device cpu) or 'auto'"
+            + option("device='cpu'", "--device cpu")
+            + " or 'auto'"
         )
     if resolved.type not in ("cpu", "cuda"):
         raise ParameterError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")

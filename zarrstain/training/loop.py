@@ -25,12 +25,15 @@ import numpy as np
 import torch
 import zarr
 
-from ..errors import ParameterError
+from ..errors import ParameterError, option
 from ..io.read import open_scenes
+from ..io.store import store_location
 from ..metrics import pearson
 from ..models import Model, create_model, load_model, save_model
 from ..models.cache import resolve_device
+from ..models.card import is_package
 from ..models.model import state_dict_hash
+from ..normalize import METHODS
 from .sampler import PatchSampler, split_regions
 
 __all__ = ["TrainConfig", "TrainResult", "build_config", "train"]
@@ -84,8 +87,73 @@ class TrainConfig:
     def ndim(self) -> int:
         """Spatial dims of the model."""
         if self.model not in ("fnet3d", "fnet2d"):
-            raise ParameterError(f"model must be 'fnet3d' or 'fnet2d', not {self.model!r}")
+            raise ParameterError(
+                f"model must be 'fnet3d' or 'fnet2d', not {self.model!r} "
+                f"({option('model=', '--model')})"
+            )
         return 3 if self.model == "fnet3d" else 2
+
+    def check(self) -> None:
+        """Refuse settings the model or optimiser cannot use, before any data is read.
+
+        Raises
+        ------
+        ParameterError
+            Naming the setting (its CLI flag under the CLI), the value and what would work.
+        """
+        ndim = self.ndim
+        for name in ("depth", "mult_chan", "steps", "batch_size", "val_patches"):
+            _positive_int(name, getattr(self, name))
+        for name in ("validate_every", "checkpoint_every"):
+            _positive_int(name, getattr(self, name))
+        if isinstance(self.projection, bool) or not isinstance(self.projection, int):
+            raise ParameterError(
+                f"{_flag('projection')} must be a whole number, not {self.projection!r}"
+            )
+        if self.projection < 0:
+            raise ParameterError(f"{_flag('projection')} must be 0 or more, not {self.projection}")
+        if not isinstance(self.lr, int | float) or not self.lr > 0:
+            raise ParameterError(f"{_flag('lr')} must be a positive number, not {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ParameterError(f"betas must be two numbers in [0, 1), not {list(self.betas)}")
+        if self.normalization not in METHODS:
+            raise ParameterError(
+                f"normalization {self.normalization!r} is not one of {', '.join(METHODS)}"
+            )
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise ParameterError(
+                f"{_flag('val_fraction')} must be between 0 and 1 (the held-out share of each "
+                f"scene's width), not {self.val_fraction}"
+            )
+        if self.patch is not None:
+            self._check_patch(ndim)
+
+    def _check_patch(self, ndim: int) -> None:
+        axes = "z×y×x" if ndim == 3 else "y×x"
+        div = 2**self.depth
+        example = "32x64x64" if ndim == 3 else "256x256"
+        if len(self.patch) != ndim:
+            raise ParameterError(
+                f"{_flag('patch')} {'x'.join(map(str, self.patch))} has {len(self.patch)} "
+                f"size(s) but the {self.model} model needs {ndim} ({axes}, e.g. {example})"
+            )
+        bad = [p for p in self.patch if not isinstance(p, int) or p < div or p % div]
+        if bad:
+            fixed = "x".join(str(max(div, -(-int(p) // div) * div)) for p in self.patch)
+            raise ParameterError(
+                f"{_flag('patch')} {'x'.join(map(str, self.patch))}: every size must be a "
+                f"multiple of {div} (the depth-{self.depth} U-Net halves each axis "
+                f"{self.depth} times); use {fixed}"
+            )
+
+
+def _flag(name: str) -> str:
+    return option(name, "--" + name.replace("_", "-"))
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParameterError(f"{_flag(name)} must be a whole number ≥ 1, not {value!r}")
 
 
 def build_config(
@@ -115,7 +183,7 @@ def build_config(
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
     config = TrainConfig.paper(**values) if paper else TrainConfig(**values)
-    config.ndim  # noqa: B018  (validates the architecture name)
+    config.check()
     return config
 
 
@@ -149,7 +217,12 @@ def _open(stores: Sequence[str | os.PathLike], wanted: list[str] | None) -> dict
             if wanted is None or key in wanted:
                 scenes[key] = image
     if not scenes:
-        raise ParameterError(f"no scenes selected from {list(map(str, stores))} (scenes={wanted})")
+        available = [sid if len(stores) == 1 else f"{i}:{sid}" for i, s in enumerate(stores)
+                     for sid in open_scenes(s)]  # fmt: skip
+        raise ParameterError(
+            f"none of the scenes {list(wanted or [])} is in {', '.join(map(str, stores))}; "
+            f"available: {', '.join(available[:8])}" + (" ..." if len(available) > 8 else "")
+        )
     return scenes
 
 
@@ -159,6 +232,7 @@ def train(
     out: str | os.PathLike,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: Callable[[int, dict[str, float]], Any] | None = None,
 ) -> TrainResult:
     """Train a model on paired channels of OME-Zarr stores and save it as a model package.
@@ -173,6 +247,9 @@ def train(
         The model package folder (written at every checkpoint, atomically).
     resume
         Continue the run saved in ``out`` (same config) from its last checkpoint.
+    overwrite
+        Replace the model package at ``out``. Without it (or ``resume``) an existing ``out``
+        is refused before anything is trained: a trained model is never replaced by accident.
     progress
         Called after every step with the step number (1-based) and ``{"loss": ...}`` (plus
         ``"val_pcc"`` after validations).
@@ -184,6 +261,8 @@ def train(
     single = isinstance(stores, str | os.PathLike | zarr.Group)
     stores = [stores] if single else list(stores)
     out = Path(out)
+    config.check()
+    _check_out(out, resume=resume, overwrite=overwrite)
     scenes = _open(stores, config.scenes)
     train_regions, val_regions = split_regions(
         scenes, val_scenes=config.val_scenes, val_fraction=config.val_fraction
@@ -249,6 +328,28 @@ def train(
     return TrainResult(model, out, history)
 
 
+def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an ``out`` that training would replace or cannot write, before any work."""
+    if out.exists() and not out.is_dir():
+        raise ParameterError(
+            f"{out} is a file; choose a new folder for the model package "
+            f"({option('out=', '--out')})"
+        )
+    if not out.exists() or resume:
+        return
+    if not is_package(out):
+        raise ParameterError(
+            f"{out} exists and is not a model package; choose a new folder for the model "
+            f"({option('out=', '--out')})"
+        )
+    if not overwrite:
+        raise ParameterError(
+            f"{out} already holds a trained model; choose another {option('out=', '--out')}, "
+            f"continue its run with {option('resume=True', '--resume')}, or replace it with "
+            + option("overwrite=True", "--overwrite")
+        )
+
+
 def _validate(module: torch.nn.Module, val: tuple[np.ndarray, np.ndarray], device) -> float:
     module.eval()
     with torch.inference_mode():
@@ -259,7 +360,7 @@ def _validate(module: torch.nn.Module, val: tuple[np.ndarray, np.ndarray], devic
 
 def _provenance(stores, config, patch, scenes, train_regions, val_regions) -> dict[str, Any]:
     return {
-        "stores": [str(s) for s in stores],
+        "stores": [store_location(s) for s in stores],
         "config": {**dataclasses.asdict(config), "patch": list(patch)},
         "train_regions": [_region_name(r) for r in train_regions],
         "val_regions": [_region_name(r) for r in val_regions],

@@ -22,7 +22,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from ..errors import ChannelError, ParameterError, ShapeMismatchError
+from ..errors import ChannelError, ParameterError, ShapeMismatchError, option
 from ..normalize import normalization_stats
 from .augment import augment
 from .blocks import BlockCache
@@ -166,7 +166,7 @@ class PatchSampler:
             if size[axis] < n:
                 raise ShapeMismatchError(
                     f"patch {axis}={n} does not fit region {region.scene!r} ({axis}={size[axis]}); "
-                    "choose a smaller patch (CLI: --patch)"
+                    f"choose a smaller {option('patch', '--patch')}"
                 )
         return image.sizes["t"], size["z"], size["y"], x0, x1
 

@@ -1,0 +1,129 @@
+"""Progress of long commands: a bar on a terminal, a line now and then in a batch job's log.
+
+A click progress bar redraws one line, which a batch job's log file (no TTY) records as the
+label alone until the end: minutes of silence. Without a TTY, :class:`Progress` writes a full
+line at every tenth of the work and at least once a minute instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+__all__ = ["Progress", "stage_progress"]
+
+#: without a TTY, a line at least this often (seconds) ...
+INTERVAL = 60.0
+#: ... and whenever another tenth of the work is done
+STEPS = 10
+
+
+class Progress:
+    """Progress of ``total`` units on stderr, shown from the first update on.
+
+    Parameters
+    ----------
+    label
+        What is counted, e.g. ``"training"`` or ``"predicting blocks"``.
+    total
+        Units of work.
+    unit
+        Name of one unit in the log lines (``"step"``, ``"block"``).
+    quiet
+        Show nothing.
+    tty
+        Draw a bar (default: whether stderr is a terminal).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        unit: str,
+        *,
+        quiet: bool = False,
+        tty: bool | None = None,
+    ) -> None:
+        self.label, self.total, self.unit, self.quiet = label, max(int(total), 1), unit, quiet
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.bar: Any = None
+        self.done = 0
+        self._start = self._last_time = time.monotonic()
+        self._last_step = -1
+
+    def to(self, done: int, item: dict | None = None) -> None:
+        """Show ``done`` of ``total`` (and ``item``: a loss entry)."""
+        self.done = done
+        if self.quiet:
+            return
+        if not self.tty:
+            self._line(done, item)
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=self.total,
+                label=self.label,
+                file=sys.stderr,
+                show_pos=True,
+                item_show_func=_entry_text,
+            )
+        self.bar.current_item = item or None
+        self.bar.update(done - self.bar.pos)
+
+    def __call__(self, n: int) -> None:
+        """Add ``n`` units (the model-block callback of ``PredictionPlan.run``)."""
+        self.to(self.done + n)
+
+    def _line(self, done: int, item: dict | None) -> None:
+        now = time.monotonic()
+        step = done * STEPS // self.total
+        if step == self._last_step and now - self._last_time < INTERVAL and done < self.total:
+            return
+        self._last_step, self._last_time = step, now
+        text = _entry_text(item)
+        click.echo(
+            f"{self.label}: {self.unit} {done}/{self.total} ({100 * done // self.total}%)"
+            + (f", {text}" if text else "")
+            + f", {now - self._start:.0f} s",
+            err=True,
+        )
+
+    def finish(self) -> None:
+        """End the bar's line."""
+        if self.bar is not None:
+            self.bar.render_finish()
+
+
+def _entry_text(entry: dict | None) -> str:
+    if not entry:
+        return ""
+    text = f"loss {entry['loss']:.4f}"
+    return text + (f", val r {entry['val_pcc']:.3f}" if "val_pcc" in entry else "")
+
+
+def stage_progress(quiet: bool, stages: dict[str, tuple[str, str]]) -> Callable[..., Any]:
+    """A ``progress(stage, done, total, info)`` callback with one :class:`Progress` per stage.
+
+    ``stages`` maps a stage to its (label, unit); a stage's display ends when the next one
+    starts. The callback's ``finish()`` ends the last.
+    """
+    shown: dict[str, Progress] = {}
+
+    def progress(stage: str, done: int, total: int, info: dict) -> None:
+        if stage not in shown:
+            for earlier in shown.values():
+                earlier.finish()
+            label, unit = stages[stage]
+            shown[stage] = Progress(label, total, unit, quiet=quiet)
+        shown[stage].to(done, info)
+
+    def finish() -> None:
+        for p in shown.values():
+            p.finish()
+
+    progress.finish = finish  # type: ignore[attr-defined]
+    return progress

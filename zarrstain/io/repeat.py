@@ -1,0 +1,99 @@
+"""Repeated writes: is a write already done, and may it replace what is there?
+
+A write is recognised as done by its producer's fingerprint (no compute) or, without one, by
+comparing the stored data with the new data; adding time points a zarrstain channel lacks is
+not replacing it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+import zarr
+
+from ..errors import ChannelExistsError, option
+from .channels import to_store_axes
+from .metadata import ImageMeta
+
+__all__ = ["WritePlan", "existing_state", "new_time_points", "same_content"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WritePlan:
+    """One scene's checked write: where, what, and the record stored with it."""
+
+    scene: str
+    gpath: str
+    meta: ImageMeta
+    data: xr.DataArray
+    labels: list[str]
+    fingerprint: str | None
+    record: dict[str, Any]
+    time: slice | None  # the time points written (None: all)
+
+
+def same_content(group: zarr.Group, plan: WritePlan, labels: list[str]) -> bool:
+    """Whether the stored channels ``labels`` already hold exactly ``plan``'s data."""
+    lvl = plan.meta.levels[0]
+    cax = plan.meta.axis_names.index("c")
+    stored = dask.array.from_array(group[lvl.path], chunks=lvl.chunks)
+    existing = list(plan.meta.labels)
+    checks = []
+    for i, lab in enumerate(plan.labels):
+        old = dask.array.take(stored, [existing.index(lab)], axis=cax)
+        new = to_store_axes(plan.data.data[:, i : i + 1], plan.meta.axis_names)
+        if old.shape != new.shape or old.dtype != new.dtype:
+            return False
+        same = old == new
+        if np.issubdtype(old.dtype, np.floating):
+            same |= dask.array.isnan(old) & dask.array.isnan(new)
+        checks.append(same.all())
+    return bool(all(dask.compute(*checks)))
+
+
+def existing_state(group: zarr.Group, plan: WritePlan, overwrite: bool, where: str) -> bool:
+    """Whether the write is already done; raises when labels exist and may not be replaced.
+
+    Adding time points that a zarrstain channel does not hold yet (``plan.time``) is not
+    replacing.
+    """
+    present = set(plan.meta.labels)
+    clash = [lab for lab in plan.labels if lab in present]
+    if not clash:
+        return False
+    if len(clash) == len(plan.labels):
+        done = (group.attrs.get("zarrstain") or {}).get("channels") or {}
+        if plan.fingerprint:
+            same = all((done.get(x) or {}).get("fingerprint") == plan.fingerprint for x in clash)
+        else:  # with overwrite, comparing would compute the data twice: just write it
+            same = not overwrite and same_content(group, plan, clash)
+        if same:
+            logger.info("%s: channels %s already hold this data; nothing to do", where, clash)
+            return True
+    if plan.time is not None and not overwrite and new_time_points(group, clash, plan.time):
+        return False
+    if not overwrite:
+        raise ChannelExistsError(
+            f"channel {clash[0]!r} already exists in {where}; pass "
+            f"{option('overwrite=True', '--overwrite')} to replace it, or choose another "
+            f"{option('output label', 'label (--output-label)')}"
+        )
+    return False
+
+
+def new_time_points(group: zarr.Group, labels: list[str], time: slice) -> bool:
+    """Whether every label is a partial zarrstain channel holding none of ``time``."""
+    done = (group.attrs.get("zarrstain") or {}).get("channels") or {}
+    wanted = set(range(time.start, time.stop))
+    for label in labels:
+        runs = (done.get(label) or {}).get("time_points")
+        if not runs or wanted & {t for lo, hi in runs for t in range(lo, hi)}:
+            return False
+    return True
