@@ -18,7 +18,7 @@ import click
 import zarrstain
 from zarrstain.errors import ZarrstainError, cli_messages
 
-from .progress import Progress, stage_progress
+from .progress import Progress, StageProgress
 
 logger = logging.getLogger("zarrstain.cli")
 
@@ -367,7 +367,7 @@ def demo(directory: Path) -> None:
     from zarrstain.report import format_table
 
     stages = {"train": ("training", "step"), "predict": ("predicting blocks", "block")}
-    progress = stage_progress(_quiet(), stages)
+    progress = StageProgress(_quiet(), stages)
     if not _quiet():
         click.echo(
             f"demo in {directory}: a 2×3-well plate, {DEMO_CONFIG.steps} training steps on "

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
 
-__all__ = ["Progress", "stage_progress"]
+__all__ = ["Progress", "StageProgress"]
 
 #: without a TTY, a line at least this often (seconds) ...
 INTERVAL = 60.0
@@ -105,25 +104,29 @@ def _entry_text(entry: dict | None) -> str:
     return text + (f", val r {entry['val_pcc']:.3f}" if "val_pcc" in entry else "")
 
 
-def stage_progress(quiet: bool, stages: dict[str, tuple[str, str]]) -> Callable[..., Any]:
+class StageProgress:
     """A ``progress(stage, done, total, info)`` callback with one :class:`Progress` per stage.
 
-    ``stages`` maps a stage to its (label, unit); a stage's display ends when the next one
-    starts. The callback's ``finish()`` ends the last.
+    Parameters
+    ----------
+    quiet
+        Show nothing.
+    stages
+        Stage name → (label, unit); a stage's display ends when the next one starts.
     """
-    shown: dict[str, Progress] = {}
 
-    def progress(stage: str, done: int, total: int, info: dict) -> None:
-        if stage not in shown:
-            for earlier in shown.values():
-                earlier.finish()
-            label, unit = stages[stage]
-            shown[stage] = Progress(label, total, unit, quiet=quiet)
-        shown[stage].to(done, info)
+    def __init__(self, quiet: bool, stages: dict[str, tuple[str, str]]) -> None:
+        self.quiet, self.stages = quiet, stages
+        self.shown: dict[str, Progress] = {}
 
-    def finish() -> None:
-        for p in shown.values():
-            p.finish()
+    def __call__(self, stage: str, done: int, total: int, info: dict) -> None:
+        if stage not in self.shown:
+            self.finish()
+            label, unit = self.stages[stage]
+            self.shown[stage] = Progress(label, total, unit, quiet=self.quiet)
+        self.shown[stage].to(done, info)
 
-    progress.finish = finish  # type: ignore[attr-defined]
-    return progress
+    def finish(self) -> None:
+        """End every stage's bar."""
+        for shown in self.shown.values():
+            shown.finish()

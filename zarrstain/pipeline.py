@@ -103,11 +103,6 @@ def _time_range(spec: str | slice | int) -> tuple[int, int | None]:
     return start, stop
 
 
-def _stop(time: str | slice | int) -> float:
-    stop = _time_range(time)[1]
-    return float("inf") if stop is None else stop
-
-
 def _range_text(start: int, stop: int | None) -> str:
     return f"{start}:{'' if stop is None else stop}"
 
@@ -367,8 +362,9 @@ def plan_prediction(
     method = normalization_method(normalization, model)
     dtype = as_dtype(dtype) if dtype is not None else None
     times: dict[str, slice | None] = {}
-    if time is not None:
-        _time_range(time)  # a malformed or empty range fails the same for every scene
+    # a malformed or empty range fails the same for every scene; the stop asked for, to warn
+    # about the scenes cut short
+    asked_stop = _time_range(time)[1] if time is not None else None
     in_integers = out is None and any(im.dtype.kind in "iu" for im in images.values())
     if in_integers and dtype is None and (model.output_intensity or rescale):
         # target units: rounding to the store's integers is meaningful; rescale: mapped onto them
@@ -395,7 +391,11 @@ def plan_prediction(
             stats = normalization_stats(src.sel(c=chosen), method)
         pred = plan.predict(src, stats)
         plan.scenes.append(ScenePlan(sid, src, pred, "to write", stats))
-    cut = [f"{sid} ({t.start}:{t.stop})" for sid, t in times.items() if t and t.stop < _stop(time)]
+    cut = [
+        f"{sid} ({t.start}:{t.stop})"
+        for sid, t in times.items()
+        if t is not None and asked_stop is not None and t.stop < asked_stop
+    ]
     if cut:
         logger.warning(
             "time %s: %d scene(s) have fewer time points and get those they have: %s",

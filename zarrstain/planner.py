@@ -132,7 +132,7 @@ def default_block_memory() -> int:
     """
     configured = dask.config.get("zarrstain.block-memory", None)
     if configured:
-        return parse_bytes(configured)
+        return _budget(configured)
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).total_memory // 2
     import psutil
