@@ -264,8 +264,8 @@ def _ints(value: str | None) -> list[int] | None:
     "--model",
     "arch",
     default=None,
-    type=click.Choice(["fnet3d", "fnet2d"]),
-    help="Architecture [default: fnet3d].",
+    metavar="NAME",
+    help="fnet3d, fnet2d or another registered architecture [default: fnet3d].",
 )
 @click.option("--depth", type=int, default=None, help="U-Net depth [default: 4].")
 @click.option("--mult-chan", type=int, default=None, help="Channels of the top level [8].")

@@ -6,6 +6,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import zarrstain
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -28,6 +30,26 @@ def test_predict_plate_example(tmp_path, monkeypatch, capsys):
     assert float(out.split("max |tiled - whole volume| =")[1].split()[0]) < 1e-5
     written = zarrstain.open_image(tmp_path / "out" / "predicted.zarr", "A/2/0")
     assert list(written.c.values) == ["BF", "DNA", "Membrane", "DNA (predicted)"]
+
+
+def test_custom_architecture_example(tmp_path, monkeypatch, capsys):
+    from zarrstain.models import ARCHITECTURES
+
+    saved = dict(ARCHITECTURES)
+    monkeypatch.setattr(sys, "argv", ["example", str(tmp_path)])
+    try:
+        runpy.run_path(str(EXAMPLES / "custom_architecture.py"), run_name="__main__")
+    finally:
+        ARCHITECTURES.clear()
+        ARCHITECTURES.update(saved)
+    out = capsys.readouterr().out
+    assert float(out.split("max |tiled - whole volume| =")[1].split()[0]) < 1e-5
+    written = zarrstain.open_image(tmp_path / "predicted.zarr")
+    assert list(written.c.values) == ["BF", "DNA (predicted)", "DNA (predicted std)"]
+    value = written.sel(c="DNA (predicted)").values
+    assert (
+        np.array_equal(value, np.round(value)) and (written.sel(c="DNA (predicted std)") > 0).all()
+    )
 
 
 def test_gpu_benchmark_runs_its_steps_on_the_cpu(tmp_path, monkeypatch):

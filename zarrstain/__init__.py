@@ -1,35 +1,72 @@
-"""zarrstain: virtual staining over whole OME-Zarr stores, lazily and in parallel with dask."""
+"""zarrstain: virtual staining over whole OME-Zarr stores, lazily and in parallel with dask.
 
-from importlib.metadata import PackageNotFoundError, version
+The public names load on first use: ``import zarrstain`` (and ``zarrstain --help``) imports no
+torch, so a command that only reads metadata starts as fast as dask, zarr and xarray do.
+"""
 
-try:
-    __version__ = version("zarrstain")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
+from __future__ import annotations
 
-from . import datasets, errors
+import importlib
+import sys
+import types
+from typing import Any
+
+from . import errors
+from ._version import __version__
 from .errors import ZarrstainError
-from .evaluate import evaluate  # likewise
-from .io import open_image, open_scenes, write_channels
-from .models import Model, load_model, save_model
-from .normalize import normalization_stats, normalize  # the function shadows the module name
-from .predict import predict  # likewise
-from .training import train
 
-__all__ = [
-    "Model",
-    "ZarrstainError",
-    "__version__",
-    "datasets",
-    "errors",
-    "evaluate",
-    "load_model",
-    "normalization_stats",
-    "normalize",
-    "open_image",
-    "open_scenes",
-    "predict",
-    "save_model",
-    "train",
-    "write_channels",
-]
+#: public name → the module defining it (``datasets`` is a module itself)
+_LAZY = {
+    "Model": ".models",
+    "datasets": ".datasets",
+    "evaluate": ".evaluate",
+    "load_model": ".models",
+    "normalization_stats": ".normalize",
+    "normalize": ".normalize",
+    "open_image": ".io",
+    "open_scenes": ".io",
+    "predict": ".predict",
+    "save_model": ".models",
+    "train": ".training",
+    "write_channels": ".io",
+}
+#: functions named like the module that defines them: importing the module must not hide them
+_SHADOWED = {"evaluate", "normalize", "predict"}
+
+__all__ = ["ZarrstainError", "__version__", "errors", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:  # a submodule, as ``zarrstain.training.TrainConfig`` reads it
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+        raise AttributeError(f"module 'zarrstain' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name], __name__)
+    value = module if name == "datasets" else getattr(module, name)
+    if name not in _SHADOWED:
+        globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """Keeps ``zarrstain.predict`` the function when the ``zarrstain.predict`` module loads.
+
+    The import system binds a loaded submodule as an attribute of its package; for the three
+    functions named like their module that binding is skipped, so the attribute keeps resolving
+    through ``__getattr__`` to the function (as it did when the package imported them eagerly).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

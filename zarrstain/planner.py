@@ -49,6 +49,12 @@ class TilePlan:
         ``"exact"``, ``"auto"`` or ``"fixed"``.
     divisor, bytes_per_voxel
         Of the model.
+    pass_halos
+        Per pass of a multi-pass model, its overlap along (z, y, x); ``halo`` is their
+        per-axis maximum (what sizes blocks). Empty: one pass with ``halo``.
+    exact
+        Tiled prediction equals one whole-volume forward: a local model with the exact halo,
+        or one block per model axis.
     """
 
     model_axes: tuple[str, ...]
@@ -59,6 +65,13 @@ class TilePlan:
     halo_mode: str
     divisor: int
     bytes_per_voxel: int
+    pass_halos: tuple[tuple[int, int, int], ...] = ()
+    exact: bool = False
+
+    @property
+    def halos(self) -> tuple[tuple[int, int, int], ...]:
+        """The overlap of every pass (one entry for single-pass models)."""
+        return self.pass_halos or (self.halo,)
 
     @property
     def n_blocks(self) -> int:
@@ -90,16 +103,21 @@ class TilePlan:
     @property
     def compute_ratio(self) -> float:
         """Voxels the model processes, over the voxels of one whole-volume forward."""
-        total = 1
-        for cores, h in zip(self.chunks[1:], self.halo, strict=True):
-            total *= sum(cores) + 2 * h * (len(cores) - 1)
-        return total / math.prod(self.padded)
+        total = 0
+        for halo in self.halos:
+            voxels = 1
+            for cores, h in zip(self.chunks[1:], halo, strict=True):
+                voxels *= sum(cores) + 2 * h * (len(cores) - 1)
+            total += voxels
+        return total / math.prod(self.padded) / len(self.halos)
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable summary for provenance and ``--dry-run``."""
         return {
             "halo_mode": self.halo_mode,
             "halo_zyx": list(self.halo),
+            **({"pass_halos_zyx": [list(h) for h in self.pass_halos]} if self.pass_halos else {}),
+            "exact": self.exact,
             "block_tzyx": list(self.block_shape),
             "blocks": self.n_blocks,
             "padded_zyx": list(self.padded),
@@ -113,14 +131,12 @@ def _round_up(n: int, k: int) -> int:
 
 
 def bytes_per_voxel(model: Model) -> int:
-    """Rough peak activation bytes per input voxel of a forward pass.
+    """Rough peak activation bytes per input voxel of a forward pass, as its architecture says.
 
-    For the fnet U-Net about eight float32 feature maps of the top level's width are alive at
-    once (skip, concatenation, convolution outputs, deeper levels). Measured peak RSS of one CPU
-    forward on 32×128×128: 425 B/voxel for width 8, 1080 for width 32.
+    See :meth:`zarrstain.models.Architecture.bytes_per_voxel` (fnet: about eight float32
+    feature maps of the top level's width).
     """
-    width = int(model.kwargs.get("mult_chan", 32))
-    return 4 * 8 * width + 192
+    return int(model.spec.bytes_per_voxel(model.kwargs))
 
 
 def default_block_memory() -> int:
@@ -154,32 +170,34 @@ def _budget(value: int | str) -> int:
     return budget
 
 
-def auto_halo(model: Model) -> tuple[int, ...]:
+def auto_halo(model: Model, radius: tuple[int, ...] | None = None) -> tuple[int, ...]:
     """The halo ``"auto"`` uses: 70% of the receptive radius, rounded up to the divisor.
 
     For the depth-4 fnet that is 80 instead of the exact 112. Measured in
     ``benchmarks/tiling.py`` (see the README): on pytorch_fnet's fixture net halos of 32 / 64 /
     80 / 96 left max errors of 0.16 / 0.027 / 0.0044 / 0 output standard deviations.
+    ``radius``: of one pass of a multi-pass model (default the model's).
     """
-    return tuple(
-        _round_up(math.ceil(r * AUTO_FRACTION), model.divisor) for r in model.receptive_radius
-    )
+    radius = model.receptive_radius if radius is None else radius
+    return tuple(_round_up(math.ceil(r * AUTO_FRACTION), model.divisor) for r in radius)
 
 
-def _halos(model: Model, halo: str | int) -> tuple[str, dict[str, int]]:
+def _halos(model: Model, halo: str | int) -> tuple[str, list[dict[str, int]]]:
+    """The halo mode and, per pass, the overlap per model axis."""
     axes = SPATIAL[-model.spatial_dims :]
+    radii = model.geometry.radii if model.geometry.passes > 1 else (model.receptive_radius,)
     if halo == "exact":
-        values = [_round_up(r, model.divisor) for r in model.receptive_radius]
+        values = [[_round_up(r, model.divisor) for r in radius] for radius in radii]
     elif halo == "auto":
-        values = list(auto_halo(model))
+        values = [list(auto_halo(model, radius)) for radius in radii]
     elif isinstance(halo, int | np.integer) and not isinstance(halo, bool) and halo >= 0:
-        values = [_round_up(int(halo), model.divisor)] * model.spatial_dims
-        if values[0] != halo:
-            logger.info("halo %d rounded up to %d, a multiple of the divisor", halo, values[0])
+        values = [[_round_up(int(halo), model.divisor)] * model.spatial_dims] * len(radii)
+        if values[0][0] != halo:
+            logger.info("halo %d rounded up to %d, a multiple of the divisor", halo, values[0][0])
     else:
         raise ParameterError(f"halo must be 'auto', 'exact' or an integer ≥ 0, not {halo!r}")
     mode = halo if isinstance(halo, str) else "fixed"
-    return mode, dict(zip(axes, values, strict=True))
+    return mode, [dict(zip(axes, v, strict=True)) for v in values]
 
 
 def _axis_chunks(size: int, block: int, halo: int) -> tuple[int, ...]:
@@ -259,7 +277,9 @@ def plan_tiles(
     """
     div = model.divisor
     model_axes = SPATIAL[-model.spatial_dims :]
-    mode, halos = _halos(model, halo)
+    mode, per_pass = _halos(model, halo)
+    halos = {a: max(h[a] for h in per_pass) for a in model_axes}
+    local = model.geometry.local
     t, *zyx = shape
     padded = [
         _round_up(s, div) if a in model_axes else s for a, s in zip(SPATIAL, zyx, strict=True)
@@ -273,6 +293,15 @@ def plan_tiles(
             )
     budget = _budget(block_memory) if block_memory else default_block_memory()
     bpv = bytes_per_voxel(model)
+    if not local and chunks:
+        logger.warning(
+            "model %s is not local (its layers see the whole field): tiling it with chunks=%s "
+            "is approximate",
+            model.name,
+            chunks,
+        )
+    elif not local:  # one whole field per block: the only exact tiling of a non-local model
+        chunks = {a: p for a, p in zip(SPATIAL, padded, strict=True) if a in model_axes}
     chunks = dict(chunks or {})
     align = align or {}
     for a, c in chunks.items():
@@ -327,7 +356,12 @@ def plan_tiles(
     block_bytes = ext(0, sizes[0]) * plane * bpv
     t_block = chunks.get("t") or int(max(1, min(t, budget // max(block_bytes, 1))))
     core = [_axis_chunks(padded[a], sizes[a], halos.get(SPATIAL[a], 0)) for a in range(3)]
-    halo_zyx = tuple(halos.get(SPATIAL[a], 0) if len(core[a]) > 1 else 0 for a in range(3))
+
+    def zeroed(h: dict[str, int]) -> tuple[int, int, int]:  # no overlap along one-block axes
+        return tuple(h.get(SPATIAL[a], 0) if len(core[a]) > 1 else 0 for a in range(3))
+
+    halo_zyx = zeroed(halos)
+    whole = all(len(core[a]) == 1 for a in range(3) if SPATIAL[a] in model_axes)
     plan = TilePlan(
         model_axes=model_axes,
         shape=tuple(zyx),
@@ -337,6 +371,8 @@ def plan_tiles(
         halo_mode=mode,
         divisor=div,
         bytes_per_voxel=bpv,
+        pass_halos=tuple(zeroed(h) for h in per_pass) if len(per_pass) > 1 else (),
+        exact=whole or (local and mode == "exact"),
     )
     if plan.memory_per_block > budget:
         logger.warning(

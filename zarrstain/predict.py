@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,13 @@ from .normalize import METHODS, normalization_stats
 from .normalize import normalize as apply_normalization
 from .tiling import TilePlan, plan_tiles, run_tiled
 
-__all__ = ["as_scene", "normalization_method", "predict", "select_inputs"]
+__all__ = [
+    "as_scene",
+    "denormalize_outputs",
+    "normalization_method",
+    "predict",
+    "select_inputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +167,21 @@ def block_chunks(
     return out
 
 
+def denormalize_outputs(out: da.Array, model: Model) -> da.Array:
+    """Map each output channel to its target's units as its head's kind says.
+
+    Values (and interval bounds, quantiles) get ``* scale + offset``, spreads (std, width) the
+    scale only, probabilities neither (see :data:`zarrstain.models.KINDS`).
+    """
+    from .models.architecture import KINDS
+
+    offset, scale = np.asarray(model.output_intensity, np.float32).T
+    uses = np.array([KINDS[h.kind] for h in model.outputs], bool).reshape(-1, 2)
+    offset = np.where(uses[:, 0], offset, 0).astype(np.float32)
+    scale = np.where(uses[:, 1], scale, 1).astype(np.float32)
+    return out * scale[None, :, None, None, None] + offset[None, :, None, None, None]
+
+
 def _align(arr: da.Array) -> dict[str, int]:
     return {d: int(arr.chunks[i][0]) for i, d in enumerate(DIMS) if d in ("z", "y", "x")}
 
@@ -179,6 +201,8 @@ def predict(
     block_memory: int | str | None = None,
     denormalize: bool = True,
     resources: dict[str, float] | None = None,
+    seed: int = 0,
+    scratch: str | os.PathLike | None = None,
 ) -> xr.DataArray:
     """Predict the model's output channels for (t, c, z, y, x) data, lazily.
 
@@ -227,6 +251,14 @@ def predict(
     block_memory
         Memory budget of one block's forward pass (bytes or ``"4GiB"``); default
         :func:`zarrstain.planner.default_block_memory`.
+    seed
+        Seed of stochastic models (samplers): their random numbers are a function of the
+        seed, the pass and global coordinates, never of the blocks. Ignored by deterministic
+        models.
+    scratch
+        Folder for the intermediate passes of multi-pass models: they are then computed now,
+        one pass at a time, and reused by a rerun after an interruption. Without it the passes
+        chain lazily in one graph. Single-pass models never use it.
 
     Returns
     -------
@@ -268,18 +300,19 @@ def predict(
         precision=precision,
         batch_size=batch_size,
         resources=resources,
+        seed=seed,
+        scratch=scratch,
     )
     units = "normalized"
     if denormalize and model.output_intensity:
-        offset, scale = np.asarray(model.output_intensity, np.float32).T
-        out = out * scale[None, :, None, None, None] + offset[None, :, None, None, None]
+        out = denormalize_outputs(out, model)
         units = "target"
     coords = {d: scene.coords[d] for d in ("t", "z", "y", "x") if d in scene.coords}
     result = xr.DataArray(out, dims=DIMS, coords={**coords, "c": list(model.output_labels)})
     skip = ("normalization", "zarrstain", "provenance")
     result.attrs = {k: v for k, v in scene.attrs.items() if k not in skip}
     result.attrs["zarrstain"] = _provenance(
-        scene, model, chosen, method, stats, plan, precision, units
+        scene, model, chosen, method, stats, plan, precision, units, seed
     )
     result.attrs["zarrstain"]["device"] = device
     return result
@@ -294,6 +327,7 @@ def _provenance(
     plan: TilePlan,
     precision: str,
     units: str,
+    seed: int,
 ) -> dict[str, Any]:
     norm: dict[str, Any] = {"method": method or "none"}
     if stats is not None:
@@ -311,6 +345,7 @@ def _provenance(
         plan,
         precision,
         units,
+        *((seed,) if model.spec.stochastic else ()),
     )
     source = None  # where the inputs were read (the resolved store), for data from a store
     if "store" in scene.attrs and "scene" in scene.attrs:
@@ -328,5 +363,12 @@ def _provenance(
         "tiling": plan.describe(),
         "precision": precision,
         "output_units": units,
+        "output_kinds": [h.kind for h in model.outputs],
+        **(
+            {"output_dtypes": [h.dtype for h in model.outputs]}
+            if any(h.dtype for h in model.outputs)
+            else {}
+        ),
+        **({"seed": seed} if model.spec.stochastic else {}),
         "fingerprint": fingerprint,
     }

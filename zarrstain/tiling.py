@@ -21,6 +21,7 @@ Block sizes and halos are planned in :mod:`zarrstain.planner` (re-exported here)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 
 from .errors import ParameterError
+from .io.scratch import persist_pass
+from .models.architecture import Architecture, BlockContext
 from .models.cache import (
     ModelHandle,
     forward_lock,
@@ -88,24 +91,49 @@ def _pad_width(plan: TilePlan) -> list[tuple[int, int]]:
     return [(0, 0), (0, 0)] + [(0, p - s) for s, p in zip(plan.shape, plan.padded, strict=True)]
 
 
+def _origins(
+    origin: tuple[int, int, int, int], shape: tuple[int, ...], spatial_dims: int
+) -> list[tuple[int, int, int, int]]:
+    """Per batch item, the global (t, z, y, x) of its first voxel (see ``BlockContext``)."""
+    t0, z0, y0, x0 = origin
+    t, _, z = shape[:3]
+    if spatial_dims == 3:
+        return [(t0 + i, z0, y0, x0) for i in range(t)]
+    return [(t0 + i, z0 + j, y0, x0) for i in range(t) for j in range(z)]
+
+
 def _forward(
-    x: np.ndarray, handle: ModelHandle, spatial_dims: int, device: str, precision: str, batch: int
+    x: np.ndarray,
+    handle: ModelHandle,
+    spec: Architecture,
+    spatial_dims: int,
+    device: str,
+    precision: str,
+    batch: int,
+    origin: tuple[int, int, int, int] = (0, 0, 0, 0),
+    volume: tuple[int, int, int, int] | None = None,
+    seed: int = 0,
+    step: int = 0,
 ) -> np.ndarray:
-    """Run the model on (t, c, z, y, x), as 3D volumes or as (y, x) planes, in batches."""
+    """Run one pass of the model on (t, c, z, y, x), as 3D volumes or (y, x) planes, in batches."""
     dev = resolve_device(device)
     match_worker_threads()
     module = placed_module(handle, dev)
     t, c, z, y, xx = x.shape
     items = x if spatial_dims == 3 else x.transpose(0, 2, 1, 3, 4).reshape(t * z, c, y, xx)
+    origins = _origins(origin, x.shape, spatial_dims)
+    volume = volume or (t, z, y, xx)
     amp = PRECISIONS[precision]
+    size = batch or items.shape[0]
     outs = []
     with forward_lock(dev), torch.inference_mode(), _tf32(dev, precision == "tf32"):
-        for i in range(0, items.shape[0], batch or items.shape[0]):
-            tensor = torch.from_numpy(np.ascontiguousarray(items[i : i + (batch or len(items))]))
+        for i in range(0, items.shape[0], size):
+            tensor = torch.from_numpy(np.ascontiguousarray(items[i : i + size]))
             tensor = tensor.to(dev, dtype=torch.float32)
+            context = BlockContext(tuple(origins[i : i + size]), volume, seed, step, dev)
             ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else nullcontext()
             with ctx:
-                result = module(tensor)
+                result = spec.run(module, tensor, context)
             outs.append(result.float().cpu().numpy())
     out = np.concatenate(outs)
     if spatial_dims == 2:
@@ -117,16 +145,29 @@ def _block(
     block: np.ndarray,
     *,
     handle: ModelHandle,
+    spec: Architecture,
     spatial_dims: int,
     halo: tuple[int, int, int],
+    starts: tuple[tuple[int, ...], ...],
+    volume: tuple[int, int, int, int],
     device: str,
     precision: str,
     batch: int,
+    seed: int,
+    step: int,
     block_info: dict | None = None,
 ) -> np.ndarray:
     info = block_info[None]
     loc, num = info["chunk-location"], info["num-chunks"]
-    out = _forward(block, handle, spatial_dims, device, precision, batch)
+    # the block's first voxel in the padded volume: its core's start less the overlap before it
+    lows = [h if loc[axis] > 0 else 0 for axis, h in enumerate(halo, start=2)]
+    origin = (
+        starts[0][loc[0]],
+        *(starts[i][loc[i + 1]] - lows[i - 1] for i in (1, 2, 3)),
+    )
+    out = _forward(
+        block, handle, spec, spatial_dims, device, precision, batch, origin, volume, seed, step
+    )
     block_done()
     index: list[slice] = [slice(None), slice(None)]
     for axis, h in enumerate(halo, start=2):
@@ -145,58 +186,102 @@ def run_tiled(
     precision: str = "float32",
     batch_size: int | None = None,
     resources: dict[str, float] | None = None,
+    seed: int = 0,
+    scratch: str | os.PathLike | None = None,
 ) -> da.Array:
     """The model's prediction for a normalized float32 (t, c, z, y, x) dask array, lazily.
 
-    Returns a (t, c_out, z, y, x) float32 dask array whose chunks are the plan's block cores
-    (cropped to the data's shape).
+    Multi-pass models run one ``map_overlap`` per pass, each with its own halo
+    (``plan.halos``), over the padded volume; the padding is cropped after the last.
+
+    Parameters
+    ----------
+    seed, scratch
+        The run's seed (passed to the architecture in each block's context), and a folder
+        (a zarr store) where the intermediate passes of a multi-pass model are computed and
+        kept: then this call computes them (bounded memory: one pass at a time), and a call
+        after an interruption reuses every pass that was complete. Without a scratch store the
+        passes chain lazily in one graph.
+
+    Returns
+    -------
+    dask.array.Array
+        (t, c_out, z, y, x) float32 whose chunks are the plan's block cores (cropped to the
+        data's shape).
     """
     if precision not in PRECISIONS:
         raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     padded = da.pad(data, _pad_width(plan), mode="reflect") if plan.padded != plan.shape else data
     tc, zc, yc, xc = plan.chunks
-    padded = padded.rechunk((tc, -1, zc, yc, xc))
-    # dask.distributed runs tasks annotated with resources only on workers that have them
-    annotate = dask.annotate(resources=resources) if resources else nullcontext()
-    with annotate:
-        out = _map_model(padded, model, plan, device, precision, batch_size)
+    out = padded.rechunk((tc, -1, zc, yc, xc))
+    last = len(plan.halos) - 1
+    n_in, n_out = int(data.shape[1]), len(model.output_labels)
+    for step, halo in enumerate(plan.halos):
+        channels = n_out if step == last else model.spec.pass_channels(
+            model.kwargs, step, n_in, n_out
+        )  # fmt: skip
+        # dask.distributed runs tasks annotated with resources only on workers that have them
+        annotate = dask.annotate(resources=resources) if resources else nullcontext()
+        with annotate:
+            out = _map_pass(out, model, plan, halo, step, channels, device, precision,
+                            batch_size, seed)  # fmt: skip
+        if step < last and scratch is not None:
+            out = persist_pass(out, scratch, step)
     z, y, x = plan.shape
     return out[:, :, :z, :y, :x]
 
 
-def _map_model(
-    padded: da.Array,
+def _map_pass(
+    arr: da.Array,
     model: Model,
     plan: TilePlan,
+    halo: tuple[int, int, int],
+    step: int,
+    channels: int,
     device: str,
     precision: str,
     batch_size: int | None,
+    seed: int,
 ) -> da.Array:
     tc, zc, yc, xc = plan.chunks
-    n_out = len(model.output_labels)
-    depth = {0: 0, 1: 0, 2: plan.halo[0], 3: plan.halo[1], 4: plan.halo[2]}
+    depth = {0: 0, 1: 0, 2: halo[0], 3: halo[1], 4: halo[2]}
+    starts = tuple(tuple(int(v) for v in np.cumsum((0, *c[:-1]))) for c in plan.chunks)
+    key = (model.content_hash, plan, device, precision)
+    if step or len(plan.halos) > 1:
+        key += (step,)
+    if model.spec.stochastic:
+        key += (seed,)
     return da.map_overlap(
         _block,
-        padded,
+        arr,
         depth=depth,
         boundary="none",
         trim=False,
-        chunks=(tc, (n_out,), zc, yc, xc),
+        chunks=(tc, (channels,), zc, yc, xc),
         dtype=np.float32,
         meta=np.empty((0, 0, 0, 0, 0), np.float32),
-        name=PREDICT_PREFIX
-        + dask.base.tokenize(padded, model.content_hash, plan, device, precision),
+        name=PREDICT_PREFIX + dask.base.tokenize(arr, *key),
         handle=ModelHandle(model),
+        spec=model.spec,
         spatial_dims=model.spatial_dims,
-        halo=plan.halo,
+        halo=halo,
+        starts=starts,
+        volume=(sum(tc), *plan.padded),
         device=device,
         precision=precision,
         batch=batch_size or 0,
+        seed=seed,
+        step=step,
     )
 
 
 def predict_whole(
-    data: np.ndarray, model: Model, *, device: str = "cpu", precision: str = "float32"
+    data: np.ndarray,
+    model: Model,
+    *,
+    device: str = "cpu",
+    precision: str = "float32",
+    seed: int = 0,
 ) -> np.ndarray:
     """One forward pass over a whole normalized (t, c, z, y, x) volume: the reference of exact mode.
 
@@ -204,7 +289,10 @@ def predict_whole(
     (2D) in one piece, and crops back.
     """
     plan = plan_tiles((data.shape[0], *data.shape[2:]), model, halo=0)
-    padded = np.pad(np.asarray(data, np.float32), _pad_width(plan), mode="reflect")
-    out = _forward(padded, ModelHandle(model), model.spatial_dims, device, precision, 1)
+    out = np.pad(np.asarray(data, np.float32), _pad_width(plan), mode="reflect")
+    handle, volume = ModelHandle(model), (out.shape[0], *out.shape[2:])
+    for step in range(len(plan.halos)):
+        out = _forward(out, handle, model.spec, model.spatial_dims, device, precision, 1,
+                       volume=volume, seed=seed, step=step)  # fmt: skip
     z, y, x = plan.shape
     return out[:, :, :z, :y, :x]

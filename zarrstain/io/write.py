@@ -15,7 +15,7 @@ import xarray as xr
 import zarr
 import zarr.storage
 
-from .. import __version__
+from .._version import __version__
 from ..errors import (
     ChannelError,
     NotOmeZarrError,
@@ -24,9 +24,9 @@ from ..errors import (
     UnsupportedError,
     option,
 )
-from ..units import as_dtype, float_into_integer_advice
 from .channels import INCOMPLETE_SUFFIX, begin_append
 from .create import begin_create, write_collection_metadata
+from .dtypes import array_dtype, cast, channel_dtypes
 from .layout import Layout, find_layout, select_scenes
 from .lock import group_lock, lock_path
 from .metadata import DIMS, ome_attrs, parse_image
@@ -206,48 +206,27 @@ def _plan(
         )
     if any(x.endswith(INCOMPLETE_SUFFIX) for x in labels):
         raise ChannelError(f"channel labels may not end in {INCOMPLETE_SUFFIX!r}: {labels}")
-    target = as_dtype(dtype) if dtype is not None else None
-    if target is None:
-        target = np.dtype(np.float32) if np.issubdtype(pred.dtype, np.floating) else pred.dtype
-    if in_place:
-        store_dtype = np.dtype(meta.levels[0].dtype)
-        if dtype is not None and target != store_dtype:
-            raise UnsupportedError(
-                f"{swhere} stores {store_dtype}; channels added in place take that dtype, not "
-                f"{target}; pass {option(f'dtype={str(store_dtype)!r}', f'--dtype {store_dtype}')} "
-                f"or write to a new store with {option('out=...', '--out')}"
-            )
-        if dtype is None and not np.can_cast(target, store_dtype, "same_kind"):
-            raise UnsupportedError(
-                f"{swhere} stores {store_dtype} and cannot hold {target} predictions without "
-                "rounding them; "
-                + float_into_integer_advice(
-                    (pred.attrs.get("zarrstain") or {}).get("output_units"), store_dtype
-                )
-            )
-        target = store_dtype
+    per_channel = channel_dtypes(dtype, labels, pred)
+    single = None if isinstance(dtype, Mapping | list | tuple) else dtype
+    target = array_dtype(single, per_channel, pred, in_place, meta, swhere)
     data = pred.data
     if not isinstance(data, dask.array.Array):
         data = dask.array.from_array(np.asarray(data), chunks=-1)
-    data = _cast(data, target)
+    if any(d is not None for d in per_channel):  # each channel cast by its own dtype's rules
+        parts = [cast(data[:, i : i + 1], d) if d is not None else data[:, i : i + 1]
+                 for i, d in enumerate(per_channel)]  # fmt: skip
+        data = dask.array.concatenate([cast(p, target) for p in parts], axis=1)
+    data = cast(data, target)
     fingerprint = _fingerprint(pred)
     user = pred.attrs.get("zarrstain")
     record = {**(dict(user) if isinstance(user, dict) else {}), "zarrstain_version": __version__}
     if fingerprint:
         record["fingerprint"] = fingerprint
     record["dtype"] = str(target)
+    if any(d is not None for d in per_channel):
+        pairs = zip(labels, per_channel, strict=True)
+        record["channel_dtypes"] = {lab: str(target if d is None else d) for lab, d in pairs}
     return WritePlan(sid, gpath, meta, pred.copy(data=data), labels, fingerprint, record, time)
-
-
-def _cast(data: dask.array.Array, target: np.dtype) -> dask.array.Array:
-    """``data`` as ``target``; floats into integers are rounded and clipped to its range.
-
-    (A bare ``astype`` wraps out-of-range values around: a bright spot would turn black.)
-    """
-    if np.issubdtype(target, np.integer) and np.issubdtype(data.dtype, np.floating):
-        info = np.iinfo(target)
-        data = dask.array.clip(dask.array.round(data), info.min, info.max)
-    return data.astype(target)
 
 
 def _fingerprint(pred: xr.DataArray) -> str | None:
@@ -397,7 +376,7 @@ def _write_new_store(
                 if existing_state(existing, plan, overwrite, swhere):
                     result[plan.scene] = "unchanged"
                     continue
-                data = _cast(plan.data.data, np.dtype(meta.levels[0].dtype))
+                data = cast(plan.data.data, np.dtype(meta.levels[0].dtype))
                 job = begin_append(
                     existing, meta, data, plan.labels, plan.record, swhere, plan.time
                 )

@@ -9,21 +9,29 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from .architecture import KINDS, Architecture, BlockContext, Geometry, Head
 from .card import is_package, load_package, save_model
 from .fnet_compat import is_fnet_checkpoint, load_fnet_checkpoint
 from .model import Model, state_dict_hash
-from .registry import ARCHITECTURES, build, geometry
+from .registry import ARCHITECTURES, build, get_architecture, register
 from .unet import FnetUNet, fnet_receptive_radius
 
 __all__ = [
     "ARCHITECTURES",
+    "KINDS",
+    "Architecture",
+    "BlockContext",
     "FnetUNet",
+    "Geometry",
+    "Head",
     "Model",
     "build",
     "create_model",
     "fnet_receptive_radius",
+    "get_architecture",
     "load_fnet_checkpoint",
     "load_model",
+    "register",
     "save_model",
 ]
 
@@ -54,29 +62,30 @@ def create_model(
     output_intensity
         ``(offset, scale)`` per output mapping predictions to the target's units.
     **kwargs
-        The architecture's arguments (fnet: ``ndim``, ``depth``, ``mult_chan``); in/out
-        channel counts default to the number of labels.
+        The architecture's arguments (fnet: ``ndim``, ``depth``, ``mult_chan``); the
+        architecture fills in channel counts from the labels
+        (:meth:`~zarrstain.models.Architecture.channels`).
     """
-    if "in_channels" not in kwargs and architecture == "fnet":
-        kwargs["in_channels"] = len(input_labels)
-    if "out_channels" not in kwargs and architecture == "fnet":
-        kwargs["out_channels"] = len(output_labels)
-    module = build(architecture, **kwargs).eval()
-    dims, divisor, radius = geometry(architecture, kwargs)
-    return Model(
+    spec = get_architecture(architecture)
+    kwargs = spec.channels(kwargs, len(input_labels), len(output_labels))
+    module = spec.build(**kwargs).eval()
+    geo = spec.geometry(kwargs)
+    model = Model(
         name=name or architecture,
         module=module,
-        spatial_dims=dims,
+        spatial_dims=geo.spatial_dims,
         input_labels=tuple(input_labels),
         output_labels=tuple(output_labels),
-        divisor=divisor,
-        receptive_radius=radius,
+        divisor=geo.divisor,
+        receptive_radius=geo.receptive_radius,
         normalization=normalization,
         architecture=architecture,
         kwargs=dict(kwargs),
         content_hash=state_dict_hash(module, architecture, kwargs),
         output_intensity=tuple((float(o), float(s)) for o, s in output_intensity),
     )
+    model.outputs  # noqa: B018 - labels must match the heads; fail at creation, not at predict
+    return model
 
 
 def load_model(path: str | os.PathLike, *, output_label: str | None = None) -> Model:

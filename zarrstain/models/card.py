@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ModelError
 from .model import Model, state_dict_hash
-from .registry import build, geometry
+from .registry import get_architecture
 
 __all__ = ["CARD", "WEIGHTS", "is_package", "load_package", "save_model"]
 
@@ -154,8 +154,9 @@ def load_package(path: str | os.PathLike) -> Model:
         )
     arch, kwargs = _field(card, "architecture", card_file), dict(_field(card, "kwargs", card_file))
     try:
-        module = build(arch, **kwargs)
-        dims, divisor, radius = geometry(arch, kwargs)
+        spec = get_architecture(arch)
+        module = spec.build(**kwargs)
+        geo = spec.geometry(kwargs)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{card_file}: cannot build {arch!r} with {kwargs}: {exc}") from None
     weights = folder / str(card.get("weights", WEIGHTS))
@@ -177,11 +178,11 @@ def load_package(path: str | os.PathLike) -> Model:
     return Model(
         name=str(card.get("name") or folder.name),
         module=module,
-        spatial_dims=dims,
+        spatial_dims=geo.spatial_dims,
         input_labels=tuple(_field(card, "input_labels", card_file)),
         output_labels=tuple(_field(card, "output_labels", card_file)),
-        divisor=divisor,
-        receptive_radius=radius,
+        divisor=geo.divisor,
+        receptive_radius=geo.receptive_radius,
         normalization=str(card.get("normalization", "none")),
         output_intensity=tuple((float(o), float(s)) for o, s in card.get("output_intensity") or []),
         architecture=arch,

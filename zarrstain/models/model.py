@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .architecture import Architecture, Geometry, Head
 
 __all__ = ["Model", "state_dict_hash"]
 
@@ -78,6 +81,34 @@ class Model:
     def in_channels(self) -> int:
         """Number of input channels the module reads."""
         return int(self.kwargs.get("in_channels", len(self.input_labels) or 1))
+
+    @property
+    def spec(self) -> Architecture:
+        """The registered architecture (:mod:`zarrstain.models.architecture`) of the module."""
+        from .registry import get_architecture
+
+        return get_architecture(self.architecture)
+
+    @property
+    def geometry(self) -> Geometry:
+        """The architecture's geometry for this model's arguments (passes, locality)."""
+        return self.spec.geometry(self.kwargs)
+
+    @property
+    def outputs(self) -> tuple[Head, ...]:
+        """Per output channel, the head that predicts it (its kind and default dtype).
+
+        Channels are target-major: for heads (value, std) and two targets the channels are
+        value₁, std₁, value₂, std₂.
+        """
+        heads = self.spec.heads(self.kwargs)
+        n = len(self.output_labels)
+        if n % len(heads):
+            raise ValueError(
+                f"model {self.name} has {n} output labels, not a multiple of its "
+                f"{len(heads)} heads per target ({', '.join(h.kind for h in heads)})"
+            )
+        return heads * (n // len(heads))
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,61 +1,85 @@
-"""Architectures by name, so model packages can name theirs in a human-readable card.
+"""Architectures by name, so model cards can name theirs and users can add their own.
 
-Each entry knows how to build the module from the card's keyword arguments and what the tiling
-engine needs to know about it: spatial dims, divisor and receptive radius per axis.
+``register`` adds an :class:`~zarrstain.models.architecture.Architecture`; the engine finds it by
+the name a model card stores. On a dask.distributed cluster, workers that load a card must
+register the same architecture: put the ``register`` call in an importable module (imported by
+the worker, e.g. with a ``--preload`` of that module) rather than in a notebook cell.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from .unet import FnetUNet, fnet_receptive_radius
+from .architecture import Architecture, Geometry
+from .fnet import FnetArchitecture
 
-__all__ = ["ARCHITECTURES", "Architecture", "build", "geometry"]
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """A registered architecture.
-
-    Attributes
-    ----------
-    factory
-        Builds the module from keyword arguments.
-    geometry
-        ``kwargs → (spatial_dims, divisor, receptive_radius per spatial axis)``.
-    """
-
-    factory: Callable[..., nn.Module]
-    geometry: Callable[[dict[str, Any]], tuple[int, int, tuple[int, ...]]]
-
-
-def _fnet_geometry(kwargs: dict[str, Any]) -> tuple[int, int, tuple[int, ...]]:
-    ndim, depth = int(kwargs.get("ndim", 3)), int(kwargs.get("depth", 4))
-    return ndim, 2**depth, (fnet_receptive_radius(depth),) * ndim
-
+__all__ = ["ALIASES", "ARCHITECTURES", "build", "geometry", "get_architecture", "register"]
 
 #: name → architecture
-ARCHITECTURES: dict[str, Architecture] = {"fnet": Architecture(FnetUNet, _fnet_geometry)}
+ARCHITECTURES: dict[str, Architecture] = {}
+#: training names → (architecture, fixed kwargs): ``fnet3d`` and ``fnet2d`` are fnet with ndim
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "fnet3d": ("fnet", {"ndim": 3}),
+    "fnet2d": ("fnet", {"ndim": 2}),
+}
 
 
-def _get(architecture: str) -> Architecture:
+def register(architecture: Architecture, *, replace: bool = False) -> Architecture:
+    """Make an architecture available to ``create_model``, model cards and ``train``.
+
+    Parameters
+    ----------
+    architecture
+        An instance of an :class:`~zarrstain.models.architecture.Architecture` subclass with a
+        ``name``.
+    replace
+        Allow replacing an architecture registered under the same name.
+
+    Returns
+    -------
+    Architecture
+        ``architecture``, so ``register`` can be used as ``ARCH = register(MyArch())``.
+    """
+    if not isinstance(architecture, Architecture):
+        raise TypeError(
+            f"register takes an Architecture instance, not {architecture!r}; subclass "
+            "zarrstain.models.Architecture"
+        )
+    name = architecture.name
+    if not name or not isinstance(name, str):
+        raise ValueError(f"{architecture!r} has no name; set the class attribute `name`")
+    if name in ALIASES:
+        raise ValueError(f"{name!r} is a training alias of {ALIASES[name][0]!r}; choose another")
+    if name in ARCHITECTURES and not replace and ARCHITECTURES[name] is not architecture:
+        raise ValueError(
+            f"an architecture named {name!r} is registered already ({ARCHITECTURES[name]!r}); "
+            "choose another name or pass replace=True"
+        )
+    ARCHITECTURES[name] = architecture
+    return architecture
+
+
+def get_architecture(name: str) -> Architecture:
+    """The registered architecture called ``name``."""
     try:
-        return ARCHITECTURES[architecture]
+        return ARCHITECTURES[name]
     except KeyError:
         raise ValueError(
-            f"unknown architecture {architecture!r}; registered: {', '.join(ARCHITECTURES)}"
+            f"unknown architecture {name!r}; registered: {', '.join(ARCHITECTURES)} "
+            "(add one with zarrstain.models.register)"
         ) from None
 
 
 def build(architecture: str, **kwargs: Any) -> nn.Module:
     """Construct a registered architecture with its keyword arguments."""
-    return _get(architecture).factory(**kwargs)
+    return get_architecture(architecture).build(**kwargs)
 
 
-def geometry(architecture: str, kwargs: dict[str, Any]) -> tuple[int, int, tuple[int, ...]]:
-    """Spatial dims, divisor and receptive radius of an architecture with these arguments."""
-    return _get(architecture).geometry(kwargs)
+def geometry(architecture: str, kwargs: dict[str, Any]) -> Geometry:
+    """The geometry of an architecture with these arguments."""
+    return get_architecture(architecture).geometry(kwargs)
+
+
+register(FnetArchitecture())

@@ -1,10 +1,13 @@
-"""``zarrstain.train``: fit an fnet U-Net on paired channels of OME-Zarr stores.
+"""``zarrstain.train``: fit a registered architecture on paired channels of OME-Zarr stores.
 
-pytorch_fnet's recipe (Adam, lr 1e-3, MSE on normalized patches, random xy flips) with defaults
-sized for a CPU: ``TrainConfig()`` gives a useful model in minutes, ``TrainConfig.paper()`` the
-published settings. Checkpoints are zarrstain model packages (``predict`` loads them) with a
-``training_state.pt`` beside the weights (optimizer, step, sampler state, history), so
-``resume=True`` continues a run exactly where its last checkpoint left it.
+The architecture (fnet by default) supplies the module, its heads and its loss
+(:class:`zarrstain.models.Architecture`); the loop, sampler and checkpoints are shared. For
+fnet this is pytorch_fnet's recipe (Adam, lr 1e-3, MSE on normalized patches, random xy flips)
+with defaults sized for a CPU: ``TrainConfig()`` gives a useful model in minutes,
+``TrainConfig.paper()`` the published settings. Checkpoints are zarrstain model packages
+(``predict`` loads them) with a ``training_state.pt`` beside the weights (optimizer, step,
+sampler state, history), so ``resume=True`` continues a run exactly
+where its last checkpoint left it.
 """
 
 from __future__ import annotations
@@ -30,13 +33,21 @@ from ..io.read import open_scenes
 from ..io.store import store_location
 from ..metrics import pearson
 from ..models import Model, create_model, load_model, save_model
+from ..models.architecture import Architecture, BlockContext, Geometry
 from ..models.cache import resolve_device
 from ..models.card import is_package
 from ..models.model import state_dict_hash
+from ..models.registry import ALIASES, ARCHITECTURES
 from ..normalize import METHODS
 from .sampler import PatchSampler, split_regions
 
-__all__ = ["TrainConfig", "TrainResult", "build_config", "train"]
+__all__ = ["TrainConfig", "TrainResult", "build_config", "train", "training_models"]
+
+
+def training_models() -> list[str]:
+    """Names ``TrainConfig.model`` accepts: the fnet aliases and every registered architecture."""
+    return [*ALIASES, *(name for name in ARCHITECTURES if name != "fnet")]
+
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +60,8 @@ class TrainConfig:
 
     inputs: list[str]
     targets: list[str]
-    model: str = "fnet3d"  # or "fnet2d"
+    model: str = "fnet3d"  # "fnet2d", or any registered architecture's name
+    model_kwargs: dict[str, Any] | None = None  # the architecture's own arguments
     depth: int = 4
     mult_chan: int = 8  # pytorch_fnet: 32 (``paper()``)
     projection: int = 0  # > 0: learned per-pixel projection of the inputs (In silico labeling)
@@ -83,15 +95,27 @@ class TrainConfig:
             }
         )
 
+    def architecture(self) -> tuple[Architecture, dict[str, Any]]:
+        """The registered architecture ``model`` names, and the module arguments it implies."""
+        name, fixed = ALIASES.get(self.model, (self.model, {}))
+        if name not in ARCHITECTURES:
+            raise ParameterError(
+                f"model {self.model!r} is not a registered architecture; choose one of "
+                f"{', '.join(training_models())} ({option('model=', '--model')})"
+            )
+        spec = ARCHITECTURES[name]
+        return spec, {**spec.train_kwargs(self), **fixed}
+
+    @property
+    def geometry(self) -> Geometry:
+        """The geometry of the model this config trains."""
+        spec, kwargs = self.architecture()
+        return spec.geometry(kwargs)
+
     @property
     def ndim(self) -> int:
         """Spatial dims of the model."""
-        if self.model not in ("fnet3d", "fnet2d"):
-            raise ParameterError(
-                f"model must be 'fnet3d' or 'fnet2d', not {self.model!r} "
-                f"({option('model=', '--model')})"
-            )
-        return 3 if self.model == "fnet3d" else 2
+        return self.geometry.spatial_dims
 
     def check(self) -> None:
         """Refuse settings the model or optimiser cannot use, before any data is read.
@@ -130,7 +154,7 @@ class TrainConfig:
 
     def _check_patch(self, ndim: int) -> None:
         axes = "z×y×x" if ndim == 3 else "y×x"
-        div = 2**self.depth
+        div = self.geometry.divisor
         example = "32x64x64" if ndim == 3 else "256x256"
         if len(self.patch) != ndim:
             raise ParameterError(
@@ -142,8 +166,8 @@ class TrainConfig:
             fixed = "x".join(str(max(div, -(-int(p) // div) * div)) for p in self.patch)
             raise ParameterError(
                 f"{_flag('patch')} {'x'.join(map(str, self.patch))}: every size must be a "
-                f"multiple of {div} (the depth-{self.depth} U-Net halves each axis "
-                f"{self.depth} times); use {fixed}"
+                f"multiple of {div} (the {self.model} model's divisor: it halves each axis "
+                f"{div.bit_length() - 1} times); use {fixed}"
             )
 
 
@@ -200,7 +224,7 @@ def _patch(config: TrainConfig, scenes: dict) -> tuple[int, ...]:
     if config.patch:
         return tuple(config.patch)
     default = (32, 64, 64) if config.ndim == 3 else (256, 256)
-    div = 2**config.depth
+    div = config.geometry.divisor
     smallest = {a: min(im.sizes[a] for im in scenes.values()) for a in ("z", "y", "x")}
     axes = ("z", "y", "x")[-config.ndim :]
     # as pytorch_fnet's default when it fits, else the largest multiple of the divisor that does
@@ -278,17 +302,16 @@ def train(
         val = sampler_for(val_regions, seed=config.seed + 1, flips=False).sample(config.val_patches)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # the initial weights
+    spec, kwargs = config.architecture()
+    heads = spec.heads(kwargs)
     model = create_model(
-        "fnet",
+        spec.name,
         input_labels=config.inputs,
-        output_labels=[f"{t} (predicted)" for t in config.targets],
+        output_labels=[h.label(t) for t in config.targets for h in heads],
         normalization=config.normalization,
         name=out.name,
-        output_intensity=sampler.target_intensity(),
-        ndim=config.ndim,
-        depth=config.depth,
-        mult_chan=config.mult_chan,
-        **({"projection": config.projection} if config.projection else {}),
+        output_intensity=[i for i in sampler.target_intensity() for _ in heads],
+        **kwargs,
     )
     module = model.module.to(device)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, betas=config.betas)
@@ -296,19 +319,20 @@ def train(
     if resume:
         start, history = _restore(out, model, optimizer, sampler)
     record = _provenance(stores, config, patch, scenes, train_regions, val_regions)
-    loss_fn = torch.nn.MSELoss()
+    record["loss"] = spec.loss_name
+    loss_fn = spec.loss
     t0 = time.perf_counter()
     for step in range(start + 1, config.steps + 1):
         module.train()
         x, y = sampler.sample(config.batch_size)
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(module(x), y)
+        loss = loss_fn(_forward(spec, module, x), y)
         loss.backward()
         optimizer.step()
         entry = {"step": step, "loss": float(loss.detach())}
         if val is not None and (step % config.validate_every == 0 or step == config.steps):
-            entry["val_pcc"] = _validate(module, val, device)
+            entry["val_pcc"] = _validate(module, val, device, model)
             logger.info(
                 "step %d: loss %.4f, validation Pearson r %.3f",
                 step,
@@ -350,12 +374,23 @@ def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         )
 
 
-def _validate(module: torch.nn.Module, val: tuple[np.ndarray, np.ndarray], device) -> float:
+def _forward(spec: Architecture, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The architecture's forward on a batch of patches (their positions are not tracked)."""
+    volume = (len(x), *((1,) * (5 - x.dim())), *x.shape[2:])
+    context = BlockContext(((0, 0, 0, 0),) * len(x), volume, 0, 0, x.device)
+    return spec.run(module, x, context)
+
+
+def _validate(
+    module: torch.nn.Module, val: tuple[np.ndarray, np.ndarray], device, model: Model
+) -> float:
     module.eval()
     with torch.inference_mode():
-        pred = module(torch.from_numpy(val[0]).to(device)).float().cpu().numpy()
+        x = torch.from_numpy(val[0]).to(device)
+        pred = _forward(model.spec, module, x).float().cpu().numpy()
+    values = [i for i, h in enumerate(model.outputs) if h.kind == "value"]  # one per target
     # the mean over target channels of each channel's Pearson r (not one r over all of them)
-    return float(np.mean([pearson(val[1][:, c], pred[:, c]) for c in range(pred.shape[1])]))
+    return float(np.mean([pearson(val[1][:, c], pred[:, i]) for c, i in enumerate(values)]))
 
 
 def _provenance(stores, config, patch, scenes, train_regions, val_regions) -> dict[str, Any]:

@@ -1,0 +1,193 @@
+"""The architecture protocol: what a model family tells the engine, and how the engine runs it.
+
+One engine tiles, normalizes, denormalizes and writes every model family. A family plugs in by
+subclassing :class:`Architecture` and calling :func:`zarrstain.models.register`; nothing in
+``predict``, the tiling layer or the writer knows a family by name. The engine asks an
+architecture for
+
+- its **module** (:meth:`Architecture.build`) from the keyword arguments stored in a model card;
+- its **geometry** (:meth:`Architecture.geometry`): spatial dims, the divisor every input size
+  must be a multiple of, the receptive radius per pass and axis, and whether every layer is
+  *local* (convolutions, per-pixel norms, eval-mode batch statistics): only then does tiling
+  reproduce the whole-volume result, and non-local models run one whole field per block;
+- its **heads** (:meth:`Architecture.heads`): per predicted target, the channels it writes and
+  their kind (value, std, lower, upper, width, probability), which decide how each channel is
+  mapped back to the target's units and its default dtype;
+- the **memory** of a forward pass per input voxel (:meth:`Architecture.bytes_per_voxel`), which
+  sizes blocks;
+- how to **run** one block of one pass (:meth:`Architecture.run`), given a
+  :class:`BlockContext` with the block's global position, the seed and the pass: so
+  position-dependent or seeded models (diffusion samplers) get numbers that depend on global
+  coordinates, never on the chunking;
+- its **training loss** (:meth:`Architecture.loss`) and the keyword arguments a
+  :class:`~zarrstain.training.TrainConfig` implies (:meth:`Architecture.train_kwargs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported by the modules that run models, not by the protocol
+    import torch
+    from torch import nn
+
+__all__ = ["KINDS", "Architecture", "BlockContext", "Geometry", "Head"]
+
+#: output kinds → (adds the target's offset, multiplies by the target's scale)
+KINDS: dict[str, tuple[bool, bool]] = {
+    "value": (True, True),  # an intensity: the target's units
+    "lower": (True, True),  # interval bounds and quantiles are intensities too
+    "upper": (True, True),
+    "quantile": (True, True),
+    "std": (False, True),  # a spread: scales with the target, has no offset
+    "width": (False, True),
+    "probability": (False, False),  # unit-free
+}
+
+
+@dataclass(frozen=True)
+class Head:
+    """One channel an architecture predicts per target.
+
+    Attributes
+    ----------
+    kind
+        One of :data:`KINDS`: decides the denormalization (values get the target's offset and
+        scale, spreads its scale only, probabilities neither).
+    suffix
+        Appended inside the default label: ``"DNA (predicted std)"`` for suffix ``" std"``.
+    dtype
+        Default dtype written for this channel, or None for the run's dtype (spreads and
+        probabilities are usually kept float32 even when values are written as integers).
+    """
+
+    kind: str = "value"
+    suffix: str = ""
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"head kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+    def label(self, target: str) -> str:
+        """The default label of this head's channel for ``target``."""
+        return f"{target} (predicted{self.suffix})"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What tiling needs to know about a module.
+
+    Attributes
+    ----------
+    spatial_dims
+        2 (runs plane by plane on (y, x)) or 3 (on (z, y, x)).
+    divisor
+        Every spatial input size must be a multiple of this (``2**depth`` for U-Nets).
+    radii
+        Per pass, per spatial axis: the largest input offset that can influence an output
+        voxel of that pass. One entry for single-pass models.
+    local
+        Every layer is local, so tiled prediction with the exact halo equals one whole-volume
+        forward. False (global attention, per-image statistics, GroupNorm over the input): one
+        whole field per block, and any tiling is approximate.
+    """
+
+    spatial_dims: int
+    divisor: int
+    radii: tuple[tuple[int, ...], ...]
+    local: bool = True
+
+    @property
+    def receptive_radius(self) -> tuple[int, ...]:
+        """Of the whole model: the passes' radii add up."""
+        return tuple(sum(axis) for axis in zip(*self.radii, strict=True))
+
+    @property
+    def passes(self) -> int:
+        """Number of passes (one ``map_overlap`` each)."""
+        return len(self.radii)
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    """Where a block lies and what run it belongs to, for :meth:`Architecture.run`.
+
+    Attributes
+    ----------
+    origins
+        Per item of the batch, the global (t, z, y, x) index of the item's first voxel inside the
+        padded volume (the block's halo included). 3D models get one item per time point, 2D
+        models one per (t, z) plane.
+    volume
+        (t, z, y, x) of the padded volume.
+    seed
+        The run's seed (``predict(seed=...)``).
+    step
+        The pass being run (0 for single-pass models).
+    device
+        Where the batch lives.
+    """
+
+    origins: tuple[tuple[int, int, int, int], ...]
+    volume: tuple[int, int, int, int]
+    seed: int = 0
+    step: int = 0
+    device: Any = "cpu"
+
+
+class Architecture:
+    """Base class of a model family; subclass it and :func:`~zarrstain.models.register` it.
+
+    Subclasses must set :attr:`name` and implement :meth:`build` and :meth:`geometry`; the other
+    methods have defaults for a single-pass, single-value, MSE-trained convolutional network.
+    """
+
+    #: registry name, stored in model cards
+    name: str = ""
+    #: predictions depend on the seed (then it enters the provenance fingerprint)
+    stochastic: bool = False
+    #: names :meth:`loss` in training provenance
+    loss_name: str = "MSE"
+
+    def build(self, **kwargs: Any) -> nn.Module:
+        """The module, constructed from a model card's keyword arguments."""
+        raise NotImplementedError
+
+    def geometry(self, kwargs: dict[str, Any]) -> Geometry:
+        """Spatial dims, divisor, receptive radii and locality for these arguments."""
+        raise NotImplementedError
+
+    def heads(self, kwargs: dict[str, Any]) -> tuple[Head, ...]:
+        """The channels predicted per target, in order (default: one value)."""
+        return (Head(),)
+
+    def channels(self, kwargs: dict[str, Any], n_inputs: int, n_outputs: int) -> dict[str, Any]:
+        """``kwargs`` completed with channel counts implied by the labels (default: as given)."""
+        return dict(kwargs)
+
+    def bytes_per_voxel(self, kwargs: dict[str, Any]) -> int:
+        """Rough peak bytes of a forward pass per input voxel (sizes blocks; default 1 KiB)."""
+        return 1024
+
+    def pass_channels(self, kwargs: dict[str, Any], step: int, n_in: int, n_out: int) -> int:
+        """Channels pass ``step`` produces (default: the outputs; override for intermediates)."""
+        return n_out
+
+    def run(self, module: nn.Module, x: torch.Tensor, context: BlockContext) -> torch.Tensor:
+        """One pass over a batch (N, C, *spatial) of one block (default: ``module(x)``)."""
+        return module(x)
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch (default: mean squared error, pytorch_fnet's)."""
+        from torch.nn import functional
+
+        return functional.mse_loss(prediction, target)
+
+    def train_kwargs(self, config: Any) -> dict[str, Any]:
+        """Module arguments for a training config (default: ``config.model_kwargs``)."""
+        return dict(getattr(config, "model_kwargs", None) or {})
+
+    def __repr__(self) -> str:
+        return f"<architecture {self.name!r} ({type(self).__module__}.{type(self).__name__})>"
