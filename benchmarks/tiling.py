@@ -15,10 +15,17 @@ Compares, on one volume that fits in memory and in one run:
 Errors are max and mean |tiled − whole| in units of the whole prediction's standard deviation.
 Writes ``<out>/tiling.json`` and ``<out>/tiling.md`` and prints the table.
 
+``--defaults`` measures only what a user gets without choosing anything: the whole-volume
+forward, ``halo="exact"`` and ``halo="auto"`` with the planner's default blocks, each in a fresh
+process (so no run profits from another's warm caches or allocator), on pytorch_fnet's default
+net size (depth 4, ``mult_chan`` 32, random weights and BatchNorm statistics); goals: exact
+≤ 1.5×, auto ≤ 1.2× the whole forward on 16×1024×1024. Writes ``<out>/tiling_defaults.*``.
+
 Usage::
 
     pip install -c constraints.txt -e ".[benchmark]"
     python benchmarks/tiling.py [--size 32 512 512] [--out benchmarks/results]
+    python benchmarks/tiling.py --defaults [--size 16 1024 1024]
 """
 
 from __future__ import annotations
@@ -109,12 +116,82 @@ def triangular(x: np.ndarray, model: zarrstain.Model, tile=(32, 128, 128), overl
     return (out / weight).astype(np.float32)[None]
 
 
+def _default_run(mode: str, size: tuple[int, int, int], out: Path) -> None:
+    """One measurement of ``--defaults``, in this (fresh) process: prints a JSON line."""
+    model = random_model(ndim=3, depth=4, mult_chan=32, seed=0)
+    x = volume(size)
+    if mode == "whole":
+        pred, sec = timed(lambda: predict_whole(x, model))
+        tiling = {"blocks": 1, "compute_ratio": 1.0, "block_tzyx": [1, *size]}
+    else:
+        lazy = zarrstain.predict(x, model, halo=mode, normalize=None)
+        pred, sec = timed(lambda: lazy.values)
+        tiling = lazy.attrs["zarrstain"]["tiling"]
+    np.save(out / f"{mode}.npy", pred)
+    print(json.dumps({"mode": mode, "seconds": sec, "tiling": tiling}))
+
+
+def main_defaults(args: argparse.Namespace) -> None:
+    """exact / auto with default blocks against the whole forward, each in a fresh process."""
+    import subprocess
+    import sys
+
+    size = tuple(args.size)
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        runs = {}
+        for mode in ("whole", "exact", "auto"):
+            cmd = [sys.executable, __file__, "--run", mode, "--size", *map(str, size),
+                   "--out", str(tmp)]  # fmt: skip
+            done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{mode:6s} {runs[mode]['seconds']:7.1f} s", flush=True)
+        ref = np.load(tmp / "whole.npy")
+        std = float(ref.std())
+        rows = []
+        for mode, run in runs.items():
+            err = np.abs(np.load(tmp / f"{mode}.npy") - ref)
+            tiling = run["tiling"]
+            rows.append(
+                {
+                    "method": "whole-volume forward" if mode == "whole" else f"halo={mode}",
+                    "seconds": round(run["seconds"], 1),
+                    "ratio": round(run["seconds"] / runs["whole"]["seconds"], 3),
+                    "planned compute ratio": tiling["compute_ratio"],
+                    "blocks": tiling["blocks"],
+                    "block tzyx": "×".join(map(str, tiling["block_tzyx"])),
+                    "max_err_std": float(err.max()) / std,
+                }
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    report = {"volume_zyx": list(size), "model": "fnet depth 4, mult_chan 32 (random)",
+              "machine": machine, "rows": rows}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tiling_defaults.json").write_text(json.dumps(report, indent=2))
+    table = markdown_table(rows)
+    (args.out / "tiling_defaults.md").write_text(table + "\n")
+    print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, nargs=3, default=(32, 512, 512))
+    parser.add_argument("--size", type=int, nargs=3, default=None)
     parser.add_argument("--block", type=int, default=256, help="block core in y and x")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--defaults", action="store_true", help="default settings only")
+    parser.add_argument("--run", choices=["whole", "exact", "auto"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.run:
+        return _default_run(args.run, tuple(args.size), args.out)
+    if args.defaults:
+        args.size = args.size or (16, 1024, 1024)
+        return main_defaults(args)
+    args.size = args.size or (32, 512, 512)
     model, model_name = load_net()
     x = volume(tuple(args.size))
     ref, t_whole = timed(lambda: predict_whole(x, model))

@@ -202,26 +202,28 @@ def predict(
     Predicted channels are labelled "<name> (predicted)" by default, so they never collide
     with acquired channels, which predictions never replace.
     """
-    from zarrstain.cluster import connect, gpu_workers
+    from zarrstain.cluster import connect
+    from zarrstain.options import PredictOptions, WriteOptions
     from zarrstain.pipeline import format_plan, plan_prediction
 
     options = dict(
         scenes=list(scenes) or None,
         time=time,
-        out=out,
-        overwrite=overwrite,
-        halo=_halo(halo),
-        normalization=normalization,
-        input_channels=list(input_channels) or None,
         output_label=output_label,
-        device=device,
-        precision=precision,
-        dtype=dtype,
         rescale=rescale,
-        copy_channels=copy_channels,
-        block_memory=block_memory,
         allow_missing_chunks=allow_missing_chunks,
         allow_constant_frames=allow_constant_frames,
+        predict_options=PredictOptions(
+            halo=_halo(halo),
+            normalize=normalization,
+            input_channels=list(input_channels) or None,
+            device=device,
+            precision=precision,
+            block_memory=block_memory,
+        ),
+        write_options=WriteOptions(
+            out=out, overwrite=overwrite, dtype=dtype, copy_channels=copy_channels
+        ),
     )
     if dry_run:
         description = plan_prediction(store, model_path, **options).describe()
@@ -231,8 +233,7 @@ def predict(
             _say(format_plan(description))
         return
     with connect(scheduler, scheduler_file, workers, threads_per_worker) as client:
-        resources = {"GPU": 1} if client is not None and gpu_workers(client) else None
-        plan = plan_prediction(store, model_path, resources=resources, **options)
+        plan = plan_prediction(store, model_path, **options)
         if client is not None and not _quiet():
             click.echo(f"running on {client.dashboard_link}", err=True)
         # shown from the first finished block on, after the statistics pass

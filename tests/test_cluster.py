@@ -53,8 +53,12 @@ def test_worker_processes_load_the_model_once_and_match_a_local_run(make_store, 
 
 
 @pytest.mark.slow
-def test_prediction_tasks_run_only_on_gpu_workers(make_store, tmp_path):
-    """A CPU stand-in: one worker advertises {"GPU": 1}; model tasks must all land there."""
+@pytest.mark.parametrize("resources", [{"GPU": 1}, None], ids=["given", "library-policy"])
+def test_prediction_tasks_run_only_on_gpu_workers(make_store, tmp_path, resources):
+    """A CPU stand-in: one worker advertises {"GPU": 1}; model tasks must all land there.
+
+    Without resources the plan asks for them itself when the cluster has GPU workers.
+    """
     src = make_store("image", "0.5")
     model = random_model(seed=12)
     workers = {
@@ -67,7 +71,7 @@ def test_prediction_tasks_run_only_on_gpu_workers(make_store, tmp_path):
         assert gpu_workers(client) == 1
         gpu = next(a for a, w in client.scheduler_info()["workers"].items() if w["resources"])
         plan = plan_prediction(
-            src, model, out=tmp_path / "out.zarr", chunks=CHUNKS, resources={"GPU": 1}
+            src, model, out=tmp_path / "out.zarr", chunks=CHUNKS, resources=resources
         )
         with get_task_stream(client) as stream:
             plan.run(client=client)

@@ -79,7 +79,7 @@ def test_exact_equals_whole_2d_plane_by_plane(model2d, chunks):
     assert_same(pred.values, ref)
 
 
-@pytest.mark.parametrize("budget", ["256MiB", "512MiB", "1GiB"])
+@pytest.mark.parametrize("budget", ["256MiB", "384MiB", "512MiB", "1GiB"])
 def test_plan_blocks_are_divisor_aligned_and_prefer_store_chunks(model3d, budget):
     plan = plan_tiles(
         (3, 37, 301, 260), model3d, halo="exact", align={"y": 64, "x": 64}, block_memory=budget
@@ -92,8 +92,10 @@ def test_plan_blocks_are_divisor_aligned_and_prefer_store_chunks(model3d, budget
     # whole store chunks unless they would cost more than 10% more compute
     free = plan_tiles((3, 37, 301, 260), model3d, halo="exact", block_memory=budget)
     assert plan.compute_ratio <= 1.1 * free.compute_ratio
-    if budget == "1GiB":
+    if budget == "384MiB":
         assert plan.chunks[2] == (192, 112)  # 3×64, then the rest
+    if budget == "1GiB":  # the whole volume fits one block: no halo at all
+        assert plan.chunks[1:] == ((40,), (304,), (260,)) and plan.compute_ratio == 1
 
 
 def test_full_z_when_it_fits(model3d):

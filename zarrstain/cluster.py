@@ -58,6 +58,15 @@ def gpu_workers(client: Client) -> int:
     return sum(1 for w in info if (w.get("resources") or {}).get("GPU"))
 
 
+def gpu_resources(client: Client) -> dict[str, float] | None:
+    """The resources model tasks should ask for on ``client``'s cluster.
+
+    ``{"GPU": 1}`` when some workers advertise a GPU (model blocks then run only there, one per
+    GPU at a time, while reading and writing run anywhere); None otherwise.
+    """
+    return {"GPU": 1} if gpu_workers(client) else None
+
+
 def _gpu_cluster(n_gpus: int) -> SpecCluster | LocalCluster:
     try:
         from dask_cuda import LocalCUDACluster

@@ -28,9 +28,10 @@ from .io.store import StoreLike, describe_store
 from .io.write import write_channels
 from .models import Model, load_model
 from .normalize import normalization_stats
+from .options import PredictOptions, WriteOptions, merge_options
 from .predict import normalization_method, predict, select_inputs
 from .progress import BlockProgress, cluster_progress
-from .units import as_dtype, check_integer_output
+from .units import check_integer_output
 from .units import rescale as rescale_units
 
 __all__ = ["PredictionPlan", "ScenePlan", "format_plan", "parse_time", "plan_prediction"]
@@ -148,8 +149,10 @@ class PredictionPlan:
     model: Model
     scenes: list[ScenePlan]
     method: str | None
-    options: dict[str, Any] = field(default_factory=dict)  # predict's keyword arguments
-    write_options: dict[str, Any] = field(default_factory=dict)
+    options: PredictOptions = field(default_factory=PredictOptions)
+    write: WriteOptions = field(default_factory=WriteOptions)
+    #: scene → the time points predicted (None: all)
+    times: dict[str, slice | None] = field(default_factory=dict)
     #: predict frames whose inputs are constant (normalized to 0) instead of refusing them
     allow_constant: bool = False
     #: map normalized predictions onto the integer dtype written (:func:`zarrstain.units.rescale`)
@@ -168,9 +171,7 @@ class PredictionPlan:
         """JSON-serialisable summary (what ``--dry-run`` prints)."""
         return {
             "store": describe_store(self.store),
-            "out": describe_store(self.write_options["out"])
-            if self.write_options.get("out")
-            else None,
+            "out": describe_store(self.write.out) if self.write.out is not None else None,
             "model": {"name": self.model.name, "content_hash": self.model.content_hash},
             "normalization": self.method or "none",
             "blocks_to_run": self.n_blocks,
@@ -189,17 +190,20 @@ class PredictionPlan:
             events arrive, from the client's event loop).
         client
             A ``distributed.Client`` to run on: the model is sent to each worker once first
-            (see :func:`zarrstain.cluster.publish_model`).
+            (see :func:`zarrstain.cluster.publish_model`). When some of its workers have GPUs
+            and the options name no ``resources``, model blocks run on those workers only
+            (``{"GPU": 1}``); reading, normalization and writing run anywhere.
         """
         todo = [s for s in self.scenes if s.status == "to write"]
         if not todo:
             logger.info("every scene already holds this prediction; nothing to do")
             return {s.scene: s.status for s in self.scenes}
         if client is not None:
-            from .cluster import publish_model
+            from .cluster import gpu_resources, publish_model
 
             publish_model(client, self.model)
-        preds = {s.scene: s.prediction for s in todo}
+            if self.options.resources is None and (resources := gpu_resources(client)):
+                self.options = self.options.replace(resources=resources)
         # First pass: reductions only (statistics, and a count of NaN/inf in float inputs).
         stats = {}
         if self.method is not None:
@@ -210,10 +214,9 @@ class PredictionPlan:
         for s in todo:
             _refuse_nonfinite(s, bad[s.scene])
             if not self.allow_constant and self.method is not None:
-                time = (self.write_options.get("time") or {}).get(s.scene)
-                _refuse_constant(s, computed[s.scene], self.method, time)
-        if self.method is not None:
-            preds = {s.scene: self.predict(s.source, computed[s.scene]) for s in todo}
+                _refuse_constant(s, computed[s.scene], self.method, self.times.get(s.scene))
+        # with the statistics now fixed (and the resources the cluster offers)
+        preds = {s.scene: self.predict(s.source, computed.get(s.scene)) for s in todo}
         # Counts model blocks (a resumed run computes fewer than n_blocks).
         blocks = BlockProgress(progress)
         if client is None:
@@ -223,7 +226,7 @@ class PredictionPlan:
         else:
             watch = contextlib.nullcontext()
         with watch:
-            result = write_channels(self.store, preds, **self.write_options)
+            result = write_channels(self.store, preds, time=self.times, **self.write.kwargs())
         if client is None:
             self.blocks_run = blocks.done
             logger.info("ran %d model block(s)", blocks.done)
@@ -233,9 +236,9 @@ class PredictionPlan:
 
     def predict(self, source: xr.DataArray, stats: xr.Dataset | None) -> xr.DataArray:
         """The (lazy) prediction of a scene, with these statistics, as it will be written."""
-        pred = predict(source, self.model, stats=stats, **self.options)
+        pred = predict(source, self.model, stats=stats, **self.options.kwargs())
         if self.rescale:
-            pred = rescale_units(pred, self.write_options["dtype"])
+            pred = rescale_units(pred, self.write.dtype)
         return pred
 
 
@@ -299,6 +302,8 @@ def plan_prediction(
     allow_constant_frames: bool = False,
     rescale: bool = False,
     storage_options: dict[str, Any] | None = None,
+    predict_options: PredictOptions | None = None,
+    write_options: WriteOptions | None = None,
 ) -> PredictionPlan:
     """Check and plan the prediction of a store's scenes; reads metadata only.
 
@@ -335,6 +340,10 @@ def plan_prediction(
         in the provenance (:func:`zarrstain.units.rescale`), instead of rounding them.
     storage_options
         fsspec options for URLs.
+    predict_options, write_options
+        The same settings as validated objects (:mod:`zarrstain.options`), e.g. built once and
+        reused for several stores; the keyword arguments they hold must then stay at their
+        defaults.
 
     Raises
     ------
@@ -348,19 +357,17 @@ def plan_prediction(
         if len(model.output_labels) != 1:
             raise ModelError(f"output_label renames single-output models; {model.name} has more")
         model = dataclasses.replace(model, output_labels=(output_label,))
+    options = merge_options(predict_options, PredictOptions, "predict_options", halo=halo,
+                     normalize=normalization, input_channels=input_channels, device=device,
+                     precision=precision, chunks=chunks, block_memory=block_memory,
+                     resources=resources)  # fmt: skip
+    write = merge_options(
+        write_options, WriteOptions, "write_options", out=out, overwrite=overwrite,
+        dtype=dtype, copy_channels=copy_channels, storage_options=storage_options,
+    )  # fmt: skip
+    out, dtype, storage_options = write.out, write.dtype, write.storage_options
     images = open_scenes(store, scenes=scenes, storage_options=storage_options)
-    options = {
-        "halo": halo,
-        "normalize": normalization,
-        "input_channels": input_channels,
-        "device": device,
-        "precision": precision,
-        "chunks": chunks,
-        "block_memory": block_memory,
-        "resources": resources,
-    }
-    method = normalization_method(normalization, model)
-    dtype = as_dtype(dtype) if dtype is not None else None
+    method = normalization_method(options.normalize, model)
     times: dict[str, slice | None] = {}
     # a malformed or empty range fails the same for every scene; the stop asked for, to warn
     # about the scenes cut short
@@ -369,16 +376,9 @@ def plan_prediction(
     if in_integers and dtype is None and (model.output_intensity or rescale):
         # target units: rounding to the store's integers is meaningful; rescale: mapped onto them
         dtype = next(im.dtype for im in images.values() if im.dtype.kind in "iu")
-    write_options = {
-        "out": out,
-        "overwrite": overwrite,
-        "dtype": dtype,
-        "copy_channels": copy_channels,
-        "time": times,
-        "storage_options": storage_options,
-    }
+        write = write.replace(dtype=dtype)
     plan = PredictionPlan(
-        store, model, [], method, options, write_options, allow_constant_frames, rescale=rescale
+        store, model, [], method, options, write, times, allow_constant_frames, rescale=rescale
     )
     for sid, image in images.items():
         times[sid] = tsel = parse_time(time, image.sizes["t"], sid)  # each scene its own
@@ -387,7 +387,9 @@ def plan_prediction(
             _protect_acquired(src, model, sid)
         stats = None
         if method is not None:  # lazy: computed once, in run's first pass
-            chosen = select_inputs(src.coords["c"].values, model, input_channels)
+            chosen = select_inputs(
+                src.coords["c"].values, model, options.kwargs()["input_channels"]
+            )
             stats = normalization_stats(src.sel(c=chosen), method)
         pred = plan.predict(src, stats)
         plan.scenes.append(ScenePlan(sid, src, pred, "to write", stats))
@@ -408,7 +410,7 @@ def plan_prediction(
         check_integer_output(units, dtype, rescale, model.name, describe_store(out or store))
     plans = plan.scenes
     status = write_channels(
-        store, {p.scene: p.prediction for p in plans}, dry_run=True, **write_options
+        store, {p.scene: p.prediction for p in plans}, dry_run=True, time=times, **write.kwargs()
     )
     for p in plans:
         p.status = status[p.scene]

@@ -9,6 +9,7 @@ divisor make tiled prediction exact.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -85,14 +86,10 @@ class TilePlan:
 
     @property
     def extended_shape(self) -> tuple[int, ...]:
-        """Largest block with its overlap, (t, z, y, x)."""
-        t, *zyx = self.block_shape
+        """Largest block with its overlap, (t, z, y, x) (edge blocks overlap on one side)."""
         return (
-            t,
-            *(
-                min(b + 2 * h, p) if h else b
-                for b, h, p in zip(zyx, self.halo, self.padded, strict=True)
-            ),
+            max(self.chunks[0]),
+            *(_extent(c, h) for c, h in zip(self.chunks[1:], self.halo, strict=True)),
         )
 
     @property
@@ -214,32 +211,61 @@ def _axis_chunks(size: int, block: int, halo: int) -> tuple[int, ...]:
     return tuple(chunks)
 
 
-def _planar_block(
-    size: int, halo: int, depth: int, unit: int, div: int, budget: int, bpv: int
-) -> int:
-    """Block core along y (and x): square blocks, ``depth`` planes deep, within ``budget``.
+def _extent(cores: tuple[int, ...], halo: int) -> int:
+    """The largest block along an axis with its overlap (edge blocks overlap on one side)."""
+    n = len(cores)
+    return max(c + halo * ((i > 0) + (i < n - 1)) for i, c in enumerate(cores))
 
-    Whole store chunks (``unit``) avoid rechunking before writing; they are used unless they
-    cost more than 10% extra compute over plain multiples of the divisor.
+
+def _cost(size: int, cores: tuple[int, ...], halo: int) -> float:
+    """Voxels computed along an axis, over its size."""
+    return (size + 2 * halo * (len(cores) - 1)) / size
+
+
+def _candidates(size: int, halo: int, unit: int) -> list[tuple[int, int, float]]:
+    """(block, extent, cost) for every number of near-equal blocks of multiples of ``unit``."""
+    out: dict[int, tuple[int, int, float]] = {}
+    for n in range(1, max(1, size // unit) + 1):
+        b = max(_round_up(-(-size // n), unit), _round_up(halo, unit) if n > 1 else unit)
+        if b not in out:  # n blocks of at most b: only ~2√(size/unit) distinct sizes
+            cores = _axis_chunks(size, b, halo)
+            out[b] = (b, _extent(cores, halo), _cost(size, cores, halo))
+    return list(out.values())
+
+
+def _planar_blocks(
+    sizes: list[int], halos: list[int], depth: int, units: list[int], div: int, budget: int,
+    bpv: int,
+) -> list[int]:  # fmt: skip
+    """Block cores along the planar axes (y, x) that compute the fewest voxels within budget.
+
+    Every combination of block counts per axis is weighed: halo overhead against block size,
+    so a long strip can beat square blocks. Blocks of whole store chunks (``units``) avoid
+    rechunking before writing; they are used unless they cost more than 10% extra compute over
+    plain multiples of the divisor. Ties go to fewer, then squarer, blocks.
     """
 
-    def ext(b: int) -> int:
-        return min(b + 2 * halo, size)
+    def best(axis_units: list[int]) -> tuple[float, list[int]] | None:
+        options = [_candidates(s, h, u) for s, h, u in zip(sizes, halos, axis_units, strict=True)]
+        found = None
+        for combo in itertools.product(*options):
+            if depth * math.prod(ext for _, ext, _ in combo) * bpv > budget:
+                continue
+            cost = math.prod(c for _, _, c in combo)
+            blocks = [b for b, _, _ in combo]
+            key = (round(cost, 9), -math.prod(blocks), max(blocks) - min(blocks))
+            if found is None or key < found[0]:
+                found = (key, blocks)
+        return (found[0][0], found[1]) if found else None
 
-    def largest(u: int) -> int | None:  # the largest multiple of u (≥ the halo) that fits
-        b = max(u, _round_up(halo, u))
-        if u != div and depth * ext(b) ** 2 * bpv > budget:
-            return None
-        while b < size and depth * ext(b + u) ** 2 * bpv <= budget:
-            b += u
-        return min(b, _round_up(size, u))
-
-    def cost(b: int) -> float:  # voxels computed along the axis, over its size
-        return (size + 2 * halo * (len(_axis_chunks(size, b, halo)) - 1)) / size
-
-    free, aligned = largest(div), largest(unit)
-    assert free is not None
-    return aligned if aligned is not None and cost(aligned) <= 1.1 * cost(free) else free
+    free = best([div] * len(sizes))
+    aligned = best(units) if units != [div] * len(sizes) else None
+    if aligned is not None and free is not None and aligned[0] <= 1.1 * free[0]:
+        return aligned[1]
+    if free is not None:
+        return free[1]
+    # nothing fits: the smallest blocks the halos allow (plan_tiles warns)
+    return [max(div, _round_up(h, div)) for h in halos]
 
 
 def plan_tiles(
@@ -318,8 +344,9 @@ def plan_tiles(
         u = math.lcm(div, max(int(align.get(axis, div)), 1))
         return u if u <= max(padded[a], div) and u <= 1024 else div
 
-    def ext(a: int, b: int) -> int:
-        return min(b + 2 * halos.get(SPATIAL[a], 0), padded[a])
+    def ext(a: int, b: int) -> int:  # the largest block along axis a, with its overlap
+        h = halos.get(SPATIAL[a], 0)
+        return _extent(_axis_chunks(padded[a], b, h), h)
 
     sizes = [0, 0, 0]
     planar = [a for a in range(3) if SPATIAL[a] in model_axes and SPATIAL[a] != "z"]
@@ -340,13 +367,23 @@ def plan_tiles(
         sizes[0] = padded[0] if fits else max(_round_up(halos["z"], div), unit(0), div)
     else:
         sizes[0] = 1  # set below: as many planes as fit
-    for a in planar:  # y and x: the largest square block that fits
-        if SPATIAL[a] in chunks:
-            sizes[a] = chunks[SPATIAL[a]]
-            continue
-        sizes[a] = _planar_block(
-            padded[a], halos[SPATIAL[a]], ext(0, sizes[0]), unit(a), div, budget, bpv
+    given = {a: chunks[SPATIAL[a]] for a in planar if SPATIAL[a] in chunks}
+    search = [a for a in planar if a not in given]
+    for a, size in given.items():
+        sizes[a] = size
+    if search:  # y and x: the fewest computed voxels that fit, given any fixed axis
+        fixed = math.prod(ext(a, s) for a, s in given.items())
+        found = _planar_blocks(
+            [padded[a] for a in search],
+            [halos[SPATIAL[a]] for a in search],
+            ext(0, sizes[0]) * fixed,
+            [unit(a) for a in search],
+            div,
+            budget,
+            bpv,
         )
+        for a, size in zip(search, found, strict=True):
+            sizes[a] = size
     plane = math.prod(ext(a, sizes[a]) for a in planar)
     if "z" not in model_axes and "z" not in chunks:
         per_block = max(1, budget // max(plane * bpv, 1))

@@ -19,6 +19,7 @@ from .models.cache import resolve_device
 from .models.model import Model
 from .normalize import METHODS, normalization_stats
 from .normalize import normalize as apply_normalization
+from .options import PredictOptions
 from .tiling import TilePlan, plan_tiles, run_tiled
 
 __all__ = [
@@ -268,6 +269,12 @@ def predict(
         :func:`zarrstain.write_channels` stores, including a fingerprint of everything that
         determines the result. Nothing is computed until you compute or write it.
     """
+    PredictOptions(  # every option checked once, before anything is read
+        halo=halo, normalize=normalize, input_channels=input_channels, chunks=chunks,
+        device=device, batch_size=batch_size, precision=precision, block_memory=block_memory,
+        denormalize=denormalize, resources=resources, seed=seed,
+        scratch=None if scratch is None else os.fspath(scratch),
+    )  # fmt: skip
     scene = as_scene(data)
     if not isinstance(data, xr.DataArray) and input_channels is None:
         input_channels = list(scene.coords["c"].values)  # unlabeled arrays: by position

@@ -18,14 +18,16 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import torch
 import zarr
-from zarr.abc.store import ByteRequest
-from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
+
+if TYPE_CHECKING:  # annotations only: zarr's buffer types are not public API
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import Buffer, BufferPrototype
 
 from .models import create_model
 from .models.model import Model, state_dict_hash

@@ -30,9 +30,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
-from zarr.core.array import Array, AsyncArray
 
 from ..errors import UnsupportedError, option
+from ._zarr_compat import grown_view
 from .metadata import DIMS, ImageMeta, ome_attrs
 from .stream import PyramidWrite, delete_chunks, region, stored_keys
 
@@ -55,17 +55,6 @@ _COLORS = ("00FFFF", "FF00FF", "FFFF00", "00FF00", "FF0000", "0000FF", "FFFFFF")
 def now() -> str:
     """UTC time stamp for provenance."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def grown_view(arr: zarr.Array, shape: tuple[int, ...]) -> zarr.Array:
-    """A handle on ``arr`` that addresses ``shape`` without writing any metadata.
-
-    Uses zarr's array constructor with updated in-memory metadata: chunks written through it
-    land at their normal keys, but readers keep the shape stored on disk until ``resize``.
-    ``write_empty_chunks`` makes every written chunk exist, so completion can be checked by key.
-    """
-    meta = arr.metadata.update_shape(tuple(shape))
-    return Array(AsyncArray(meta, arr.store_path, config={"write_empty_chunks": True}))
 
 
 def to_store_axes(data: da.Array, axis_names: tuple[str, ...]) -> da.Array:

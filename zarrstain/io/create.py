@@ -14,9 +14,9 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from ._zarr_compat import grown_view
 from .channels import (
     channel_entry,
-    grown_view,
     set_image_attrs,
     time_region,
     to_store_axes,

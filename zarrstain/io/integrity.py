@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from ..errors import DataError, option
+from ._zarr_compat import can_list
 from .stream import keys_in, stored_keys
 
 __all__ = ["ChunkReader", "missing_chunks"]
@@ -73,7 +74,7 @@ def missing_chunks(
     DataError
         Some are absent and ``allow`` is false.
     """
-    if not array.store_path.store.supports_listing:
+    if not can_list(array):
         logger.debug("%s: the store cannot list its keys; missing chunks are not checked", where)
         return 0
     try:

@@ -14,7 +14,6 @@ and computes only the missing chunks, level by level.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Iterator
@@ -25,9 +24,9 @@ import dask
 import dask.array as da
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 
 from ..errors import UnsupportedError
+from ._zarr_compat import chunk_key, delete_keys, list_keys
 from .pyramid import downsample_to
 
 __all__ = ["PyramidWrite", "delete_chunks", "keys_in", "region", "stored_keys", "write_pyramids"]
@@ -47,7 +46,7 @@ class PyramidWrite:
         For messages.
     arrays
         One array handle per level, full resolution first, addressing the channels written
-        (see :func:`zarrstain.io.channels.grown_view`).
+        (see :func:`zarrstain.io._zarr_compat.grown_view`).
     cax
         Index of the channel axis.
     blocks
@@ -114,13 +113,7 @@ def region(
 
 def stored_keys(arr: zarr.Array) -> set[str]:
     """Keys (relative to ``arr``) of the chunks or shards present in the store."""
-    store, prefix = arr.store_path.store, arr.store_path.path
-
-    async def listing() -> list[str]:
-        return [key async for key in store.list_prefix(f"{prefix}/" if prefix else "")]
-
-    cut = len(prefix) + 1 if prefix else 0
-    return {key[cut:] for key in sync(listing())}
+    return list_keys(arr)
 
 
 def keys_in(arr: zarr.Array, where: tuple[slice, ...]) -> Iterator[tuple[str, tuple[slice, ...]]]:
@@ -131,7 +124,7 @@ def keys_in(arr: zarr.Array, where: tuple[slice, ...]) -> Iterator[tuple[str, tu
         lo, hi, _ = sel.indices(size)
         ranges.append(range(lo // step, -(-hi // step)) if hi > lo else range(0))
     for coords in itertools.product(*ranges):
-        key = arr.metadata.encode_chunk_key(coords)
+        key = chunk_key(arr, coords)
         unit = tuple(
             slice(c * step, min((c + 1) * step, size))
             for c, step, size in zip(coords, grid, arr.shape, strict=True)
@@ -143,13 +136,7 @@ def delete_chunks(arr: zarr.Array, regions: list[tuple[slice, ...]]) -> int:
     """Delete the stored chunks (shards) that ``regions`` touch; returns how many there were."""
     present = stored_keys(arr)
     doomed = {key for where in regions for key, _ in keys_in(arr, where) if key in present}
-    if doomed:
-        store, prefix = arr.store_path.store, arr.store_path.path
-
-        async def delete() -> None:
-            await asyncio.gather(*(store.delete(f"{prefix}/{k}" if prefix else k) for k in doomed))
-
-        sync(delete())
+    delete_keys(arr, doomed)
     return len(doomed)
 
 

@@ -175,6 +175,14 @@ class Architecture:
         """Channels pass ``step`` produces (default: the outputs; override for intermediates)."""
         return n_out
 
+    def inference_module(self, module: nn.Module) -> nn.Module:
+        """The module prediction runs (default: the module itself).
+
+        Override to return a leaner equivalent for inference (folded normalization, in-place
+        activations); it must compute the same function to float32 rounding.
+        """
+        return module
+
     def run(self, module: nn.Module, x: torch.Tensor, context: BlockContext) -> torch.Tensor:
         """One pass over a batch (N, C, *spatial) of one block (default: ``module(x)``)."""
         return module(x)

@@ -152,7 +152,9 @@ def placed_module(handle: ModelHandle, device: torch.device) -> nn.Module:
         with _LOCK:
             module = _PLACED.get(key)
             if module is None:
-                module = model.module if device.type == "cpu" else _copy_to(model.module, device)
+                module = model.spec.inference_module(model.module.eval())
+                if device.type != "cpu":
+                    module = _copy_to(module, device)
                 module.eval()
                 _PLACED[key] = module
     return module

@@ -1,0 +1,78 @@
+"""Contract tests of the zarr internals zarrstain relies on (``zarrstain.io._zarr_compat``).
+
+Each test names the internal it pins; when a zarr release changes one, it fails here, and the
+cap on zarr in pyproject.toml stays until ``_zarr_compat`` follows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from zarrstain.io import _zarr_compat as compat
+
+
+@pytest.fixture(params=[2, 3], ids=["zarr-v2", "zarr-v3"])
+def array(request, tmp_path):
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=request.param)
+    group = root.create_group("img")
+    arr = group.create_array("0", shape=(2, 6, 6), chunks=(1, 3, 3), dtype="uint16", fill_value=0)
+    arr[:] = np.arange(72, dtype="uint16").reshape(2, 6, 6)
+    return arr
+
+
+def _reopen(arr):
+    return zarr.open_array(arr.store_path.store, path=arr.path, mode="r")
+
+
+def test_grown_view_writes_beyond_the_stored_shape_without_metadata(array):
+    """Array(AsyncArray(metadata.update_shape(...), store_path, config)) is how appends work."""
+    view = compat.grown_view(array, (4, 6, 6))
+    assert view.shape == (4, 6, 6) and _reopen(array).shape == (2, 6, 6)
+    view[2:4] = 7
+    reader = _reopen(array)
+    assert reader.shape == (2, 6, 6)  # readers still see the stored shape: nothing is partial
+    np.testing.assert_array_equal(reader[:], np.arange(72).reshape(2, 6, 6))
+    array.resize((4, 6, 6))
+    np.testing.assert_array_equal(_reopen(array)[2:4], 7)
+
+
+def test_grown_view_writes_empty_chunks(array):
+    """config write_empty_chunks: chunks equal to the fill value still get a key."""
+    view = compat.grown_view(array, (3, 6, 6))
+    view[2] = 0
+    keys = compat.list_keys(array)
+    assert {compat.chunk_key(array, (2, i, j)) for i in (0, 1) for j in (0, 1)} <= keys
+
+
+def test_chunk_keys_match_the_files_and_listing_is_relative(array):
+    """metadata.encode_chunk_key and store.list_prefix through store_path, run with sync."""
+    keys = compat.list_keys(array)
+    expected = {compat.chunk_key(array, (t, i, j)) for t in (0, 1) for i in (0, 1) for j in (0, 1)}
+    assert expected <= keys
+    first = compat.chunk_key(array, (1, 0, 1))
+    assert first == ("c/1/0/1" if array.metadata.zarr_format == 3 else "1.0.1")
+    assert (array.metadata.zarr_format == 3) == ("zarr.json" in keys)
+    assert compat.can_list(array)
+
+
+def test_delete_keys_removes_exactly_those_chunks(array):
+    """store.delete through store_path: the chunk reads as the fill value afterwards."""
+    key = compat.chunk_key(array, (0, 1, 1))
+    compat.delete_keys(array, [key])
+    assert key not in compat.list_keys(array)
+    data = _reopen(array)[:]
+    assert (data[0, 3:, 3:] == 0).all() and data[0, 0, 0] == 0 and data[1, 0, 0] == 36
+    compat.delete_keys(array, [])  # nothing to delete is fine
+
+
+def test_pyproject_caps_zarr_at_a_tested_minor_release():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    cap = re.search(r'"zarr>=[\d.]+,<(\d+)\.(\d+)"', text)
+    assert cap, "zarr must be capped: these contract tests justify the cap"
+    major, minor = map(int, zarr.__version__.split(".")[:2])
+    assert (major, minor) < (int(cap[1]), int(cap[2]))

@@ -1,0 +1,77 @@
+"""Every use of zarr's non-public API, in one place, each pinned by a contract test.
+
+zarrstain needs four things zarr does not expose publicly:
+
+- :func:`grown_view`: a handle that writes chunks beyond an array's stored shape without
+  writing its metadata (crash-safe appends: readers see the old shape until the final resize).
+  Built from ``zarr.core.array.Array`` / ``AsyncArray`` and ``ArrayMetadata.update_shape``;
+- :func:`list_keys` / :func:`delete_keys`: the store keys under an array, listed and deleted
+  (completion of interrupted writes is read from the chunk keys present). Uses
+  ``Array.store_path`` and the async store API run through ``zarr.core.sync.sync``;
+- :func:`chunk_key`: the key of a chunk (or shard) from its grid coordinates
+  (``ArrayMetadata.encode_chunk_key``: ``c/0/1`` in v3, ``0/1`` or ``0.1`` in v2);
+- :func:`can_list`: whether the store can list keys (``Store.supports_listing``).
+
+``tests/test_zarr_compat.py`` checks each against the installed zarr; the cap on zarr in
+``pyproject.toml`` is the newest minor release those tests passed on. When zarr changes one of
+these, the contract test names it, and only this module needs to follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import zarr
+from zarr.core.array import Array, AsyncArray
+from zarr.core.sync import sync
+
+__all__ = ["can_list", "chunk_key", "delete_keys", "grown_view", "list_keys"]
+
+
+def grown_view(arr: zarr.Array, shape: tuple[int, ...]) -> zarr.Array:
+    """A handle on ``arr`` that addresses ``shape`` without writing any metadata.
+
+    Chunks written through it land at their normal keys, but readers keep the shape stored on
+    disk until ``resize``. ``write_empty_chunks`` makes every written chunk exist, so
+    completion can be checked by key.
+    """
+    meta = arr.metadata.update_shape(tuple(shape))
+    return Array(AsyncArray(meta, arr.store_path, config={"write_empty_chunks": True}))
+
+
+def _prefix(arr: zarr.Array) -> str:
+    path = arr.store_path.path
+    return f"{path}/" if path else ""
+
+
+def list_keys(arr: zarr.Array) -> set[str]:
+    """Keys under ``arr`` in its store, relative to the array (``zarr.json``, ``c/0/0``, ...)."""
+    store, prefix = arr.store_path.store, _prefix(arr)
+
+    async def listing() -> list[str]:
+        return [key async for key in store.list_prefix(prefix)]
+
+    return {key[len(prefix) :] for key in sync(listing())}
+
+
+def delete_keys(arr: zarr.Array, keys: Iterable[str]) -> None:
+    """Delete these keys (relative to ``arr``) from its store."""
+    store, prefix = arr.store_path.store, _prefix(arr)
+    doomed = [f"{prefix}{k}" for k in keys]
+
+    async def delete() -> None:
+        await asyncio.gather(*(store.delete(k) for k in doomed))
+
+    if doomed:
+        sync(delete())
+
+
+def chunk_key(arr: zarr.Array, coords: tuple[int, ...]) -> str:
+    """The key (relative to ``arr``) of the chunk, or shard, at grid position ``coords``."""
+    return arr.metadata.encode_chunk_key(tuple(coords))
+
+
+def can_list(arr: zarr.Array) -> bool:
+    """Whether ``arr``'s store can list its keys (HTTP stores may not)."""
+    return bool(arr.store_path.store.supports_listing)
