@@ -276,3 +276,28 @@ def test_normalize_then_tile_with_the_plug_in_matches_predict(tmp_path):
     expected = predict_whole(norm.values.astype(np.float32), model)
     got = zarrstain.predict(scene, model, halo="exact", chunks={"y": 8, "x": 8}).values
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_store_to_store_multi_pass_keeps_a_scratch_store_until_it_succeeds(tmp_path):
+    """plan_prediction/run: passes persisted beside the output, reused after a crash, removed."""
+    from zarrstain.pipeline import plan_prediction
+
+    model = _model("test-twice", output_labels=["twice"], normalization="none")
+    store = datasets.make_image(tmp_path / "in.zarr", shape=(1, 3, 40, 44), seed=6)
+    out = tmp_path / "out.zarr"
+    scratch = tmp_path / "out.zarr.zarrstain-scratch"
+    chunks = {"y": 16, "x": 16}
+    TwicePass.fail_at, TwicePass.calls = 1, []
+    plan = plan_prediction(store, model, input_channels=["BF"], out=out, chunks=chunks)
+    assert TwicePass.calls == []  # planning computes nothing, not even pass 0
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        plan.run()
+    assert scratch.is_dir() and not out.exists()  # nothing written, pass 0 kept
+    TwicePass.fail_at, TwicePass.calls = None, []
+    plan = plan_prediction(store, model, input_channels=["BF"], out=out, chunks=chunks)
+    plan.run()
+    assert 0 not in TwicePass.calls and 1 in TwicePass.calls
+    assert not scratch.exists()  # removed once the channels are written
+    image = zarrstain.open_image(store).sel(c=["BF"]).values.astype(np.float32)
+    written = zarrstain.open_image(out).sel(c="twice").values
+    np.testing.assert_allclose(written, predict_whole(image, model)[:, 0], rtol=0, atol=1e-6)
