@@ -147,7 +147,19 @@ def _halo(value: str) -> str | int:
     type=click.Choice(["float32", "tf32", "bfloat16", "float16"]),
     help="Mixed precision on GPUs.",
 )
-@click.option("--dtype", default=None, help="Output dtype (in place: the store's, e.g. uint16).")
+@click.option(
+    "--dtype",
+    "dtypes",
+    multiple=True,
+    help="Output dtype (in place: the store's, e.g. uint16), or LABEL=DTYPE for one channel "
+    "(repeat).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of stochastic models.")
+@click.option(
+    "--scratch",
+    default=None,
+    help="Folder for the passes of multi-pass models [default: beside the output store].",
+)
 @click.option(
     "--rescale",
     is_flag=True,
@@ -184,7 +196,9 @@ def predict(
     output_label: str | None,
     device: str,
     precision: str,
-    dtype: str | None,
+    dtypes: tuple[str, ...],
+    seed: int,
+    scratch: str | None,
     rescale: bool,
     copy_channels: bool,
     block_memory: str | None,
@@ -220,9 +234,11 @@ def predict(
             device=device,
             precision=precision,
             block_memory=block_memory,
+            seed=seed,
+            scratch=scratch,
         ),
         write_options=WriteOptions(
-            out=out, overwrite=overwrite, dtype=dtype, copy_channels=copy_channels
+            out=out, overwrite=overwrite, dtype=_dtypes(dtypes), copy_channels=copy_channels
         ),
     )
     if dry_run:
@@ -245,6 +261,19 @@ def predict(
     else:
         for scene, status in result.items():
             _say(f"{scene or '(image)'}: {status}")
+
+
+def _dtypes(values: tuple[str, ...]) -> str | dict[str, str] | None:
+    """``--dtype uint16`` → "uint16"; ``--dtype "DNA (predicted std)=float32"`` → a mapping."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    if not all("=" in v for v in values):
+        raise click.BadParameter(
+            "give one dtype, or LABEL=DTYPE for each channel", param_hint="--dtype"
+        )
+    return dict(v.rsplit("=", 1) for v in values)
 
 
 def _ints(value: str | None) -> list[int] | None:

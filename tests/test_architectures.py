@@ -292,7 +292,8 @@ def test_store_to_store_multi_pass_keeps_a_scratch_store_until_it_succeeds(tmp_p
     assert TwicePass.calls == []  # planning computes nothing, not even pass 0
     with pytest.raises(RuntimeError, match="simulated crash"):
         plan.run()
-    assert scratch.is_dir() and not out.exists()  # nothing written, pass 0 kept
+    # the last pass crashed while writing: pass 0 is kept, complete, for the rerun
+    assert "zarrstain_pass" in zarr.open_group(scratch, mode="r")["pass-0"].attrs
     TwicePass.fail_at, TwicePass.calls = None, []
     plan = plan_prediction(store, model, input_channels=["BF"], out=out, chunks=chunks)
     plan.run()
@@ -301,3 +302,30 @@ def test_store_to_store_multi_pass_keeps_a_scratch_store_until_it_succeeds(tmp_p
     image = zarrstain.open_image(store).sel(c=["BF"]).values.astype(np.float32)
     written = zarrstain.open_image(out).sel(c="twice").values
     np.testing.assert_allclose(written, predict_whole(image, model)[:, 0], rtol=0, atol=1e-6)
+
+
+def test_cli_predicts_with_a_plug_in_per_channel_dtypes_and_a_scratch(tmp_path):
+    from click.testing import CliRunner
+    from zarrstain.cli.main import cli
+
+    store = datasets.make_image(tmp_path / "in.zarr", shape=(1, 4, 24, 24), seed=8)
+    model = _model("test-mean-std", output_labels=["DNA (predicted)", "DNA (predicted std)"],
+                   output_intensity=[(100.0, 10.0)] * 2, normalization="zscore")  # fmt: skip
+    package = zarrstain.save_model(model, tmp_path / "meanstd")
+    out = tmp_path / "out.zarr"
+    args = ["predict", str(store), "--model", str(package), "--out", str(out)]
+    done = CliRunner().invoke(cli, ["-q", *args, "--dtype", "DNA (predicted)=uint16"])
+    assert done.exit_code == 0, done.output
+    channels = zarr.open_group(out, mode="r").attrs["zarrstain"]["channels"]
+    assert channels["DNA (predicted std)"]["channel_dtypes"]["DNA (predicted)"] == "uint16"
+    bad = CliRunner().invoke(cli, [*args, "--dtype", "uint16", "--dtype", "x=uint8"])
+    assert bad.exit_code != 0 and "LABEL=DTYPE" in bad.output
+
+    twice = zarrstain.save_model(_model("test-twice", output_labels=["twice"],
+                                        normalization="none"), tmp_path / "twice")  # fmt: skip
+    scratch = tmp_path / "my-scratch"
+    done = CliRunner().invoke(cli, ["-q", "predict", str(store), "--model", str(twice),
+                                    "--input-channel", "BF", "--out", str(tmp_path / "o2.zarr"),
+                                    "--scratch", str(scratch)])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert (scratch / "pass-0").is_dir()  # a scratch folder the user named is theirs to remove

@@ -8,9 +8,8 @@ from conftest import SHARED, assert_same
 from scipy import ndimage
 
 import zarrstain
-from zarrstain.errors import ShapeMismatchError
 from zarrstain.testing import random_model
-from zarrstain.tiling import auto_halo, plan_tiles, predict_whole
+from zarrstain.tiling import predict_whole
 
 FNET = SHARED / "fixtures" / "pytorch_fnet"
 
@@ -77,52 +76,6 @@ def test_exact_equals_whole_2d_plane_by_plane(model2d, chunks):
     pred = zarrstain.predict(x, model2d, halo="exact", normalize=None, chunks=chunks, batch_size=1)
     assert pred.attrs["zarrstain"]["tiling"]["halo_zyx"][0] == 0
     assert_same(pred.values, ref)
-
-
-@pytest.mark.parametrize("budget", ["256MiB", "384MiB", "512MiB", "1GiB"])
-def test_plan_blocks_are_divisor_aligned_and_prefer_store_chunks(model3d, budget):
-    plan = plan_tiles(
-        (3, 37, 301, 260), model3d, halo="exact", align={"y": 64, "x": 64}, block_memory=budget
-    )
-    assert plan.padded == (40, 304, 260)
-    for cores in plan.chunks[1:]:
-        offsets = np.cumsum((0, *cores[:-1]))
-        assert all(o % model3d.divisor == 0 for o in offsets)
-        assert all(c % model3d.divisor == 0 for c in cores)
-    # whole store chunks unless they would cost more than 10% more compute
-    free = plan_tiles((3, 37, 301, 260), model3d, halo="exact", block_memory=budget)
-    assert plan.compute_ratio <= 1.1 * free.compute_ratio
-    if budget == "384MiB":
-        assert plan.chunks[2] == (192, 112)  # 3×64, then the rest
-    if budget == "1GiB":  # the whole volume fits one block: no halo at all
-        assert plan.chunks[1:] == ((40,), (304,), (260,)) and plan.compute_ratio == 1
-
-
-def test_full_z_when_it_fits(model3d):
-    plan = plan_tiles((1, 60, 512, 512), model3d, halo="exact", block_memory="512MiB")
-    assert plan.chunks[1] == (60,) and plan.halo[0] == 0
-    assert len(plan.chunks[2]) > 1
-
-
-def test_auto_halo_is_smaller_than_exact():
-    model = random_model(ndim=3, depth=4, mult_chan=2)
-    assert auto_halo(model) == (80, 80, 80)  # exact: 112
-    assert plan_tiles((1, 32, 1024, 1024), model, halo="exact").halo_mode == "exact"
-
-
-def test_z_too_small_for_3d_model(model3d):
-    with pytest.raises(ShapeMismatchError, match=r"z=2 is too small .* use a 2D model"):
-        plan_tiles((1, 2, 64, 64), model3d)
-
-
-def test_chunks_must_be_multiples_of_divisor(model3d):
-    with pytest.raises(ShapeMismatchError, match=r"chunks\['y'\]=30 .* use 32"):
-        plan_tiles((1, 8, 64, 64), model3d, chunks={"y": 30})
-
-
-def test_bad_halo(model3d):
-    with pytest.raises(ValueError, match="halo must be"):
-        plan_tiles((1, 8, 64, 64), model3d, halo="big")
 
 
 @pytest.mark.skipif(not FNET.is_dir(), reason=f"{FNET} is absent (no ../shared)")

@@ -12,23 +12,26 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.utils import format_bytes
 
 from .errors import ChannelExistsError, DataError, ModelError, ParameterError, option
 from .io.read import check_chunks, open_scenes
+from .io.scratch import scratch_beside
 from .io.store import StoreLike, describe_store
 from .io.write import write_channels
 from .models import Model, load_model
 from .normalize import normalization_stats
 from .options import PredictOptions, WriteOptions, merge_options
+from .plan_format import format_plan
 from .predict import normalization_method, predict, select_inputs
 from .progress import BlockProgress, cluster_progress
 from .units import check_integer_output
@@ -215,8 +218,12 @@ class PredictionPlan:
             _refuse_nonfinite(s, bad[s.scene])
             if not self.allow_constant and self.method is not None:
                 _refuse_constant(s, computed[s.scene], self.method, self.times.get(s.scene))
-        # with the statistics now fixed (and the resources the cluster offers)
-        preds = {s.scene: self.predict(s.source, computed.get(s.scene)) for s in todo}
+        # with the statistics now fixed (and the resources the cluster offers); multi-pass
+        # models compute their intermediate passes into the scratch store here
+        scratch = self.scratch()
+        preds = {
+            s.scene: self.predict(s.source, computed.get(s.scene), scratch, s.scene) for s in todo
+        }
         # Counts model blocks (a resumed run computes fewer than n_blocks).
         blocks = BlockProgress(progress)
         if client is None:
@@ -227,6 +234,8 @@ class PredictionPlan:
             watch = contextlib.nullcontext()
         with watch:
             result = write_channels(self.store, preds, time=self.times, **self.write.kwargs())
+        if scratch is not None and self.options.scratch is None:  # ours, and no longer needed
+            shutil.rmtree(scratch, ignore_errors=True)
         if client is None:
             self.blocks_run = blocks.done
             logger.info("ran %d model block(s)", blocks.done)
@@ -234,9 +243,34 @@ class PredictionPlan:
             s.status = result.get(s.scene, s.status)
         return {s.scene: s.status for s in self.scenes}
 
-    def predict(self, source: xr.DataArray, stats: xr.Dataset | None) -> xr.DataArray:
-        """The (lazy) prediction of a scene, with these statistics, as it will be written."""
-        pred = predict(source, self.model, stats=stats, **self.options.kwargs())
+    def scratch(self) -> Path | None:
+        """Where :meth:`run` keeps a multi-pass model's passes, one folder per scene.
+
+        The options' ``scratch``, or (removed once every channel is written)
+        ``<output store>.zarrstain-scratch``; None for single-pass models.
+        """
+        if self.model.geometry.passes == 1:
+            return None
+        if self.options.scratch is not None:
+            return Path(self.options.scratch)
+        return scratch_beside(self.write.out if self.write.out is not None else self.store)
+
+    def predict(
+        self,
+        source: xr.DataArray,
+        stats: xr.Dataset | None,
+        scratch: Path | None = None,
+        scene: str = "",
+    ) -> xr.DataArray:
+        """The (lazy) prediction of a scene, with these statistics, as it will be written.
+
+        With ``scratch`` (a multi-pass model, during :meth:`run`) its passes but the last are
+        computed into ``scratch/<scene>`` now; planning chains them lazily and computes nothing.
+        """
+        kwargs = {**self.options.kwargs(), "scratch": None}
+        if scratch is not None:
+            kwargs["scratch"] = scratch / scene if scene else scratch
+        pred = predict(source, self.model, stats=stats, **kwargs)
         if self.rescale:
             pred = rescale_units(pred, self.write.dtype)
         return pred
@@ -380,6 +414,7 @@ def plan_prediction(
     plan = PredictionPlan(
         store, model, [], method, options, write, times, allow_constant_frames, rescale=rescale
     )
+    plan.scratch()  # a multi-pass model writing to a URL needs a local scratch: fail now
     for sid, image in images.items():
         times[sid] = tsel = parse_time(time, image.sizes["t"], sid)  # each scene its own
         src = image.isel(t=tsel) if tsel is not None else image
@@ -407,7 +442,15 @@ def plan_prediction(
         )
     if plan.scenes:
         units = plan.scenes[0].prediction.attrs["zarrstain"]["output_units"]
-        check_integer_output(units, dtype, rescale, model.name, describe_store(out or store))
+        if isinstance(dtype, Mapping | tuple):  # per channel: each is checked when written
+            if rescale:
+                raise ParameterError(
+                    f"rescaling maps every prediction onto one integer dtype; give one "
+                    f"{option('dtype=', '--dtype')} (not one per channel) or drop "
+                    + option("rescale=True", "--rescale")
+                )
+        else:
+            check_integer_output(units, dtype, rescale, model.name, describe_store(out or store))
     plans = plan.scenes
     status = write_channels(
         store, {p.scene: p.prediction for p in plans}, dry_run=True, time=times, **write.kwargs()
@@ -435,47 +478,3 @@ def _protect_acquired(image: xr.DataArray, model: Model, scene: str) -> None:
                 "zarrstain), which predictions never replace; name the output differently, e.g. "
                 f"--output-label '{label} (predicted)'"
             )
-
-
-def format_plan(description: dict[str, Any]) -> str:
-    """A :meth:`PredictionPlan.describe` as text (``zarrstain predict --dry-run``)."""
-    d = description
-    scenes = d["scenes"]
-    todo = sum(s["status"] == "to write" for s in scenes)
-    lines = [
-        f"store:  {d['store']}" + (f"  →  {d['out']}" if d["out"] else "  (in place)"),
-        f"model:  {d['model']['name']} ({d['model']['content_hash'][:12]}), "
-        f"normalization {d['normalization']}",
-        f"scenes: {len(scenes)} ({todo} to write, {len(scenes) - todo} unchanged); "
-        f"blocks to run: {d['blocks_to_run']}",
-        "",
-    ]
-    header = (
-        "scene",
-        "status",
-        "t×z×y×x",
-        "inputs → outputs",
-        "blocks",
-        "block t×z×y×x",
-        "halo z,y,x",
-        "memory/block",
-        "compute",
-    )
-    rows = [
-        (
-            s["scene"] or "(image)",
-            s["status"],
-            "×".join(map(str, s["shape_tzyx"])),
-            f"{', '.join(s['inputs'])} → {', '.join(s['outputs'])}",
-            str(s["blocks"]),
-            "×".join(map(str, s["block_tzyx"])),
-            ",".join(map(str, s["halo_zyx"])) + f" ({s['halo_mode']})",
-            format_bytes(s["memory_per_block"]),
-            f"{s['compute_ratio']:.2f}×",
-        )
-        for s in scenes
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)

@@ -24,7 +24,7 @@ points) finds its own cleared ``pending`` record, it computes only the chunks th
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
@@ -34,6 +34,7 @@ import zarr
 from ..errors import UnsupportedError, option
 from ._zarr_compat import grown_view
 from .metadata import DIMS, ImageMeta, ome_attrs
+from .pending import KEY, PendingRecord, begin, now
 from .stream import PyramidWrite, delete_chunks, region, stored_keys
 
 __all__ = [
@@ -50,11 +51,6 @@ logger = logging.getLogger(__name__)
 
 INCOMPLETE_SUFFIX = " [incomplete]"
 _COLORS = ("00FFFF", "FF00FF", "FFFF00", "00FF00", "FF0000", "0000FF", "FFFFFF")
-
-
-def now() -> str:
-    """UTC time stamp for provenance."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def to_store_axes(data: da.Array, axis_names: tuple[str, ...]) -> da.Array:
@@ -145,11 +141,12 @@ def begin_append(
 ) -> PyramidWrite:
     """Start adding (or overwriting) labeled channels in every level of an image group.
 
-    Writes the ``pending`` record (and ``[incomplete]`` labels for channels being replaced) and
-    clears the chunks about to be written; returns the write for :func:`write_pyramids`, whose
-    ``finish`` grows the arrays and lists the channels. The caller holds the group's lock until
-    then. When the group's pending record is this very write (same labels, fingerprint, dtype
-    and time points) an interrupted run is resumed: chunks already written are kept.
+    Writes the ``pending`` record (:mod:`zarrstain.io.pending`; and ``[incomplete]`` labels for
+    channels being replaced) and clears the chunks about to be written; returns the write for
+    :func:`write_pyramids`, whose ``finish`` grows the arrays and lists the channels. The caller
+    holds the group's lock until then. When the group's pending record is this very write (same
+    labels, fingerprint, dtype and time points) an interrupted run is resumed: chunks already
+    written are kept.
 
     Parameters
     ----------
@@ -167,6 +164,39 @@ def begin_append(
     time
         ``data`` holds only these time points (a new channel's other time points stay empty).
     """
+    cax = _channel_axis(meta, where)
+    append = _Append.plan(group, meta, labels, cax, time, where)
+    pending = PendingRecord(
+        "append",
+        tuple(labels),
+        record.get("fingerprint"),
+        str(append.arrays[0].dtype),
+        (time.start, time.stop) if time is not None else None,
+        first_new_index=append.n0,
+    )
+
+    def store(prov: dict[str, Any]) -> None:
+        set_image_attrs(group, omero=append.omero, zarrstain=prov)
+
+    def clear() -> None:  # stale chunks must not pass for written ones on a resume
+        for view in append.views:
+            delete_chunks(view, [region(view.ndim, cax, s, n, append.tregion)
+                                 for s, n in append.slots])  # fmt: skip
+
+    done = None
+    if begin(group, pending, store, clear):
+        done = [stored_keys(v) for v in append.views]
+        logger.info("%s: resuming an interrupted write of %s", where, labels)
+    data = to_store_axes(data, meta.axis_names)
+    take = lambda idx: da.take(data, idx, axis=cax)  # noqa: E731
+    blocks = [(take(append.new), append.n0)] if append.new else []
+    blocks += [(take([i]), slot) for i, slot in append.replaced]
+    return PyramidWrite(where, append.views, cax, blocks, [], append.tregion, record, done,
+                        append.finish)  # fmt: skip
+
+
+def _channel_axis(meta: ImageMeta, where: str) -> int:
+    """The channel axis of an image that can take channels in place; refuses others."""
     dims = meta.axis_names
     if "c" not in dims:
         raise UnsupportedError(
@@ -181,72 +211,84 @@ def begin_append(
                 "channels in place only to stores chunked one channel per chunk; write to a new "
                 f"store with {option('out=...', '--out')}"
             )
-    prov = dict(group.attrs.get("zarrstain") or {})
-    old = prov.get("pending") or {}
-    n0 = _listed_channels(group, meta.levels[0].shape[cax])
-    # a channel an interrupted overwrite left "[incomplete]" is that label's slot
-    unfinished = {lab + INCOMPLETE_SUFFIX: lab for lab in old.get("labels") or []}
-    existing = [unfinished.get(lab, lab) for lab in list(meta.labels)[:n0]]
-    data = to_store_axes(data, dims)
-    take = lambda idx: da.take(data, idx, axis=cax)  # noqa: E731
-    new = [i for i, lab in enumerate(labels) if lab not in existing]
-    replaced = [(i, existing.index(lab)) for i, lab in enumerate(labels) if lab in existing]
-    arrays = [group[lvl.path] for lvl in meta.levels]
-    views = []
-    for arr in arrays:
-        shape = list(arr.shape)
-        shape[cax] = n0 + len(new)
-        views.append(grown_view(arr, tuple(shape)))
+    return cax
 
-    omero = _omero(group, existing, arrays[0].dtype)
-    tregion = time_region(dims, time)
-    pending = {
-        "labels": labels,
-        "first_new_index": n0,
-        "fingerprint": record.get("fingerprint"),
-        "dtype": str(arrays[0].dtype),
-        "time": [time.start, time.stop] if time is not None else None,
-    }
-    for _, slot in replaced:
-        omero["channels"][slot]["label"] = existing[slot] + INCOMPLETE_SUFFIX
-    resume = (
-        bool(pending["fingerprint"])
-        and bool(old.get("cleared"))
-        and all(old.get(k) == v for k, v in pending.items())
-    )
-    if resume:
-        done = [stored_keys(v) for v in views]
-        logger.info("%s: resuming an interrupted write of %s", where, labels)
-    else:
-        prov["pending"] = {**pending, "started": now(), "cleared": False}
-        set_image_attrs(group, omero=omero, zarrstain=prov)
-        slots = ([(n0, len(new))] if new else []) + [(slot, 1) for _, slot in replaced]
-        for view in views:  # stale chunks must not pass for written ones on a resume
-            delete_chunks(view, [region(view.ndim, cax, s, n, tregion) for s, n in slots])
-        prov["pending"] = {**prov["pending"], "cleared": True}
-        set_image_attrs(group, zarrstain=prov)
-        done = None
 
-    def finish(lo: list[float], hi: list[float], computed: dict[str, Any]) -> None:
-        for arr, view in zip(arrays, views, strict=True):
+@dataclass
+class _Append:
+    """Where an append writes (slots, views) and how it finishes (lists the channels)."""
+
+    group: zarr.Group
+    labels: list[str]
+    arrays: list[zarr.Array]
+    views: list[zarr.Array]
+    omero: dict[str, Any]
+    n0: int
+    new: list[int]  # indices (in labels) of channels added after the n0 listed ones
+    replaced: list[tuple[int, int]]  # (index in labels, channel slot) of channels overwritten
+    tregion: tuple[int, slice] | None
+    time: slice | None
+    where: str
+
+    @classmethod
+    def plan(
+        cls,
+        group: zarr.Group,
+        meta: ImageMeta,
+        labels: list[str],
+        cax: int,
+        time: slice | None,
+        where: str,
+    ) -> _Append:
+        old = PendingRecord.of(group)
+        n0 = _listed_channels(group, meta.levels[0].shape[cax])
+        # a channel an interrupted overwrite left "[incomplete]" is that label's slot
+        unfinished = {lab + INCOMPLETE_SUFFIX: lab for lab in (old.labels if old else ())}
+        existing = [unfinished.get(lab, lab) for lab in list(meta.labels)[:n0]]
+        new = [i for i, lab in enumerate(labels) if lab not in existing]
+        replaced = [(i, existing.index(lab)) for i, lab in enumerate(labels) if lab in existing]
+        arrays = [group[lvl.path] for lvl in meta.levels]
+        views = [grown_view(arr, _with(arr.shape, cax, n0 + len(new))) for arr in arrays]
+        omero = _omero(group, existing, arrays[0].dtype)
+        for _, slot in replaced:
+            omero["channels"][slot]["label"] = existing[slot] + INCOMPLETE_SUFFIX
+        tregion = time_region(meta.axis_names, time)
+        return cls(group, labels, arrays, views, omero, n0, new, replaced, tregion, time, where)
+
+    @property
+    def slots(self) -> list[tuple[int, int]]:
+        """(first channel, count) of every region written."""
+        return ([(self.n0, len(self.new))] if self.new else []) + [
+            (slot, 1) for _, slot in self.replaced
+        ]
+
+    def finish(self, lo: list[float], hi: list[float], computed: dict[str, Any]) -> None:
+        """Grow the arrays, then list the channels and their provenance in one write."""
+        for arr, view in zip(self.arrays, self.views, strict=True):
             if arr.shape != view.shape:  # grow; or shrink away slots of an interrupted run
                 arr.resize(view.shape)
-        channels = omero["channels"]
-        for k, i in enumerate(new):
-            channels.append(channel_entry(labels[i], n0 + k, arrays[0].dtype, lo[k], hi[k]))
-        for k, (i, slot) in enumerate(replaced):
-            m = len(new) + k
-            entry = channel_entry(labels[i], slot, arrays[0].dtype, lo[m], hi[m])
-            channels[slot] = {**channels[slot], "label": labels[i], "window": entry["window"]}
-        prov.pop("pending", None)
+        dtype, channels = self.arrays[0].dtype, self.omero["channels"]
+        for k, i in enumerate(self.new):
+            channels.append(channel_entry(self.labels[i], self.n0 + k, dtype, lo[k], hi[k]))
+        for k, (i, slot) in enumerate(self.replaced):
+            m = len(self.new) + k
+            entry = channel_entry(self.labels[i], slot, dtype, lo[m], hi[m])
+            channels[slot] = {**channels[slot], "label": self.labels[i], "window": entry["window"]}
+        prov = dict(self.group.attrs.get("zarrstain") or {})
+        prov.pop(KEY, None)
         written = prov.setdefault("channels", {})
-        for lab in labels:
-            written[lab] = with_time_points(computed, written.get(lab) if time else None, time)
-        set_image_attrs(group, omero=omero, zarrstain=prov)
-        logger.info("%s: wrote channels %s", where, ", ".join(repr(x) for x in labels))
+        for lab in self.labels:
+            previous = written.get(lab) if self.time else None
+            written[lab] = with_time_points(computed, previous, self.time)
+        set_image_attrs(self.group, omero=self.omero, zarrstain=prov)
+        written_labels = ", ".join(repr(x) for x in self.labels)
+        logger.info("%s: wrote channels %s", self.where, written_labels)
 
-    blocks = ([(take(new), n0)] if new else []) + [(take([i]), slot) for i, slot in replaced]
-    return PyramidWrite(where, views, cax, blocks, [], tregion, record, done, finish)
+
+def _with(shape: tuple[int, ...], axis: int, size: int) -> tuple[int, ...]:
+    out = list(shape)
+    out[axis] = size
+    return tuple(out)
 
 
 def with_time_points(

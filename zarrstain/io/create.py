@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
@@ -24,6 +25,7 @@ from .channels import (
 )
 from .layout import Layout
 from .metadata import DIMS, ImageMeta, ome_attrs
+from .pending import KEY, PendingRecord, begin
 from .stream import PyramidWrite, region, stored_keys
 
 __all__ = ["begin_create", "write_collection_metadata"]
@@ -66,11 +68,11 @@ def begin_create(
 ) -> PyramidWrite:
     """Start creating an image at ``gpath`` with the source's axes, scales and pyramid shapes.
 
-    The arrays are created (under a ``pending`` record; the group carries no OME metadata yet,
-    so nothing lists it as an image); the returned write, run by :func:`write_pyramids`, fills
-    them and its ``finish`` writes the image metadata. A group left by an interrupted run of the
-    same write (same fingerprint, labels, copies and time points) is resumed: its chunks already
-    written are kept.
+    The arrays are created under a ``pending`` record (:mod:`zarrstain.io.pending`; the group
+    carries no OME metadata yet, so nothing lists it as an image); the returned write, run by
+    :func:`write_pyramids`, fills them and its ``finish`` writes the image metadata. A group
+    left by an interrupted run of the same write (same fingerprint, labels, copies and time
+    points) is resumed: its chunks already written are kept.
 
     Parameters
     ----------
@@ -93,102 +95,145 @@ def begin_create(
     time
         ``data`` holds only these time points (the others stay empty).
     """
-    version, src_ome = ome_attrs(src_group)
-    ms, cax, added = _with_channel_axis(src_meta, src_ome["multiscales"][0])
-    axis_names = [a["name"] for a in ms["axes"]]
-    copy_idx = [src_meta.labels.index(lab) for lab in copy_labels]
-    n_out = len(copy_idx) + len(labels)
-    dtype = np.dtype(data.dtype)
-    if copy_idx:
-        dtype = np.result_type(dtype, np.dtype(src_meta.levels[0].dtype))
+    image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time, where)
+    pending = PendingRecord(
+        "create",
+        tuple(labels),
+        record.get("fingerprint"),
+        str(image.dtype),
+        (time.start, time.stop) if time is not None else None,
+        copied=tuple(copy_labels),
+    )
+    arrays = [_resumable(image.group, *layout, image.dtype) for layout in image.layouts]
 
-    group = root.require_group(gpath) if gpath else root
-    pending = {
-        "labels": labels,
-        "copied": copy_labels,
-        "fingerprint": record.get("fingerprint"),
-        "dtype": str(dtype),
-        "time": [time.start, time.stop] if time is not None else None,
-    }
-    old = (group.attrs.get("zarrstain") or {}).get("pending") or {}
-    resume = bool(pending["fingerprint"]) and all(old.get(k) == v for k, v in pending.items())
-    layouts = []
-    for lvl in src_meta.levels:
-        shape, chunks = list(lvl.shape), list(lvl.chunks)
-        if added:
-            shape.insert(cax, 1)
-            chunks.insert(cax, 1)
-        shape[cax], chunks[cax] = n_out, 1
-        layouts.append((lvl.path, tuple(shape), tuple(chunks)))
-    arrays = [_resumable(group, *layout, dtype) for layout in layouts] if resume else []
-    resume = resume and all(a is not None for a in arrays)
-    if not resume:
+    def store(prov: dict[str, Any]) -> None:  # no OME metadata: not an image yet
+        image.group.attrs.put({"zarrstain": {KEY: prov[KEY]}})
+
+    def clear() -> None:  # overwrite: removes the chunks of an earlier run
+        arrays[:] = image.create_arrays(root.metadata.zarr_format)
+
+    resume = begin(image.group, pending, store, clear, all(a is not None for a in arrays))
+    done = [stored_keys(a) for a in arrays] if resume else None
+    if resume:
+        logger.info("%s: resuming an interrupted write", where)
+    store_dims = tuple(d for d in DIMS if d in image.axis_names or d == "c")
+    blocks = [(to_store_axes(data.astype(image.dtype), store_dims), len(image.copy_idx))]
+    tregion = time_region(store_dims, time)
+    return PyramidWrite(
+        where, arrays, image.cax, blocks, image.copies(), tregion, record, done, image.finish
+    )
+
+
+@dataclass
+class _NewImage:
+    """The layout of an image being created, and how it finishes (writes its metadata)."""
+
+    group: zarr.Group
+    src_group: zarr.Group
+    src_meta: ImageMeta
+    version: str
+    src_ome: dict[str, Any]
+    ms: dict[str, Any]
+    cax: int
+    added: bool  # the source has no channel axis: one is inserted
+    copy_idx: list[int]
+    labels: list[str]
+    copy_labels: list[str]
+    dtype: np.dtype
+    time: slice | None
+    where: str
+
+    @classmethod
+    def plan(
+        cls,
+        root: zarr.Group,
+        gpath: str,
+        src_group: zarr.Group,
+        src_meta: ImageMeta,
+        data: da.Array,
+        labels: list[str],
+        copy_labels: list[str],
+        time: slice | None,
+        where: str,
+    ) -> _NewImage:
+        version, src_ome = ome_attrs(src_group)
+        ms, cax, added = _with_channel_axis(src_meta, src_ome["multiscales"][0])
+        copy_idx = [src_meta.labels.index(lab) for lab in copy_labels]
+        dtype = np.dtype(data.dtype)
+        if copy_idx:
+            dtype = np.result_type(dtype, np.dtype(src_meta.levels[0].dtype))
+        group = root.require_group(gpath) if gpath else root
+        return cls(group, src_group, src_meta, version, src_ome, ms, cax, added, copy_idx,
+                   list(labels), list(copy_labels), dtype, time, where)  # fmt: skip
+
+    @property
+    def axis_names(self) -> list[str]:
+        return [a["name"] for a in self.ms["axes"]]
+
+    @property
+    def layouts(self) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+        """(path, shape, chunks) per level: the source's, one channel per chunk."""
+        out = []
+        for lvl in self.src_meta.levels:
+            shape, chunks = list(lvl.shape), list(lvl.chunks)
+            if self.added:
+                shape.insert(self.cax, 1)
+                chunks.insert(self.cax, 1)
+            shape[self.cax], chunks[self.cax] = len(self.copy_idx) + len(self.labels), 1
+            out.append((lvl.path, tuple(shape), tuple(chunks)))
+        return out
+
+    def create_arrays(self, zarr_format: int) -> list[zarr.Array]:
+        """Every level's array, replacing (and so emptying) any left by an earlier run."""
         kwargs: dict[str, Any] = {}
-        if root.metadata.zarr_format == 2:
-            # NGFF 0.4 stores use "/" separated chunk keys (dimension_separator)
+        if zarr_format == 2:  # NGFF 0.4 stores use "/" separated chunk keys
             kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
         else:
-            kwargs["dimension_names"] = axis_names
-        arrays = [
-            group.create_array(  # overwrite: removes the chunks of an earlier run
-                path,
-                shape=shape,
-                chunks=chunks,
-                dtype=dtype,
-                fill_value=0,
-                overwrite=True,
-                config={"write_empty_chunks": True},
-                **kwargs,
-            )
-            for path, shape, chunks in layouts
-        ]
-        # After the arrays (and so after the removal of any older chunks): a resume may trust
-        # every chunk present once this record names the write. No OME metadata: not an image.
-        group.attrs.put({"zarrstain": {"pending": pending}})
-    else:
-        logger.info("%s: resuming an interrupted write", where)
-    # Copied channels: every level straight from the source's own pyramid.
-    copies = []
-    for k, i in enumerate(copy_idx):
-        per_level = []
-        for lvl in src_meta.levels:
-            src = da.from_array(src_group[lvl.path], chunks=lvl.chunks)
-            if added:
-                src = src[(slice(None),) * cax + (None,)]
-            per_level.append(src[region(src.ndim, cax, i, 1)].astype(dtype))
-        copies.append((per_level, k))
-    store_dims = tuple(d for d in DIMS if d in axis_names or d == "c")
-    new = to_store_axes(data.astype(dtype), store_dims)
+            kwargs["dimension_names"] = self.axis_names
+        return [
+            self.group.create_array(path, shape=shape, chunks=chunks, dtype=self.dtype,
+                                    fill_value=0, overwrite=True,
+                                    config={"write_empty_chunks": True}, **kwargs)
+            for path, shape, chunks in self.layouts
+        ]  # fmt: skip
 
-    def finish(lo: list[float], hi: list[float], computed: dict[str, Any]) -> None:
-        src_channels = (src_ome.get("omero") or {}).get("channels") or []
+    def copies(self) -> list[tuple[list[da.Array], int]]:
+        """Copied channels: every level straight from the source's own pyramid."""
+        out = []
+        for k, i in enumerate(self.copy_idx):
+            per_level = []
+            for lvl in self.src_meta.levels:
+                src = da.from_array(self.src_group[lvl.path], chunks=lvl.chunks)
+                if self.added:
+                    src = src[(slice(None),) * self.cax + (None,)]
+                per_level.append(src[region(src.ndim, self.cax, i, 1)].astype(self.dtype))
+            out.append((per_level, k))
+        return out
+
+    def finish(self, lo: list[float], hi: list[float], computed: dict[str, Any]) -> None:
+        """Write the image metadata (replacing the pending record) in one write."""
+        src_channels = (self.src_ome.get("omero") or {}).get("channels") or []
         entries = [
             copy.deepcopy(src_channels[i])
-            if i < len(src_channels) and src_meta.channel_labels
-            else channel_entry(copy_labels[k], k, dtype, np.nan, np.nan)
-            for k, i in enumerate(copy_idx)
+            if i < len(src_channels) and self.src_meta.channel_labels
+            else channel_entry(self.copy_labels[k], k, self.dtype, np.nan, np.nan)
+            for k, i in enumerate(self.copy_idx)
         ]
-        entries += [
-            channel_entry(lab, len(copy_idx) + k, dtype, lo[k], hi[k])
-            for k, lab in enumerate(labels)
-        ]
-        multiscales = {"multiscales": [ms]}
-        if version == "0.5":
-            attrs: dict[str, Any] = {"ome": {"version": version, **multiscales}}
+        n = len(self.copy_idx)
+        entries += [channel_entry(lab, n + k, self.dtype, lo[k], hi[k])
+                    for k, lab in enumerate(self.labels)]  # fmt: skip
+        multiscales = {"multiscales": [self.ms]}
+        if self.version == "0.5":
+            attrs: dict[str, Any] = {"ome": {"version": self.version, **multiscales}}
         else:
             attrs = multiscales
         attrs["zarrstain"] = {
-            "channels": {lab: with_time_points(computed, None, time) for lab in labels}
+            "channels": {lab: with_time_points(computed, None, self.time) for lab in self.labels}
         }
-        group.attrs.put(attrs)  # replaces the pending record
-        set_image_attrs(group, omero={"channels": entries})
-        logger.info("%s: created image with channels %s", where, ", ".join(copy_labels + labels))
-
-    done = [stored_keys(a) for a in arrays] if resume else None
-    tregion = time_region(store_dims, time)
-    return PyramidWrite(
-        where, arrays, cax, [(new, len(copy_idx))], copies, tregion, record, done, finish
-    )
+        self.group.attrs.put(attrs)  # replaces the pending record
+        set_image_attrs(self.group, omero={"channels": entries})
+        channels = ", ".join(self.copy_labels + self.labels)
+        logger.info("%s: created image with channels %s", self.where, channels)
 
 
 def _resumable(

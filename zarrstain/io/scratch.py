@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import zarr
 
-__all__ = ["persist_pass"]
+from ..errors import ParameterError, option
+from .store import is_remote, store_location
+
+__all__ = ["persist_pass", "scratch_beside"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,3 +60,24 @@ def persist_pass(arr: da.Array, scratch: str | os.PathLike, step: int) -> da.Arr
     da.store(arr, target, lock=False)
     target.attrs[KEY] = token  # last: marks the pass complete
     return da.from_zarr(target, chunks=arr.chunks)
+
+
+def scratch_beside(target: Any) -> Path:
+    """The scratch folder of a run writing into ``target``: ``<store>.zarrstain-scratch``.
+
+    Beside the store, not inside it: a zarr group inside would be listed as one of the store's
+    children. Remote stores need an explicit local scratch folder.
+
+    Raises
+    ------
+    ParameterError
+        ``target`` is a URL.
+    """
+    if is_remote(target) or not isinstance(target, str | os.PathLike):
+        raise ParameterError(
+            f"a multi-pass model keeps its intermediate passes in a local scratch store, and "
+            f"{target!r} is not a local path; give one with "
+            + option("PredictOptions(scratch=...)", "--scratch DIR")
+        )
+    location = Path(store_location(target))
+    return location.with_name(location.name + ".zarrstain-scratch")

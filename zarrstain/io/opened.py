@@ -1,0 +1,75 @@
+"""A store opened once: its root group, its name for messages and its parsed layout.
+
+Opening a store and parsing its layout are metadata requests (many of them for a plate on an
+object store). :func:`open_store` does both once; :func:`~zarrstain.open_scenes`,
+:func:`~zarrstain.io.read.check_chunks` and :func:`~zarrstain.write_channels` accept the
+result wherever they take a store, so a planned run does not repeat them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import zarr
+
+from .layout import Layout, find_layout
+from .store import describe_store, open_root
+
+__all__ = ["OpenStore", "open_store"]
+
+
+@dataclass(frozen=True)
+class OpenStore:
+    """An opened store.
+
+    Attributes
+    ----------
+    path
+        The store as the user gave it (a path, URL, zarr store or group).
+    root
+        Its root group.
+    where
+        Its name for messages.
+    layout
+        Its scenes (image, plate or bioformats2raw collection).
+    mode
+        ``"r"`` or ``"r+"``.
+    """
+
+    path: Any
+    root: zarr.Group
+    where: str
+    layout: Layout
+    mode: str
+
+    def group(self, gpath: str) -> zarr.Group:
+        """The group at ``gpath`` (the root for ``""``)."""
+        return self.root[gpath] if gpath else self.root
+
+    def where_of(self, gpath: str) -> str:
+        """The name of the group at ``gpath``, for messages."""
+        return f"{self.where}/{gpath}" if gpath else self.where
+
+
+def open_store(
+    path: Any,
+    mode: Literal["r", "r+"] = "r",
+    storage_options: dict[str, Any] | None = None,
+) -> OpenStore:
+    """Open ``path`` and parse its layout, or reuse an :class:`OpenStore` opened as needed.
+
+    A store opened ``"r+"`` serves reads too; one opened ``"r"`` is reopened for writing.
+
+    Raises
+    ------
+    ZarrstainError
+        As :func:`~zarrstain.io.store.open_root` and :func:`~zarrstain.io.layout.find_layout`.
+    """
+    if isinstance(path, OpenStore):
+        if mode == "r" or path.mode == mode:
+            return path
+        path = path.path
+    root = open_root(path, mode, storage_options)
+    where = describe_store(path)
+    return OpenStore(path, root, where, find_layout(root, where), mode)
