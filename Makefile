@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   - set up (first time only) and run the main job on a generated demo store
-#   make test   - set up (first time only) and run the test suite
+#   make test   - set up (first time only) and run the test suite (the tests marked slow too)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip

@@ -162,3 +162,21 @@ def test_read_over_http(http_root, version):
     remote = zarrstain.open_scenes(f"{url}/plate.zarr")
     assert list(remote) == list(local) == ["A/1/0", "A/1/1"]
     xr.testing.assert_equal(remote["A/1/1"].drop_attrs(), local["A/1/1"].drop_attrs())
+
+
+def test_an_open_store_is_parsed_once_and_reused(make_store, tmp_path):
+    """plan_prediction opens and parses the store once for reading, dry-run and chunk checks."""
+    from unittest import mock
+
+    from zarrstain.io import layout, opened
+    from zarrstain.pipeline import plan_prediction
+    from zarrstain.testing import random_model
+
+    src = make_store("plate", "0.5")
+    with mock.patch.object(opened, "find_layout", wraps=layout.find_layout) as parsed:
+        plan = plan_prediction(src, random_model(seed=1), out=tmp_path / "o.zarr")
+    assert parsed.call_count == 1 and len(plan.scenes) == 8
+    store = opened.open_store(src)
+    assert opened.open_store(store) is store  # reused as it is
+    assert opened.open_store(store, "r+").mode == "r+"  # reopened to write
+    assert zarrstain.open_scenes(store).keys() == zarrstain.open_scenes(src).keys()

@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import ChannelExistsError, DataError, ModelError, ParameterError, option
+from .io.opened import open_store
 from .io.read import check_chunks, open_scenes
 from .io.scratch import scratch_beside
 from .io.store import StoreLike, describe_store
@@ -400,7 +401,8 @@ def plan_prediction(
         dtype=dtype, copy_channels=copy_channels, storage_options=storage_options,
     )  # fmt: skip
     out, dtype, storage_options = write.out, write.dtype, write.storage_options
-    images = open_scenes(store, scenes=scenes, storage_options=storage_options)
+    source = open_store(store, "r", storage_options)  # opened and parsed once for the plan
+    images = open_scenes(source, scenes=scenes)
     method = normalization_method(options.normalize, model)
     times: dict[str, slice | None] = {}
     # a malformed or empty range fails the same for every scene; the stop asked for, to warn
@@ -453,15 +455,18 @@ def plan_prediction(
             check_integer_output(units, dtype, rescale, model.name, describe_store(out or store))
     plans = plan.scenes
     status = write_channels(
-        store, {p.scene: p.prediction for p in plans}, dry_run=True, time=times, **write.kwargs()
+        source,
+        {p.scene: p.prediction for p in plans},
+        dry_run=True,
+        time=times,
+        **write.kwargs(),
     )
     for p in plans:
         p.status = status[p.scene]
     missing = check_chunks(
-        store,
+        source,
         {p.scene: (p.inputs, times[p.scene]) for p in plans if p.status == "to write"},
         allow_missing=allow_missing_chunks,
-        storage_options=storage_options,
     )
     if missing:
         logger.warning("%d input chunk(s) are missing and read as the fill value", missing)

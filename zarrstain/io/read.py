@@ -13,9 +13,10 @@ from dask.base import tokenize
 
 from ..errors import SceneNotFoundError, UnsupportedError
 from .integrity import ChunkReader, missing_chunks
-from .layout import Layout, find_layout, select_scenes
+from .layout import select_scenes
 from .metadata import DIMS, ImageMeta, parse_image
-from .store import StoreLike, describe_store, open_root, store_location
+from .opened import OpenStore, open_store
+from .store import StoreLike, store_location
 
 __all__ = ["check_chunks", "open_image", "open_scenes", "source_token"]
 
@@ -51,14 +52,14 @@ def open_scenes(
 
     Notes
     -----
-    Only metadata is read; pixels are read when the arrays are computed.
+    Only metadata is read; pixels are read when the arrays are computed. ``path`` may be an
+    :class:`~zarrstain.io.opened.OpenStore`, whose parsed layout is then reused.
     """
-    root = open_root(path, "r", storage_options)
-    where = describe_store(path)
-    layout = find_layout(root, where)
+    src = open_store(path, "r", storage_options)
+    location = store_location(src.path)
     return {
-        sid: _open_scene(root, layout, sid, level, where, store_location(path))
-        for sid in select_scenes(layout, scenes, where)
+        sid: _open_scene(src, sid, level, location)
+        for sid in select_scenes(src.layout, scenes, src.where)
     }
 
 
@@ -97,28 +98,24 @@ def open_image(
     SceneNotFoundError
         ``scene`` is not in the store, or omitted while the store has several.
     """
-    root = open_root(path, "r", storage_options)
-    where = describe_store(path)
-    layout = find_layout(root, where)
+    src = open_store(path, "r", storage_options)
+    scenes = src.layout.scenes
     if scene is None:
-        if len(layout.scenes) != 1:
+        if len(scenes) != 1:
             raise SceneNotFoundError(
-                f"{where} holds {len(layout.scenes)} scenes; pass scene= one of "
-                f"{', '.join(repr(s) for s in list(layout.scenes)[:5])}"
-                + (" ..." if len(layout.scenes) > 5 else "")
+                f"{src.where} holds {len(scenes)} scenes; pass scene= one of "
+                f"{', '.join(repr(s) for s in list(scenes)[:5])}"
+                + (" ..." if len(scenes) > 5 else "")
             )
-        scene = next(iter(layout.scenes))
-    select_scenes(layout, scene, where)
-    return _open_scene(root, layout, scene, level, where, store_location(path))
+        scene = next(iter(scenes))
+    select_scenes(src.layout, scene, src.where)
+    return _open_scene(src, scene, level, store_location(src.path))
 
 
-def _open_scene(
-    root: zarr.Group, layout: Layout, scene: str, level: int, where: str, location: str
-) -> xr.DataArray:
-    gpath = layout.scenes[scene]
-    group = root[gpath] if gpath else root
-    scene_where = f"{where}/{gpath}" if gpath else where
-    meta = parse_image(group, scene_where)
+def _open_scene(src: OpenStore, scene: str, level: int, location: str) -> xr.DataArray:
+    gpath = src.layout.scenes[scene]
+    group = src.group(gpath)
+    meta = parse_image(group, src.where_of(gpath))
     return image_to_dataarray(group, meta, level, scene=scene, store=location)
 
 
@@ -210,14 +207,11 @@ def check_chunks(
     DataError
         A chunk is missing and ``allow_missing`` is false.
     """
-    root = open_root(path, "r", storage_options)
-    where = describe_store(path)
-    layout = find_layout(root, where)
+    src = open_store(path, "r", storage_options)
     missing = 0
     for sid, (labels, time) in wanted.items():
-        gpath = layout.scenes[sid]
-        group = root[gpath] if gpath else root
-        swhere = f"{where}/{gpath}" if gpath else where
+        gpath = src.layout.scenes[sid]
+        group, swhere = src.group(gpath), src.where_of(gpath)
         meta = parse_image(group, swhere)
         arr = group[meta.levels[0].path]
         dims = meta.axis_names

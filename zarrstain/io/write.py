@@ -27,9 +27,10 @@ from ..errors import (
 from .channels import INCOMPLETE_SUFFIX, begin_append
 from .create import begin_create, write_collection_metadata
 from .dtypes import array_dtype, cast, channel_dtypes
-from .layout import Layout, find_layout, select_scenes
+from .layout import Layout, select_scenes
 from .lock import group_lock, lock_path
 from .metadata import DIMS, ome_attrs, parse_image
+from .opened import OpenStore, open_store
 from .repeat import WritePlan, existing_state
 from .store import StoreLike, describe_store, is_remote, open_root
 from .stream import write_pyramids
@@ -111,16 +112,15 @@ def write_channels(
     time) is stored under the image group's ``zarrstain`` attribute.
     """
     mode = "r" if out is not None or dry_run else "r+"
-    src_root = open_root(path, mode, storage_options)
-    where = describe_store(path)
-    layout = find_layout(src_root, where)
+    src = open_store(path, mode, storage_options)  # an OpenStore given is reused
+    src_root, where, layout = src.root, src.where, src.layout
     by_scene = _by_scene(predictions, scene, layout, where)
     plans = [
         _plan(src_root, layout, sid, pred, where, dtype, out is None, _time_of(time, sid))
         for sid, pred in by_scene.items()
     ]
     if out is None:
-        return _write_in_place(src_root, plans, overwrite, where, dry_run)
+        return _write_in_place(src, plans, overwrite, dry_run)
     return _write_new_store(
         src_root, layout, plans, out, overwrite, copy_channels, storage_options, dry_run
     )
@@ -245,16 +245,14 @@ BATCH = 64
 
 
 def _write_in_place(
-    root: zarr.Group,
+    src: OpenStore,
     plans: list[WritePlan],
     overwrite: bool,
-    where: str,
     dry_run: bool,
 ) -> dict[str, str]:
     todo, result = [], {}
     for plan in plans:
-        group = root[plan.gpath] if plan.gpath else root
-        swhere = f"{where}/{plan.gpath}" if plan.gpath else where
+        group, swhere = src.group(plan.gpath), src.where_of(plan.gpath)
         if dry_run and "c" not in plan.meta.axis_names:
             raise UnsupportedError(
                 f"{swhere} has no channel axis, so channels cannot be added in place; write "
