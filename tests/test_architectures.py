@@ -329,3 +329,14 @@ def test_cli_predicts_with_a_plug_in_per_channel_dtypes_and_a_scratch(tmp_path):
                                     "--scratch", str(scratch)])  # fmt: skip
     assert done.exit_code == 0, done.output
     assert (scratch / "pass-0").is_dir()  # a scratch folder the user named is theirs to remove
+
+
+def test_model_forward_is_the_prediction_of_every_pass():
+    twice = _model("test-twice", output_labels=["twice"])
+    x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        once = torch.tanh(twice.module(x))
+        expected = torch.tanh(twice.module(once))
+    torch.testing.assert_close(twice.forward(x), expected)
+    meanstd = _model("test-mean-std", output_labels=["v", "s"])
+    assert (meanstd.forward(torch.randn(1, 1, 6, 8, 8))[:, 1] > 0).all()  # run()'s softplus

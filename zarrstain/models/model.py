@@ -111,9 +111,21 @@ class Model:
         return heads * (n // len(heads))
 
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One forward pass of the module on an (N, C, *spatial) tensor."""
-        return self.module(x)
+    def forward(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """The model's prediction for an (N, C, *spatial) tensor: every pass, as tiling runs it.
+
+        Each item is its own volume (origin 0) in the block context the architecture gets; the
+        original module is used (prediction over a store uses the architecture's
+        ``inference_module``, equal to float32 rounding).
+        """
+        from .architecture import BlockContext
+
+        spatial = tuple(x.shape[2:])
+        volume = (len(x), *((1,) * (3 - len(spatial))), *spatial)
+        for step in range(self.geometry.passes):
+            context = BlockContext(((0, 0, 0, 0),) * len(x), volume, seed, step, x.device)
+            x = self.spec.run(self.module, x, context)
+        return x
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable summary for provenance and ``--dry-run``."""
