@@ -1,10 +1,12 @@
 """Block planning for tiled prediction: halo, block sizes and the memory they need.
 
-Block sizes come from a memory budget per block (:func:`default_block_memory`): as large as
-fits, multiples of the model's divisor, full Z for 3D models when it fits, and whole multiples
-of the data's own chunks along y and x (the store's chunks, when the data came from a store) so
-that every task writes whole zarr chunks. See :mod:`zarrstain.tiling` for why the halo and the
-divisor make tiled prediction exact.
+Block sizes come from a memory budget per block (:func:`default_block_memory`): multiples of
+the model's divisor, full Z for 3D models when it fits, and, of every block shape along y and x
+that fits, the one computing the fewest voxels (halo overhead weighed against block size, see
+:func:`_planar_blocks`), preferring whole multiples of the data's own chunks (the store's, when
+the data came from a store) so that every task writes whole zarr chunks. Non-local models get
+one whole field per block. See :mod:`zarrstain.tiling` for why the halo and the divisor make
+tiled prediction exact.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 
 import dask
 import numpy as np
-import torch
 from dask.utils import format_bytes, parse_bytes
 
 from .errors import ParameterError, ShapeMismatchError, option
@@ -146,6 +147,8 @@ def default_block_memory() -> int:
     configured = dask.config.get("zarrstain.block-memory", None)
     if configured:
         return _budget(configured)
+    import torch  # only here: planning needs no torch otherwise
+
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).total_memory // 2
     import psutil
