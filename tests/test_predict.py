@@ -1,8 +1,6 @@
-"""zarrstain.predict: laziness, channel selection, normalization, provenance, model cache."""
+"""zarrstain.predict: laziness, channel selection, normalization, provenance, devices."""
 
 from __future__ import annotations
-
-import pickle
 
 import numpy as np
 import pytest
@@ -11,7 +9,6 @@ import xarray as xr
 
 import zarrstain
 from zarrstain.errors import ChannelError, ModelError
-from zarrstain.models import cache
 from zarrstain.pipeline import plan_prediction
 from zarrstain.testing import raise_if_dask_computes, random_model
 from zarrstain.tiling import predict_whole
@@ -105,25 +102,6 @@ def test_fingerprint_is_stable_and_tracks_what_matters(make_store, model):
         zarrstain.predict(zarrstain.open_image(path), other).attrs["zarrstain"]["fingerprint"]
         != fp()
     )
-
-
-def test_handle_carries_a_path_not_the_weights(tmp_path, model):
-    folder = zarrstain.save_model(model, tmp_path / "m")
-    loaded = zarrstain.load_model(folder)
-    handle = cache.ModelHandle(loaded)
-    blob = pickle.dumps(handle)
-    assert len(blob) < 2000  # the weights are ~10 kB here, 30+ MB for real nets
-    # a fresh process: nothing cached, the model loads once from its folder
-    cache._MODELS.pop(loaded.content_hash)
-    before = cache.loads[loaded.content_hash]
-    for _ in range(3):
-        assert pickle.loads(blob).get().content_hash == loaded.content_hash
-    assert cache.loads[loaded.content_hash] == before + 1
-
-
-def test_in_memory_models_carry_their_weights(model):
-    handle = pickle.loads(pickle.dumps(cache.ModelHandle(model)))
-    assert handle.get().content_hash == model.content_hash
 
 
 def test_cuda_without_gpu_is_refused_before_compute(model):
