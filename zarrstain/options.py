@@ -47,8 +47,31 @@ def _flag(name: str) -> str:
     return option(name, "--" + name.replace("_", "-"))
 
 
+class _Options:
+    """What both option objects share: copies that are validated again, and keyword arguments."""
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with these fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments of :func:`zarrstain.predict` / ``write_channels``.
+
+        Frozen containers are thawed (tuples to lists, mappings to dicts) for the callee.
+        """
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+
 @dataclass(frozen=True)
-class PredictOptions:
+class PredictOptions(_Options):
     """How a model runs over a scene; see :func:`zarrstain.predict` for each field.
 
     Raises
@@ -119,22 +142,9 @@ class PredictOptions:
                 f"resources must be a mapping like {{'GPU': 1}}, not {self.resources!r}"
             )
 
-    def replace(self, **changes: Any) -> PredictOptions:
-        """A copy with these fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def kwargs(self) -> dict[str, Any]:
-        """The fields as :func:`zarrstain.predict` keyword arguments."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if isinstance(out["input_channels"], tuple):
-            out["input_channels"] = list(out["input_channels"])
-        if out["resources"] is not None:
-            out["resources"] = dict(out["resources"])
-        return out
-
 
 @dataclass(frozen=True)
-class WriteOptions:
+class WriteOptions(_Options):
     """Where and how predicted channels are written; see :func:`zarrstain.write_channels`.
 
     Raises
@@ -167,19 +177,6 @@ class WriteOptions:
                 f"{_flag('copy_channels')} copies source channels into a new store; give "
                 + option("out=...", "--out")
             )
-
-    def replace(self, **changes: Any) -> WriteOptions:
-        """A copy with these fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def kwargs(self) -> dict[str, Any]:
-        """The fields as :func:`zarrstain.write_channels` keyword arguments."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if isinstance(out["copy_channels"], tuple):
-            out["copy_channels"] = list(out["copy_channels"])
-        if out["storage_options"] is not None:
-            out["storage_options"] = dict(out["storage_options"])
-        return out
 
 
 def merge_options(given: Any, cls: type, name: str, **values: Any) -> Any:

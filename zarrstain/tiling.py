@@ -247,7 +247,7 @@ def _map_pass(
     depth = {0: 0, 1: 0, 2: halo[0], 3: halo[1], 4: halo[2]}
     starts = tuple(tuple(int(v) for v in np.cumsum((0, *c[:-1]))) for c in plan.chunks)
     key = (model.content_hash, plan, device, precision)
-    if step or len(plan.halos) > 1:
+    if len(plan.halos) > 1:  # multi-pass: each pass its own graph layer
         key += (step,)
     if model.spec.stochastic:
         key += (seed,)

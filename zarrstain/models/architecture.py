@@ -136,6 +136,12 @@ class BlockContext:
     step: int = 0
     device: Any = "cpu"
 
+    @classmethod
+    def whole(cls, x: torch.Tensor, seed: int = 0, step: int = 0) -> BlockContext:
+        """The context of a batch whose items are each a volume of their own (origin 0)."""
+        volume = (len(x), *((1,) * (5 - x.dim())), *x.shape[2:])
+        return cls(((0, 0, 0, 0),) * len(x), volume, seed, step, x.device)
+
 
 class Architecture:
     """Base class of a model family; subclass it and :func:`~zarrstain.models.register` it.

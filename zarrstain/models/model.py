@@ -120,11 +120,8 @@ class Model:
         """
         from .architecture import BlockContext
 
-        spatial = tuple(x.shape[2:])
-        volume = (len(x), *((1,) * (3 - len(spatial))), *spatial)
         for step in range(self.geometry.passes):
-            context = BlockContext(((0, 0, 0, 0),) * len(x), volume, seed, step, x.device)
-            x = self.spec.run(self.module, x, context)
+            x = self.spec.run(self.module, x, BlockContext.whole(x, seed, step))
         return x
 
     def describe(self) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from .architecture import Architecture, Geometry
+from .architecture import Architecture
 from .fnet import FnetArchitecture
 
-__all__ = ["ALIASES", "ARCHITECTURES", "build", "geometry", "get_architecture", "register"]
+__all__ = ["ALIASES", "ARCHITECTURES", "build", "get_architecture", "register"]
 
 #: name → architecture
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -75,11 +75,6 @@ def get_architecture(name: str) -> Architecture:
 def build(architecture: str, **kwargs: Any) -> nn.Module:
     """Construct a registered architecture with its keyword arguments."""
     return get_architecture(architecture).build(**kwargs)
-
-
-def geometry(architecture: str, kwargs: dict[str, Any]) -> Geometry:
-    """The geometry of an architecture with these arguments."""
-    return get_architecture(architecture).geometry(kwargs)
 
 
 register(FnetArchitecture())

@@ -376,9 +376,7 @@ def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
 
 def _forward(spec: Architecture, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The architecture's forward on a batch of patches (their positions are not tracked)."""
-    volume = (len(x), *((1,) * (5 - x.dim())), *x.shape[2:])
-    context = BlockContext(((0, 0, 0, 0),) * len(x), volume, 0, 0, x.device)
-    return spec.run(module, x, context)
+    return spec.run(module, x, BlockContext.whole(x))
 
 
 def _validate(
