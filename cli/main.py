@@ -347,7 +347,7 @@ def train(stores, inputs, targets, out, config_file, paper, resume, overwrite, *
     assert isinstance(config, TrainConfig)
     bar = Progress("training", config.steps, "step", quiet=_quiet())
     result = run_training(
-        list(stores), config, out, resume=resume, overwrite=overwrite, progress=bar.to
+        list(stores), config, out, resume=resume, overwrite=overwrite, progress=bar
     )
     bar.finish()
     vals = [h["val_pcc"] for h in result.history if "val_pcc" in h]

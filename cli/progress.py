@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from zarrstain.progress import ProgressEvent
+
 __all__ = ["Progress", "StageProgress"]
 
 #: without a TTY, a line at least this often (seconds) ...
@@ -73,9 +75,9 @@ class Progress:
         self.bar.current_item = item or None
         self.bar.update(done - self.bar.pos)
 
-    def __call__(self, n: int) -> None:
-        """Add ``n`` units (the model-block callback of ``PredictionPlan.run``)."""
-        self.to(self.done + n)
+    def __call__(self, event: ProgressEvent) -> None:
+        """Show an event of the library's ``progress=`` callbacks."""
+        self.to(event.done, dict(event.info))
 
     def _line(self, done: int, item: dict | None) -> None:
         now = time.monotonic()
@@ -105,7 +107,7 @@ def _entry_text(entry: dict | None) -> str:
 
 
 class StageProgress:
-    """A ``progress(stage, done, total, info)`` callback with one :class:`Progress` per stage.
+    """A ``progress=`` callback with one :class:`Progress` per event stage.
 
     Parameters
     ----------
@@ -119,12 +121,12 @@ class StageProgress:
         self.quiet, self.stages = quiet, stages
         self.shown: dict[str, Progress] = {}
 
-    def __call__(self, stage: str, done: int, total: int, info: dict) -> None:
-        if stage not in self.shown:
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.stage not in self.shown:
             self.finish()
-            label, unit = self.stages[stage]
-            self.shown[stage] = Progress(label, total, unit, quiet=self.quiet)
-        self.shown[stage].to(done, info)
+            label, unit = self.stages[event.stage]
+            self.shown[event.stage] = Progress(label, event.total, unit, quiet=self.quiet)
+        self.shown[event.stage](event)
 
     def finish(self) -> None:
         """End every stage's bar."""

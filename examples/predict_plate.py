@@ -19,6 +19,7 @@ import numpy as np
 import zarrstain
 from zarrstain import datasets
 from zarrstain.pipeline import format_plan, plan_prediction
+from zarrstain.progress import ProgressEvent
 from zarrstain.testing import random_model
 from zarrstain.tiling import predict_whole
 
@@ -31,7 +32,7 @@ def main(out_dir: str = "example-output", model_path: str | None = None) -> Path
     )
     if model_path is None:
         model_path = zarrstain.save_model(
-            random_model(ndim=3, depth=3, mult_chan=4), out / "untrained-fnet", overwrite=True
+            random_model(ndim=3, depth=2, mult_chan=4), out / "untrained-fnet", overwrite=True
         )
     model = zarrstain.load_model(model_path, output_label="DNA (predicted)")
     print(
@@ -52,7 +53,12 @@ def main(out_dir: str = "example-output", model_path: str | None = None) -> Path
         plate, model, out=out / "predicted.zarr", copy_channels=True, halo="exact", **inputs
     )
     print(format_plan(plan.describe()))
-    print(plan.run())
+
+    def report(event: ProgressEvent) -> None:  # every long call reports this way
+        if event.done == event.total or event.done % 10 == 0:
+            print(f"{event.stage}: block {event.done}/{event.total}")
+
+    print(plan.run(progress=report))
     written = zarrstain.open_image(out / "predicted.zarr", "A/2/0")
     print("channels written:", list(written.c.values))
     return out / "predicted.zarr"

@@ -42,10 +42,12 @@ def test_worker_processes_load_the_model_once_and_match_a_local_run(make_store, 
         plan.run(client=client, progress=seen.append)
         loads = client.run(_loads, model.content_hash)
         deadline = time.monotonic() + 10  # worker events reach the client asynchronously
-        while sum(seen) < n_blocks and time.monotonic() < deadline:
+        while len(seen) < n_blocks and time.monotonic() < deadline:
             time.sleep(0.05)
     assert sorted(loads.values()) == [1, 1]  # each worker process: once, for every block
-    assert sum(seen) == n_blocks  # progress: every block the workers ran, reported
+    # progress: every block the workers ran, reported once, counted up to the plan's total
+    assert [e.done for e in seen] == list(range(1, n_blocks + 1))
+    assert {(e.stage, e.total) for e in seen} == {("predict", n_blocks)}
     for sid in ("A/1/0", "B/2/1"):
         a = zarrstain.open_image(tmp_path / "local.zarr", sid).values
         b = zarrstain.open_image(tmp_path / "dist.zarr", sid).values

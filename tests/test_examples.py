@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import runpy
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ def test_predict_plate_example(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["example", str(tmp_path / "out")])
     runpy.run_path(str(EXAMPLES / "predict_plate.py"), run_name="__main__")
     out = capsys.readouterr().out
+    tiling = ast.literal_eval(out.split("blocks:")[1].split("\n")[0].strip())
+    assert tiling["blocks"] > 1 and tiling["exact"]  # really cut into blocks, and exact
     assert float(out.split("max |tiled - whole volume| =")[1].split()[0]) < 1e-5
     written = zarrstain.open_image(tmp_path / "out" / "predicted.zarr", "A/2/0")
     assert list(written.c.values) == ["BF", "DNA", "Membrane", "DNA (predicted)"]
@@ -43,6 +46,8 @@ def test_custom_architecture_example(tmp_path, monkeypatch, capsys):
         ARCHITECTURES.clear()
         ARCHITECTURES.update(saved)
     out = capsys.readouterr().out
+    tiling = ast.literal_eval(out.split("blocks:")[1].split("\n")[0].strip())
+    assert tiling["blocks"] > 1 and tiling["exact"]  # really cut into blocks, and exact
     assert float(out.split("max |tiled - whole volume| =")[1].split()[0]) < 1e-5
     written = zarrstain.open_image(tmp_path / "predicted.zarr")
     assert list(written.c.values) == ["BF", "DNA (predicted)", "DNA (predicted std)"]

@@ -202,6 +202,17 @@ def trained(plate, tmp_path_factory):
     return run_training(plate, config, out), config
 
 
+def test_progress_reports_every_step_with_its_loss(plate, tmp_path):
+    from zarrstain.progress import ProgressEvent
+
+    events: list[ProgressEvent] = []
+    config = small_config(steps=4, val_scenes=["A/3/0"], validate_every=2)
+    result = run_training(plate, config, tmp_path / "m", progress=events.append)
+    assert [(e.stage, e.done, e.total) for e in events] == [("train", i, 4) for i in (1, 2, 3, 4)]
+    assert [e.info["loss"] for e in events] == [h["loss"] for h in result.history]
+    assert ["val_pcc" in e.info for e in events] == [False, True, False, True]
+
+
 def test_checkpoint_is_a_package_predict_loads(trained, plate, tmp_path):
     result, _ = trained
     card = json.loads((result.package / "card.json").read_text())

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import datasets
 from .errors import ParameterError
 from .evaluate import Evaluation, evaluate
 from .pipeline import plan_prediction
+from .progress import ProgressCallback
 from .training import TrainConfig, train
 
 __all__ = ["DEMO_CONFIG", "HELD_OUT", "DemoResult", "run_demo"]
@@ -56,7 +55,7 @@ def run_demo(
     *,
     config: TrainConfig = DEMO_CONFIG,
     overwrite: bool = True,
-    progress: Callable[[str, int, int, dict[str, Any]], Any] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> DemoResult:
     """Generate a plate, train, predict every scene in place, evaluate the held-out wells.
 
@@ -70,8 +69,8 @@ def run_demo(
     overwrite
         Replace an earlier demo in ``directory``.
     progress
-        Called as ``progress(stage, done, total, info)`` for ``"train"`` steps and
-        ``"predict"`` blocks.
+        Called with a :class:`~zarrstain.progress.ProgressEvent` per ``"train"`` step and
+        per ``"predict"`` block.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -87,18 +86,9 @@ def run_demo(
     datasets.make_plate(
         plate, rows=("A", "B"), columns=("1", "2", "3"), fields=1, shape=(2, 16, 96, 96)
     )
-    step = None if progress is None else (lambda n, e: progress("train", n, config.steps, e))
-    trained = train(plate, config, model_dir, progress=step)
+    trained = train(plate, config, model_dir, progress=progress)
     plan = plan_prediction(plate, trained.model, halo="exact")
-    total = plan.n_blocks
-    done = [0]
-
-    def block(n: int) -> None:
-        done[0] += n
-        if progress is not None:
-            progress("predict", done[0], total, {})
-
-    plan.run(progress=block)
+    plan.run(progress=progress)
     label = trained.model.output_labels[0]
     result = evaluate(plate, label, "DNA", scenes=list(HELD_OUT), input_channel="BF", out=directory)
     return DemoResult(plate, model_dir, result)

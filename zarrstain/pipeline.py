@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from .normalize import normalization_stats
 from .options import PredictOptions, WriteOptions, merge_options
 from .plan_format import format_plan
 from .predict import normalization_method, predict, select_inputs
-from .progress import BlockProgress, cluster_progress
+from .progress import BlockProgress, ProgressCallback, cluster_progress
 from .units import check_integer_output
 from .units import rescale as rescale_units
 
@@ -182,16 +182,15 @@ class PredictionPlan:
             "scenes": [s.describe() for s in self.scenes],
         }
 
-    def run(
-        self, progress: Callable[[int], Any] | None = None, client: Any = None
-    ) -> dict[str, str]:
+    def run(self, progress: ProgressCallback | None = None, client: Any = None) -> dict[str, str]:
         """Compute the statistics, predict and write; returns scene → status.
 
         Parameters
         ----------
         progress
-            Called with the number of model blocks finished (on a cluster: as the workers'
-            events arrive, from the client's event loop).
+            Called with a ``"predict"`` :class:`~zarrstain.progress.ProgressEvent` each time a
+            model block finishes (``done`` of ``total`` = :attr:`n_blocks`; on a cluster as
+            the workers' events arrive, from the client's event loop).
         client
             A ``distributed.Client`` to run on: the model is sent to each worker once first
             (see :func:`zarrstain.cluster.publish_model`). When some of its workers have GPUs
@@ -226,11 +225,11 @@ class PredictionPlan:
             s.scene: self.predict(s.source, computed.get(s.scene), scratch, s.scene) for s in todo
         }
         # Counts model blocks (a resumed run computes fewer than n_blocks).
-        blocks = BlockProgress(progress)
+        blocks = BlockProgress(progress, total=self.n_blocks)
         if client is None:
             watch: Any = blocks
         elif progress is not None:
-            watch = cluster_progress(client, progress)
+            watch = cluster_progress(client, blocks.add)
         else:
             watch = contextlib.nullcontext()
         with watch:

@@ -1,4 +1,9 @@
-"""Progress of model blocks, on dask's local schedulers and on distributed clusters.
+"""Progress of long work: one callback convention, and model blocks counted on any scheduler.
+
+Every long call of the library (:func:`zarrstain.train`, ``PredictionPlan.run``,
+:func:`zarrstain.demo.run_demo`) takes ``progress=``, a callable that receives one
+:class:`ProgressEvent` (stage, done, total, info) each time a unit of work finishes. One
+argument, not several positional ones, so later fields never break a user's callback.
 
 Each model block reports itself when it finishes (:func:`block_done`, called by
 :func:`zarrstain.tiling.run_tiled`'s block function) rather than being recognised by its task
@@ -13,10 +18,19 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PREDICT_PREFIX", "TOPIC", "BlockProgress", "block_done", "cluster_progress"]
+__all__ = [
+    "PREDICT_PREFIX",
+    "TOPIC",
+    "BlockProgress",
+    "ProgressCallback",
+    "ProgressEvent",
+    "block_done",
+    "cluster_progress",
+]
 
 #: dask key prefix of the tasks that run the model (see :func:`zarrstain.tiling.run_tiled`)
 PREDICT_PREFIX = "zarrstain-predict-"
@@ -24,6 +38,46 @@ PREDICT_PREFIX = "zarrstain-predict-"
 TOPIC = "zarrstain-blocks"
 
 _listeners: list[Callable[[int], Any]] = []
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One report of long work, passed to every ``progress=`` callback of the library.
+
+    Attributes
+    ----------
+    stage
+        What is counted: ``"train"`` (optimizer steps) or ``"predict"`` (model blocks).
+    done
+        Units finished so far in this stage (cumulative, 1 on the first report).
+    total
+        Units the stage plans (a resumed prediction may end below it: blocks already
+        written are not run again).
+    info
+        Stage-specific values: for ``"train"`` the step's ``loss`` (and ``val_pcc`` after a
+        validation); empty for ``"predict"``.
+
+    Examples
+    --------
+    >>> def show(event):
+    ...     print(f"{event.stage}: {event.done}/{event.total}")
+    >>> show(ProgressEvent("predict", 3, 12))
+    predict: 3/12
+    """
+
+    stage: str
+    done: int
+    total: int
+    info: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        """``done / total`` (1.0 for an empty stage)."""
+        return self.done / self.total if self.total else 1.0
+
+
+#: the type of every ``progress=`` parameter
+ProgressCallback = Callable[[ProgressEvent], Any]
 
 
 def block_done() -> None:
@@ -41,42 +95,51 @@ def block_done() -> None:
 
 
 class BlockProgress:
-    """Calls ``update(1)`` each time a model block finishes in this process, while active.
+    """Counts the model blocks that finish in this process while active, and reports them.
 
     Parameters
     ----------
-    update
-        Called with the number of blocks just finished (1), from a scheduler thread.
+    progress
+        Called with a ``"predict"`` :class:`ProgressEvent` per finished block, from a
+        scheduler thread (or, fed by :func:`cluster_progress`, the client's event loop).
+    total
+        The blocks planned (the events' ``total``).
 
     Examples
     --------
-    >>> with BlockProgress(bar.update) as blocks:  # doctest: +SKIP
+    >>> with BlockProgress(print, total=4) as blocks:  # doctest: +SKIP
     ...     zarrstain.write_channels(store, prediction)
     >>> blocks.done  # doctest: +SKIP
     """
 
-    def __init__(self, update: Callable[[int], Any] | None = None) -> None:
-        self._update = update
+    def __init__(self, progress: ProgressCallback | None = None, total: int = 0) -> None:
+        self._progress = progress
+        self.total = total
         self._lock = threading.Lock()
         self.done = 0
 
-    def _count(self, n: int) -> None:
+    def add(self, n: int = 1) -> None:
+        """Count ``n`` finished blocks and report the new total."""
         with self._lock:
             self.done += n
-        if self._update is not None:
-            self._update(n)
+            done = self.done
+        if self._progress is not None:
+            self._progress(ProgressEvent("predict", done, self.total))
 
     def __enter__(self) -> BlockProgress:
-        _listeners.append(self._count)
+        _listeners.append(self.add)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _listeners.remove(self._count)
+        _listeners.remove(self.add)
 
 
 @contextlib.contextmanager
 def cluster_progress(client: Any, update: Callable[[int], Any]) -> Iterator[None]:
-    """Call ``update(1)`` for each model block the workers of ``client``'s cluster finish."""
+    """Call ``update(1)`` for each model block the workers of ``client``'s cluster finish.
+
+    ``update`` is typically :meth:`BlockProgress.add`, which turns counts into events.
+    """
     client.subscribe_topic(TOPIC, lambda event: update(1))
     try:
         yield

@@ -111,9 +111,13 @@ def region(
     return tuple(out)
 
 
+#: the metadata documents beside an array's chunks (zarr v3, v2)
+_METADATA = frozenset({"zarr.json", ".zarray", ".zattrs"})
+
+
 def stored_keys(arr: zarr.Array) -> set[str]:
     """Keys (relative to ``arr``) of the chunks or shards present in the store."""
-    return list_keys(arr)
+    return list_keys(arr) - _METADATA
 
 
 def keys_in(arr: zarr.Array, where: tuple[slice, ...]) -> Iterator[tuple[str, tuple[slice, ...]]]:

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from ..models.card import is_package
 from ..models.model import state_dict_hash
 from ..models.registry import ALIASES, ARCHITECTURES
 from ..normalize import METHODS
+from ..progress import ProgressCallback, ProgressEvent
 from .sampler import PatchSampler, split_regions
 
 __all__ = ["TrainConfig", "TrainResult", "build_config", "train", "training_models"]
@@ -257,7 +258,7 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    progress: Callable[[int, dict[str, float]], Any] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> TrainResult:
     """Train a model on paired channels of OME-Zarr stores and save it as a model package.
 
@@ -275,7 +276,8 @@ def train(
         Replace the model package at ``out``. Without it (or ``resume``) an existing ``out``
         is refused before anything is trained: a trained model is never replaced by accident.
     progress
-        Called after every step with the step number (1-based) and ``{"loss": ...}`` (plus
+        Called after every step with a ``"train"`` :class:`~zarrstain.progress.ProgressEvent`:
+        ``done`` is the step (1-based) of ``config.steps``, ``info`` holds ``"loss"`` (plus
         ``"val_pcc"`` after validations).
 
     Returns
@@ -341,7 +343,7 @@ def train(
             )
         history.append(entry)
         if progress is not None:
-            progress(step, entry)
+            progress(ProgressEvent("train", step, config.steps, entry))
         if step % config.checkpoint_every == 0 or step == config.steps:
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
