@@ -308,94 +308,16 @@ def plan_tiles(
     model_axes = SPATIAL[-model.spatial_dims :]
     mode, per_pass = _halos(model, halo)
     halos = {a: max(h[a] for h in per_pass) for a in model_axes}
-    local = model.geometry.local
     t, *zyx = shape
-    padded = [
-        _round_up(s, div) if a in model_axes else s for a, s in zip(SPATIAL, zyx, strict=True)
-    ]
-    for a, s, p in zip(SPATIAL, zyx, padded, strict=True):
-        if p - s >= s:  # reflect padding needs more data than it adds
-            raise ShapeMismatchError(
-                f"{a}={s} is too small for {model.spatial_dims}D model {model.name!r}: it pads "
-                f"each axis by mirroring to a multiple of {div} and needs {a} ≥ {p - s + 1}; "
-                + ("use a 2D model for thin stacks" if a == "z" else "use a larger image")
-            )
+    axes = _Axes(model_axes, _padded(model, zyx), halos, div, dict(align or {}))
     budget = _budget(block_memory) if block_memory else default_block_memory()
     bpv = bytes_per_voxel(model)
-    if not local and chunks:
-        logger.warning(
-            "model %s is not local (its layers see the whole field): tiling it with chunks=%s "
-            "is approximate",
-            model.name,
-            chunks,
-        )
-    elif not local:  # one whole field per block: the only exact tiling of a non-local model
-        chunks = {a: p for a, p in zip(SPATIAL, padded, strict=True) if a in model_axes}
-    chunks = dict(chunks or {})
-    align = align or {}
-    for a, c in chunks.items():
-        if a in model_axes and c % div:
-            raise ShapeMismatchError(
-                f"chunks[{a!r}]={c} is not a multiple of the model's divisor {div}; use "
-                f"{_round_up(c, div)}"
-            )
-
-    def unit(a: int) -> int:
-        axis = SPATIAL[a]
-        if axis not in model_axes:
-            return 1
-        u = math.lcm(div, max(int(align.get(axis, div)), 1))
-        return u if u <= max(padded[a], div) and u <= 1024 else div
-
-    def ext(a: int, b: int) -> int:  # the largest block along axis a, with its overlap
-        h = halos.get(SPATIAL[a], 0)
-        return _extent(_axis_chunks(padded[a], b, h), h)
-
-    sizes = [0, 0, 0]
-    planar = [a for a in range(3) if SPATIAL[a] in model_axes and SPATIAL[a] != "z"]
-    # z: the whole stack for 3D models when a minimal y/x block still fits the budget
-    for a, c in list(chunks.items()):
-        h = halos.get(a, 0)
-        p = padded[SPATIAL.index(a)] if a in SPATIAL else 0
-        if a in model_axes and c < min(h, p):  # dask overlaps only with neighbours ≥ the halo
-            chunks[a] = min(_round_up(h, div), p)
-            logger.warning(
-                "chunks[%r]=%d is smaller than the halo %d; using %d", a, c, h, chunks[a]
-            )
-    if "z" in chunks:
-        sizes[0] = chunks["z"]
-    elif "z" in model_axes:
-        minimal = math.prod(ext(a, max(unit(a), halos[SPATIAL[a]])) for a in planar)
-        fits = padded[0] * minimal * bpv <= budget
-        sizes[0] = padded[0] if fits else max(_round_up(halos["z"], div), unit(0), div)
-    else:
-        sizes[0] = 1  # set below: as many planes as fit
-    given = {a: chunks[SPATIAL[a]] for a in planar if SPATIAL[a] in chunks}
-    search = [a for a in planar if a not in given]
-    for a, size in given.items():
-        sizes[a] = size
-    if search:  # y and x: the fewest computed voxels that fit, given any fixed axis
-        fixed = math.prod(ext(a, s) for a, s in given.items())
-        found = _planar_blocks(
-            [padded[a] for a in search],
-            [halos[SPATIAL[a]] for a in search],
-            ext(0, sizes[0]) * fixed,
-            [unit(a) for a in search],
-            div,
-            budget,
-            bpv,
-        )
-        for a, size in zip(search, found, strict=True):
-            sizes[a] = size
-    plane = math.prod(ext(a, sizes[a]) for a in planar)
-    if "z" not in model_axes and "z" not in chunks:
-        per_block = max(1, budget // max(plane * bpv, 1))
-        sizes[0] = int(min(padded[0], per_block))
-        if align.get("z") and sizes[0] > align["z"]:
-            sizes[0] -= sizes[0] % align["z"]
-    block_bytes = ext(0, sizes[0]) * plane * bpv
+    chunks = _requested(model, axes, chunks)
+    sizes = _block_sizes(axes, chunks, budget, bpv)
+    plane = math.prod(axes.ext(a, sizes[a]) for a in axes.planar)
+    block_bytes = axes.ext(0, sizes[0]) * plane * bpv
     t_block = chunks.get("t") or int(max(1, min(t, budget // max(block_bytes, 1))))
-    core = [_axis_chunks(padded[a], sizes[a], halos.get(SPATIAL[a], 0)) for a in range(3)]
+    core = [_axis_chunks(axes.padded[a], sizes[a], axes.halo(a)) for a in range(3)]
 
     def zeroed(h: dict[str, int]) -> tuple[int, int, int]:  # no overlap along one-block axes
         return tuple(h.get(SPATIAL[a], 0) if len(core[a]) > 1 else 0 for a in range(3))
@@ -405,14 +327,14 @@ def plan_tiles(
     plan = TilePlan(
         model_axes=model_axes,
         shape=tuple(zyx),
-        padded=tuple(padded),
+        padded=axes.padded,
         chunks=(_axis_chunks(t, t_block, 0), *core),
         halo=halo_zyx,
         halo_mode=mode,
         divisor=div,
         bytes_per_voxel=bpv,
         pass_halos=tuple(zeroed(h) for h in per_pass) if len(per_pass) > 1 else (),
-        exact=whole or (local and mode == "exact"),
+        exact=whole or (model.geometry.local and mode == "exact"),
     )
     if plan.memory_per_block > budget:
         logger.warning(
@@ -423,3 +345,124 @@ def plan_tiles(
             halo_zyx,
         )
     return plan
+
+
+@dataclass(frozen=True)
+class _Axes:
+    """The padded volume's (z, y, x) axes as the block search sees them."""
+
+    model_axes: tuple[str, ...]
+    padded: tuple[int, int, int]
+    halos: dict[str, int]
+    div: int
+    align: dict[str, int]
+
+    @property
+    def planar(self) -> list[int]:
+        """Indices of the model's y / x axes."""
+        return [a for a in (1, 2) if SPATIAL[a] in self.model_axes]
+
+    def halo(self, a: int) -> int:
+        return self.halos.get(SPATIAL[a], 0)
+
+    def unit(self, a: int) -> int:
+        """What blocks along axis ``a`` are multiples of: the divisor and the data's chunks."""
+        if SPATIAL[a] not in self.model_axes:
+            return 1
+        u = math.lcm(self.div, max(int(self.align.get(SPATIAL[a], self.div)), 1))
+        return u if u <= max(self.padded[a], self.div) and u <= 1024 else self.div
+
+    def ext(self, a: int, block: int) -> int:
+        """The largest block along axis ``a`` with its overlap, for cores of ``block``."""
+        h = self.halo(a)
+        return _extent(_axis_chunks(self.padded[a], block, h), h)
+
+
+def _padded(model: Model, zyx: list[int]) -> tuple[int, int, int]:
+    """(z, y, x) padded to the divisor along the model's axes; refuses too small a volume."""
+    div, model_axes = model.divisor, SPATIAL[-model.spatial_dims :]
+    padded = tuple(
+        _round_up(s, div) if a in model_axes else s for a, s in zip(SPATIAL, zyx, strict=True)
+    )
+    for a, s, p in zip(SPATIAL, zyx, padded, strict=True):
+        if p - s >= s:  # reflect padding needs more data than it adds
+            raise ShapeMismatchError(
+                f"{a}={s} is too small for {model.spatial_dims}D model {model.name!r}: it pads "
+                f"each axis by mirroring to a multiple of {div} and needs {a} ≥ {p - s + 1}; "
+                + ("use a 2D model for thin stacks" if a == "z" else "use a larger image")
+            )
+    return padded  # type: ignore[return-value]
+
+
+def _requested(model: Model, axes: _Axes, chunks: dict[str, int] | None) -> dict[str, int]:
+    """The caller's block cores, checked: divisor multiples, at least the halo.
+
+    A non-local model without any gets one whole field per block, the only exact tiling.
+    """
+    if not model.geometry.local and chunks:
+        logger.warning(
+            "model %s is not local (its layers see the whole field): tiling it with chunks=%s "
+            "is approximate",
+            model.name,
+            chunks,
+        )
+    elif not model.geometry.local:
+        chunks = {a: p for a, p in zip(SPATIAL, axes.padded, strict=True) if a in axes.model_axes}
+    chunks = dict(chunks or {})
+    for a, c in chunks.items():
+        if a in axes.model_axes and c % axes.div:
+            raise ShapeMismatchError(
+                f"chunks[{a!r}]={c} is not a multiple of the model's divisor {axes.div}; use "
+                f"{_round_up(c, axes.div)}"
+            )
+    for a, c in list(chunks.items()):
+        if a not in axes.model_axes:
+            continue
+        h, p = axes.halos[a], axes.padded[SPATIAL.index(a)]
+        if c < min(h, p):  # dask overlaps only with neighbours ≥ the halo
+            chunks[a] = min(_round_up(h, axes.div), p)
+            logger.warning(
+                "chunks[%r]=%d is smaller than the halo %d; using %d", a, c, h, chunks[a]
+            )
+    return chunks
+
+
+def _block_sizes(axes: _Axes, chunks: dict[str, int], budget: int, bpv: int) -> list[int]:
+    """Block cores along (z, y, x): the caller's, else searched within the budget.
+
+    3D models take the whole stack in z when a minimal y/x block still fits; y and x are
+    searched by :func:`_planar_blocks`; 2D models then take as many planes as fit.
+    """
+    sizes = [0, 0, 0]
+    three_d = "z" in axes.model_axes
+    if "z" in chunks:
+        sizes[0] = chunks["z"]
+    elif three_d:
+        smallest = (axes.ext(a, max(axes.unit(a), axes.halo(a))) for a in axes.planar)
+        fits = axes.padded[0] * math.prod(smallest) * bpv <= budget
+        least = max(_round_up(axes.halo(0), axes.div), axes.unit(0), axes.div)
+        sizes[0] = axes.padded[0] if fits else least
+    else:
+        sizes[0] = 1  # set below: as many planes as fit
+    given = {a: chunks[SPATIAL[a]] for a in axes.planar if SPATIAL[a] in chunks}
+    search = [a for a in axes.planar if a not in given]
+    sizes[1:] = [given.get(a, 0) for a in (1, 2)]
+    if search:  # y and x: the fewest computed voxels that fit, given any fixed axis
+        fixed = math.prod(axes.ext(a, s) for a, s in given.items())
+        found = _planar_blocks(
+            [axes.padded[a] for a in search],
+            [axes.halo(a) for a in search],
+            axes.ext(0, sizes[0]) * fixed,
+            [axes.unit(a) for a in search],
+            axes.div,
+            budget,
+            bpv,
+        )
+        for a, size in zip(search, found, strict=True):
+            sizes[a] = size
+    if not three_d and "z" not in chunks:
+        plane = math.prod(axes.ext(a, sizes[a]) for a in axes.planar)
+        sizes[0] = int(min(axes.padded[0], max(1, budget // max(plane * bpv, 1))))
+        if axes.align.get("z") and sizes[0] > axes.align["z"]:
+            sizes[0] -= sizes[0] % axes.align["z"]
+    return sizes
