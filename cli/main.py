@@ -319,6 +319,25 @@ def _ints(value: str | None) -> list[int] | None:
     help="Hold out the right fraction of every scene instead.",
 )
 @click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option(
+    "--head",
+    default=None,
+    metavar="KIND",
+    help="Output head: value, bins (In silico labeling's distribution) or quantiles [value].",
+)
+@click.option("--bins", type=int, default=None, help="Intensity bins of a bins head [256].")
+@click.option(
+    "--alpha", type=float, default=None, help="Quantiles head: bounds at alpha/2, 1-alpha/2 [0.1]."
+)
+@click.option(
+    "--init", default=None, metavar="MODEL", help="Start from this trained model's weights."
+)
+@click.option(
+    "--freeze",
+    default=None,
+    metavar="PART",
+    help="With --init: all-but-projection, all-but-head or none [none].",
+)
 @click.option("--paper", is_flag=True, help="pytorch_fnet's published settings (slow on CPU).")
 @click.option(
     "--config",

@@ -87,7 +87,7 @@ def main(folder: Path) -> None:
         overwrite=True,
     )  # fmt: skip
     written = zarrstain.open_image(out)
-    std = written.sel(c="DNA (predicted std)").values
+    std = written.sel(c="DNA (predicted) std").values
     print(f"wrote {[str(c) for c in written.c.values]} to {out}")
     print(f"std channel: mean {std.mean():.1f} (in DNA's units: the target's scale, no offset)")
 

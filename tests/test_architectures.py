@@ -151,7 +151,7 @@ def test_register_refuses_non_architectures_and_name_clashes():
 def test_two_output_model_tiles_exactly_denormalizes_each_kind_and_writes_own_dtypes(tmp_path):
     model = _model(
         "test-mean-std",
-        output_labels=["DNA (predicted)", "DNA (predicted std)"],
+        output_labels=["DNA (predicted)", "DNA (predicted) std"],
         output_intensity=[(100.0, 10.0), (100.0, 10.0)],
         normalization="zscore",
     )
@@ -180,10 +180,10 @@ def test_two_output_model_tiles_exactly_denormalizes_each_kind_and_writes_own_dt
     assert back.dtype == np.float32  # one array per NGFF image, holding both exactly
     value = back.sel(c="DNA (predicted)").values
     np.testing.assert_array_equal(value, np.clip(np.round(p[:, 0]), 0, 65535))
-    np.testing.assert_allclose(back.sel(c="DNA (predicted std)").values, p[:, 1], rtol=1e-6)
+    np.testing.assert_allclose(back.sel(c="DNA (predicted) std").values, p[:, 1], rtol=1e-6)
     channels = zarr.open_group(out, mode="r").attrs["zarrstain"]["channels"]
-    dtypes = channels["DNA (predicted std)"]["channel_dtypes"]
-    assert dtypes == {"DNA (predicted)": "uint16", "DNA (predicted std)": "float32"}
+    dtypes = channels["DNA (predicted) std"]["channel_dtypes"]
+    assert dtypes == {"DNA (predicted)": "uint16", "DNA (predicted) std": "float32"}
 
 
 def test_per_channel_dtypes_are_checked(tmp_path):
@@ -258,7 +258,7 @@ def test_training_uses_the_architectures_heads_and_loss(tmp_path):
     result = zarrstain.train(store, config, tmp_path / "m")
     model = zarrstain.load_model(tmp_path / "m")
     assert model.architecture == "test-mean-std" and model.kwargs["kernel"] == 3
-    assert model.output_labels == ("DNA (predicted)", "DNA (predicted std)")
+    assert model.output_labels == ("DNA (predicted)", "DNA (predicted) std")
     assert model.output_intensity[0] == model.output_intensity[1]
     assert np.isfinite(result.history[-1]["loss"]) and "val_pcc" in result.history[-1]
     card = (tmp_path / "m" / "card.json").read_text()
@@ -309,7 +309,7 @@ def test_cli_predicts_with_a_plug_in_per_channel_dtypes_and_a_scratch(tmp_path):
     from zarrstain.cli.main import cli
 
     store = datasets.make_image(tmp_path / "in.zarr", shape=(1, 4, 24, 24), seed=8)
-    model = _model("test-mean-std", output_labels=["DNA (predicted)", "DNA (predicted std)"],
+    model = _model("test-mean-std", output_labels=["DNA (predicted)", "DNA (predicted) std"],
                    output_intensity=[(100.0, 10.0)] * 2, normalization="zscore")  # fmt: skip
     package = zarrstain.save_model(model, tmp_path / "meanstd")
     out = tmp_path / "out.zarr"
@@ -317,7 +317,7 @@ def test_cli_predicts_with_a_plug_in_per_channel_dtypes_and_a_scratch(tmp_path):
     done = CliRunner().invoke(cli, ["-q", *args, "--dtype", "DNA (predicted)=uint16"])
     assert done.exit_code == 0, done.output
     channels = zarr.open_group(out, mode="r").attrs["zarrstain"]["channels"]
-    assert channels["DNA (predicted std)"]["channel_dtypes"]["DNA (predicted)"] == "uint16"
+    assert channels["DNA (predicted) std"]["channel_dtypes"]["DNA (predicted)"] == "uint16"
     bad = CliRunner().invoke(cli, [*args, "--dtype", "uint16", "--dtype", "x=uint8"])
     assert bad.exit_code != 0 and "LABEL=DTYPE" in bad.output
 

@@ -188,12 +188,20 @@ def random_model(
     seed
         Seeds the weights and statistics.
     input_labels, output_labels, normalization
-        As in :func:`zarrstain.models.create_model`.
+        As in :func:`zarrstain.models.create_model`; with a ``head`` in ``kwargs``, output
+        labels may name the targets only (``"DNA (predicted)"``), each then followed by its
+        head's channels (``"DNA (predicted) std"``, ...).
     **kwargs
         The architecture's arguments (fnet default here: ``ndim=3, depth=2, mult_chan=4``).
     """
     if architecture == "fnet":
         kwargs = {"ndim": 3, "depth": 2, "mult_chan": 4, **kwargs}
+    if kwargs.get("head"):  # one label per target given: one channel per head output
+        from .models.heads import head_from_kwargs
+
+        outputs = head_from_kwargs(kwargs).outputs
+        if len(output_labels) != len(outputs):
+            output_labels = tuple(base + h.suffix for base in output_labels for h in outputs)
     torch.manual_seed(seed)
     model = create_model(
         architecture,

@@ -40,6 +40,7 @@ from .models.cache import (
     placed_module,
     resolve_device,
 )
+from .models.heads import OutputHead
 from .models.model import Model
 from .planner import TilePlan, auto_halo, bytes_per_voxel, default_block_memory, plan_tiles
 from .progress import PREDICT_PREFIX, block_done
@@ -114,8 +115,12 @@ def _forward(
     volume: tuple[int, int, int, int] | None = None,
     seed: int = 0,
     step: int = 0,
+    head: OutputHead | None = None,
 ) -> np.ndarray:
-    """Run one pass of the model on (t, c, z, y, x), as 3D volumes or (y, x) planes, in batches."""
+    """Run one pass of the model on (t, c, z, y, x), as 3D volumes or (y, x) planes, in batches.
+
+    ``head``: on the last pass, the output head that turns raw outputs into written channels.
+    """
     dev = resolve_device(device)
     match_worker_threads()
     module = placed_module(handle, dev)
@@ -134,6 +139,8 @@ def _forward(
             ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else nullcontext()
             with ctx:
                 result = spec.run(module, tensor, context)
+            if head is not None:  # per voxel, in float32 whatever the precision
+                result = head.reduce(result.float())
             outs.append(result.float().cpu().numpy())
     out = np.concatenate(outs)
     if spatial_dims == 2:
@@ -155,6 +162,7 @@ def _block(
     batch: int,
     seed: int,
     step: int,
+    head: OutputHead | None = None,
     block_info: dict | None = None,
 ) -> np.ndarray:
     info = block_info[None]
@@ -166,8 +174,9 @@ def _block(
         *(starts[i][loc[i + 1]] - lows[i - 1] for i in (1, 2, 3)),
     )
     out = _forward(
-        block, handle, spec, spatial_dims, device, precision, batch, origin, volume, seed, step
-    )
+        block, handle, spec, spatial_dims, device, precision, batch, origin, volume, seed, step,
+        head,
+    )  # fmt: skip
     block_done()
     index: list[slice] = [slice(None), slice(None)]
     for axis, h in enumerate(halo, start=2):
@@ -272,6 +281,7 @@ def _map_pass(
         batch=batch_size or 0,
         seed=seed,
         step=step,
+        head=model.head if step == len(plan.halos) - 1 else None,
     )
 
 
@@ -291,8 +301,10 @@ def predict_whole(
     plan = plan_tiles((data.shape[0], *data.shape[2:]), model, halo=0)
     out = np.pad(np.asarray(data, np.float32), _pad_width(plan), mode="reflect")
     handle, volume = ModelHandle(model), (out.shape[0], *out.shape[2:])
-    for step in range(len(plan.halos)):
+    last = len(plan.halos) - 1
+    for step in range(last + 1):
         out = _forward(out, handle, model.spec, model.spatial_dims, device, precision, 1,
-                       volume=volume, seed=seed, step=step)  # fmt: skip
+                       volume=volume, seed=seed, step=step,
+                       head=model.head if step == last else None)  # fmt: skip
     z, y, x = plan.shape
     return out[:, :, :z, :y, :x]

@@ -12,7 +12,10 @@ architecture for
   reproduce the whole-volume result, and non-local models run one whole field per block;
 - its **heads** (:meth:`Architecture.heads`): per predicted target, the channels it writes and
   their kind (value, std, lower, upper, width, probability), which decide how each channel is
-  mapped back to the target's units and its default dtype;
+  mapped back to the target's units and its default dtype; by default those of its **output
+  head** (:meth:`Architecture.output_head`, :mod:`zarrstain.models.heads`: a value, In silico
+  labeling's intensity bins, or quantiles), which turns the module's raw output into the
+  channels written, voxel by voxel inside each block, and supplies the training loss;
 - the **memory** of a forward pass per input voxel (:meth:`Architecture.bytes_per_voxel`), which
   sizes blocks;
 - how to **run** one block of one pass (:meth:`Architecture.run`), given a
@@ -28,11 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ParameterError
+
 if TYPE_CHECKING:  # torch is imported by the modules that run models, not by the protocol
     import torch
     from torch import nn
 
-__all__ = ["KINDS", "Architecture", "BlockContext", "Geometry", "Head"]
+    from .heads import OutputHead
+
+__all__ = ["KINDS", "Architecture", "BlockContext", "Geometry", "Head", "output_label"]
 
 #: output kinds → (adds the target's offset, multiplies by the target's scale)
 KINDS: dict[str, tuple[bool, bool]] = {
@@ -56,7 +63,8 @@ class Head:
         One of :data:`KINDS`: decides the denormalization (values get the target's offset and
         scale, spreads its scale only, probabilities neither).
     suffix
-        Appended inside the default label: ``"DNA (predicted std)"`` for suffix ``" std"``.
+        Appended to the target's output label: ``"DNA (predicted) std"`` for suffix
+        ``" std"`` (the value channel has none: ``"DNA (predicted)"``).
     dtype
         Default dtype written for this channel, or None for the run's dtype (spreads and
         probabilities are usually kept float32 even when values are written as integers).
@@ -71,8 +79,13 @@ class Head:
             raise ValueError(f"head kind {self.kind!r} is not one of {', '.join(KINDS)}")
 
     def label(self, target: str) -> str:
-        """The default label of this head's channel for ``target``."""
-        return f"{target} (predicted{self.suffix})"
+        """The default label of this head's channel for ``target``: ``"DNA (predicted) std"``."""
+        return output_label(target) + self.suffix
+
+
+def output_label(target: str) -> str:
+    """The default output label of a target channel: ``"DNA"`` → ``"DNA (predicted)"``."""
+    return f"{target} (predicted)"
 
 
 @dataclass(frozen=True)
@@ -165,9 +178,19 @@ class Architecture:
         """Spatial dims, divisor, receptive radii and locality for these arguments."""
         raise NotImplementedError
 
+    def output_head(self, kwargs: dict[str, Any]) -> OutputHead:
+        """The head between the module's raw output and the channels written.
+
+        Default: the one ``kwargs["head"]`` describes (:mod:`zarrstain.models.heads`), a value
+        head when absent. The engine applies its ``reduce`` to the last pass of every block.
+        """
+        from .heads import head_from_kwargs
+
+        return head_from_kwargs(kwargs)
+
     def heads(self, kwargs: dict[str, Any]) -> tuple[Head, ...]:
-        """The channels predicted per target, in order (default: one value)."""
-        return (Head(),)
+        """The channels written per target, in order (default: the output head's)."""
+        return self.output_head(kwargs).outputs
 
     def channels(self, kwargs: dict[str, Any], n_inputs: int, n_outputs: int) -> dict[str, Any]:
         """``kwargs`` completed with channel counts implied by the labels (default: as given)."""
@@ -180,6 +203,14 @@ class Architecture:
     def pass_channels(self, kwargs: dict[str, Any], step: int, n_in: int, n_out: int) -> int:
         """Channels pass ``step`` produces (default: the outputs; override for intermediates)."""
         return n_out
+
+    def layer_groups(self, kwargs: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+        """Parameter-name prefixes of the ``"projection"`` and ``"head"`` layers (for transfer).
+
+        ``train(init=..., freeze="all-but-head")`` trains only the parameters under the head's
+        prefixes; default: none declared.
+        """
+        return {}
 
     def inference_module(self, module: nn.Module) -> nn.Module:
         """The module prediction runs (default: the module itself).
@@ -194,10 +225,45 @@ class Architecture:
         return module(x)
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Training loss of a batch (default: mean squared error, pytorch_fnet's)."""
+        """Training loss of a batch (default: mean squared error, pytorch_fnet's).
+
+        Override for a loss of your own; models with an output head other than ``value``
+        train with the head's loss instead (:meth:`training_loss`).
+        """
         from torch.nn import functional
 
         return functional.mse_loss(prediction, target)
+
+    def training_loss(
+        self,
+        kwargs: dict[str, Any],
+        raw: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss training minimises, on the last pass's raw output.
+
+        ``mask`` (N, targets) marks the targets each patch has (a scene may lack some: they
+        are left out of the loss). The output head's loss, unless the architecture overrides
+        :meth:`loss` (then that, which takes no mask).
+        """
+        head = self.output_head(kwargs)
+        if head.kind != "value" or type(self).loss is Architecture.loss:
+            return head.loss(raw, target, mask)
+        if mask is not None and not bool(mask.all()):
+            raise ParameterError(
+                f"architecture {self.name!r} has its own loss, which cannot leave out targets "
+                "a scene lacks; train on scenes that hold every target, or override "
+                "training_loss"
+            )
+        return self.loss(raw, target)
+
+    def loss_label(self, kwargs: dict[str, Any]) -> str:
+        """Names the training loss in provenance."""
+        head = self.output_head(kwargs)
+        if head.kind != "value" or type(self).loss is Architecture.loss:
+            return head.loss_name
+        return self.loss_name
 
     def train_kwargs(self, config: Any) -> dict[str, Any]:
         """Module arguments for a training config (default: ``config.model_kwargs``)."""

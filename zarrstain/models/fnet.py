@@ -17,12 +17,14 @@ class FnetArchitecture(Architecture):
     """pytorch_fnet's U-Net (``ndim``, ``depth``, ``mult_chan``, optional ``projection``).
 
     Local: convolutions and eval-mode BatchNorm only, so exact tiling reproduces the
-    whole-volume forward. One value per target, trained with MSE (the defaults).
+    whole-volume forward. Any output head (``kwargs["head"]``, see
+    :mod:`zarrstain.models.heads`): the last convolution predicts its raw channels per target.
     """
 
     name = "fnet"
 
     def build(self, **kwargs: Any) -> nn.Module:
+        kwargs.pop("head", None)  # the engine applies the head; the module predicts raw channels
         return FnetUNet(**kwargs)
 
     def geometry(self, kwargs: dict[str, Any]) -> Geometry:
@@ -30,7 +32,9 @@ class FnetArchitecture(Architecture):
         return Geometry(ndim, 2**depth, ((fnet_receptive_radius(depth),) * ndim,))
 
     def channels(self, kwargs: dict[str, Any], n_inputs: int, n_outputs: int) -> dict[str, Any]:
-        return {"in_channels": n_inputs, "out_channels": n_outputs, **kwargs}
+        head = self.output_head(kwargs)
+        targets = max(n_outputs // len(head.outputs), 1)
+        return {"in_channels": n_inputs, "out_channels": targets * head.raw_channels, **kwargs}
 
     def bytes_per_voxel(self, kwargs: dict[str, Any]) -> int:
         """About three float32 feature maps of the top level's width, plus fixed overhead.
@@ -40,7 +44,14 @@ class FnetArchitecture(Architecture):
         16×512×512 and 533 on 16×256×256 (the original module: 928 and 948); width 8, 303 on
         16×256×256 (440 on the small 32×128×128, where fixed costs weigh more).
         """
-        return 12 * int(kwargs.get("mult_chan", 32)) + 200
+        # a head's raw channels (256 bins per target) weigh as much as the net: logits,
+        # softmax and the products of its moments
+        head = 12 * int(kwargs.get("out_channels", 1)) if kwargs.get("head") else 0
+        return 12 * int(kwargs.get("mult_chan", 32)) + 200 + head
+
+    def layer_groups(self, kwargs: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+        """The learned input projection (``project``) and the output convolution."""
+        return {"projection": ("project.",), "head": ("conv_out.",)}
 
     def inference_module(self, module: nn.Module) -> nn.Module:
         """BatchNorm folded into the convolutions, in-place ReLUs, no concatenation copies."""
@@ -53,4 +64,7 @@ class FnetArchitecture(Architecture):
         }
         if config.projection:
             kwargs["projection"] = config.projection
+        head = config.output_head().to_kwargs()
+        if head is not None:
+            kwargs["head"] = head
         return {**kwargs, **(config.model_kwargs or {})}

@@ -12,6 +12,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from .architecture import Architecture, Geometry, Head
+    from .heads import OutputHead
 
 __all__ = ["Model", "state_dict_hash"]
 
@@ -95,6 +96,11 @@ class Model:
         return self.spec.geometry(self.kwargs)
 
     @property
+    def head(self) -> OutputHead:
+        """The output head: raw module output → the channels written (value, bins, quantiles)."""
+        return self.spec.output_head(self.kwargs)
+
+    @property
     def outputs(self) -> tuple[Head, ...]:
         """Per output channel, the head that predicts it (its kind and default dtype).
 
@@ -122,7 +128,7 @@ class Model:
 
         for step in range(self.geometry.passes):
             x = self.spec.run(self.module, x, BlockContext.whole(x, seed, step))
-        return x
+        return self.head.reduce(x)
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable summary for provenance and ``--dry-run``."""

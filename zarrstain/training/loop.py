@@ -18,7 +18,6 @@ import functools
 import logging
 import os
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,183 +32,21 @@ from ..io.read import open_scenes
 from ..io.store import store_location
 from ..metrics import pearson
 from ..models import Model, create_model, load_model, save_model
-from ..models.architecture import Architecture, BlockContext, Geometry
+from ..models.architecture import Architecture, BlockContext
 from ..models.cache import resolve_device
 from ..models.card import is_package
 from ..models.model import state_dict_hash
-from ..models.registry import ALIASES, ARCHITECTURES
-from ..normalize import METHODS
 from ..progress import ProgressCallback, ProgressEvent
-from .sampler import PatchSampler, split_regions
+from .config import TrainConfig, build_config, training_models
+from .sampler import PatchSampler, bins_range, split_regions
+from .transfer import start_from, train_mode
 
 __all__ = ["TrainConfig", "TrainResult", "build_config", "train", "training_models"]
-
-
-def training_models() -> list[str]:
-    """Names ``TrainConfig.model`` accepts: the fnet aliases and every registered architecture."""
-    return [*ALIASES, *(name for name in ARCHITECTURES if name != "fnet")]
 
 
 logger = logging.getLogger(__name__)
 
 STATE = "training_state.pt"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (a ``--config`` TOML file holds these keys)."""
-
-    inputs: list[str]
-    targets: list[str]
-    model: str = "fnet3d"  # "fnet2d", or any registered architecture's name
-    model_kwargs: dict[str, Any] | None = None  # the architecture's own arguments
-    depth: int = 4
-    mult_chan: int = 8  # pytorch_fnet: 32 (``paper()``)
-    projection: int = 0  # > 0: learned per-pixel projection of the inputs (In silico labeling)
-    steps: int = 400
-    batch_size: int = 4
-    patch: list[int] | None = None  # default 32×64×64 (3D) or 256×256 (2D), cut to fit
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    seed: int = 0
-    normalization: str = "center"
-    scenes: list[str] | None = None
-    val_scenes: list[str] | None = None
-    val_fraction: float | None = None
-    val_patches: int = 16
-    validate_every: int = 50
-    checkpoint_every: int = 100
-    device: str = "auto"
-
-    @classmethod
-    def paper(cls, **kwargs: Any) -> TrainConfig:
-        """pytorch_fnet's published settings: 32 channels, batch 24, 50,000 steps, β1 0.5."""
-        return cls(
-            **{
-                "mult_chan": 32,
-                "batch_size": 24,
-                "steps": 50_000,
-                "betas": (0.5, 0.999),
-                "validate_every": 1000,
-                "checkpoint_every": 5000,
-                **kwargs,
-            }
-        )
-
-    def architecture(self) -> tuple[Architecture, dict[str, Any]]:
-        """The registered architecture ``model`` names, and the module arguments it implies."""
-        name, fixed = ALIASES.get(self.model, (self.model, {}))
-        if name not in ARCHITECTURES:
-            raise ParameterError(
-                f"model {self.model!r} is not a registered architecture; choose one of "
-                f"{', '.join(training_models())} ({option('model=', '--model')})"
-            )
-        spec = ARCHITECTURES[name]
-        return spec, {**spec.train_kwargs(self), **fixed}
-
-    @property
-    def geometry(self) -> Geometry:
-        """The geometry of the model this config trains."""
-        spec, kwargs = self.architecture()
-        return spec.geometry(kwargs)
-
-    @property
-    def ndim(self) -> int:
-        """Spatial dims of the model."""
-        return self.geometry.spatial_dims
-
-    def check(self) -> None:
-        """Refuse settings the model or optimiser cannot use, before any data is read.
-
-        Raises
-        ------
-        ParameterError
-            Naming the setting (its CLI flag under the CLI), the value and what would work.
-        """
-        ndim = self.ndim
-        for name in ("depth", "mult_chan", "steps", "batch_size", "val_patches"):
-            _positive_int(name, getattr(self, name))
-        for name in ("validate_every", "checkpoint_every"):
-            _positive_int(name, getattr(self, name))
-        if isinstance(self.projection, bool) or not isinstance(self.projection, int):
-            raise ParameterError(
-                f"{_flag('projection')} must be a whole number, not {self.projection!r}"
-            )
-        if self.projection < 0:
-            raise ParameterError(f"{_flag('projection')} must be 0 or more, not {self.projection}")
-        if not isinstance(self.lr, int | float) or not self.lr > 0:
-            raise ParameterError(f"{_flag('lr')} must be a positive number, not {self.lr!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ParameterError(f"betas must be two numbers in [0, 1), not {list(self.betas)}")
-        if self.normalization not in METHODS:
-            raise ParameterError(
-                f"normalization {self.normalization!r} is not one of {', '.join(METHODS)}"
-            )
-        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
-            raise ParameterError(
-                f"{_flag('val_fraction')} must be between 0 and 1 (the held-out share of each "
-                f"scene's width), not {self.val_fraction}"
-            )
-        if self.patch is not None:
-            self._check_patch(ndim)
-
-    def _check_patch(self, ndim: int) -> None:
-        axes = "z×y×x" if ndim == 3 else "y×x"
-        div = self.geometry.divisor
-        example = "32x64x64" if ndim == 3 else "256x256"
-        if len(self.patch) != ndim:
-            raise ParameterError(
-                f"{_flag('patch')} {'x'.join(map(str, self.patch))} has {len(self.patch)} "
-                f"size(s) but the {self.model} model needs {ndim} ({axes}, e.g. {example})"
-            )
-        bad = [p for p in self.patch if not isinstance(p, int) or p < div or p % div]
-        if bad:
-            fixed = "x".join(str(max(div, -(-int(p) // div) * div)) for p in self.patch)
-            raise ParameterError(
-                f"{_flag('patch')} {'x'.join(map(str, self.patch))}: every size must be a "
-                f"multiple of {div} (the {self.model} model's divisor: it halves each axis "
-                f"{div.bit_length() - 1} times); use {fixed}"
-            )
-
-
-def _flag(name: str) -> str:
-    return option(name, "--" + name.replace("_", "-"))
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParameterError(f"{_flag(name)} must be a whole number ≥ 1, not {value!r}")
-
-
-def build_config(
-    file: str | os.PathLike | None = None, *, paper: bool = False, **overrides: Any
-) -> TrainConfig:
-    """A :class:`TrainConfig` from a TOML file, ``paper`` defaults and keyword overrides.
-
-    Unknown keys and missing inputs/targets raise :class:`~zarrstain.errors.ParameterError`.
-    """
-    values: dict[str, Any] = {}
-    if file is not None:
-        try:
-            values = tomllib.loads(Path(file).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ParameterError(f"cannot read the config {file}: {exc}") from None
-    values.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ParameterError(f"unknown training setting {unknown[0]!r}; known: {sorted(known)}")
-    for key in ("inputs", "targets"):
-        if not values.get(key):
-            flag = "--input" if key == "inputs" else "--target"
-            raise ParameterError(f"no {key} given; name the channels with {flag} LABEL")
-        if isinstance(values[key], str):
-            values[key] = [values[key]]
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    config = TrainConfig.paper(**values) if paper else TrainConfig(**values)
-    config.check()
-    return config
 
 
 @dataclass
@@ -302,9 +139,14 @@ def train(
     val = None
     if val_regions:  # a fixed set of held-out patches, not augmented
         val = sampler_for(val_regions, seed=config.seed + 1, flips=False).sample(config.val_patches)
+        val = sampler_for(val_regions, seed=config.seed + 1, flips=False).sample_with_mask(
+            config.val_patches
+        )
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # the initial weights
     spec, kwargs = config.architecture()
+    if config.head == "bins" and not config.bins_range:
+        kwargs["head"] = config.output_head(bins_range(sampler)).to_kwargs()
     heads = spec.heads(kwargs)
     model = create_model(
         spec.name,
@@ -316,20 +158,25 @@ def train(
         **kwargs,
     )
     module = model.module.to(device)
-    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, betas=config.betas)
+    record = _provenance(stores, config, patch, scenes, train_regions, val_regions)
+    record["targets_seen"] = sampler.targets_seen()
+    trainable = None
+    if config.init:
+        trainable, record["init"] = start_from(module, spec, kwargs, config.init, config.freeze)
+    params = [p for n, p in module.named_parameters() if trainable is None or n in trainable]
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
     start, history = 0, []
     if resume:
         start, history = _restore(out, model, optimizer, sampler)
-    record = _provenance(stores, config, patch, scenes, train_regions, val_regions)
-    record["loss"] = spec.loss_name
-    loss_fn = spec.loss
+    record["loss"] = spec.loss_label(kwargs)
     t0 = time.perf_counter()
     for step in range(start + 1, config.steps + 1):
-        module.train()
-        x, y = sampler.sample(config.batch_size)
-        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        train_mode(module, trainable)
+        x, y, mask = (torch.from_numpy(a).to(device) for a in sampler.sample_with_mask(
+            config.batch_size
+        ))  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(_forward(spec, module, x), y)
+        loss = spec.training_loss(kwargs, _forward(spec, module, x), y, mask)
         loss.backward()
         optimizer.step()
         entry = {"step": step, "loss": float(loss.detach())}
@@ -381,16 +228,26 @@ def _forward(spec: Architecture, module: torch.nn.Module, x: torch.Tensor) -> to
     return spec.run(module, x, BlockContext.whole(x))
 
 
-def _validate(
-    module: torch.nn.Module, val: tuple[np.ndarray, np.ndarray], device, model: Model
-) -> float:
+def _validate(module: torch.nn.Module, val: tuple[np.ndarray, ...], device, model: Model) -> float:
     module.eval()
     with torch.inference_mode():
         x = torch.from_numpy(val[0]).to(device)
-        pred = _forward(model.spec, module, x).float().cpu().numpy()
-    values = [i for i, h in enumerate(model.outputs) if h.kind == "value"]  # one per target
-    # the mean over target channels of each channel's Pearson r (not one r over all of them)
-    return float(np.mean([pearson(val[1][:, c], pred[:, i]) for c, i in enumerate(values)]))
+        pred = model.head.reduce(_forward(model.spec, module, x)).float().cpu().numpy()
+    n_targets = val[1].shape[1]
+    per_target = len(model.output_labels) // n_targets
+    values = [i * per_target for i in range(n_targets)]  # each target's first channel: its value
+    # the mean over target channels of each channel's Pearson r (not one r over all of them),
+    # each over the patches whose scene holds the target
+    mask = val[2]
+    return float(
+        np.mean(
+            [
+                pearson(val[1][mask[:, c], c], pred[mask[:, c], i])
+                for c, i in enumerate(values)
+                if mask[:, c].any()
+            ]
+        )
+    )
 
 
 def _provenance(stores, config, patch, scenes, train_regions, val_regions) -> dict[str, Any]:

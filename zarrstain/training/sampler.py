@@ -27,7 +27,7 @@ from ..normalize import normalization_stats
 from .augment import augment
 from .blocks import BlockCache
 
-__all__ = ["PatchSampler", "Region", "split_regions"]
+__all__ = ["PatchSampler", "Region", "bins_range", "split_regions"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +120,30 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self.regions = list(regions)
         self.scenes = {r.scene: scenes[r.scene] for r in self.regions}
+        # Inputs must be in every scene; a target may be missing from some (In silico
+        # labeling trains one network on wells stained for different subsets): it is masked
+        # out of the loss for their patches, and must be in at least one scene.
+        self.present: dict[str, np.ndarray] = {}
         for sid, image in self.scenes.items():
             labels = [str(c) for c in image.coords["c"].values]
-            for label in self.inputs + self.targets:
+            for label in self.inputs:
                 if label not in labels:
                     raise ChannelError(
-                        f"channel {label!r} is not in scene {sid!r}; available: {labels}"
+                        f"input channel {label!r} is not in scene {sid!r}; available: {labels}"
                     )
+            self.present[sid] = np.array([t in labels for t in self.targets])
+            if not self.present[sid].any():
+                raise ChannelError(
+                    f"scene {sid!r} holds none of the target channels {self.targets}; "
+                    f"available: {labels}; leave it out ({option('scenes=', '--scene')})"
+                )
+        for i, label in enumerate(self.targets):
+            if not any(p[i] for p in self.present.values()):
+                raise ChannelError(
+                    f"target channel {label!r} is in none of the scenes "
+                    f"{', '.join(self.scenes)}; available in {next(iter(self.scenes))!r}: "
+                    f"{[str(c) for c in next(iter(self.scenes.values())).coords['c'].values]}"
+                )
         sizes = []
         for region in self.regions:  # also checks that the patch fits every region
             t_n, z_n, y_n, x0, x1 = self._extent(region)
@@ -135,26 +152,37 @@ class PatchSampler:
         stats = {
             sid: (
                 normalization_stats(image.sel(c=self.inputs), normalization),
-                normalization_stats(image.sel(c=self.targets), normalization),
+                normalization_stats(image.sel(c=self._held(sid)), normalization),
             )
             for sid, image in self.scenes.items()
         }
         (computed,) = dask.compute(stats)
-        self.stats = {
-            sid: tuple(
-                (s["offset"].values, np.where(s["scale"].values > 0, s["scale"].values, 1.0))
-                for s in pair
-            )
-            for sid, pair in computed.items()
-        }
+        self.stats = {}
+        for sid, (si, st) in computed.items():
+            pair = [(s["offset"].values, np.where(s["scale"].values > 0, s["scale"].values, 1.0))
+                    for s in (si, st)]  # fmt: skip
+            self.stats[sid] = (pair[0], self._spread(sid, *pair[1]))
         self.normalization = normalization
         self.cache = BlockCache(cache_bytes)
-        self._channels = {  # positions of the input and target channels in each scene
+        self._channels = {  # positions of the input and (held) target channels in each scene
             sid: [
-                image.get_index("c").get_indexer(labels) for labels in (self.inputs, self.targets)
+                image.get_index("c").get_indexer(labels)
+                for labels in (self.inputs, self._held(sid))
             ]
             for sid, image in self.scenes.items()
         }
+
+    def _held(self, sid: str) -> list[str]:
+        """The targets scene ``sid`` holds."""
+        return [t for t, here in zip(self.targets, self.present[sid], strict=True) if here]
+
+    def _spread(self, sid: str, offset: np.ndarray, scale: np.ndarray):
+        """(t, targets) statistics with offset 0, scale 1 for the targets a scene lacks."""
+        here = self.present[sid]
+        full_o = np.zeros((offset.shape[0], len(self.targets)))
+        full_s = np.ones((offset.shape[0], len(self.targets)))
+        full_o[:, here], full_s[:, here] = offset, scale
+        return full_o, full_s
 
     def _extent(self, region: Region) -> tuple[int, int, int, int, int]:
         """(t, z, y, x0, x1) a patch origin may take in ``region``."""
@@ -176,12 +204,19 @@ class PatchSampler:
         A model trained on these targets predicts ``(target - offset) / scale``; this maps its
         predictions back to the target channel's units.
         """
-        offsets = np.concatenate([self.stats[s][1][0] for s in self.scenes], axis=0)
-        scales = np.concatenate([self.stats[s][1][1] for s in self.scenes], axis=0)
-        return [
-            (float(o), float(s))
-            for o, s in zip(offsets.mean(axis=0), scales.mean(axis=0), strict=True)
-        ]
+        out = []
+        for i in range(len(self.targets)):  # over the scenes that hold the target
+            held = [s for s in self.scenes if self.present[s][i]]
+            offsets = np.concatenate([self.stats[s][1][0][:, i] for s in held])
+            scales = np.concatenate([self.stats[s][1][1][:, i] for s in held])
+            out.append((float(offsets.mean()), float(scales.mean())))
+        return out
+
+    def targets_seen(self) -> dict[str, int]:
+        """Per target, the number of sampled scenes that hold it."""
+        return {
+            t: int(sum(p[i] for p in self.present.values())) for i, t in enumerate(self.targets)
+        }
 
     def _origin(self) -> tuple[Region, int, tuple[int, ...]]:
         region = self.regions[self.rng.choice(len(self.regions), p=self._weights)]
@@ -194,7 +229,15 @@ class PatchSampler:
         return region, t, (z, y, x)
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` random pairs: float32 arrays (n, C_in, *patch) and (n, C_out, *patch)."""
+        """``n`` random pairs: float32 arrays (n, C_in, *patch) and (n, C_out, *patch).
+
+        Targets a patch's scene lacks are zero (see :meth:`sample_with_mask`).
+        """
+        x, y, _ = self.sample_with_mask(n)
+        return x, y
+
+    def sample_with_mask(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`sample`, and the (n, C_out) bool mask of the targets each patch has."""
         pz, py, px = (1, *self.patch) if self.spatial == 2 else self.patch
         picks, windows = [], []
         for _ in range(n):
@@ -209,11 +252,34 @@ class PatchSampler:
         for k, (sid, t) in enumerate(picks):
             (oi, si), (ot, st) = self.stats[sid]
             xi = (arrays[2 * k] - oi[t][:, None, None, None]) / si[t][:, None, None, None]
-            yt = (arrays[2 * k + 1] - ot[t][:, None, None, None]) / st[t][:, None, None, None]
+            here = self.present[sid]
+            yt = np.zeros((len(self.targets), *arrays[2 * k + 1].shape[1:]), np.float32)
+            yt[here] = (arrays[2 * k + 1] - ot[t][here, None, None, None]) / st[t][
+                here, None, None, None
+            ]
             if self.spatial == 2:
                 xi, yt = xi[:, 0], yt[:, 0]
             if self.flips:
                 xi, yt = augment(xi, yt, self.rng)
             xs.append(xi)
             ys.append(yt)
-        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
+        mask = np.stack([self.present[sid] for sid, _ in picks])
+        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), mask
+
+
+def bins_range(sampler: PatchSampler, n: int = 64) -> tuple[float, float]:
+    """A bins head's normalized target range, from ``n`` patches of ``sampler``.
+
+    The 0.05th to 99.95th percentile of the normalized targets, widened by a tenth of that
+    span on each side, so the bins cover the intensities seen with room for brighter cells.
+    The sampler's random state is restored: training draws the same patches as without it.
+    """
+    state = sampler.rng.bit_generator.state
+    try:
+        _, y, mask = sampler.sample_with_mask(n)
+    finally:
+        sampler.rng.bit_generator.state = state
+    values = np.concatenate([y[mask[:, i], i].ravel() for i in range(y.shape[1])])
+    lo, hi = np.percentile(values, [0.05, 99.95])
+    pad = 0.1 * max(hi - lo, 1e-3)
+    return round(float(lo - pad), 4), round(float(hi + pad), 4)

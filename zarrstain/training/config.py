@@ -1,0 +1,226 @@
+"""Training settings: :class:`TrainConfig`, read from TOML and flags, checked before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ParameterError, option
+from ..models.architecture import Architecture, Geometry
+from ..models.heads import OutputHead, make_head
+from ..models.registry import ALIASES, ARCHITECTURES
+from ..normalize import METHODS
+
+__all__ = ["FREEZE", "TrainConfig", "build_config", "training_models"]
+
+#: what ``freeze`` keeps training: the input projection, the output layer, or everything
+FREEZE = ("none", "all-but-projection", "all-but-head")
+
+
+def training_models() -> list[str]:
+    """Names ``TrainConfig.model`` accepts: the fnet aliases and every registered architecture."""
+    return [*ALIASES, *(name for name in ARCHITECTURES if name != "fnet")]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (a ``--config`` TOML file holds these keys)."""
+
+    inputs: list[str]
+    targets: list[str]
+    model: str = "fnet3d"  # "fnet2d", or any registered architecture's name
+    model_kwargs: dict[str, Any] | None = None  # the architecture's own arguments
+    depth: int = 4
+    mult_chan: int = 8  # pytorch_fnet: 32 (``paper()``)
+    projection: int = 0  # > 0: learned per-pixel projection of the inputs (In silico labeling)
+    steps: int = 400
+    batch_size: int = 4
+    patch: list[int] | None = None  # default 32×64×64 (3D) or 256×256 (2D), cut to fit
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    normalization: str = "center"
+    scenes: list[str] | None = None
+    val_scenes: list[str] | None = None
+    val_fraction: float | None = None
+    val_patches: int = 16
+    validate_every: int = 50
+    checkpoint_every: int = 100
+    device: str = "auto"
+    # the output head (zarrstain.models.heads): "value", "bins" or "quantiles"
+    head: str = "value"
+    bins: int = 256  # bins head: intensity bins per target (In silico labeling: 256)
+    bins_range: list[float] | None = None  # bins head: normalized range; None: from the data
+    head_outputs: list[str] | None = None  # bins head: also "mode" / "median" channels
+    alpha: float = 0.1  # quantiles head: bounds at alpha/2 and 1 - alpha/2
+    # transfer: start from a trained model's weights, training only some of them
+    init: str | None = None
+    freeze: str = "none"  # "all-but-projection", "all-but-head" or "none"
+
+    @classmethod
+    def paper(cls, **kwargs: Any) -> TrainConfig:
+        """pytorch_fnet's published settings: 32 channels, batch 24, 50,000 steps, β1 0.5."""
+        return cls(
+            **{
+                "mult_chan": 32,
+                "batch_size": 24,
+                "steps": 50_000,
+                "betas": (0.5, 0.999),
+                "validate_every": 1000,
+                "checkpoint_every": 5000,
+                **kwargs,
+            }
+        )
+
+    def architecture(self) -> tuple[Architecture, dict[str, Any]]:
+        """The registered architecture ``model`` names, and the module arguments it implies."""
+        name, fixed = ALIASES.get(self.model, (self.model, {}))
+        if name not in ARCHITECTURES:
+            raise ParameterError(
+                f"model {self.model!r} is not a registered architecture; choose one of "
+                f"{', '.join(training_models())} ({option('model=', '--model')})"
+            )
+        spec = ARCHITECTURES[name]
+        return spec, {**spec.train_kwargs(self), **fixed}
+
+    def output_head(self, bins_range: tuple[float, float] | None = None) -> OutputHead:
+        """The output head these settings describe (``bins_range`` for a bins head's default)."""
+        if self.head == "bins":
+            rng = self.bins_range or bins_range or (-4.0, 4.0)
+            extras = tuple(self.head_outputs or ())
+            return make_head("bins", bins=self.bins, range=tuple(rng), extras=extras)
+        if self.head == "quantiles":
+            return make_head("quantiles", alpha=self.alpha)
+        return make_head(self.head)
+
+    @property
+    def geometry(self) -> Geometry:
+        """The geometry of the model this config trains."""
+        spec, kwargs = self.architecture()
+        return spec.geometry(kwargs)
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dims of the model."""
+        return self.geometry.spatial_dims
+
+    def check(self) -> None:
+        """Refuse settings the model or optimiser cannot use, before any data is read.
+
+        Raises
+        ------
+        ParameterError
+            Naming the setting (its CLI flag under the CLI), the value and what would work.
+        """
+        ndim = self.ndim
+        for name in ("depth", "mult_chan", "steps", "batch_size", "val_patches"):
+            _positive_int(name, getattr(self, name))
+        for name in ("validate_every", "checkpoint_every"):
+            _positive_int(name, getattr(self, name))
+        if isinstance(self.projection, bool) or not isinstance(self.projection, int):
+            raise ParameterError(
+                f"{_flag('projection')} must be a whole number, not {self.projection!r}"
+            )
+        if self.projection < 0:
+            raise ParameterError(f"{_flag('projection')} must be 0 or more, not {self.projection}")
+        if not isinstance(self.lr, int | float) or not self.lr > 0:
+            raise ParameterError(f"{_flag('lr')} must be a positive number, not {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ParameterError(f"betas must be two numbers in [0, 1), not {list(self.betas)}")
+        if self.normalization not in METHODS:
+            raise ParameterError(
+                f"normalization {self.normalization!r} is not one of {', '.join(METHODS)}"
+            )
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise ParameterError(
+                f"{_flag('val_fraction')} must be between 0 and 1 (the held-out share of each "
+                f"scene's width), not {self.val_fraction}"
+            )
+        if self.patch is not None:
+            self._check_patch(ndim)
+        self._check_head()
+        if self.freeze not in FREEZE:
+            raise ParameterError(
+                f"{_flag('freeze')} {self.freeze!r} is not one of {', '.join(FREEZE)}"
+            )
+        if self.freeze != "none" and not self.init:
+            raise ParameterError(
+                f"{_flag('freeze')} {self.freeze} needs a trained model to start from "
+                f"({option('init=', '--init')} MODEL)"
+            )
+
+    def _check_head(self) -> None:
+        if self.head != "bins" and (self.bins_range or self.head_outputs):
+            raise ParameterError(
+                f"bins_range and head_outputs are options of the bins head, not {self.head!r} "
+                f"({option('head=', '--head')} bins)"
+            )
+        if self.bins_range is not None and len(self.bins_range) != 2:
+            raise ParameterError(
+                f"bins_range {list(self.bins_range)} must be two numbers, low and high"
+            )
+        self.output_head()  # unknown heads, bins < 2, alpha outside (0, 1), bad extras
+
+    def _check_patch(self, ndim: int) -> None:
+        axes = "z×y×x" if ndim == 3 else "y×x"
+        div = self.geometry.divisor
+        example = "32x64x64" if ndim == 3 else "256x256"
+        if len(self.patch) != ndim:
+            raise ParameterError(
+                f"{_flag('patch')} {'x'.join(map(str, self.patch))} has {len(self.patch)} "
+                f"size(s) but the {self.model} model needs {ndim} ({axes}, e.g. {example})"
+            )
+        bad = [p for p in self.patch if not isinstance(p, int) or p < div or p % div]
+        if bad:
+            fixed = "x".join(str(max(div, -(-int(p) // div) * div)) for p in self.patch)
+            raise ParameterError(
+                f"{_flag('patch')} {'x'.join(map(str, self.patch))}: every size must be a "
+                f"multiple of {div} (the {self.model} model's divisor: it halves each axis "
+                f"{div.bit_length() - 1} times); use {fixed}"
+            )
+
+
+def _flag(name: str) -> str:
+    return option(name, "--" + name.replace("_", "-"))
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParameterError(f"{_flag(name)} must be a whole number ≥ 1, not {value!r}")
+
+
+def build_config(
+    file: str | os.PathLike | None = None, *, paper: bool = False, **overrides: Any
+) -> TrainConfig:
+    """A :class:`TrainConfig` from a TOML file, ``paper`` defaults and keyword overrides.
+
+    Unknown keys and missing inputs/targets raise :class:`~zarrstain.errors.ParameterError`.
+    """
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            values = tomllib.loads(Path(file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ParameterError(f"cannot read the config {file}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ParameterError(f"unknown training setting {unknown[0]!r}; known: {sorted(known)}")
+    for key in ("inputs", "targets"):
+        if not values.get(key):
+            flag = "--input" if key == "inputs" else "--target"
+            raise ParameterError(f"no {key} given; name the channels with {flag} LABEL")
+        if isinstance(values[key], str):
+            values[key] = [values[key]]
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    if "bins_range" in values:
+        values["bins_range"] = list(values["bins_range"])
+    config = TrainConfig.paper(**values) if paper else TrainConfig(**values)
+    config.check()
+    return config
