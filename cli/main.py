@@ -18,7 +18,9 @@ import click
 import zarrstain
 from zarrstain.errors import ZarrstainError, cli_messages
 
+from .output import _quiet, _say
 from .progress import Progress, StageProgress
+from .uncertainty import calibrate, calibration_curve
 
 logger = logging.getLogger("zarrstain.cli")
 
@@ -49,16 +51,6 @@ class _Group(click.Group):
                 )
             click.echo(f"error: {message}", err=True)
             ctx.exit(1)
-
-
-def _quiet() -> bool:
-    return bool((click.get_current_context().find_root().obj or {}).get("quiet"))
-
-
-def _say(text: str) -> None:
-    """Print a result line (tables, statuses, "wrote ..."), unless -q."""
-    if not _quiet():
-        click.echo(text)
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
@@ -381,23 +373,53 @@ def train(stores, inputs, targets, out, config_file, paper, resume, overwrite, *
 
 @cli.command()
 @click.argument("store")
-@click.option("--prediction", required=True, help="Label of the predicted channel.")
+@click.option("--prediction", default=None, help="Label of the predicted channel.")
 @click.option("--target", required=True, help="Label of the acquired channel.")
 @click.option("--scene", "scenes", multiple=True, help="Scene id (repeat; default all).")
 @click.option("--input-channel", default=None, help="Shown beside them in the panels.")
 @click.option("--out", default=None, help="Folder for evaluation.csv / .md and panels/.")
 @click.option("--json", "as_json", is_flag=True, help="Print rows and summary as JSON.")
-def evaluate(store, prediction, target, scenes, input_channel, out, as_json) -> None:
-    """Compare a predicted channel with its target: Pearson r, SSIM, MSE, MAE, NRMSE."""
+@click.option(
+    "--calibration-curve",
+    "curve",
+    is_flag=True,
+    help="Also: nominal vs empirical coverage over several alpha (needs --model, "
+    "--calibration-scene, --scene, --out).",
+)
+@click.option("--model", "model_path", default=None, help="Calibration curve: the model.")
+@click.option(
+    "--calibration-scene", "calibration_scenes", multiple=True, help="Curve: calibrate here."
+)
+@click.option("--alphas", default="0.05,0.1,0.2,0.3,0.5", show_default=True, help="Curve: alphas.")
+@click.option("--method", default="cqr", show_default=True, help="Curve: cqr or rcps.")
+def evaluate(store, prediction, target, scenes, input_channel, out, as_json, curve, **opts) -> None:
+    """Compare a predicted channel with its target: Pearson r, SSIM, MSE, MAE, NRMSE.
+
+    With the prediction's interval or std channels beside it: coverage, interval width and
+    the std's rank correlation with the error.
+    """
     from zarrstain.evaluate import evaluate as run_evaluation
     from zarrstain.report import format_table
 
+    if prediction is None and not curve:
+        raise click.UsageError("Missing option '--prediction'.")
+    if curve:
+        curve_rows = calibration_curve(store, target, list(scenes), out, **opts)
+        if prediction is None:
+            if as_json:
+                click.echo(json.dumps({"calibration_curve": curve_rows}, indent=2))
+            else:
+                _say(format_table(curve_rows))
+            return
     result = run_evaluation(
         store, prediction, target, scenes=list(scenes) or None, input_channel=input_channel, out=out
     )
     if as_json:
-        click.echo(json.dumps({"rows": result.rows, "summary": result.summary}, indent=2))
+        rows = {"rows": result.rows, "summary": result.summary}
+        click.echo(json.dumps({**rows, **({"calibration_curve": curve_rows} if curve else {})}))
         return
+    if curve:
+        _say(format_table(curve_rows))
     mean = {"scene": "mean", "t": "", **result.summary, "voxels": ""}
     _say(format_table([*result.rows, mean]))
     for path in result.files:
@@ -432,6 +454,9 @@ def demo(directory: Path) -> None:
     _say(f"\nplate (with 'DNA (predicted)'): {result.plate}\nmodel: {result.model}")
     for path in result.evaluation.files:
         _say(f"wrote {path}")
+
+
+cli.add_command(calibrate)
 
 
 def main() -> None:

@@ -47,3 +47,21 @@ def test_ssim_matches_skimage():
 def test_shapes_must_match():
     with pytest.raises(ValueError, match="differ in shape"):
         metrics.score(np.zeros((3, 3)), np.zeros((3, 4)))
+
+
+def test_interval_and_spread_metrics():
+    from zarrstain.metrics import coverage, interval_width, spread_error_spearman
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(4, 32, 32))
+    assert coverage(target, target - 1, target + 1) == 1.0
+    assert coverage(target, target + 0.1, target + 1) == 0.0
+    lower, upper = np.full_like(target, -1.0), np.full_like(target, 1.0)
+    assert coverage(target, lower, upper) == pytest.approx(0.683, abs=0.02)  # ±1 std of N(0, 1)
+    assert interval_width(target, lower, upper) == pytest.approx(2 / target.std())
+    # a std that grows with the error ranks it perfectly; a random one not at all
+    prediction = target + rng.normal(size=target.shape)
+    error = np.abs(target - prediction)
+    assert spread_error_spearman(target, prediction, 2 * error + 1) == pytest.approx(1.0)
+    assert abs(spread_error_spearman(target, prediction, rng.random(target.shape))) < 0.05
+    assert np.isnan(spread_error_spearman(target, prediction, np.ones_like(target)))

@@ -18,6 +18,7 @@ from .errors import ZarrstainError
 #: public name → the module defining it (``datasets`` is a module itself)
 _LAZY = {
     "Model": ".models",
+    "calibrate": ".calibrate",
     "datasets": ".datasets",
     "evaluate": ".evaluate",
     "load_model": ".models",
@@ -31,7 +32,7 @@ _LAZY = {
     "write_channels": ".io",
 }
 #: functions named like the module that defines them: importing the module must not hide them
-_SHADOWED = {"evaluate", "normalize", "predict"}
+_SHADOWED = {"calibrate", "evaluate", "normalize", "predict"}
 
 __all__ = ["ZarrstainError", "__version__", "errors", *_LAZY]
 
@@ -58,7 +59,7 @@ def __dir__() -> list[str]:
 class _Package(types.ModuleType):
     """Keeps ``zarrstain.predict`` the function when the ``zarrstain.predict`` module loads.
 
-    The import system binds a loaded submodule as an attribute of its package; for the three
+    The import system binds a loaded submodule as an attribute of its package; for the
     functions named like their module that binding is skipped, so the attribute keeps resolving
     through ``__getattr__`` to the function (as it did when the package imported them eagerly).
     """

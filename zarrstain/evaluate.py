@@ -14,7 +14,14 @@ import numpy as np
 from .errors import ChannelError, ParameterError, option
 from .io.read import open_scenes
 from .io.store import StoreLike
-from .metrics import METRICS, score
+from .metrics import (
+    METRICS,
+    UNCERTAINTY,
+    coverage,
+    interval_width,
+    score,
+    spread_error_spearman,
+)
 from .report import error_map, gray, markdown_table, panel, write_csv
 
 __all__ = ["Evaluation", "evaluate"]
@@ -49,6 +56,12 @@ def evaluate(
     panels: bool = True,
 ) -> Evaluation:
     """Pearson r, SSIM, MSE, MAE and NRMSE of a predicted channel against its target.
+
+    When the scene also holds the prediction's interval (``"<prediction> lower"`` and
+    ``"<prediction> upper"``), each row adds ``coverage`` (the fraction of target voxels inside
+    it) and ``interval_width`` (mean, in target standard deviations), and the panel the width
+    map; with a ``"<prediction> std"`` channel, ``std_error_spearman`` (Spearman correlation of
+    the std with the absolute error: does the model know where it is wrong?).
 
     Parameters
     ----------
@@ -91,14 +104,20 @@ def evaluate(
     for sid, image in images.items():
         if x_range is not None:
             image = image.isel(x=x_range)
+        extra = _uncertainty_channels(image, prediction)
         for t in range(image.sizes["t"]):
             frame = image.isel(t=t)
             tgt = frame.sel(c=target).values
             pred = frame.sel(c=prediction).values
-            rows.append({"scene": sid, "t": t, **score(tgt, pred), "voxels": int(tgt.size)})
+            channels = {k: frame.sel(c=label).values for k, label in extra.items()}
+            row = {"scene": sid, "t": t, **score(tgt, pred), **_uncertainty(tgt, pred, channels)}
+            rows.append({**row, "voxels": int(tgt.size)})
             if out_dir is not None and panels and t == 0:
-                files.append(_panel(frame, sid, tgt, pred, input_channel, out_dir, rows[-1]))
-    summary = {name: float(np.nanmean([r[name] for r in rows])) for name in METRICS}
+                files.append(
+                    _panel(frame, sid, tgt, pred, input_channel, out_dir, rows[-1], channels)
+                )
+    names = [*METRICS, *(m for m in UNCERTAINTY if any(m in r for r in rows))]
+    summary = {name: float(np.nanmean([r.get(name, np.nan) for r in rows])) for name in names}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         files.insert(0, write_csv(rows, out_dir / "evaluation.csv"))
@@ -110,7 +129,29 @@ def evaluate(
     return Evaluation(rows, summary, files)
 
 
-def _panel(frame, sid, tgt, pred, input_channel, out_dir: Path, row) -> Path:
+def _uncertainty_channels(image, prediction: str) -> dict[str, str]:
+    """The prediction's ``std`` / ``lower`` / ``upper`` channels present in a scene."""
+    labels = {str(c) for c in image.coords["c"].values}
+    found = {k: f"{prediction} {k}" for k in ("std", "lower", "upper")}
+    found = {k: v for k, v in found.items() if v in labels}
+    if ("lower" in found) != ("upper" in found):
+        found.pop("lower", None)
+        found.pop("upper", None)
+    return found
+
+
+def _uncertainty(tgt, pred, channels: dict[str, np.ndarray]) -> dict[str, float]:
+    """Coverage and width of an interval, and how well a std ranks the errors."""
+    out = {}
+    if "lower" in channels:
+        out["coverage"] = coverage(tgt, channels["lower"], channels["upper"])
+        out["interval_width"] = interval_width(tgt, channels["lower"], channels["upper"])
+    if "std" in channels:
+        out["std_error_spearman"] = spread_error_spearman(tgt, pred, channels["std"])
+    return out
+
+
+def _panel(frame, sid, tgt, pred, input_channel, out_dir: Path, row, channels=None) -> Path:
     z = tgt.shape[0] // 2  # the middle plane
     # target and prediction on one intensity scale (the target's)
     lo, hi = np.percentile(tgt[z], 0.5), np.percentile(tgt[z], 99.8)
@@ -122,6 +163,11 @@ def _panel(frame, sid, tgt, pred, input_channel, out_dir: Path, row) -> Path:
         ("prediction", gray(pred[z], lo, hi)),
         ("error: FP magenta, FN green", error_map(tgt[z], pred[z])),
     ]
+    if channels and "lower" in channels:  # wide = bright, on the target's intensity range
+        width = channels["upper"][z] - channels["lower"][z]
+        images.append(("interval width", gray(width, 0, hi - lo)))
     name = (sid or "image").replace("/", "_").replace(":", "_")
     title = f"{sid or 'image'}  z={z}  Pearson r {row['pcc']:.3f}  SSIM {row['ssim']:.3f}"
+    if "coverage" in row:
+        title += f"  coverage {row['coverage']:.3f}"
     return panel(images, out_dir / "panels" / f"{name}.png", title=title)

@@ -16,7 +16,19 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["METRICS", "mae", "mse", "nrmse", "pearson", "score", "ssim"]
+__all__ = [
+    "METRICS",
+    "UNCERTAINTY",
+    "coverage",
+    "interval_width",
+    "mae",
+    "mse",
+    "nrmse",
+    "pearson",
+    "score",
+    "spread_error_spearman",
+    "ssim",
+]
 
 
 def _pair(target: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,3 +103,35 @@ METRICS = {"pcc": pearson, "ssim": ssim, "mse": mse, "mae": mae, "nrmse": nrmse}
 def score(target: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
     """Every metric of :data:`METRICS` for one pair of images."""
     return {name: fn(target, prediction) for name, fn in METRICS.items()}
+
+
+def coverage(target: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """Fraction of target voxels inside their interval ``[lower, upper]``."""
+    t = np.asarray(target, np.float64)
+    return float(np.mean((np.asarray(lower) <= t) & (t <= np.asarray(upper))))
+
+
+def interval_width(target: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """Mean interval width in units of the target's standard deviation."""
+    t = np.asarray(target, np.float64)
+    width = np.asarray(upper, np.float64) - np.asarray(lower, np.float64)
+    return float(width.mean() / max(t.std(), 1e-12))
+
+
+def spread_error_spearman(target: np.ndarray, prediction: np.ndarray, std: np.ndarray) -> float:
+    """Spearman rank correlation between a predicted std and the absolute error.
+
+    Positive when the model is less sure where it is more wrong: the std ranks the voxels by
+    their error. NaN for a constant std.
+    """
+    from scipy import stats
+
+    error = np.abs(np.asarray(target, np.float64) - np.asarray(prediction, np.float64))
+    spread = np.asarray(std, np.float64).ravel()
+    if np.ptp(spread) == 0:
+        return float("nan")
+    return float(stats.spearmanr(spread, error.ravel()).statistic)
+
+
+#: interval and spread metrics, added to a row when the prediction has those channels
+UNCERTAINTY = ("coverage", "interval_width", "std_error_spearman")

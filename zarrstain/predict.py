@@ -377,5 +377,17 @@ def _provenance(
             else {}
         ),
         **({"seed": seed} if model.spec.stochastic else {}),
+        **_calibration(model),
         "fingerprint": fingerprint,
     }
+
+
+def _calibration(model: Model) -> dict[str, Any]:
+    """The provenance of calibrated intervals: method, α and the nominal coverage."""
+    cal = model.head.calibration
+    if cal is None:
+        return {}
+    record = {"method": cal.method, "alpha": cal.alpha, "nominal_coverage": 1 - cal.alpha}
+    if cal.delta is not None:
+        record["delta"] = cal.delta
+    return {"calibration": {**record, "scenes": len(cal.scenes), "units": cal.units}}

@@ -20,10 +20,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _keys(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Every key of the rows, in first-seen order (rows may lack some: blank cells)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Rows (dicts with the same keys) as a CSV file."""
+    """Rows as a CSV file (a key some rows lack: an empty cell)."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=_keys(rows), restval="")
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -31,16 +36,16 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """Rows as a GitHub markdown table."""
-    keys = list(rows[0])
+    keys = _keys(rows)
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Rows as an aligned text table (for the terminal)."""
-    keys = list(rows[0])
-    cells = [keys] + [[_fmt(r[k]) for k in keys] for r in rows]
+    keys = _keys(rows)
+    cells = [keys] + [[_fmt(r.get(k, "")) for k in keys] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(keys))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells

@@ -68,7 +68,7 @@ def create_model(
     """
     spec = get_architecture(architecture)
     kwargs = spec.channels(kwargs, len(input_labels), len(output_labels))
-    module = spec.build(**kwargs).eval()
+    module = spec.make_module(kwargs).eval()
     geo = spec.geometry(kwargs)
     model = Model(
         name=name or architecture,

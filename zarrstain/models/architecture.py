@@ -178,6 +178,10 @@ class Architecture:
         """Spatial dims, divisor, receptive radii and locality for these arguments."""
         raise NotImplementedError
 
+    def make_module(self, kwargs: dict[str, Any]) -> nn.Module:
+        """:meth:`build` with a card's kwargs, less ``head`` (the engine applies the head)."""
+        return self.build(**{k: v for k, v in kwargs.items() if k != "head"})
+
     def output_head(self, kwargs: dict[str, Any]) -> OutputHead:
         """The head between the module's raw output and the channels written.
 

@@ -155,7 +155,7 @@ def load_package(path: str | os.PathLike) -> Model:
     arch, kwargs = _field(card, "architecture", card_file), dict(_field(card, "kwargs", card_file))
     try:
         spec = get_architecture(arch)
-        module = spec.build(**kwargs)
+        module = spec.make_module(kwargs)
         geo = spec.geometry(kwargs)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{card_file}: cannot build {arch!r} with {kwargs}: {exc}") from None

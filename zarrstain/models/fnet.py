@@ -24,7 +24,6 @@ class FnetArchitecture(Architecture):
     name = "fnet"
 
     def build(self, **kwargs: Any) -> nn.Module:
-        kwargs.pop("head", None)  # the engine applies the head; the module predicts raw channels
         return FnetUNet(**kwargs)
 
     def geometry(self, kwargs: dict[str, Any]) -> Geometry:

@@ -74,7 +74,7 @@ def get_architecture(name: str) -> Architecture:
 
 def build(architecture: str, **kwargs: Any) -> nn.Module:
     """Construct a registered architecture with its keyword arguments."""
-    return get_architecture(architecture).build(**kwargs)
+    return get_architecture(architecture).make_module(kwargs)
 
 
 register(FnetArchitecture())
