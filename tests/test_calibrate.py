@@ -143,7 +143,7 @@ def test_calibrated_model_round_trips_and_records_nominal_coverage(stores, tmp_p
     saved = calibrate(cal, quantile_model(0.2), alpha=0.2, out=tmp_path / "calibrated")
     loaded = zarrstain.load_model(tmp_path / "calibrated")
     assert loaded.content_hash == saved.content_hash and loaded.head == saved.head
-    assert loaded.head.calibration.scenes == ("image",) or loaded.head.calibration.scenes
+    assert loaded.head.calibration.scenes == ("",)  # a plain image: one scene, id ""
     pred = zarrstain.predict(zarrstain.open_image(test), loaded)
     record = pred.attrs["zarrstain"]["calibration"]
     assert record["method"] == "cqr" and record["nominal_coverage"] == pytest.approx(0.8)
@@ -168,3 +168,35 @@ def test_bad_calibration_requests(stores, tmp_path):
     )
     with pytest.raises(ParameterError, match="'value' head, which predicts no interval"):
         calibrate(cal, value)
+
+
+def test_a_region_of_a_scene_calibrates_and_the_rest_evaluates(stores):
+    cal, _ = stores
+    top, bottom = {"y": slice(0, 32)}, {"y": slice(32, 64)}
+    model = calibrate(cal, quantile_model(0.2), alpha=0.1, region=top)
+    assert model.head.calibration.units == 6 * 32 * 64
+    from zarrstain.coverage import calibration_curve
+
+    rows = calibration_curve(
+        cal, quantile_model(0.2, alpha=0.2), calibration_scenes=[""], scenes=[""],
+        alphas=(0.1, 0.2), calibration_region=top, region=bottom,
+    )  # fmt: skip
+    assert [r["nominal"] for r in rows] == [0.9, 0.8]
+    assert all(abs(r["calibrated"] - r["nominal"]) < 0.03 for r in rows)
+    assert np.isnan(rows[0]["raw"]) and rows[1]["raw"] < 0.3  # the head's own alpha only
+    with pytest.raises(ParameterError, match="both calibration and evaluation scenes"):
+        calibration_curve(cal, model, calibration_scenes=[""], scenes=[""])
+
+
+def test_a_bins_model_gets_a_calibrated_interval_from_its_distribution(stores):
+    """CQR holds for any model, however poor: here a random 2D fnet with 16 intensity bins."""
+    from zarrstain.testing import random_model
+
+    cal, test = stores
+    head = {"kind": "bins", "bins": 16, "range": [-3.0, 3.0]}
+    model = random_model(ndim=2, depth=1, mult_chan=4, normalization="none", head=head)
+    assert not model.head.has_interval
+    calibrated = calibrate(cal, model, alpha=0.2)
+    assert calibrated.output_labels[-2:] == ("DNA (predicted) lower", "DNA (predicted) upper")
+    assert calibrated.head.alpha == 0.2 and calibrated.head.has_interval
+    assert abs(coverage(calibrated, test) - 0.8) <= 0.02

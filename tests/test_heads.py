@@ -158,3 +158,16 @@ def test_head_channels_denormalize_by_kind():
     pred = zarrstain.predict(data, model, normalize=None, halo="exact").values
     np.testing.assert_allclose(pred[:, 0], raw[:, 0] * 10 + 100, rtol=1e-5)  # value: offset + scale
     np.testing.assert_allclose(pred[:, 1], raw[:, 1] * 10, rtol=1e-5)  # std: scale only
+
+
+def test_output_label_renames_a_head_and_its_channels(tmp_path):
+    from zarrstain.errors import ModelError
+    from zarrstain.testing import random_model
+
+    model = random_model(head={"kind": "quantiles"})
+    folder = zarrstain.save_model(model, tmp_path / "q")
+    renamed = zarrstain.load_model(folder, output_label="Nuclei")
+    assert renamed.output_labels == ("Nuclei", "Nuclei lower", "Nuclei upper")
+    two = random_model(output_labels=("DNA (predicted)", "Mem (predicted)"))
+    with pytest.raises(ModelError, match="renames only models of one target"):
+        zarrstain.load_model(zarrstain.save_model(two, tmp_path / "two"), output_label="x")

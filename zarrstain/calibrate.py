@@ -60,6 +60,7 @@ def calibrate(
     halo: str | int = "exact",
     device: str = "auto",
     overwrite: bool = False,
+    region: dict[str, slice] | None = None,
 ) -> Model:
     """Calibrate a model's intervals on held-out scenes; returns (and saves) the new model.
 
@@ -87,6 +88,9 @@ def calibrate(
         Save the calibrated model as a package there.
     seed, halo, device, input_channels
         The pixel sample's seed; and as in :func:`zarrstain.predict`.
+    region
+        Count only these voxels of each scene, e.g. ``{"x": slice(512, None)}``: the scene is
+        still predicted whole (each voxel with its full context), then cropped.
 
     Raises
     ------
@@ -124,12 +128,12 @@ def calibrate(
     per_target = len(base.head.outputs)
     n_targets = len(targets)
     parts: list[Any] = []
-    total = sum(
-        im.sizes["t"] * im.sizes["z"] * im.sizes["y"] * im.sizes["x"] for im in images.values()
-    )
+    total = sum(_voxels(im, region) for im in images.values())
     fraction = min(1.0, max_pixels / max(total * n_targets, 1))
     for s_index, (sid, image) in enumerate(images.items()):
         pred = predict(image, base, halo=halo, input_channels=input_channels, device=device)
+        if region:
+            pred, image = pred.isel(**region), image.isel(**region)
         for i, t in enumerate(targets):
             labels = base.output_labels[i * per_target : (i + 1) * per_target]
             centre, lower, upper = (
@@ -162,6 +166,11 @@ def calibrate(
         save_model(calibrated, out, overwrite=overwrite)
         calibrated = load_model(out)
     return calibrated
+
+
+def _voxels(image: xr.DataArray, region: dict[str, slice] | None) -> int:
+    sizes = (image.isel(**region) if region else image).sizes
+    return int(sizes["t"] * sizes["z"] * sizes["y"] * sizes["x"])
 
 
 def interval_model(model: Model, alpha: float) -> Model:

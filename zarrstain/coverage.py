@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -25,6 +26,7 @@ from .errors import ParameterError
 from .io.read import open_scenes
 from .io.store import StoreLike
 from .models import Model, load_model
+from .models.heads import Calibration
 from .predict import predict
 from .report import write_csv
 
@@ -47,6 +49,8 @@ def calibration_curve(
     delta: float = 0.1,
     out: str | os.PathLike | None = None,
     halo: str | int = "exact",
+    calibration_region: dict[str, slice] | None = None,
+    region: dict[str, slice] | None = None,
 ) -> list[dict[str, Any]]:
     """Per α (and target): nominal coverage, the calibrated and raw empirical coverage, width.
 
@@ -56,11 +60,14 @@ def calibration_curve(
         Where to calibrate, and the held-out scenes to count coverage on (disjoint).
     out
         Folder for ``calibration.csv`` and ``calibration.png``.
+    calibration_region, region
+        Count only these voxels of the calibration and evaluation scenes (see
+        :func:`zarrstain.calibrate`): one scene can then serve both, in different regions.
     """
     if not isinstance(model, Model):
         model = load_model(model)
     overlap = set(calibration_scenes) & set(scenes)
-    if overlap:
+    if overlap and not (calibration_region and region):
         raise ParameterError(
             f"scenes {sorted(overlap)} are both calibration and evaluation scenes; coverage "
             "counted where the model was calibrated says nothing: keep them apart"
@@ -72,11 +79,11 @@ def calibration_curve(
         raw = interval_model(base, alpha)
         calibrated = calibrate(
             store, raw, target=targets, scenes=list(calibration_scenes), alpha=alpha,
-            method=method, delta=delta, halo=halo,
+            method=method, delta=delta, halo=halo, region=calibration_region,
         )  # fmt: skip
         kept = base.head.kind == "bins" or getattr(base.head, "alpha", None) == alpha
-        counted = _coverage(store, calibrated, targets, scenes, halo)
-        raw_counted = _coverage(store, raw, targets, scenes, halo) if kept else None
+        # one prediction of the raw interval gives both: calibration is a per-voxel transform
+        counted = _coverage(store, raw, calibrated.head.calibration, targets, scenes, halo, region)
         for i, label in enumerate(targets):
             rows.append(
                 {
@@ -84,7 +91,7 @@ def calibration_curve(
                     "alpha": alpha,
                     "nominal": 1 - alpha,
                     "calibrated": counted[i][0],
-                    "raw": raw_counted[i][0] if raw_counted else float("nan"),
+                    "raw": counted[i][2] if kept else float("nan"),
                     "width": counted[i][1],
                 }
             )
@@ -97,28 +104,45 @@ def calibration_curve(
     return rows
 
 
-def _coverage(store, model: Model, targets, scenes, halo) -> list[tuple[float, float]]:
-    """Per target: (covered fraction, mean width in target std) over the scenes' voxels."""
+def _coverage(
+    store, model: Model, cal: Calibration, targets, scenes, halo, region
+) -> list[tuple[float, float, float]]:
+    """Per target over the scenes' voxels: calibrated coverage, its mean width in target
+    std, and the raw interval's coverage, from one prediction of ``model``'s raw interval."""
     per_target = len(model.head.outputs)
     lo_k = next(i for i, h in enumerate(model.head.outputs) if h.kind == "lower")
     sums = []
     for image in open_scenes(store, scenes=list(scenes)).values():
         pred = predict(image, model, halo=halo)
+        if region:
+            pred, image = pred.isel(**region), image.isel(**region)
         for i, label in enumerate(targets):
             names = model.output_labels[i * per_target : (i + 1) * per_target]
-            lower = pred.sel(c=names[lo_k]).data
-            upper = pred.sel(c=names[lo_k + 1]).data
+            centre, lower, upper = (pred.sel(c=names[k]).data for k in (0, lo_k, lo_k + 1))
             y = _target(image, label, model).rechunk(lower.chunks)
-            inside = ((lower <= y) & (y <= upper)).sum()
-            sums.append((i, inside, (upper - lower).sum(), y.sum(), (y**2).sum(), y.size))
+            scale = model.output_intensity[i * per_target][1] if model.output_intensity else 1.0
+            lo_c, hi_c = _calibrated(cal, i, centre, lower, upper, scale)
+            sums.append((
+                i, ((lo_c <= y) & (y <= hi_c)).sum(), (hi_c - lo_c).sum(),
+                ((lower <= y) & (y <= upper)).sum(), y.sum(), (y**2).sum(), y.size,
+            ))  # fmt: skip
     (done,) = dask.compute(sums)
     out = []
     for i in range(len(targets)):
         mine = np.array([s[1:] for s in done if s[0] == i], dtype=np.float64).sum(axis=0)
-        inside, width, total, squares, n = mine
+        inside, width, raw_inside, total, squares, n = mine
         std = np.sqrt(max(squares / n - (total / n) ** 2, 1e-24))
-        out.append((float(inside / n), float(width / n / std)))
+        out.append((float(inside / n), float(width / n / std), float(raw_inside / n)))
     return out
+
+
+def _calibrated(cal: Calibration, i: int, centre, lower, upper, scale: float):
+    """:meth:`Calibration.apply` on written (denormalized) channels: CQR's margin scales."""
+    a = cal.adjustment[i]
+    if cal.method == "cqr":
+        return da.minimum(lower - a * scale, centre), da.maximum(upper + a * scale, centre)
+    below, above = da.maximum(centre - lower, 0), da.maximum(upper - centre, 0)
+    return centre - a * below, centre + a * above
 
 
 def plot_curve(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "") -> Path:

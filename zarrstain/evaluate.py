@@ -52,6 +52,7 @@ def evaluate(
     scenes: Sequence[str] | None = None,
     input_channel: str | None = None,
     x_range: slice | None = None,
+    y_range: slice | None = None,
     out: str | os.PathLike | None = None,
     panels: bool = True,
 ) -> Evaluation:
@@ -73,8 +74,8 @@ def evaluate(
         Scene ids (default: every scene).
     input_channel
         Shown in the panels beside target and prediction (e.g. the brightfield).
-    x_range
-        Evaluate only these x columns (e.g. the held-out right half of a well).
+    x_range, y_range
+        Evaluate only these x columns / y rows (e.g. the held-out right half of a well).
     out
         Folder for ``evaluation.csv``, ``evaluation.md`` and ``panels/<scene>.png``.
     panels
@@ -104,6 +105,8 @@ def evaluate(
     for sid, image in images.items():
         if x_range is not None:
             image = image.isel(x=x_range)
+        if y_range is not None:
+            image = image.isel(y=y_range)
         extra = _uncertainty_channels(image, prediction)
         for t in range(image.sizes["t"]):
             frame = image.isel(t=t)

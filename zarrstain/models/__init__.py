@@ -97,8 +97,9 @@ def load_model(path: str | os.PathLike, *, output_label: str | None = None) -> M
         A zarrstain model package folder (``card.json`` + ``weights.pt``), or a pytorch_fnet
         checkpoint (``model.p``, or the folder holding it, in either of pytorch_fnet's formats).
     output_label
-        Label of the predicted channel (models with one output); pytorch_fnet checkpoints carry
-        none and default to ``"<folder> (predicted)"``.
+        Label of the predicted channel (models of one target; a head's other channels follow
+        it: ``"Nuclei"``, ``"Nuclei lower"``, ...); pytorch_fnet checkpoints carry none and
+        default to ``"<folder> (predicted)"``.
 
     Raises
     ------
@@ -120,10 +121,13 @@ def load_model(path: str | os.PathLike, *, output_label: str | None = None) -> M
             "(card.json + weights.pt) or a pytorch_fnet model.p (or a folder holding one)"
         )
     if output_label is not None:
-        if len(model.output_labels) != 1:
+        heads = model.spec.heads(model.kwargs)
+        if len(model.output_labels) != len(heads):
             raise ModelError(
                 f"model {model.name} predicts {len(model.output_labels)} channels "
-                f"{list(model.output_labels)}; output_label renames only single-output models"
+                f"{list(model.output_labels)}; output_label renames only models of one target"
             )
-        model = dataclasses.replace(model, output_labels=(output_label,))
+        # one target: its value channel takes the label, the others add their suffix
+        labels = tuple(output_label + h.suffix for h in heads)
+        model = dataclasses.replace(model, output_labels=labels)
     return model

@@ -96,7 +96,9 @@ class Calibration:
         a = self.adjustment[target]
         if self.method == "cqr":  # widened (or narrowed) by q, never past the median
             return torch.minimum(lower - a, median), torch.maximum(upper + a, median)
-        return median - a * (median - lower), median + a * (upper - median)
+        # distances from the centre, never negative (as conformal.lambda_star counts them)
+        below, above = (median - lower).clamp_min(0), (upper - median).clamp_min(0)
+        return median - a * below, median + a * above
 
 
 @dataclass(frozen=True)
