@@ -200,3 +200,16 @@ def test_a_bins_model_gets_a_calibrated_interval_from_its_distribution(stores):
     assert calibrated.output_labels[-2:] == ("DNA (predicted) lower", "DNA (predicted) upper")
     assert calibrated.head.alpha == 0.2 and calibrated.head.has_interval
     assert abs(coverage(calibrated, test) - 0.8) <= 0.02
+
+
+@pytest.mark.parametrize("method", ["cqr", "rcps"])
+def test_calibration_runs_each_model_block_once(tmp_path, method):
+    from zarrstain.progress import BlockProgress
+
+    store = noisy_store(tmp_path / "c.zarr", seed=5, sigmas=(1.0,) * 30, size=32)
+    model = quantile_model(0.3)
+    pred = zarrstain.predict(zarrstain.open_image(store), model, halo="exact")
+    n_blocks = pred.attrs["zarrstain"]["tiling"]["blocks"]  # as calibrate plans it
+    with BlockProgress() as blocks:
+        calibrate(store, model, alpha=0.2, method=method)
+    assert blocks.done == n_blocks  # not once per channel read (centre, lower, upper)

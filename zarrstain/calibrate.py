@@ -253,7 +253,9 @@ def _blocks(method, centre, lower, upper, y, salt, fraction) -> list[Any]:
     starts = [np.cumsum((0, *c[:-1])) for c in centre.chunks]
     shape = centre.shape
     out = []
-    arrays = [a.to_delayed() for a in (centre, lower, upper, y)]
+    # unoptimized: optimizing each array alone would fuse (and rename) the model's blocks
+    # into each of the four graphs, computing every block once per array
+    arrays = [a.to_delayed(optimize_graph=False) for a in (centre, lower, upper, y)]
     for index in np.ndindex(*centre.numblocks):
         origin = tuple(int(s[i]) for s, i in zip(starts, index, strict=True))
         blocks = [a[index] for a in arrays]
