@@ -1,6 +1,7 @@
 """Real data: where can In silico labeling's virtual DAPI / MAP2 / NFH be trusted?
 
-Run: python examples/isl_uncertainty.py [OUTPUT_DIR] [--steps N] [--bins K] [--device cuda]
+Run: python examples/isl_uncertainty.py [OUTPUT_DIR] [--steps N] [--bins K] [--alphas A ...]
+         [--device cuda]
 
 The same well and recipe as ``isl_phase_to_dapi.py`` (a 2D fnet on 13 phase planes through a
 learned projection, trained on the **left half**), with two uncertainty heads instead of one
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import zarrstain
 from zarrstain.calibrate import calibrate
-from zarrstain.coverage import calibration_curve
+from zarrstain.coverage import ALPHAS, calibration_curve
 from zarrstain.evaluate import evaluate
 from zarrstain.pipeline import plan_prediction
 from zarrstain.report import format_table, markdown_table
@@ -56,6 +57,7 @@ def main(
     bins: int = 64,
     data: Path = DATA / "isl_condition_blue",
     device: str = "auto",
+    alphas: tuple[float, ...] = ALPHAS,
 ) -> list[dict]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +83,7 @@ def main(
         plan.run()
         curve = calibration_curve(
             store, model, calibration_scenes=[""], scenes=[""], region=eval_region,
-            calibration_region=cal_region, out=out / f"curve-{head}",
+            calibration_region=cal_region, out=out / f"curve-{head}", alphas=alphas,
         )  # fmt: skip
         raw = {r["target"]: r["raw"] for r in curve if r["alpha"] == ALPHA}
         for stain in STAINS:
@@ -120,5 +122,6 @@ if __name__ == "__main__":
     parser.add_argument("--bins", type=int, default=64)
     parser.add_argument("--data", type=Path, default=DATA / "isl_condition_blue")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
     args = parser.parse_args()
-    main(args.out, args.steps, args.bins, args.data, args.device)
+    main(args.out, args.steps, args.bins, args.data, args.device, tuple(args.alphas))

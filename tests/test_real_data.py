@@ -33,6 +33,24 @@ def test_isl_example_trains_predicts_and_evaluates(tmp_path, monkeypatch, capsys
     assert "pcc" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_isl_uncertainty_example_calibrates_and_reports_coverage(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "islu"
+    args = [str(out), "--steps", "2", "--bins", "8", "--alphas", "0.1", "--data", str(ISL)]
+    monkeypatch.setattr(sys, "argv", ["example", *args])
+    runpy.run_path(str(ROOT / "examples" / "isl_uncertainty.py"), run_name="__main__")
+    table = (out / "isl-uncertainty.md").read_text()
+    for head in ("bins", "quantiles"):
+        for stain in ("DAPI", "MAP2", "NFH"):
+            assert f"| {head} | {stain} |" in table
+            panel = out / f"evaluation-{head}-{stain}" / "panels" / "image.png"
+            assert panel.is_file()
+        assert (out / f"curve-{head}" / "calibration.png").is_file()
+        predicted = zarrstain.open_image(out / f"predicted-{head}.zarr")
+        assert "DAPI (predicted) upper" in list(predicted.c.values)
+    assert "coverage calibrated" in capsys.readouterr().out
+
+
 def test_isl_ablation_variant_reports_both_halves():
     spec = importlib.util.spec_from_file_location(
         "isl_ablation", ROOT / "benchmarks" / "isl_ablation.py"

@@ -161,14 +161,21 @@ def plot_curve(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "") -
         draw.text((x - 8, y + 4), f"{v:g}", fill="black")
         x, y = at(0, v)
         draw.text((x - 30, y - 6), f"{v:g}", fill="black")
-    for key, colour in (("raw", (200, 60, 60)), ("calibrated", (30, 90, 200))):
-        points = [at(r["nominal"], r[key]) for r in rows if np.isfinite(r[key])]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    targets = list(dict.fromkeys(r.get("target", "") for r in rows))
+    palette = [(30, 90, 200), (200, 60, 60), (40, 150, 70), (150, 80, 180), (230, 140, 20)]
+    for n, label in enumerate(targets):  # per target: calibrated filled, raw hollow
+        colour = palette[n % len(palette)]
+        mine = sorted((r for r in rows if r.get("target", "") == label), key=lambda r: r["nominal"])
+        for key, filled in (("calibrated", True), ("raw", False)):
+            points = [at(r["nominal"], r[key]) for r in mine if np.isfinite(r[key])]
+            if len(points) > 1:
+                draw.line(points, fill=colour, width=2 if filled else 1)
+            for x, y in points:
+                box = [x - 3, y - 3, x + 3, y + 3]
+                draw.ellipse(box, fill=colour) if filled else draw.rectangle(box, outline=colour)
+        draw.text((margin + 8, margin + 8 + 12 * n), str(label), fill=colour)
     draw.text((margin, 8), title, fill="black")
-    draw.text((margin, 22), "calibrated (blue), raw (red)", fill="black")
+    draw.text((margin, 22), "filled: calibrated, hollow: raw interval", fill="black")
     draw.text((margin + size // 2 - 40, margin + size + 22), "nominal coverage", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
