@@ -5,8 +5,9 @@ block by block; each block is reduced to a few numbers at once, so memory stays 
 whatever the size of the plate:
 
 - ``method="cqr"``: the conformity scores ``max(lower - y, y - upper)`` of a sample of the
-  pixels (at most ``max_pixels``, chosen by a hash of each pixel's global coordinates, so the
-  sample does not depend on the chunking), whose conformal quantile is the margin;
+  pixels (at most ``max_pixels``, chosen by :func:`zarrstain.noise.uniform` of each pixel's
+  global coordinates, so the sample does not depend on the chunking), whose conformal quantile
+  is the margin;
 - ``method="rcps"``: per image (scene and time point), a histogram of the smallest interval
   scale λ* that holds each pixel, from which the miscovered fraction at every λ follows.
 
@@ -27,7 +28,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from . import conformal
+from . import conformal, noise
 from .errors import ChannelError, ParameterError, option
 from .io.read import open_scenes
 from .io.store import StoreLike
@@ -270,7 +271,7 @@ def _cqr_scores(centre, lower, upper, y, origin, shape, salt, fraction) -> np.nd
     scores = np.maximum(lower - y, y - upper)
     if fraction >= 1:
         return scores.ravel()
-    return scores[_uniform(origin, scores.shape, shape, salt) < fraction]
+    return scores[noise.uniform(noise.key(*salt), origin, scores.shape, shape) < fraction]
 
 
 def _lambda_counts(centre, lower, upper, y, origin) -> dict[int, np.ndarray]:
@@ -279,23 +280,6 @@ def _lambda_counts(centre, lower, upper, y, origin) -> dict[int, np.ndarray]:
     bins = np.searchsorted(conformal.LAMBDAS, need, side="left")
     size = len(conformal.LAMBDAS) + 1
     return {origin[0] + t: np.bincount(bins[t].ravel(), minlength=size) for t in range(len(y))}
-
-
-def _uniform(origin, block, shape, salt) -> np.ndarray:
-    """A uniform number per voxel from its global index and ``salt`` (splitmix64)."""
-    grids = np.meshgrid(
-        *(np.arange(o, o + n) for o, n in zip(origin, block, strict=True)), indexing="ij"
-    )
-    index = np.ravel_multi_index(grids, shape).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        key = 0
-        for part in salt:  # (seed, scene, target): a different sample for each
-            key = (key * 1_000_003 + int(part)) % 2**32
-        z = index + np.uint64(key * 0x9E3779B97F4A7C15 % 2**64)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
 def _adjustment(
