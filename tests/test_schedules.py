@@ -1,0 +1,90 @@
+"""Diffusion schedules, objectives and sampler steps against their closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from zarrstain.errors import ParameterError
+from zarrstain.models.schedules import OBJECTIVES, make_schedule, timesteps
+
+
+def test_linear_cosine_and_zero_terminal_snr():
+    linear = make_schedule("linear", 2000, beta_start=1e-6, beta_end=1e-2)  # Cross-Zamirski
+    assert float(linear.betas[0]) == pytest.approx(1e-6) and float(linear.betas[-1]) == 1e-2
+    cosine = make_schedule("cosine", 1000)
+    s = 0.008
+    expected = (
+        math.cos((0.5 + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+    )
+    assert float(cosine.alpha_bar[499]) == pytest.approx(expected, rel=1e-9)
+    zero = make_schedule("linear", 1000, zero_snr=True)
+    plain = make_schedule("linear", 1000)
+    assert float(zero.alpha_bar[-1]) == pytest.approx(0.0, abs=1e-12)
+    assert float(zero.alpha_bar[0]) == pytest.approx(float(plain.alpha_bar[0]))
+    assert (zero.alpha_bar[1:] < zero.alpha_bar[:-1]).all()
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_objectives_convert_back_to_x0_and_noise(objective):
+    sched = make_schedule("cosine", 100)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = (
+        torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64),
+        torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64),
+    )
+    for t in (0, 37, 98):
+        x_t = sched.add_noise(x0, eps, t)
+        target = sched.target(objective, x0, eps, t)
+        got_x0, got_eps = sched.to_x0_eps(objective, target, x_t, t)
+        torch.testing.assert_close(got_x0, x0)
+        torch.testing.assert_close(got_eps, eps)
+
+
+def test_ddpm_step_samples_the_forward_marginal_one_step_earlier():
+    """Given the true x0, x_{t-1} must be distributed as the forward process says."""
+    sched = make_schedule("linear", 200)
+    g = torch.Generator().manual_seed(1)
+    n, t = 200_000, 120
+    x0 = torch.full((n,), 0.7, dtype=torch.float64)
+    x_t = sched.add_noise(x0, torch.randn(n, generator=g, dtype=torch.float64), t)
+    prev = sched.ddpm_step(x0, x_t, t, torch.randn(n, generator=g, dtype=torch.float64))
+    ab = float(sched.alpha_bar[t - 1])
+    assert float(prev.mean()) == pytest.approx(math.sqrt(ab) * 0.7, abs=0.01)
+    assert float(prev.var()) == pytest.approx(1 - ab, rel=0.01)
+
+
+def test_ddim_is_deterministic_at_eta_0_and_ddpm_like_at_eta_1():
+    sched = make_schedule("linear", 1000)
+    g = torch.Generator().manual_seed(2)
+    x0, eps = (
+        torch.randn(16, generator=g, dtype=torch.float64),
+        torch.randn(16, generator=g, dtype=torch.float64),
+    )
+    t, t_prev = 900, 600
+    # with the true noise, η = 0 lands exactly on the forward process at t_prev
+    step = sched.ddim_step(x0, eps, t, t_prev, eta=0.0)
+    torch.testing.assert_close(step, sched.add_noise(x0, eps, t_prev))
+    # η = 1 between neighbouring steps: DDPM's posterior variance
+    ab, ab_prev = float(sched.alpha_bar[500]), float(sched.alpha_bar[499])
+    noise = torch.ones(1, dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    spread = sched.ddim_step(zero, zero, 500, 499, eta=1.0, noise=noise)
+    beta = 1 - ab / ab_prev
+    assert float(spread) == pytest.approx(math.sqrt(beta * (1 - ab_prev) / (1 - ab)))
+
+
+def test_timesteps_and_bad_settings():
+    assert timesteps(1000, 4) == [999, 749, 499, 249]
+    assert timesteps(10, 10) == list(range(9, -1, -1))
+    for call, fragment in [
+        (lambda: make_schedule("sigmoid"), "schedule 'sigmoid' is not one of linear, cosine"),
+        (lambda: make_schedule("linear", 1), "at least 2 steps"),
+        (lambda: make_schedule("linear", 10, beta_start=0.1, beta_end=0.01), "must rise"),
+        (lambda: timesteps(10, 11), "sampling steps must be in 1..10"),
+        (lambda: make_schedule().target("score", None, None, 0), "objective 'score'"),
+    ]:
+        with pytest.raises(ParameterError, match=fragment):
+            call()
