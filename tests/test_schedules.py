@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -88,3 +89,56 @@ def test_timesteps_and_bad_settings():
     ]:
         with pytest.raises(ParameterError, match=fragment):
             call()
+
+
+@pytest.fixture(scope="module")
+def diffusers():
+    # in the test extra, so CI always runs these; skipped only in an install without it
+    return pytest.importorskip("diffusers", reason="diffusers (pip install -e '.[test]')")
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_schedules_match_diffusers(diffusers, kind, zero_snr):
+    name = {"linear": "linear", "cosine": "squaredcos_cap_v2"}[kind]
+    theirs = diffusers.DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule=name, rescale_betas_zero_snr=zero_snr
+    )
+    ours = make_schedule(kind, 1000, zero_snr=zero_snr)
+    # diffusers computes in float32 (its cumulative products drift ~1e-5 relative); ours float64
+    torch.testing.assert_close(ours.betas.float(), theirs.betas, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["epsilon", "v_prediction"])
+def test_ddpm_and_ddim_steps_match_diffusers(diffusers, objective):
+    ours_objective = {"epsilon": "epsilon", "v_prediction": "v"}[objective]
+    g = torch.Generator().manual_seed(3)
+    x_t = torch.randn(2, 3, 8, 8, generator=g)
+    prediction = torch.randn(2, 3, 8, 8, generator=g)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    sched = make_schedule("linear", 1000)
+    ddpm = diffusers.DDPMScheduler(
+        num_train_timesteps=1000, prediction_type=objective, clip_sample=False,
+        variance_type="fixed_small",
+    )  # fmt: skip
+    for t in (999, 500, 1):
+        # DDPMScheduler draws its noise itself: the same generator state gives the same noise
+        theirs = ddpm.step(
+            prediction, t, x_t, generator=torch.Generator().manual_seed(9)
+        ).prev_sample
+        x0, _ = sched.to_x0_eps(ours_objective, prediction.double(), x_t.double(), t)
+        mine = sched.ddpm_step(x0, x_t.double(), t, noise.double())
+        torch.testing.assert_close(mine.float(), theirs, rtol=1e-4, atol=1e-5)
+    ddim = diffusers.DDIMScheduler(
+        num_train_timesteps=1000, prediction_type=objective, clip_sample=False,
+        timestep_spacing="trailing", set_alpha_to_one=True,
+    )  # fmt: skip
+    ddim.set_timesteps(10)
+    assert [int(t) for t in ddim.timesteps] == timesteps(1000, 10)
+    steps = [*timesteps(1000, 10), -1]
+    for eta in (0.0, 1.0):
+        for t, t_prev in list(itertools.pairwise(steps))[:3]:
+            theirs = ddim.step(prediction, t, x_t, eta=eta, variance_noise=noise).prev_sample
+            x0, eps = sched.to_x0_eps(ours_objective, prediction.double(), x_t.double(), t)
+            mine = sched.ddim_step(x0, eps, t, t_prev, eta=eta, noise=noise.double())
+            torch.testing.assert_close(mine.float(), theirs, rtol=1e-4, atol=1e-5)
