@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
@@ -38,7 +38,7 @@ from .models.model import state_dict_hash
 from .normalize import normalize
 from .predict import predict
 
-__all__ = ["METHODS", "calibrate", "interval_model"]
+__all__ = ["METHODS", "calibrate", "interval_model", "scene_intervals", "target_scale"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,31 +126,24 @@ def calibrate(
     logger.info(
         "calibrating %s (%s, alpha=%g) on %d scene(s)", model.name, method, alpha, len(images)
     )
-    per_target = len(base.head.outputs)
     n_targets = len(targets)
-    parts: list[Any] = []
+    parts: list[tuple[int, list[Any]]] = []  # (target, its delayed block results in one scene)
     total = sum(_voxels(im, region) for im in images.values())
     fraction = min(1.0, max_pixels / max(total * n_targets, 1))
-    for s_index, (sid, image) in enumerate(images.items()):
-        pred = predict(image, base, halo=halo, input_channels=input_channels, device=device)
-        if region:
-            pred, image = pred.isel(**region), image.isel(**region)
-        for i, t in enumerate(targets):
-            labels = base.output_labels[i * per_target : (i + 1) * per_target]
-            centre, lower, upper = (
-                pred.sel(c=labels[k]).data
-                for k in (0, _index(base.head, "lower"), _index(base.head, "upper"))
-            )
-            y = _target(image, t, base)
-            y = y.rechunk(centre.chunks)
+    for s_index, image in enumerate(images.values()):
+        channels = scene_intervals(
+            image, base, targets, halo=halo, region=region, input_channels=input_channels,
+            device=device,
+        )  # fmt: skip
+        for i, centre, lower, upper, y in channels:
             salt = (seed, s_index, i)
-            parts.append((sid, i, _blocks(method, centre, lower, upper, y, salt, fraction)))
-    (computed,) = dask.compute([p[2] for p in parts])
+            parts.append((i, _blocks(method, centre, lower, upper, y, salt, fraction)))
+    (computed,) = dask.compute([blocks for _, blocks in parts])
     adjustments, units = [], 0
     for i in range(n_targets):
-        mine = [c for (sid, ti, _), c in zip(parts, computed, strict=True) if ti == i]
+        mine = [c for (ti, _), c in zip(parts, computed, strict=True) if ti == i]
         a, n = _adjustment(method, mine, alpha, delta)
-        scale = base.output_intensity[i * per_target][1] if base.output_intensity else 1.0
+        scale = target_scale(base, i)
         adjustments.append(a / scale if method == "cqr" else a)
         units += n
     calibration = Calibration(
@@ -167,6 +160,37 @@ def calibrate(
         save_model(calibrated, out, overwrite=overwrite)
         calibrated = load_model(out)
     return calibrated
+
+
+def scene_intervals(
+    image: xr.DataArray,
+    model: Model,
+    targets: Sequence[str],
+    *,
+    halo: str | int = "exact",
+    region: dict[str, slice] | None = None,
+    input_channels: Sequence[str] | None = None,
+    device: str = "auto",
+) -> Iterator[tuple[int, da.Array, da.Array, da.Array, da.Array]]:
+    """Per target of one scene: (index, centre, lower, upper, acquired target), lazily.
+
+    (t, z, y, x) dask arrays in the units the predictions are written in, all from one
+    prediction of the scene (predicted whole, then cropped to ``region``).
+    """
+    pred = predict(image, model, halo=halo, input_channels=input_channels, device=device)
+    if region:
+        pred, image = pred.isel(**region), image.isel(**region)
+    per_target = len(model.head.outputs)
+    lo_k, hi_k = _index(model.head, "lower"), _index(model.head, "upper")
+    for i, label in enumerate(targets):
+        names = model.output_labels[i * per_target : (i + 1) * per_target]
+        centre, lower, upper = (pred.sel(c=names[k]).data for k in (0, lo_k, hi_k))
+        yield i, centre, lower, upper, _target(image, label, model).rechunk(centre.chunks)
+
+
+def target_scale(model: Model, i: int) -> float:
+    """The intensity scale of target ``i``'s written channels (1: they stay normalized)."""
+    return model.output_intensity[i * len(model.head.outputs)][1] if model.output_intensity else 1.0
 
 
 def _voxels(image: xr.DataArray, region: dict[str, slice] | None) -> int:

@@ -17,17 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .calibrate import _target, _targets, _with_head, calibrate, interval_model
+from .calibrate import (
+    _targets,
+    _with_head,
+    calibrate,
+    interval_model,
+    scene_intervals,
+    target_scale,
+)
 from .errors import ParameterError
 from .io.read import open_scenes
 from .io.store import StoreLike
 from .models import Model, load_model
 from .models.heads import Calibration
-from .predict import predict
 from .report import write_csv
 
 __all__ = ["ALPHAS", "calibration_curve", "plot_curve"]
@@ -109,19 +114,12 @@ def _coverage(
 ) -> list[tuple[float, float, float]]:
     """Per target over the scenes' voxels: calibrated coverage, its mean width in target
     std, and the raw interval's coverage, from one prediction of ``model``'s raw interval."""
-    per_target = len(model.head.outputs)
-    lo_k = next(i for i, h in enumerate(model.head.outputs) if h.kind == "lower")
     sums = []
     for image in open_scenes(store, scenes=list(scenes)).values():
-        pred = predict(image, model, halo=halo)
-        if region:
-            pred, image = pred.isel(**region), image.isel(**region)
-        for i, label in enumerate(targets):
-            names = model.output_labels[i * per_target : (i + 1) * per_target]
-            centre, lower, upper = (pred.sel(c=names[k]).data for k in (0, lo_k, lo_k + 1))
-            y = _target(image, label, model).rechunk(lower.chunks)
-            scale = model.output_intensity[i * per_target][1] if model.output_intensity else 1.0
-            lo_c, hi_c = _calibrated(cal, i, centre, lower, upper, scale)
+        for i, centre, lower, upper, y in scene_intervals(
+            image, model, targets, halo=halo, region=region
+        ):
+            lo_c, hi_c = cal.apply(centre, lower, upper, i, scale=target_scale(model, i))
             sums.append((
                 i, ((lo_c <= y) & (y <= hi_c)).sum(), (hi_c - lo_c).sum(),
                 ((lower <= y) & (y <= upper)).sum(), y.sum(), (y**2).sum(), y.size,
@@ -134,15 +132,6 @@ def _coverage(
         std = np.sqrt(max(squares / n - (total / n) ** 2, 1e-24))
         out.append((float(inside / n), float(width / n / std), float(raw_inside / n)))
     return out
-
-
-def _calibrated(cal: Calibration, i: int, centre, lower, upper, scale: float):
-    """:meth:`Calibration.apply` on written (denormalized) channels: CQR's margin scales."""
-    a = cal.adjustment[i]
-    if cal.method == "cqr":
-        return da.minimum(lower - a * scale, centre), da.maximum(upper + a * scale, centre)
-    below, above = da.maximum(centre - lower, 0), da.maximum(upper - centre, 0)
-    return centre - a * below, centre + a * above
 
 
 def plot_curve(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "") -> Path:

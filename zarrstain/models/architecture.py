@@ -251,8 +251,8 @@ class Architecture:
         are left out of the loss). The output head's loss, unless the architecture overrides
         :meth:`loss` (then that, which takes no mask).
         """
-        head = self.output_head(kwargs)
-        if head.kind != "value" or type(self).loss is Architecture.loss:
+        head = self._training_head(kwargs)
+        if head is not None:
             return head.loss(raw, target, mask)
         if mask is not None and not bool(mask.all()):
             raise ParameterError(
@@ -264,10 +264,15 @@ class Architecture:
 
     def loss_label(self, kwargs: dict[str, Any]) -> str:
         """Names the training loss in provenance."""
+        head = self._training_head(kwargs)
+        return head.loss_name if head is not None else self.loss_name
+
+    def _training_head(self, kwargs: dict[str, Any]) -> OutputHead | None:
+        """The head whose loss training uses, or None when the architecture's own applies."""
         head = self.output_head(kwargs)
         if head.kind != "value" or type(self).loss is Architecture.loss:
-            return head.loss_name
-        return self.loss_name
+            return head
+        return None
 
     def train_kwargs(self, config: Any) -> dict[str, Any]:
         """Module arguments for a training config (default: ``config.model_kwargs``)."""

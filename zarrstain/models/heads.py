@@ -89,16 +89,24 @@ class Calibration:
         d = asdict(self)
         return {**d, "adjustment": list(self.adjustment), "scenes": list(self.scenes)}
 
-    def apply(self, median: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, target: int):
-        """The calibrated (lower, upper) of one target's channels."""
-        import torch
+    def apply(self, median, lower, upper, target: int, scale: float = 1.0):
+        """The calibrated (lower, upper) of one target's channels.
 
+        Arithmetic only, so it serves torch tensors inside blocks and numpy or dask arrays of
+        written channels alike; ``scale`` is the target's intensity scale when the channels
+        are in the target's units (CQR's margin is stored in normalized units).
+        """
         a = self.adjustment[target]
         if self.method == "cqr":  # widened (or narrowed) by q, never past the median
-            return torch.minimum(lower - a, median), torch.maximum(upper + a, median)
+            q = a * scale
+            return median - _positive(median - lower + q), median + _positive(upper + q - median)
         # distances from the centre, never negative (as conformal.lambda_star counts them)
-        below, above = (median - lower).clamp_min(0), (upper - median).clamp_min(0)
-        return median - a * below, median + a * above
+        return median - a * _positive(median - lower), median + a * _positive(upper - median)
+
+
+def _positive(x):
+    """max(x, 0) for any array type."""
+    return x * (x > 0)
 
 
 @dataclass(frozen=True)
