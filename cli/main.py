@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,6 +21,7 @@ from zarrstain.errors import ZarrstainError, cli_messages
 
 from .output import _quiet, _say
 from .progress import Progress, StageProgress
+from .sampling import class_training_options, sampling_options, sampling_settings
 from .uncertainty import calibrate, calibration_curve
 
 logger = logging.getLogger("zarrstain.cli")
@@ -175,6 +177,7 @@ def _halo(value: str) -> str | int:
     help="Predict time points whose input is constant (blank) instead of refusing them.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan / result as JSON.")
+@sampling_options
 def predict(
     store: str,
     model_path: str,
@@ -202,6 +205,7 @@ def predict(
     allow_missing_chunks: bool,
     allow_constant_frames: bool,
     as_json: bool,
+    **sampling: Any,
 ) -> None:
     """Predict channels for the scenes of STORE with a model and write them back (or to --out).
 
@@ -228,6 +232,7 @@ def predict(
             block_memory=block_memory,
             seed=seed,
             scratch=scratch,
+            **sampling_settings(sampling),
         ),
         write_options=WriteOptions(
             out=out, overwrite=overwrite, dtype=_dtypes(dtypes), copy_channels=copy_channels
@@ -340,6 +345,7 @@ def _ints(value: str | None) -> list[int] | None:
 )
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace the model package in --out.")
+@class_training_options
 def train(stores, inputs, targets, out, config_file, paper, resume, overwrite, **options) -> None:
     """Train a model on paired channels of STORES (OME-Zarr) and save it as a model package."""
     from zarrstain.training import TrainConfig, build_config

@@ -243,10 +243,15 @@ def test_non_local_models_run_one_whole_field_per_block(caplog):
     model = _model("test-global", output_labels=["g"])
     plan = plan_tiles((1, 4, 300, 300), model, block_memory="1MiB")
     assert plan.chunks[2:] == ((300,), (300,)) and plan.exact
+    for halo in ("exact", "auto"):  # tiling it needs an explicit halo
+        with pytest.raises(zarrstain.errors.ParameterError, match="is not local.*integer halo"):
+            plan_tiles((1, 4, 300, 300), model, halo=halo, chunks={"y": 100, "x": 100})
     with caplog.at_level(logging.WARNING):
-        tiled = plan_tiles((1, 4, 300, 300), model, chunks={"y": 100, "x": 100})
+        tiled = plan_tiles((1, 4, 300, 300), model, halo=8, chunks={"y": 100, "x": 100})
     assert not tiled.exact and "approximate" in caplog.text
     assert tiled.describe()["exact"] is False
+    # blocks as large as the field are not tiling: exact
+    assert plan_tiles((1, 4, 300, 300), model, halo="exact", chunks={"y": 300}).exact
 
 
 def test_training_uses_the_architectures_heads_and_loss(tmp_path):

@@ -30,6 +30,7 @@ from scipy import ndimage
 __all__ = [
     "CHANNELS",
     "make_bioformats2raw",
+    "make_class_plate",
     "make_image",
     "make_plate",
     "render_cells",
@@ -45,7 +46,10 @@ _CAMERA_OFFSET = 100.0
 
 
 def render_cells(
-    shape: tuple[int, int, int, int], seed: int = 0, n_cells: int | None = None
+    shape: tuple[int, int, int, int],
+    seed: int = 0,
+    n_cells: int | None = None,
+    translocation: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Render noise-free cells for each time point.
 
@@ -57,6 +61,10 @@ def render_cells(
         Random seed; the same seed gives the same cells.
     n_cells
         Number of cells; by default about one per 40×40 pixels.
+    translocation
+        Share of the ``"Membrane"`` marker moved from the cell outline into the cytoplasm
+        (0: an outline, 1: a filled cytoplasm with a dark nucleus): a treatment's phenotype
+        that the brightfield, made from the same geometry, does not show.
 
     Returns
     -------
@@ -101,7 +109,11 @@ def render_cells(
             nucleus = 1.0 / (1.0 + np.exp((dn - 1.0) * 8.0))
             density += 0.5 * body + 0.8 * nucleus
             dna = np.maximum(dna, brightness[k] * nucleus * (1.0 + 0.3 * texture))
-            membrane = np.maximum(membrane, np.exp(-(((d - 1.0) / 0.12) ** 2)))
+            outline = np.exp(-(((d - 1.0) / 0.12) ** 2))
+            if translocation:
+                cytoplasm = np.clip(body - nucleus, 0, None)
+                outline = (1 - translocation) * outline + translocation * 0.8 * cytoplasm
+            membrane = np.maximum(membrane, outline)
         # Defocused phase-like contrast: a difference of Gaussians of the optical density,
         # wider along z (the microscope's axial blur), on a bright background.
         near = ndimage.gaussian_filter(density, (1.0, 1.0, 1.0))
@@ -118,8 +130,10 @@ def _camera(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(counts, 0, np.iinfo(np.uint16).max).astype(np.uint16)
 
 
-def _synthetic_tczyx(shape: tuple[int, int, int, int], seed: int) -> np.ndarray:
-    clean = render_cells(shape, seed)
+def _synthetic_tczyx(
+    shape: tuple[int, int, int, int], seed: int, translocation: float = 0.0
+) -> np.ndarray:
+    clean = render_cells(shape, seed, translocation=translocation)
     rng = np.random.default_rng(seed + 1)
     return np.stack([_camera(clean[c], rng) for c in CHANNELS], axis=1)
 
@@ -214,9 +228,10 @@ def _write_synthetic(
     ngff_version: str,
     levels: int = 2,
     chunks: Sequence[int] | None = None,
+    translocation: float = 0.0,
 ) -> np.ndarray:
     """Render one synthetic (t, c, z, y, x) image and write it with its labels and voxel size."""
-    data = _synthetic_tczyx(shape, seed)
+    data = _synthetic_tczyx(shape, seed, translocation)
     save_image(
         group,
         data,
@@ -307,6 +322,60 @@ def make_plate(
     )
     logger.info("wrote synthetic plate %s: %d wells × %d fields", path, len(wells), fields)
     return Path(path)
+
+
+#: the class plate's treatments → the share of the marker moved into the cytoplasm
+TREATMENTS = {"control": 0.0, "translocated": 1.0}
+
+
+def make_class_plate(
+    path: str | os.PathLike,
+    *,
+    rows: Sequence[str] = ("A", "B"),
+    columns: Sequence[str] = ("1", "2", "3", "4"),
+    fields: int = 2,
+    shape: tuple[int, int, int, int] = (1, 1, 96, 96),
+    ngff_version: str = "0.5",
+    seed: int = 0,
+    levels: int = 1,
+) -> tuple[Path, Path]:
+    """A synthetic plate whose wells carry a treatment the brightfield does not show.
+
+    Odd columns are ``"control"`` (the ``"Membrane"`` marker outlines each cell), even
+    columns ``"translocated"`` (the marker fills the cytoplasm: a translocation assay). The
+    cells, and so the brightfield and the DNA, come from the same distribution in both; only
+    the class tells the two marker patterns apart. Each well's group also gets the attribute
+    ``"treatment"``.
+
+    Returns
+    -------
+    (Path, Path)
+        The plate, and its class map ``<plate>.classes.csv`` (``well,class``) beside it.
+    """
+    from ome_zarr.writer import write_plate_metadata, write_well_metadata
+
+    fmt = _fmt(ngff_version)
+    root = zarr.open_group(
+        zarr.storage.LocalStore(Path(path)), mode="w", zarr_format=fmt.zarr_format
+    )
+    wells = [f"{r}/{c}" for r in rows for c in columns]
+    classes = {}
+    for w, well in enumerate(wells):
+        treatment = list(TREATMENTS)[(columns.index(well.split("/")[1])) % len(TREATMENTS)]
+        classes[well] = treatment
+        group = root.require_group(well)
+        for f in range(fields):
+            _write_synthetic(group.require_group(str(f)), shape, seed + 1000 * w + 17 * f,
+                             ngff_version, levels, translocation=TREATMENTS[treatment])  # fmt: skip
+        write_well_metadata(group, [{"path": str(f)} for f in range(fields)], fmt=fmt)
+        group.attrs["treatment"] = treatment
+    write_plate_metadata(
+        root, list(rows), list(columns), wells, fmt=fmt, name="class plate", field_count=fields
+    )
+    table = Path(str(path).rstrip("/") + ".classes.csv")
+    table.write_text("well,class\n" + "".join(f"{w},{c}\n" for w, c in classes.items()))
+    logger.info("wrote class plate %s (%d wells) and %s", path, len(wells), table)
+    return Path(path), table
 
 
 def make_bioformats2raw(

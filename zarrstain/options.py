@@ -92,6 +92,24 @@ class PredictOptions(_Options):
     resources: Mapping[str, float] | None = None
     seed: int = 0
     scratch: str | None = None
+    # samplers (diffusion models); None: the model's defaults
+    sampler: str | None = None
+    steps: int | None = None
+    eta: float | None = None
+    samples: int | None = None
+    keep_samples: bool | None = None
+    classes: Any = None
+    class_key: str | None = None
+    cfg_scale: float | None = None
+    guidance: Any = None
+    guidance_scale: float | None = None
+    scratch_every: int | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampler fields given (not None), less the scene-dependent classes."""
+        names = ("sampler", "steps", "eta", "samples", "keep_samples", "cfg_scale",
+                 "guidance", "guidance_scale", "scratch_every")  # fmt: skip
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def __post_init__(self) -> None:
         halo = self.halo

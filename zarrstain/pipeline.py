@@ -33,7 +33,7 @@ from .models import Model, load_model
 from .normalize import normalization_stats
 from .options import PredictOptions, WriteOptions, merge_options
 from .plan_format import format_plan
-from .predict import normalization_method, predict, select_inputs
+from .predict import normalization_method, predict, run_model, select_inputs
 from .progress import BlockProgress, ProgressCallback, cluster_progress
 from .units import check_integer_output
 from .units import rescale as rescale_units
@@ -168,15 +168,26 @@ class PredictionPlan:
 
     @property
     def n_blocks(self) -> int:
-        """Model blocks of the scenes still to write."""
-        return sum(s.tiling["blocks"] for s in self.scenes if s.status == "to write")
+        """Model blocks of the scenes still to write, of every pass (sampling step)."""
+        return sum(
+            s.tiling["blocks"] * s.tiling.get("passes", 1)
+            for s in self.scenes
+            if s.status == "to write"
+        )
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable summary (what ``--dry-run`` prints)."""
         return {
             "store": describe_store(self.store),
             "out": describe_store(self.write.out) if self.write.out is not None else None,
-            "model": {"name": self.model.name, "content_hash": self.model.content_hash},
+            "model": {
+                "name": self.model.name,
+                "content_hash": self.model.content_hash,
+                # local: tiling with the exact halo equals whole-field prediction
+                "local": self.model.geometry.local,
+                "passes": self.model.geometry.passes,
+                **({"sampling": _options_summary(self.model)} if self.model.options else {}),
+            },
             "normalization": self.method or "none",
             "blocks_to_run": self.n_blocks,
             "scenes": [s.describe() for s in self.scenes],
@@ -218,13 +229,7 @@ class PredictionPlan:
             _refuse_nonfinite(s, bad[s.scene])
             if not self.allow_constant and self.method is not None:
                 _refuse_constant(s, computed[s.scene], self.method, self.times.get(s.scene))
-        # with the statistics now fixed (and the resources the cluster offers); multi-pass
-        # models compute their intermediate passes into the scratch store here
-        scratch = self.scratch()
-        preds = {
-            s.scene: self.predict(s.source, computed.get(s.scene), scratch, s.scene) for s in todo
-        }
-        # Counts model blocks (a resumed run computes fewer than n_blocks).
+        # Counts model blocks, every pass's (a resumed run computes fewer than n_blocks).
         blocks = BlockProgress(progress, total=self.n_blocks)
         if client is None:
             watch: Any = blocks
@@ -232,7 +237,14 @@ class PredictionPlan:
             watch = cluster_progress(client, blocks.add)
         else:
             watch = contextlib.nullcontext()
+        scratch = self.scratch()
         with watch:
+            # with the statistics now fixed (and the resources the cluster offers); multi-pass
+            # models compute their intermediate passes into the scratch store here
+            preds = {
+                s.scene: self.predict(s.source, computed.get(s.scene), scratch, s.scene)
+                for s in todo
+            }
             result = write_channels(self.store, preds, time=self.times, **self.write.kwargs())
         if scratch is not None and self.options.scratch is None:  # ours, and no longer needed
             shutil.rmtree(scratch, ignore_errors=True)
@@ -274,6 +286,13 @@ class PredictionPlan:
         if self.rescale:
             pred = rescale_units(pred, self.write.dtype)
         return pred
+
+
+def _options_summary(model: Model) -> dict[str, Any]:
+    """The run options a user set or would want to see (not the schedule's internals)."""
+    keep = ("sampler", "steps", "eta", "samples", "keep_samples", "cfg_scale",
+            "guidance_scale")  # fmt: skip
+    return {k: model.options[k] for k in keep if k in model.options}
 
 
 def _inputs(scene: ScenePlan) -> xr.DataArray:
@@ -412,6 +431,10 @@ def plan_prediction(
         # target units: rounding to the store's integers is meaningful; rescale: mapped onto them
         dtype = next(im.dtype for im in images.values() if im.dtype.kind in "iu")
         write = write.replace(dtype=dtype)
+    # run options (a sampler's settings, each scene's class), checked for every scene now
+    sampling = {**options.sampling(), "classes": options.classes, "class_key": options.class_key}
+    models = {sid: run_model(model, image, **sampling) for sid, image in images.items()}
+    model = next(iter(models.values()), model)
     plan = PredictionPlan(
         store, model, [], method, options, write, times, allow_constant_frames, rescale=rescale
     )
@@ -420,7 +443,7 @@ def plan_prediction(
         times[sid] = tsel = parse_time(time, image.sizes["t"], sid)  # each scene its own
         src = image.isel(t=tsel) if tsel is not None else image
         if out is None:
-            _protect_acquired(src, model, sid)
+            _protect_acquired(src, models[sid], sid)
         stats = None
         if method is not None:  # lazy: computed once, in run's first pass
             chosen = select_inputs(

@@ -114,7 +114,14 @@ class TilePlan:
         return {
             "halo_mode": self.halo_mode,
             "halo_zyx": list(self.halo),
-            **({"pass_halos_zyx": [list(h) for h in self.pass_halos]} if self.pass_halos else {}),
+            **(
+                {
+                    "passes": len(self.pass_halos),
+                    "pass_halos_zyx": [list(h) for h in self.pass_halos],
+                }
+                if self.pass_halos
+                else {}
+            ),
             "exact": self.exact,
             "block_tzyx": list(self.block_shape),
             "blocks": self.n_blocks,
@@ -134,7 +141,7 @@ def bytes_per_voxel(model: Model) -> int:
     See :meth:`zarrstain.models.Architecture.bytes_per_voxel` (fnet: about eight float32
     feature maps of the top level's width).
     """
-    return int(model.spec.bytes_per_voxel(model.kwargs))
+    return int(model.spec.bytes_per_voxel(model.config))
 
 
 def default_block_memory() -> int:
@@ -312,7 +319,7 @@ def plan_tiles(
     axes = _Axes(model_axes, _padded(model, zyx), halos, div, dict(align or {}))
     budget = _budget(block_memory) if block_memory else default_block_memory()
     bpv = bytes_per_voxel(model)
-    chunks = _requested(model, axes, chunks)
+    chunks = _requested(model, axes, chunks, mode)
     sizes = _block_sizes(axes, chunks, budget, bpv)
     plane = math.prod(axes.ext(a, sizes[a]) for a in axes.planar)
     block_bytes = axes.ext(0, sizes[0]) * plane * bpv
@@ -394,12 +401,33 @@ def _padded(model: Model, zyx: list[int]) -> tuple[int, int, int]:
     return padded  # type: ignore[return-value]
 
 
-def _requested(model: Model, axes: _Axes, chunks: dict[str, int] | None) -> dict[str, int]:
+def _requested(
+    model: Model, axes: _Axes, chunks: dict[str, int] | None, mode: str = "auto"
+) -> dict[str, int]:
     """The caller's block cores, checked: divisor multiples, at least the halo.
 
-    A non-local model without any gets one whole field per block, the only exact tiling.
+    A non-local model without any gets one whole field per block, the only exact tiling; one
+    cut into smaller blocks needs an explicit integer halo (``mode="fixed"``) and is
+    approximate.
+
+    Raises
+    ------
+    ParameterError
+        A non-local model tiled with ``halo="exact"`` or ``"auto"``.
     """
-    if not model.geometry.local and chunks:
+    cut = {
+        a: c
+        for a, c in (chunks or {}).items()
+        if a in axes.model_axes and 0 < c < axes.padded[SPATIAL.index(a)]
+    }
+    if not model.geometry.local and cut:
+        if mode != "fixed":
+            raise ParameterError(
+                f"model {model.name} is not local (GroupNorm, global attention or per-image "
+                f"statistics see the whole field), so halo={mode!r} cannot tile it "
+                f"(chunks {cut}): omit chunks to run one whole field per block (exact), or "
+                "give an integer halo to tile it approximately"
+            )
         logger.warning(
             "model %s is not local (its layers see the whole field): tiling it with chunks=%s "
             "is approximate",

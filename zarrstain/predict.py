@@ -16,7 +16,7 @@ from .errors import ChannelError, ParameterError, ShapeMismatchError, option
 from .io.metadata import DIMS
 from .io.read import source_token
 from .models.cache import resolve_device
-from .models.model import Model
+from .models.model import Model, run_token
 from .normalize import METHODS, normalization_stats
 from .normalize import normalize as apply_normalization
 from .options import PredictOptions
@@ -27,6 +27,7 @@ __all__ = [
     "denormalize_outputs",
     "normalization_method",
     "predict",
+    "run_model",
     "select_inputs",
 ]
 
@@ -204,6 +205,17 @@ def predict(
     resources: dict[str, float] | None = None,
     seed: int = 0,
     scratch: str | os.PathLike | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    eta: float | None = None,
+    samples: int | None = None,
+    keep_samples: bool | None = None,
+    classes: Any = None,
+    class_key: str | None = None,
+    cfg_scale: float | None = None,
+    guidance: Any = None,
+    guidance_scale: float | None = None,
+    scratch_every: int | None = None,
 ) -> xr.DataArray:
     """Predict the model's output channels for (t, c, z, y, x) data, lazily.
 
@@ -260,6 +272,22 @@ def predict(
         Folder for the intermediate passes of multi-pass models: they are then computed now,
         one pass at a time, and reused by a rerun after an interruption. Without it the passes
         chain lazily in one graph. Single-pass models never use it.
+    sampler, steps, eta, samples, keep_samples
+        Diffusion models: ``"ddim"`` (deterministic at ``eta=0``) or ``"ddpm"`` (ancestral),
+        the number of sampling steps (one pass each), and ``samples`` per field: written as
+        their mean (the output label) and ``"<label> std"``, plus ``"<label> sample k"``
+        with ``keep_samples``. None: the model's defaults.
+    classes, class_key
+        The scene's class for class-conditional models: a label, a mapping scene/well →
+        label, a :class:`zarrstain.classes.ClassMap` or a CSV/TSV table path; or
+        ``class_key``, an attribute of the field's or well's group.
+    cfg_scale
+        Classifier-free guidance weight w (ε_c + w·(ε_c − ε_∅)); models with a null class.
+    guidance, guidance_scale
+        A noise-conditioned classifier (:func:`zarrstain.load_model` or a path) and the scale
+        s of classifier guidance; s = 0 samples exactly as without it.
+    scratch_every
+        Sampling steps chained between two states stored in ``scratch`` (default 5).
 
     Returns
     -------
@@ -276,6 +304,11 @@ def predict(
         scratch=None if scratch is None else os.fspath(scratch),
     )  # fmt: skip
     scene = as_scene(data)
+    model = run_model(
+        model, scene, sampler=sampler, steps=steps, eta=eta, samples=samples,
+        keep_samples=keep_samples, classes=classes, class_key=class_key, cfg_scale=cfg_scale,
+        guidance=guidance, guidance_scale=guidance_scale, scratch_every=scratch_every,
+    )  # fmt: skip
     if not isinstance(data, xr.DataArray) and input_channels is None:
         input_channels = list(scene.coords["c"].values)  # unlabeled arrays: by position
     chosen = select_inputs(scene.coords["c"].values, model, input_channels)
@@ -325,6 +358,36 @@ def predict(
     return result
 
 
+def run_model(model: Model, scene: xr.DataArray, **sampling: Any) -> Model:
+    """``model`` with the run options of this scene (sampler settings, the scene's class).
+
+    Models that take no run options are returned as they are (and refuse any given).
+
+    Raises
+    ------
+    ParameterError
+        An option the model cannot use; a class-conditional model's missing or unknown class
+        names the scene.
+    """
+    from .classes import scene_class
+
+    classes, key = sampling.pop("classes", None), sampling.pop("class_key", None)
+    given = {k: v for k, v in sampling.items() if v is not None}
+    if isinstance(given.get("guidance"), str | os.PathLike):
+        from .models import load_model
+
+        given["guidance"] = load_model(given["guidance"])
+    if classes is not None or key is not None:
+        given["class_label"] = scene_class(classes, scene, key)
+    if not given and not model.spec.stochastic:
+        return model
+    try:
+        return model.with_options(**given)
+    except ParameterError as e:
+        name = scene.attrs.get("scene")
+        raise ParameterError(f"scene {name!r}: {e}" if name else str(e)) from None
+
+
 def _provenance(
     scene: xr.DataArray,
     model: Model,
@@ -353,6 +416,7 @@ def _provenance(
         precision,
         units,
         *((seed,) if model.spec.stochastic else ()),
+        *((run_token(model.options),) if model.options else ()),
     )
     source = None  # where the inputs were read (the resolved store), for data from a store
     if "store" in scene.attrs and "scene" in scene.attrs:
@@ -377,9 +441,20 @@ def _provenance(
             else {}
         ),
         **({"seed": seed} if model.spec.stochastic else {}),
+        **({"sampling": _plain_options(model.options)} if model.options else {}),
         **_calibration(model),
         "fingerprint": fingerprint,
     }
+
+
+def _plain_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Run options for the provenance: JSON values, a guidance model by name and hash."""
+    out = {}
+    for k, v in options.items():
+        if isinstance(v, Model):
+            v = {"name": v.name, "content_hash": v.content_hash}
+        out[k] = v
+    return out
 
 
 def _calibration(model: Model) -> dict[str, Any]:

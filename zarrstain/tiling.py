@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .errors import ParameterError
-from .io.scratch import persist_pass
+from .io.scratch import STORED, persist_pass, stored_pass
 from .models.architecture import Architecture, BlockContext
 from .models.cache import (
     ModelHandle,
@@ -41,7 +41,7 @@ from .models.cache import (
     resolve_device,
 )
 from .models.heads import OutputHead
-from .models.model import Model
+from .models.model import Model, run_token
 from .planner import TilePlan, auto_halo, bytes_per_voxel, default_block_memory, plan_tiles
 from .progress import PREDICT_PREFIX, block_done
 
@@ -116,6 +116,7 @@ def _forward(
     seed: int = 0,
     step: int = 0,
     head: OutputHead | None = None,
+    options: dict | None = None,
 ) -> np.ndarray:
     """Run one pass of the model on (t, c, z, y, x), as 3D volumes or (y, x) planes, in batches.
 
@@ -135,7 +136,9 @@ def _forward(
         for i in range(0, items.shape[0], size):
             tensor = torch.from_numpy(np.ascontiguousarray(items[i : i + size]))
             tensor = tensor.to(dev, dtype=torch.float32)
-            context = BlockContext(tuple(origins[i : i + size]), volume, seed, step, dev)
+            context = BlockContext(
+                tuple(origins[i : i + size]), volume, seed, step, dev, options or {}
+            )
             ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else nullcontext()
             with ctx:
                 result = spec.run(module, tensor, context)
@@ -163,6 +166,7 @@ def _block(
     seed: int,
     step: int,
     head: OutputHead | None = None,
+    options: dict | None = None,
     block_info: dict | None = None,
 ) -> np.ndarray:
     info = block_info[None]
@@ -175,7 +179,7 @@ def _block(
     )
     out = _forward(
         block, handle, spec, spatial_dims, device, precision, batch, origin, volume, seed, step,
-        head,
+        head, options,
     )  # fmt: skip
     block_done()
     index: list[slice] = [slice(None), slice(None)]
@@ -208,8 +212,9 @@ def run_tiled(
     seed, scratch
         The run's seed (passed to the architecture in each block's context), and a folder
         (a zarr store) where the intermediate passes of a multi-pass model are computed and
-        kept: then this call computes them (bounded memory: one pass at a time), and a call
-        after an interruption reuses every pass that was complete. Without a scratch store the
+        kept: then this call computes them (bounded memory: one pass at a time, or the
+        ``scratch_every`` run option's number of passes chained), and a call after an
+        interruption resumes from the last stored pass. Without a scratch store the
         passes chain lazily in one graph.
 
     Returns
@@ -225,19 +230,56 @@ def run_tiled(
     out = padded.rechunk((tc, -1, zc, yc, xc))
     last = len(plan.halos) - 1
     n_in, n_out = int(data.shape[1]), len(model.output_labels)
-    for step, halo in enumerate(plan.halos):
-        channels = n_out if step == last else model.spec.pass_channels(
-            model.kwargs, step, n_in, n_out
-        )  # fmt: skip
+    every = int(model.run_options.get("scratch_every", 1))  # passes chained between stored states
+    stored = {s for s in range(last) if (s + 1) % every == 0} if scratch is not None else set()
+    channels = [
+        n_out if s == last else model.spec.pass_channels(model.config, s, n_in, n_out)
+        for s in range(last + 1)
+    ]
+    # every pass's name, known before anything is computed: an interrupted run resumes after
+    # the latest pass the scratch store holds for this very chain
+    names, name = [], out.name
+    for step in range(last + 1):
+        names.append(name := _pass_name(name, model, plan, step, device, precision, seed))
+        if step in stored:
+            name = STORED + name
+    start = 0
+    for step in sorted(stored, reverse=True):
+        found = stored_pass(scratch, step, names[step], (tc, (channels[step],), zc, yc, xc))
+        if found is not None:
+            out, start = found, step + 1
+            break
+    for step in range(start, last + 1):
         # dask.distributed runs tasks annotated with resources only on workers that have them
         annotate = dask.annotate(resources=resources) if resources else nullcontext()
         with annotate:
-            out = _map_pass(out, model, plan, halo, step, channels, device, precision,
-                            batch_size, seed)  # fmt: skip
-        if step < last and scratch is not None:
+            out = _map_pass(out, model, plan, plan.halos[step], step, channels[step], device,
+                            precision, batch_size, seed, names[step])  # fmt: skip
+        if step in stored:
             out = persist_pass(out, scratch, step)
     z, y, x = plan.shape
     return out[:, :, :z, :y, :x]
+
+
+def _pass_name(
+    input_name: str,
+    model: Model,
+    plan: TilePlan,
+    step: int,
+    device: str,
+    precision: str,
+    seed: int,
+) -> str:
+    """The dask name of one pass's output: a token of its input's name and all it depends on."""
+    key = (model.content_hash, plan, device, precision)
+    if len(plan.halos) > 1:  # multi-pass: each pass its own graph layer
+        key += (step,)
+    if model.spec.stochastic:
+        key += (seed,)
+    options = model.run_options
+    if options:
+        key += (run_token(options),)
+    return PREDICT_PREFIX + dask.base.tokenize(input_name, *key)
 
 
 def _map_pass(
@@ -251,15 +293,11 @@ def _map_pass(
     precision: str,
     batch_size: int | None,
     seed: int,
+    name: str,
 ) -> da.Array:
     tc, zc, yc, xc = plan.chunks
     depth = {0: 0, 1: 0, 2: halo[0], 3: halo[1], 4: halo[2]}
     starts = tuple(tuple(int(v) for v in np.cumsum((0, *c[:-1]))) for c in plan.chunks)
-    key = (model.content_hash, plan, device, precision)
-    if len(plan.halos) > 1:  # multi-pass: each pass its own graph layer
-        key += (step,)
-    if model.spec.stochastic:
-        key += (seed,)
     return da.map_overlap(
         _block,
         arr,
@@ -269,7 +307,7 @@ def _map_pass(
         chunks=(tc, (channels,), zc, yc, xc),
         dtype=np.float32,
         meta=np.empty((0, 0, 0, 0, 0), np.float32),
-        name=PREDICT_PREFIX + dask.base.tokenize(arr, *key),
+        name=name,
         handle=ModelHandle(model),
         spec=model.spec,
         spatial_dims=model.spatial_dims,
@@ -282,6 +320,7 @@ def _map_pass(
         seed=seed,
         step=step,
         head=model.head if step == len(plan.halos) - 1 else None,
+        options=model.run_options,
     )
 
 
@@ -305,6 +344,7 @@ def predict_whole(
     for step in range(last + 1):
         out = _forward(out, handle, model.spec, model.spatial_dims, device, precision, 1,
                        volume=volume, seed=seed, step=step,
-                       head=model.head if step == last else None)  # fmt: skip
+                       head=model.head if step == last else None,
+                       options=model.run_options)  # fmt: skip
     z, y, x = plan.shape
     return out[:, :, :z, :y, :x]

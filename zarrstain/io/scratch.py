@@ -4,9 +4,11 @@ A pass is written as one zarr array named ``pass-<step>`` whose attribute ``zarr
 is set to the pass's dask token only once every chunk is written. A later run with the same
 token (same model, inputs, plan, seed) reads the array back instead of recomputing it, so a
 long chain resumes after a crash at the last complete pass; an incomplete or different array
-is rewritten. Zarr chunks are the first block core along each axis: every block then writes
-zarr chunks no other block touches (only the last block along an axis can be larger, and it
-owns the edge chunks), so blocks write in parallel without locks.
+is rewritten. Once a pass is stored, the earlier passes are deleted: a resumed run starts from
+the latest, so disk use stays one or two states whatever the number of passes. Zarr chunks
+are the first block core along each axis: every block then writes zarr chunks no other block
+touches (only the last block along an axis can be larger, and it owns the edge chunks), so
+blocks write in parallel without locks.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import zarr
 from ..errors import ParameterError, option
 from .store import is_remote, store_location
 
-__all__ = ["persist_pass", "scratch_beside"]
+__all__ = ["STORED", "persist_pass", "scratch_beside", "stored_pass"]
 
 logger = logging.getLogger(__name__)
 
 KEY = "zarrstain_pass"
+#: prefix of a stored pass's dask name
+STORED = "scratch-"
 
 
 def persist_pass(arr: da.Array, scratch: str | os.PathLike, step: int) -> da.Array:
@@ -47,11 +51,10 @@ def persist_pass(arr: da.Array, scratch: str | os.PathLike, step: int) -> da.Arr
         The stored pass, with ``arr``'s chunks.
     """
     root = zarr.open_group(os.fspath(scratch), mode="a")
-    name = f"pass-{step}"
-    token = arr.name
-    if name in root and root[name].attrs.get(KEY) == token:
-        logger.info("pass %d: complete in %s, reused", step, scratch)
-        return da.from_zarr(root[name], chunks=arr.chunks)
+    name, token = f"pass-{step}", arr.name
+    found = stored_pass(scratch, step, token, arr.chunks)
+    if found is not None:
+        return found
     chunks = tuple(int(c[0]) for c in arr.chunks)
     target = root.create_array(
         name, shape=arr.shape, chunks=chunks, dtype=arr.dtype, overwrite=True, fill_value=0
@@ -59,7 +62,29 @@ def persist_pass(arr: da.Array, scratch: str | os.PathLike, step: int) -> da.Arr
     logger.info("pass %d: computing into %s", step, scratch)
     da.store(arr, target, lock=False)
     target.attrs[KEY] = token  # last: marks the pass complete
-    return da.from_zarr(target, chunks=arr.chunks)
+    for old in list(root.array_keys()):  # the chain continues from this pass
+        if old.startswith("pass-") and old != name and int(old[5:]) < step:
+            del root[old]
+    return da.from_zarr(target, chunks=arr.chunks, name=STORED + token)
+
+
+def stored_pass(
+    scratch: str | os.PathLike, step: int, token: str, chunks: tuple
+) -> da.Array | None:
+    """Pass ``step`` as stored in ``scratch`` by a run with this ``token``, or None.
+
+    Read back under the name ``"scratch-" + token``, so the passes after it get the same
+    tokens in any run (and find their own stored passes).
+    """
+    path = os.fspath(scratch)
+    if not os.path.isdir(path):
+        return None
+    root = zarr.open_group(path, mode="r")
+    name = f"pass-{step}"
+    if name not in root or root[name].attrs.get(KEY) != token:
+        return None
+    logger.info("pass %d: complete in %s, reused", step, scratch)
+    return da.from_zarr(root[name], chunks=chunks, name=STORED + token)
 
 
 def scratch_beside(target: Any) -> Path:

@@ -22,13 +22,20 @@ architecture for
   :class:`BlockContext` with the block's global position, the seed and the pass: so
   position-dependent or seeded models (diffusion samplers) get numbers that depend on global
   coordinates, never on the chunking;
-- its **training loss** (:meth:`Architecture.loss`) and the keyword arguments a
-  :class:`~zarrstain.training.TrainConfig` implies (:meth:`Architecture.train_kwargs`).
+- its **run options** (:meth:`Architecture.configure`): settings of one prediction that are
+  not part of the trained model (a sampler's steps, samples and class), checked and completed
+  with defaults; they may change the passes and the channels written, and reach
+  :meth:`Architecture.run` in the block context;
+- its **training loss** (:meth:`Architecture.loss`, or a whole :meth:`Architecture.training_step`
+  for models that train on something other than a forward of the inputs, such as a denoiser)
+  and the keyword arguments a :class:`~zarrstain.training.TrainConfig` implies
+  (:meth:`Architecture.train_kwargs`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ParameterError
@@ -141,6 +148,8 @@ class BlockContext:
         The pass being run (0 for single-pass models).
     device
         Where the batch lives.
+    options
+        The run options (:meth:`Architecture.configure`), complete with defaults.
     """
 
     origins: tuple[tuple[int, int, int, int], ...]
@@ -148,12 +157,19 @@ class BlockContext:
     seed: int = 0
     step: int = 0
     device: Any = "cpu"
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def whole(cls, x: torch.Tensor, seed: int = 0, step: int = 0) -> BlockContext:
+    def whole(
+        cls,
+        x: torch.Tensor,
+        seed: int = 0,
+        step: int = 0,
+        options: Mapping[str, Any] | None = None,
+    ) -> BlockContext:
         """The context of a batch whose items are each a volume of their own (origin 0)."""
         volume = (len(x), *((1,) * (5 - x.dim())), *x.shape[2:])
-        return cls(((0, 0, 0, 0),) * len(x), volume, seed, step, x.device)
+        return cls(((0, 0, 0, 0),) * len(x), volume, seed, step, x.device, dict(options or {}))
 
 
 class Architecture:
@@ -169,6 +185,11 @@ class Architecture:
     stochastic: bool = False
     #: names :meth:`loss` in training provenance
     loss_name: str = "MSE"
+    #: decay of the weights' moving average training keeps and saves (0: none)
+    default_ema: float = 0.0
+    #: class labels: "" (none), "optional" (a class embedding when trained with a class map),
+    #: "required" (a classifier of the targets: learns the classes, reads the target channels)
+    conditional: str = ""
 
     def build(self, **kwargs: Any) -> nn.Module:
         """The module, constructed from a model card's keyword arguments."""
@@ -180,7 +201,29 @@ class Architecture:
 
     def make_module(self, kwargs: dict[str, Any]) -> nn.Module:
         """:meth:`build` with a card's kwargs, less ``head`` (the engine applies the head)."""
-        return self.build(**{k: v for k, v in kwargs.items() if k != "head"})
+        return self.build(**{k: v for k, v in kwargs.items() if k not in ("head", "options")})
+
+    def configure(self, kwargs: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+        """The run options of one prediction, checked and completed with defaults.
+
+        Run options are settings that are not part of the trained model (a sampler's steps,
+        samples per field, class, guidance). The engine passes them back to the other methods
+        under ``kwargs["options"]`` and to :meth:`run` as ``context.options``. Default: a
+        model takes none, and any given is refused.
+
+        Raises
+        ------
+        ParameterError
+            An option the model does not take, or a value it cannot use.
+        """
+        given = {k: v for k, v in options.items() if v is not None}
+        if given:
+            raise ParameterError(
+                f"architecture {self.name!r} takes no run options, so "
+                f"{', '.join(sorted(given))} cannot apply; they are for diffusion models "
+                "(samplers)"
+            )
+        return {}
 
     def output_head(self, kwargs: dict[str, Any]) -> OutputHead:
         """The head between the module's raw output and the channels written.
@@ -261,6 +304,24 @@ class Architecture:
                 "training_loss"
             )
         return self.loss(raw, target)
+
+    def training_step(
+        self,
+        kwargs: dict[str, Any],
+        module: nn.Module,
+        batch: tuple[torch.Tensor, ...],
+    ) -> torch.Tensor:
+        """The loss of one training batch ``(inputs, targets, mask[, classes])``.
+
+        Default: :meth:`training_loss` of a forward of the inputs. Override for models that
+        train on something else (a denoiser: noisy targets at a random step).
+        """
+        x, y, mask = batch[:3]
+        return self.training_loss(kwargs, self.run(module, x, BlockContext.whole(x)), y, mask)
+
+    def validation_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Run options validation during training predicts with (default: none)."""
+        return {}
 
     def loss_label(self, kwargs: dict[str, Any]) -> str:
         """Names the training loss in provenance."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,22 @@ if TYPE_CHECKING:
     from .architecture import Architecture, Geometry, Head
     from .heads import OutputHead
 
-__all__ = ["Model", "state_dict_hash"]
+__all__ = ["Model", "run_token", "state_dict_hash"]
+
+
+def run_token(options: Mapping[str, Any]) -> str:
+    """A stable token of run options; models among them (a guidance classifier) by hash."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Model):
+            return {"model": value.content_hash, "options": plain(dict(value.options))}
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return hashlib.sha256(json.dumps(plain(options), sort_keys=True).encode()).hexdigest()
 
 
 def state_dict_hash(module: nn.Module, architecture: str, kwargs: dict[str, Any]) -> str:
@@ -62,6 +79,10 @@ class Model:
         (pytorch_fnet checkpoints): predictions then stay in normalized units.
     source
         Where it was loaded from.
+    options
+        Run options of this prediction (:meth:`with_options`: a sampler's steps, samples,
+        class ...), checked and complete; empty for models that take none. Not part of the
+        model package.
     """
 
     name: str
@@ -77,6 +98,39 @@ class Model:
     content_hash: str = ""
     source: str = ""
     output_intensity: tuple[tuple[float, float], ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What the architecture's methods get: the kwargs, plus ``"options"`` when set."""
+        return {**self.kwargs, "options": dict(self.options)} if self.options else self.kwargs
+
+    @property
+    def run_options(self) -> dict[str, Any]:
+        """The options a run uses: :attr:`options`, or the architecture's defaults."""
+        return dict(self.options) if self.options else self.spec.configure(self.kwargs, {})
+
+    def with_options(self, **options: Any) -> Model:
+        """This model with run options set (None values: the model's defaults).
+
+        The architecture checks them (:meth:`~zarrstain.models.Architecture.configure`);
+        options that change the channels written (a sampler's ``samples``) relabel the
+        outputs: each target's value label plus the new heads' suffixes.
+
+        Raises
+        ------
+        ParameterError
+            An option the architecture does not take, or a bad value.
+        """
+        configured = self.spec.configure(self.kwargs, {**self.options, **options})
+        values = [i for i, h in enumerate(self.outputs) if h.suffix == ""]
+        model = dataclasses.replace(self, options=configured)
+        heads = model.spec.heads(model.config)
+        labels = tuple(self.output_labels[i] + h.suffix for i in values for h in heads)
+        intensity = tuple(
+            self.output_intensity[i] for i in values for _ in heads
+        ) if self.output_intensity else ()  # fmt: skip
+        return dataclasses.replace(model, output_labels=labels, output_intensity=intensity)
 
     @property
     def in_channels(self) -> int:
@@ -93,12 +147,12 @@ class Model:
     @property
     def geometry(self) -> Geometry:
         """The architecture's geometry for this model's arguments (passes, locality)."""
-        return self.spec.geometry(self.kwargs)
+        return self.spec.geometry(self.config)
 
     @property
     def head(self) -> OutputHead:
         """The output head: raw module output → the channels written (value, bins, quantiles)."""
-        return self.spec.output_head(self.kwargs)
+        return self.spec.output_head(self.config)
 
     @property
     def outputs(self) -> tuple[Head, ...]:
@@ -107,7 +161,7 @@ class Model:
         Channels are target-major: for heads (value, std) and two targets the channels are
         value₁, std₁, value₂, std₂.
         """
-        heads = self.spec.heads(self.kwargs)
+        heads = self.spec.heads(self.config)
         n = len(self.output_labels)
         if n % len(heads):
             raise ValueError(
@@ -127,7 +181,8 @@ class Model:
         from .architecture import BlockContext
 
         for step in range(self.geometry.passes):
-            x = self.spec.run(self.module, x, BlockContext.whole(x, seed, step))
+            context = BlockContext.whole(x, seed, step, self.run_options)
+            x = self.spec.run(self.module, x, context)
         return self.head.reduce(x)
 
     def describe(self) -> dict[str, Any]:
@@ -145,4 +200,5 @@ class Model:
             "normalization": self.normalization,
             "output_intensity": [list(v) for v in self.output_intensity],
             "source": self.source,
+            **({"options": dict(self.options)} if self.options else {}),
         }

@@ -13,6 +13,8 @@ from typing import Any
 from torch import nn
 
 from .architecture import Architecture
+from .classifier import ClassifierArchitecture
+from .diffusion import DiffusionArchitecture
 from .fnet import FnetArchitecture
 
 __all__ = ["ALIASES", "ARCHITECTURES", "build", "get_architecture", "register"]
@@ -23,6 +25,10 @@ ARCHITECTURES: dict[str, Architecture] = {}
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "fnet3d": ("fnet", {"ndim": 3}),
     "fnet2d": ("fnet", {"ndim": 2}),
+    "diffusion2d": ("diffusion", {"ndim": 2}),
+    "diffusion3d": ("diffusion", {"ndim": 3}),
+    "classifier2d": ("classifier", {"ndim": 2}),
+    "classifier3d": ("classifier", {"ndim": 3}),
 }
 
 
@@ -78,3 +84,5 @@ def build(architecture: str, **kwargs: Any) -> nn.Module:
 
 
 register(FnetArchitecture())
+register(DiffusionArchitecture())
+register(ClassifierArchitecture())

@@ -130,17 +130,39 @@ class Schedule:
         return a * x_t - b * prediction, b * x_t + a * prediction
 
     def ddpm_step(
-        self, x0: torch.Tensor, x_t: torch.Tensor, t: int, noise: torch.Tensor | None
+        self,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        t: int,
+        noise: torch.Tensor | None,
+        t_prev: int | None = None,
     ) -> torch.Tensor:
-        """x_{t−1} ~ q(x_{t−1} | x_t, x_0): the posterior mean plus sqrt(β̃_t)·noise."""
-        ab, ab_prev = self._ab(t), self._ab(t - 1)
+        """x_{t'} ~ q(x_{t'} | x_t, x_0): the posterior mean plus sqrt(β̃)·noise.
+
+        ``t_prev`` (default t − 1) is the next step of a respaced chain (fewer steps than the
+        schedule has: β between the two is 1 − ᾱ_t / ᾱ_t', as diffusers' DDPM computes it);
+        −1 ends at the data, without noise.
+        """
+        prev = t - 1 if t_prev is None else t_prev
+        mean = self.posterior_mean(x0, x_t, t, prev)
+        if prev < 0 or noise is None:
+            return mean
+        return mean + math.sqrt(self.posterior_variance(t, prev)) * noise
+
+    def posterior_mean(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: int, prev: int
+    ) -> torch.Tensor:
+        """The mean of q(x_prev | x_t, x_0)."""
+        ab, ab_prev = self._ab(t), self._ab(prev)
         beta = 1 - ab / ab_prev
-        mean = (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (
+        return (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (
             math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab)
         ) * x_t
-        if t == 0 or noise is None:
-            return mean
-        return mean + math.sqrt(beta * (1 - ab_prev) / (1 - ab)) * noise
+
+    def posterior_variance(self, t: int, prev: int) -> float:
+        """β̃ = (1 − ᾱ_prev) / (1 − ᾱ_t) · (1 − ᾱ_t / ᾱ_prev): Σ of classifier guidance."""
+        ab, ab_prev = self._ab(t), self._ab(prev)
+        return (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
 
     def ddim_step(
         self,

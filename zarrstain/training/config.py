@@ -60,6 +60,13 @@ class TrainConfig:
     # transfer: start from a trained model's weights, training only some of them
     init: str | None = None
     freeze: str = "none"  # "all-but-projection", "all-but-head" or "none"
+    # class-conditional models (diffusion): each scene's class from a table, an attribute
+    # of the field's or well's group, or one label; label dropout to a null class
+    classes: str | None = None
+    class_key: str | None = None
+    class_dropout: float = 0.0  # > 0: a null class, for classifier-free guidance
+    ema: float | None = None  # decay of the weights' moving average; None: the model's default
+    published: bool = False  # set by paper(): the architecture's published settings
 
     @classmethod
     def paper(cls, **kwargs: Any) -> TrainConfig:
@@ -72,6 +79,7 @@ class TrainConfig:
                 "betas": (0.5, 0.999),
                 "validate_every": 1000,
                 "checkpoint_every": 5000,
+                "published": True,
                 **kwargs,
             }
         )
@@ -147,6 +155,12 @@ class TrainConfig:
             raise ParameterError(
                 f"{_flag('freeze')} {self.freeze!r} is not one of {', '.join(FREEZE)}"
             )
+        if not 0 <= self.class_dropout < 1:
+            raise ParameterError(
+                f"{_flag('class_dropout')} must be in [0, 1), not {self.class_dropout!r}"
+            )
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise ParameterError(f"{_flag('ema')} must be in [0, 1), not {self.ema!r}")
         if self.freeze != "none" and not self.init:
             raise ParameterError(
                 f"{_flag('freeze')} {self.freeze} needs a trained model to start from "
@@ -211,6 +225,12 @@ def build_config(
     unknown = sorted(set(values) - known)
     if unknown:
         raise ParameterError(f"unknown training setting {unknown[0]!r}; known: {sorted(known)}")
+    name = ALIASES.get(str(values.get("model", "")), (values.get("model"), {}))[0]
+    if (
+        not values.get("inputs")
+        and getattr(ARCHITECTURES.get(name), "conditional", "") == "required"
+    ):
+        values["inputs"] = values.get("targets")  # a classifier reads the target channels
     for key in ("inputs", "targets"):
         if not values.get(key):
             flag = "--input" if key == "inputs" else "--target"

@@ -32,12 +32,13 @@ from ..io.read import open_scenes
 from ..io.store import store_location
 from ..metrics import pearson
 from ..models import Model, create_model, load_model, save_model
-from ..models.architecture import Architecture, BlockContext
 from ..models.cache import resolve_device
 from ..models.card import is_package
 from ..models.model import state_dict_hash
 from ..progress import ProgressCallback, ProgressEvent
+from .conditioning import scene_classes
 from .config import TrainConfig, build_config, training_models
+from .ema import EMA
 from .sampler import PatchSampler, bins_range, split_regions
 from .transfer import start_from, train_mode
 
@@ -138,23 +139,43 @@ def train(
     sampler = sampler_for(train_regions, seed=config.seed)
     val = None
     if val_regions:  # a fixed set of held-out patches, not augmented
-        val = sampler_for(val_regions, seed=config.seed + 1, flips=False).sample(config.val_patches)
-        val = sampler_for(val_regions, seed=config.seed + 1, flips=False).sample_with_mask(
-            config.val_patches
-        )
+        val_sampler = sampler_for(val_regions, seed=config.seed + 1, flips=False)
+        val = (*val_sampler.sample_with_mask(config.val_patches), val_sampler.last_scenes)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # the initial weights
     spec, kwargs = config.architecture()
+    labels = scene_classes(config, scenes)
+    if labels is not None:  # class-conditional: the class names go into the card
+        kwargs["class_names"] = sorted(set(labels.values()))
     if config.head == "bins" and not config.bins_range:
         kwargs["head"] = config.output_head(bins_range(sampler)).to_kwargs()
+    if labels is None and spec.conditional == "required":
+        raise ParameterError(
+            f"model {config.model!r} learns classes; give each scene's class with "
+            + option("classes=", "--class-map FILE")
+            + " or "
+            + option("class_key=", "--class-key ATTR")
+        )
+    if labels is not None and not spec.conditional:
+        raise ParameterError(
+            f"model {config.model!r} takes no class labels; drop "
+            + option("classes= / class_key=", "--class-map / --class-key")
+            + " or train a diffusion model (--model diffusion2d)"
+        )
     heads = spec.heads(kwargs)
+    if spec.conditional == "required":  # a classifier: reads the targets, writes classes
+        outputs, intensity = [f"{c} probability" for c in kwargs["class_names"]], []
+        val = None  # its validation would be an accuracy, not a target's Pearson r
+    else:
+        outputs = [h.label(t) for t in config.targets for h in heads]
+        intensity = [i for i in sampler.target_intensity() for _ in heads]
     model = create_model(
         spec.name,
-        input_labels=config.inputs,
-        output_labels=[h.label(t) for t in config.targets for h in heads],
+        input_labels=config.targets if spec.conditional == "required" else config.inputs,
+        output_labels=outputs,
         normalization=config.normalization,
         name=out.name,
-        output_intensity=[i for i in sampler.target_intensity() for _ in heads],
+        output_intensity=intensity,
         **kwargs,
     )
     module = model.module.to(device)
@@ -165,23 +186,33 @@ def train(
         trainable, record["init"] = start_from(module, spec, kwargs, config.init, config.freeze)
     params = [p for n, p in module.named_parameters() if trainable is None or n in trainable]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+    decay = spec.default_ema if config.ema is None else config.ema
+    ema = EMA(module, decay) if decay else None
+    if ema is not None:
+        record["ema"] = decay
     start, history = 0, []
     if resume:
-        start, history = _restore(out, model, optimizer, sampler)
+        start, history = _restore(out, model, optimizer, sampler, ema)
     record["loss"] = spec.loss_label(kwargs)
+    index = {sid: kwargs["class_names"].index(c) for sid, c in labels.items()} if labels else {}
     t0 = time.perf_counter()
     for step in range(start + 1, config.steps + 1):
         train_mode(module, trainable)
-        x, y, mask = (torch.from_numpy(a).to(device) for a in sampler.sample_with_mask(
+        batch = tuple(torch.from_numpy(a).to(device) for a in sampler.sample_with_mask(
             config.batch_size
         ))  # fmt: skip
+        if index:
+            batch += (torch.tensor([index[s] for s in sampler.last_scenes], device=device),)
         optimizer.zero_grad(set_to_none=True)
-        loss = spec.training_loss(kwargs, _forward(spec, module, x), y, mask)
+        loss = spec.training_step(kwargs, module, batch)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(module)
         entry = {"step": step, "loss": float(loss.detach())}
         if val is not None and (step % config.validate_every == 0 or step == config.steps):
-            entry["val_pcc"] = _validate(module, val, device, model)
+            weights = ema.module if ema is not None else module
+            entry["val_pcc"] = _validate(weights, val, device, model, labels)
             logger.info(
                 "step %d: loss %.4f, validation Pearson r %.3f",
                 step,
@@ -194,7 +225,8 @@ def train(
         if step % config.checkpoint_every == 0 or step == config.steps:
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
-            model = _checkpoint(model, module, optimizer, sampler, out, step, history, record)
+            model = _checkpoint(model, module, optimizer, sampler, out, step, history, record,
+                                ema)  # fmt: skip
     if start >= config.steps:
         logger.info("%s already trained for %d steps; nothing to do", out, start)
         model = load_model(out)
@@ -223,28 +255,50 @@ def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         )
 
 
-def _forward(spec: Architecture, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The architecture's forward on a batch of patches (their positions are not tracked)."""
-    return spec.run(module, x, BlockContext.whole(x))
+def _validate(
+    module: torch.nn.Module,
+    val: tuple,
+    device,
+    model: Model,
+    labels: dict[str, str] | None = None,
+) -> float:
+    """Mean over targets of the Pearson r of the model's prediction on the held-out patches.
 
-
-def _validate(module: torch.nn.Module, val: tuple[np.ndarray, ...], device, model: Model) -> float:
+    Predicted as ``predict`` would (every pass, the architecture's validation options: a
+    sampler's few deterministic steps), class by class for class-conditional models.
+    """
     module.eval()
-    with torch.inference_mode():
-        x = torch.from_numpy(val[0]).to(device)
-        pred = model.head.reduce(_forward(model.spec, module, x)).float().cpu().numpy()
-    n_targets = val[1].shape[1]
-    per_target = len(model.output_labels) // n_targets
+    x_all, y_all, mask_all, scenes = val
+    live = dataclasses.replace(model, module=module)
+    groups = {None: list(range(len(x_all)))}
+    if labels:
+        groups = {
+            c: [i for i, s in enumerate(scenes) if labels[s] == c] for c in set(labels.values())
+        }
+    pred = None
+    for label, rows in groups.items():
+        if not rows:
+            continue
+        options = live.spec.validation_options(live.kwargs)
+        if label is not None:
+            options["class_label"] = label
+        run = live.with_options(**options) if options else live
+        x = torch.from_numpy(x_all[rows]).to(device)
+        out = run.forward(x).float().cpu().numpy()
+        if pred is None:
+            pred = np.zeros((len(x_all), *out.shape[1:]), np.float32)
+        pred[rows] = out
+    n_targets = y_all.shape[1]
+    per_target = pred.shape[1] // n_targets
     values = [i * per_target for i in range(n_targets)]  # each target's first channel: its value
     # the mean over target channels of each channel's Pearson r (not one r over all of them),
     # each over the patches whose scene holds the target
-    mask = val[2]
     return float(
         np.mean(
             [
-                pearson(val[1][mask[:, c], c], pred[mask[:, c], i])
+                pearson(y_all[mask_all[:, c], c], pred[mask_all[:, c], i])
                 for c, i in enumerate(values)
-                if mask[:, c].any()
+                if mask_all[:, c].any()
             ]
         )
     )
@@ -267,8 +321,9 @@ def _region_name(region) -> str:
     return f"{region.scene}[x={region.x.start}:{region.x.stop}]"
 
 
-def _checkpoint(model, module, optimizer, sampler, out, step, history, record) -> Model:
-    module_cpu = copy.deepcopy(module).to("cpu").eval()
+def _checkpoint(model, module, optimizer, sampler, out, step, history, record, ema=None) -> Model:
+    # the package holds the averaged weights; the training state the raw ones, to resume
+    module_cpu = copy.deepcopy(ema.module if ema is not None else module).to("cpu").eval()
     snapshot = dataclasses.replace(
         model,
         module=module_cpu,
@@ -283,12 +338,14 @@ def _checkpoint(model, module, optimizer, sampler, out, step, history, record) -
         "rng": sampler.rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
         "history": history,
+        **({"raw": {k: v.cpu() for k, v in module.state_dict().items()}} if ema else {}),
+        **({"ema_updates": ema.updates} if ema else {}),
     }
     save_model(snapshot, out, training=training, overwrite=True, state=(STATE, state))
     return snapshot
 
 
-def _restore(out: Path, model: Model, optimizer, sampler) -> tuple[int, list]:
+def _restore(out: Path, model: Model, optimizer, sampler, ema=None) -> tuple[int, list]:
     if not (out / STATE).is_file():
         raise ParameterError(f"nothing to resume in {out} (no {STATE}); drop --resume")
     saved = load_model(out)
@@ -302,11 +359,18 @@ def _restore(out: Path, model: Model, optimizer, sampler) -> tuple[int, list]:
             f"{list(saved.output_labels)}); resume with the same settings, or choose a new --out"
         )
     model.module.load_state_dict(saved.module.state_dict())
+    if ema is not None:  # the package: the average; the state: the raw weights
+        ema.module.load_state_dict(saved.module.state_dict())
     # on the CPU: set_rng_state takes a CPU tensor only, and the optimizer moves its own state
     # to the parameters' device when it loads it
     state = torch.load(out / STATE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     sampler.rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
+    if ema is not None:
+        if "raw" not in state:
+            raise ParameterError(f"{out} was trained without a weight average; resume with --ema 0")
+        model.module.load_state_dict(state["raw"])
+        ema.updates = int(state["ema_updates"])
     logger.info("resuming %s at step %d", out, state["step"])
     return int(state["step"]), list(state["history"])

@@ -264,6 +264,7 @@ class PatchSampler:
             xs.append(xi)
             ys.append(yt)
         mask = np.stack([self.present[sid] for sid, _ in picks])
+        self.last_scenes = [sid for sid, _ in picks]  # each patch's scene (its class)
         return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), mask
 
 
