@@ -63,7 +63,8 @@ def test_the_class_plate_differs_in_the_marker_only(plate):
     bf = [im[0, 0].std() / im[0, 0].mean() for im in (control, moved)]
     assert abs(bf[0] - bf[1]) < 0.5 * max(bf)
     cells = [(im[0, 1] > np.percentile(im[0, 1], 90)) for im in (control, moved)]
-    marker = [im[0, 2][c].mean() / im[0, 2].mean() for im, c in zip((control, moved), cells)]
+    pairs = zip((control, moved), cells, strict=True)
+    marker = [im[0, 2][c].mean() / im[0, 2].mean() for im, c in pairs]
     assert marker[1] > 1.3 * marker[0]  # bright where the nuclei are not: the cytoplasm
 
 
@@ -84,7 +85,8 @@ def test_diffusion_trains_with_classes_and_resumes_exactly(plate, tmp_path):
     assert half.history[-1]["step"] == 2
     zarrstain.train(store, config, tmp_path / "r", resume=True)
     a, b = zarrstain.load_model(tmp_path / "r"), model
-    for (k, va), vb in zip(a.module.state_dict().items(), b.module.state_dict().values()):
+    weights = zip(a.module.state_dict().items(), b.module.state_dict().values(), strict=True)
+    for (k, va), vb in weights:
         assert torch.equal(va, vb), k
     # each scene's class at prediction; a scene without one is refused by name
     scene = zarrstain.open_image(store, "A/1/0")
