@@ -48,6 +48,9 @@ _SAMPLING = [
     click.option("--guidance-model", "guidance", default=None, help="Noisy-image classifier."),
     click.option("--guidance-scale", type=float, default=None, help="Classifier guidance [0]."),
     click.option(
+        "--guidance-class", default=None, help="Class guidance steers towards [the scene's]."
+    ),
+    click.option(
         "--scratch-every", type=int, default=None, help="Steps between stored states [5]."
     ),
 ]

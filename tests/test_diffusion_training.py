@@ -156,5 +156,8 @@ def test_cli_trains_and_samples_a_plate(plate, tmp_path):
         "Membrane (predicted) std",
     ]
     assert not (tmp_path / "out.zarr.zarrstain-scratch").exists()
+    for sid, label in (("A/1/0", "control"), ("A/2/1", "translocated")):  # each scene its own
+        record = zarrstain.open_image(out, sid).attrs["provenance"]["Membrane (predicted)"]
+        assert record["sampling"]["class_label"] == label
     bad = runner.invoke(cli, [*common[:-2], "--class", "mock"])
     assert bad.exit_code != 0 and "'mock' is not one the model knows" in bad.output

@@ -71,3 +71,14 @@ def test_gpu_benchmark_runs_its_steps_on_the_cpu(tmp_path, monkeypatch):
     exact = [r for r in rows if r["method"].startswith("zarrstain") and r["precision"] == "float32"]
     assert exact and all(r["max err (std)"] < 1e-5 for r in exact)
     assert report["store_to_store"]["ratio"] > 0
+
+
+def test_class_guided_diffusion_example_runs_quickly(tmp_path, monkeypatch):
+    """Every model and prediction of the README's diffusion table, a few steps each."""
+    import json
+
+    monkeypatch.setattr(sys, "argv", ["example", "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(EXAMPLES / "class_guided_diffusion.py"), run_name="__main__")
+    result = json.loads((tmp_path / "class_guided_diffusion.json").read_text())
+    assert len(result["summary"]) == 6 and len(result["rows"]) == 6 * 8
+    assert all(np.isfinite(r["pcc"]) for r in result["rows"])

@@ -18,9 +18,11 @@ from zarrstain.tiling import predict_whole
 SMALL = {
     "fnet": {"depth": 2, "mult_chan": 3},
     "diffusion": {"width": 4, "mults": [1, 2], "sample_steps": 3},
+    "classifier": {"class_names": ["a", "b"], "output_labels": ("p(a)", "p(b)"), "width": 4},
 }
-#: architectures that write their own channels (a sampler's mean and std), not a head's
-OWN_OUTPUTS = {"diffusion"}
+#: architectures that write their own channels (a sampler's mean and std, class
+#: probabilities), not a head's
+OWN_OUTPUTS = {"diffusion", "classifier"}
 
 
 def _measured_radius(model, size: int) -> int:

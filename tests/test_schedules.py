@@ -129,6 +129,18 @@ def test_ddpm_and_ddim_steps_match_diffusers(diffusers, objective):
         x0, _ = sched.to_x0_eps(ours_objective, prediction.double(), x_t.double(), t)
         mine = sched.ddpm_step(x0, x_t.double(), t, noise.double())
         torch.testing.assert_close(mine.float(), theirs, rtol=1e-4, atol=1e-5)
+    # respaced: 10 of the 1000 steps, as the samplers run them
+    ddpm.config.timestep_spacing = "trailing"
+    ddpm.set_timesteps(10)
+    assert [int(t) for t in ddpm.timesteps] == timesteps(1000, 10)
+    chain = [*timesteps(1000, 10), -1]
+    for t, t_prev in [*list(itertools.pairwise(chain))[:3], (chain[-2], -1)]:
+        theirs = ddpm.step(
+            prediction, t, x_t, generator=torch.Generator().manual_seed(9)
+        ).prev_sample
+        x0, _ = sched.to_x0_eps(ours_objective, prediction.double(), x_t.double(), t)
+        mine = sched.ddpm_step(x0, x_t.double(), t, noise.double(), t_prev=t_prev)
+        torch.testing.assert_close(mine.float(), theirs, rtol=1e-4, atol=1e-5)
     ddim = diffusers.DDIMScheduler(
         num_train_timesteps=1000, prediction_type=objective, clip_sample=False,
         timestep_spacing="trailing", set_alpha_to_one=True,

@@ -103,12 +103,13 @@ class PredictOptions(_Options):
     cfg_scale: float | None = None
     guidance: Any = None
     guidance_scale: float | None = None
+    guidance_class: str | None = None
     scratch_every: int | None = None
 
     def sampling(self) -> dict[str, Any]:
         """The sampler fields given (not None), less the scene-dependent classes."""
         names = ("sampler", "steps", "eta", "samples", "keep_samples", "cfg_scale",
-                 "guidance", "guidance_scale", "scratch_every")  # fmt: skip
+                 "guidance", "guidance_scale", "guidance_class", "scratch_every")  # fmt: skip
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def __post_init__(self) -> None:

@@ -431,6 +431,8 @@ def plan_prediction(
         # target units: rounding to the store's integers is meaningful; rescale: mapped onto them
         dtype = next(im.dtype for im in images.values() if im.dtype.kind in "iu")
         write = write.replace(dtype=dtype)
+    if isinstance(options.guidance, str | os.PathLike):  # loaded once for every scene
+        options = options.replace(guidance=load_model(options.guidance))
     # run options (a sampler's settings, each scene's class), checked for every scene now
     sampling = {**options.sampling(), "classes": options.classes, "class_key": options.class_key}
     models = {sid: run_model(model, image, **sampling) for sid, image in images.items()}

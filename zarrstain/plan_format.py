@@ -17,7 +17,7 @@ def format_plan(description: dict[str, Any]) -> str:
     lines = [
         f"store:  {d['store']}" + (f"  →  {d['out']}" if d["out"] else "  (in place)"),
         f"model:  {d['model']['name']} ({d['model']['content_hash'][:12]}), "
-        f"normalization {d['normalization']}",
+        f"normalization {d['normalization']}, " + _locality(d["model"]),
         f"scenes: {len(scenes)} ({todo} to write, {len(scenes) - todo} unchanged); "
         f"blocks to run: {d['blocks_to_run']}",
         "",
@@ -51,3 +51,13 @@ def format_plan(description: dict[str, Any]) -> str:
     for row in [header, *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def _locality(model: dict[str, Any]) -> str:
+    """ "local" (exact tiling possible) or not, and a sampler's passes and settings."""
+    text = "local" if model.get("local", True) else "not local (one whole field per block)"
+    sampling = model.get("sampling")
+    if sampling:
+        settings = ", ".join(f"{k} {v}" for k, v in sampling.items() if v not in (None, False, 0))
+        text += f"; {model.get('passes', 1)} passes ({settings})"
+    return text

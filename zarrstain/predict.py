@@ -16,7 +16,7 @@ from .errors import ChannelError, ParameterError, ShapeMismatchError, option
 from .io.metadata import DIMS
 from .io.read import source_token
 from .models.cache import resolve_device
-from .models.model import Model, run_token
+from .models.model import Model, plain_options, run_token
 from .normalize import METHODS, normalization_stats
 from .normalize import normalize as apply_normalization
 from .options import PredictOptions
@@ -215,6 +215,7 @@ def predict(
     cfg_scale: float | None = None,
     guidance: Any = None,
     guidance_scale: float | None = None,
+    guidance_class: str | None = None,
     scratch_every: int | None = None,
 ) -> xr.DataArray:
     """Predict the model's output channels for (t, c, z, y, x) data, lazily.
@@ -283,9 +284,10 @@ def predict(
         ``class_key``, an attribute of the field's or well's group.
     cfg_scale
         Classifier-free guidance weight w (ε_c + w·(ε_c − ε_∅)); models with a null class.
-    guidance, guidance_scale
-        A noise-conditioned classifier (:func:`zarrstain.load_model` or a path) and the scale
-        s of classifier guidance; s = 0 samples exactly as without it.
+    guidance, guidance_scale, guidance_class
+        A noise-conditioned classifier (:func:`zarrstain.load_model` or a path), the scale s
+        of classifier guidance (s = 0 samples exactly as without it), and the class it steers
+        towards (default: the scene's class).
     scratch_every
         Sampling steps chained between two states stored in ``scratch`` (default 5).
 
@@ -307,7 +309,8 @@ def predict(
     model = run_model(
         model, scene, sampler=sampler, steps=steps, eta=eta, samples=samples,
         keep_samples=keep_samples, classes=classes, class_key=class_key, cfg_scale=cfg_scale,
-        guidance=guidance, guidance_scale=guidance_scale, scratch_every=scratch_every,
+        guidance=guidance, guidance_scale=guidance_scale, guidance_class=guidance_class,
+        scratch_every=scratch_every,
     )  # fmt: skip
     if not isinstance(data, xr.DataArray) and input_channels is None:
         input_channels = list(scene.coords["c"].values)  # unlabeled arrays: by position
@@ -441,20 +444,10 @@ def _provenance(
             else {}
         ),
         **({"seed": seed} if model.spec.stochastic else {}),
-        **({"sampling": _plain_options(model.options)} if model.options else {}),
+        **({"sampling": plain_options(model.options)} if model.options else {}),
         **_calibration(model),
         "fingerprint": fingerprint,
     }
-
-
-def _plain_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Run options for the provenance: JSON values, a guidance model by name and hash."""
-    out = {}
-    for k, v in options.items():
-        if isinstance(v, Model):
-            v = {"name": v.name, "content_hash": v.content_hash}
-        out[k] = v
-    return out
 
 
 def _calibration(model: Model) -> dict[str, Any]:

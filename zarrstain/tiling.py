@@ -320,8 +320,13 @@ def _map_pass(
         seed=seed,
         step=step,
         head=model.head if step == len(plan.halos) - 1 else None,
-        options=model.run_options,
+        options=_for_blocks(model.run_options),
     )
+
+
+def _for_blocks(options: dict) -> dict:
+    """Run options as tasks carry them: models (a guidance classifier) as small handles."""
+    return {k: ModelHandle(v) if isinstance(v, Model) else v for k, v in options.items()}
 
 
 def predict_whole(

@@ -80,7 +80,8 @@ def save_model(
     card = {
         "format": FORMAT,
         "format_version": 1,
-        **{k: v for k, v in model.describe().items() if k != "source"},
+        # run options belong to one prediction, not to the package
+        **{k: v for k, v in model.describe().items() if k not in ("source", "options")},
         "training": training or {},
         "weights": WEIGHTS,
         "zarrstain_version": __version__,
@@ -115,6 +116,7 @@ def _render(card: dict[str, Any]) -> str:
         "output_intensity",
         "divisor",
         "receptive_radius",
+        "local",
         "content_hash",
         "zarrstain_version",
     ):

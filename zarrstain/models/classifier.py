@@ -163,9 +163,10 @@ def guidance_gradient(
     """∇ of the voxels' summed log p(k | x_t) for (N, targets, …) states (see the module)."""
     from .cache import ModelHandle, placed_module
 
-    classifier = options["guidance"]
-    module = placed_module(ModelHandle(classifier), x_t.device)
-    k = classifier.kwargs["class_names"].index(options["class_label"])
+    handle = options["guidance"]  # a model, or in a block the handle of one
+    handle = handle if isinstance(handle, ModelHandle) else ModelHandle(handle)
+    classifier, module = handle.get(), placed_module(handle, x_t.device)
+    k = classifier.kwargs["class_names"].index(options["guidance_target"])
     with torch.inference_mode(False), torch.enable_grad():
         x = x_t.detach().clone().requires_grad_(True)
         steps = torch.full((len(x),), t, dtype=torch.long, device=x.device)

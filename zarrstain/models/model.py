@@ -16,22 +16,28 @@ if TYPE_CHECKING:
     from .architecture import Architecture, Geometry, Head
     from .heads import OutputHead
 
-__all__ = ["Model", "run_token", "state_dict_hash"]
+__all__ = ["Model", "plain_options", "run_token", "state_dict_hash"]
 
 
-def run_token(options: Mapping[str, Any]) -> str:
-    """A stable token of run options; models among them (a guidance classifier) by hash."""
+def plain_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Run options as JSON values: a model among them (a guidance classifier) by name and hash."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, Model):
-            return {"model": value.content_hash, "options": plain(dict(value.options))}
+            out = {"name": value.name, "content_hash": value.content_hash}
+            return {**out, "options": plain(dict(value.options))} if value.options else out
         if isinstance(value, Mapping):
             return {str(k): plain(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [plain(v) for v in value]
         return value
 
-    return hashlib.sha256(json.dumps(plain(options), sort_keys=True).encode()).hexdigest()
+    return plain(dict(options))
+
+
+def run_token(options: Mapping[str, Any]) -> str:
+    """A stable token of run options (see :func:`plain_options`)."""
+    return hashlib.sha256(json.dumps(plain_options(options), sort_keys=True).encode()).hexdigest()
 
 
 def state_dict_hash(module: nn.Module, architecture: str, kwargs: dict[str, Any]) -> str:
@@ -197,8 +203,10 @@ class Model:
             "output_labels": list(self.output_labels),
             "divisor": self.divisor,
             "receptive_radius": list(self.receptive_radius),
+            # every layer local: exact tiling reproduces the whole-field result
+            "local": self.geometry.local,
             "normalization": self.normalization,
             "output_intensity": [list(v) for v in self.output_intensity],
             "source": self.source,
-            **({"options": dict(self.options)} if self.options else {}),
+            **({"options": plain_options(self.options)} if self.options else {}),
         }
