@@ -66,6 +66,12 @@ _TRAINING = [
     click.option(
         "--ema", type=float, default=None, help="Weight average decay [diffusion: 0.999]."
     ),
+    click.option(
+        "--unconditional",
+        is_flag=True,
+        default=None,
+        help="Pretrain a diffusion backbone on the targets alone (no --input).",
+    ),
 ]
 
 

@@ -161,3 +161,26 @@ def test_cli_trains_and_samples_a_plate(plate, tmp_path):
         assert record["sampling"]["class_label"] == label
     bad = runner.invoke(cli, [*common[:-2], "--class", "mock"])
     assert bad.exit_code != 0 and "'mock' is not one the model knows" in bad.output
+
+
+def test_unconditional_backbones_model_the_targets_alone(plate, tmp_path):
+    store, _ = plate
+    runner = CliRunner()
+    args = ["train", str(store), "--target", "Membrane", "--model", "diffusion2d",
+            "--unconditional", "--out", str(tmp_path / "b"), "--steps", "2", "--batch-size",
+            "2", "--patch", "32x32", "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    backbone = zarrstain.load_model(tmp_path / "b")
+    assert backbone.kwargs["backbone"] and backbone.in_channels == 0
+    assert backbone.input_labels == () and backbone.output_labels == ("Membrane (predicted)",)
+    with pytest.raises(zarrstain.errors.ChannelError, match="unconditional diffusion backbone"):
+        zarrstain.predict(zarrstain.open_image(store, "A/1/0"), backbone, steps=2)
+    # its samples come from noise alone, still position-keyed
+    x = torch.zeros(1, 0, 32, 32)
+    a = backbone.with_options(steps=2).forward(x, seed=1)
+    assert a.shape == (1, 1, 32, 32) and torch.equal(
+        a, backbone.with_options(steps=2).forward(x, seed=1)
+    )
+    with pytest.raises(ParameterError, match="pretrains a diffusion backbone"):
+        _config(None, model="fnet2d", unconditional=True).check()

@@ -75,6 +75,11 @@ def select_inputs(
     """
     available = [str(a) for a in available]
     need = model.in_channels
+    if need == 0:
+        raise ChannelError(
+            f"model {model.name} is an unconditional diffusion backbone: it reads no channels, "
+            "so it cannot predict from a scene; use a model conditioned on input channels"
+        )
     if isinstance(input_channels, str):
         input_channels = [input_channels]
     if isinstance(input_channels, Mapping):

@@ -156,6 +156,8 @@ class DiffusionArchitecture(Architecture):
                     "beta_start": 1e-4, "beta_end": 2e-2, "zero_snr": False,
                     "objective": "epsilon", "sampler": "ddim", "sample_steps": 50}  # fmt: skip
         out = {**defaults, "in_channels": n_inputs, "out_channels": n_outputs, **kwargs}
+        if out.get("backbone") and out["in_channels"]:
+            raise ParameterError("a diffusion backbone reads no input channels (in_channels=0)")
         out["mults"] = [int(m) for m in out["mults"]]
         schedule_of(out)  # a bad schedule fails when the model is made
         return out
@@ -338,6 +340,8 @@ class DiffusionArchitecture(Architecture):
             kwargs.update(PUBLISHED)
         if getattr(config, "class_dropout", 0):
             kwargs.update(null_class=True, class_dropout=float(config.class_dropout))
+        if getattr(config, "unconditional", False):  # a backbone: the targets alone
+            kwargs.update(in_channels=0, backbone=True)
         return {**kwargs, **(config.model_kwargs or {})}
 
     def validation_options(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -354,6 +358,7 @@ class DiffusionArchitecture(Architecture):
         (classifier-free guidance's label dropout, default 0.1).
         """
         cond, y, mask = batch[:3]
+        cond = cond[:, : int(kwargs.get("in_channels", cond.shape[1]))]  # none for a backbone
         classes = batch[3] if len(batch) > 3 else None
         schedule = schedule_of(kwargs)
         n = len(y)

@@ -67,6 +67,8 @@ class TrainConfig:
     class_dropout: float = 0.0  # > 0: a null class, for classifier-free guidance
     ema: float | None = None  # decay of the weights' moving average; None: the model's default
     published: bool = False  # set by paper(): the architecture's published settings
+    # a diffusion backbone: models the targets alone (no input channels), for control branches
+    unconditional: bool = False
 
     @classmethod
     def paper(cls, **kwargs: Any) -> TrainConfig:
@@ -159,6 +161,11 @@ class TrainConfig:
             raise ParameterError(
                 f"{_flag('class_dropout')} must be in [0, 1), not {self.class_dropout!r}"
             )
+        if self.unconditional and self.architecture()[0].name != "diffusion":
+            raise ParameterError(
+                f"{_flag('unconditional')} pretrains a diffusion backbone; use "
+                f"{option('model=', '--model')} diffusion2d or diffusion3d, not {self.model!r}"
+            )
         if self.ema is not None and not 0 <= self.ema < 1:
             raise ParameterError(f"{_flag('ema')} must be in [0, 1), not {self.ema!r}")
         if self.freeze != "none" and not self.init:
@@ -226,11 +233,11 @@ def build_config(
     if unknown:
         raise ParameterError(f"unknown training setting {unknown[0]!r}; known: {sorted(known)}")
     name = ALIASES.get(str(values.get("model", "")), (values.get("model"), {}))[0]
-    if (
-        not values.get("inputs")
-        and getattr(ARCHITECTURES.get(name), "conditional", "") == "required"
-    ):
-        values["inputs"] = values.get("targets")  # a classifier reads the target channels
+    reads_targets = getattr(ARCHITECTURES.get(name), "conditional", "") == "required"
+    if not values.get("inputs") and (reads_targets or values.get("unconditional")):
+        # a classifier reads the target channels; a backbone reads none (the sampler still
+        # cuts its patches from the targets)
+        values["inputs"] = values.get("targets")
     for key in ("inputs", "targets"):
         if not values.get(key):
             flag = "--input" if key == "inputs" else "--target"

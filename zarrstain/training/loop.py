@@ -166,12 +166,16 @@ def train(
     if spec.conditional == "required":  # a classifier: reads the targets, writes classes
         outputs, intensity = [f"{c} probability" for c in kwargs["class_names"]], []
         val = None  # its validation would be an accuracy, not a target's Pearson r
+    elif config.unconditional:  # a backbone's samples need match no patch: no validation r
+        outputs = [h.label(t) for t in config.targets for h in heads]
+        intensity = [i for i in sampler.target_intensity() for _ in heads]
+        val = None
     else:
         outputs = [h.label(t) for t in config.targets for h in heads]
         intensity = [i for i in sampler.target_intensity() for _ in heads]
     model = create_model(
         spec.name,
-        input_labels=config.targets if spec.conditional == "required" else config.inputs,
+        input_labels=_input_labels(config, spec),
         output_labels=outputs,
         normalization=config.normalization,
         name=out.name,
@@ -253,6 +257,13 @@ def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
             f"continue its run with {option('resume=True', '--resume')}, or replace it with "
             + option("overwrite=True", "--overwrite")
         )
+
+
+def _input_labels(config: TrainConfig, spec: Any) -> list[str]:
+    """What the model reads: the inputs; a classifier the targets; a backbone nothing."""
+    if spec.conditional == "required":
+        return list(config.targets)
+    return [] if config.unconditional else list(config.inputs)
 
 
 def _validate(
