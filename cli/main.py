@@ -306,6 +306,12 @@ def _ints(value: str | None) -> list[int] | None:
 @click.option("--batch-size", type=int, default=None, help="Patches per step [4].")
 @click.option("--patch", default=None, help="Patch size, e.g. 32x64x64 (3D) or 256x256 (2D).")
 @click.option("--lr", type=float, default=None, help="Adam learning rate [1e-3].")
+@click.option(
+    "--normalization",
+    default=None,
+    type=click.Choice(["center", "zscore", "percentile"]),
+    help="Of inputs and targets [center]; diffusion models train best on zscore.",
+)
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @click.option("--scene", "scenes", multiple=True, help="Train on these scenes only (repeat).")
 @click.option("--val-scene", "val_scenes", multiple=True, help="Hold out this scene (repeat).")

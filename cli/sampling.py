@@ -66,6 +66,13 @@ _TRAINING = [
     click.option(
         "--ema", type=float, default=None, help="Weight average decay [diffusion: 0.999]."
     ),
+    click.option("--backbone", default=None, help="--model control: the frozen backbone."),
+    click.option(
+        "--embed-backbone",
+        is_flag=True,
+        default=None,
+        help="--model control: store the backbone's weights in the package too.",
+    ),
     click.option(
         "--unconditional",
         is_flag=True,

@@ -259,6 +259,18 @@ class Architecture:
         """
         return {}
 
+    def trainable(self, module: nn.Module) -> set[str] | None:
+        """Names of the parameters training updates (default None: all of them)."""
+        return None
+
+    def saved_state(self, module: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The tensors a model package stores (default: the whole state dict)."""
+        return module.state_dict()
+
+    def load_state(self, module: nn.Module, state: dict[str, Any], kwargs: dict[str, Any]) -> None:
+        """Load a package's stored tensors into a freshly built module (default: strictly)."""
+        module.load_state_dict(state, strict=True)
+
     def inference_module(self, module: nn.Module) -> nn.Module:
         """The module prediction runs (default: the module itself).
 

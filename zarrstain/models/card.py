@@ -89,7 +89,7 @@ def save_model(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        torch.save(model.module.state_dict(), tmp / WEIGHTS)
+        torch.save(model.spec.saved_state(model.module, model.kwargs), tmp / WEIGHTS)
         if state is not None:
             torch.save(state[1], tmp / state[0])
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
@@ -164,7 +164,9 @@ def load_package(path: str | os.PathLike) -> Model:
     weights = folder / str(card.get("weights", WEIGHTS))
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        module.load_state_dict(state, strict=True)
+        spec.load_state(module, state, kwargs)
+    except ModelError:
+        raise
     except Exception as exc:  # missing file, pickle error, wrong keys or shapes
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(

@@ -203,19 +203,8 @@ class Denoiser(nn.Module):
             emb = emb + self.classes(classes)
         return emb
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        classes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The objective's prediction for ``x`` = (condition, noisy target) channels.
-
-        ``t`` (N,) are the diffusion steps, ``classes`` (N,) class indices (or None: no class
-        embedding added, for models trained without classes).
-        """
-        emb = self.embed(t, classes)
-        h = self.stem(x)
+    def encode(self, h: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The down path and the middle blocks: (the lowest level's features, the skips)."""
         skips = []
         for i, level in enumerate(self.down):
             for block in level:
@@ -227,6 +216,26 @@ class Denoiser(nn.Module):
             h = block(h, emb)
             if self.attention is not None and block is self.mid[0]:
                 h = self.attention(h)
+        return h, skips
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        classes: torch.Tensor | None = None,
+        control: tuple[list[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The objective's prediction for ``x`` = (condition, noisy target) channels.
+
+        ``t`` (N,) are the diffusion steps, ``classes`` (N,) class indices (or None: no class
+        embedding added, for models trained without classes). ``control``: residuals a
+        control branch adds to each skip and to the middle blocks' output (ControlNet).
+        """
+        emb = self.embed(t, classes)
+        h, skips = self.encode(self.stem(x), emb)
+        if control is not None:
+            skips = [s + c for s, c in zip(skips, control[0], strict=True)]
+            h = h + control[1]
         for j, level in enumerate(self.up):
             h = torch.cat([h, skips.pop()], dim=1)
             for block in level:

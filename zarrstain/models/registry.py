@@ -14,6 +14,7 @@ from torch import nn
 
 from .architecture import Architecture
 from .classifier import ClassifierArchitecture
+from .control import ControlArchitecture
 from .diffusion import DiffusionArchitecture
 from .fnet import FnetArchitecture
 
@@ -86,3 +87,4 @@ def build(architecture: str, **kwargs: Any) -> nn.Module:
 register(FnetArchitecture())
 register(DiffusionArchitecture())
 register(ClassifierArchitecture())
+register(ControlArchitecture())

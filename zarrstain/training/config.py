@@ -69,6 +69,9 @@ class TrainConfig:
     published: bool = False  # set by paper(): the architecture's published settings
     # a diffusion backbone: models the targets alone (no input channels), for control branches
     unconditional: bool = False
+    # a control branch (--model control): the backbone package, referenced or embedded
+    backbone: str | None = None
+    embed_backbone: bool = False
 
     @classmethod
     def paper(cls, **kwargs: Any) -> TrainConfig:

@@ -188,6 +188,8 @@ def train(
     trainable = None
     if config.init:
         trainable, record["init"] = start_from(module, spec, kwargs, config.init, config.freeze)
+    if trainable is None:  # the architecture's own choice (a control branch: the branch)
+        trainable = spec.trainable(module)
     params = [p for n, p in module.named_parameters() if trainable is None or n in trainable]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
     decay = spec.default_ema if config.ema is None else config.ema

@@ -1,0 +1,225 @@
+"""FluoGen's control branch: adapt a frozen diffusion backbone to a task from a few pairs.
+
+A backbone (``zarrstain train --model diffusion2d --unconditional``) models fluorescence
+alone. A control branch (ControlNet, Zhang et al. 2023; FluoGen) is a trainable copy of the
+backbone's encoder that also reads the condition (brightfield, a noisy acquisition): the
+condition enters through a zero-initialised convolution added to the copy's stem, and the
+copy's features enter the backbone through zero-initialised 1×1 convolutions added to every
+skip and to the middle blocks' output. At step 0 of training every zero convolution outputs 0,
+so the controlled model is exactly the backbone; training moves only the branch.
+
+The branch has the backbone's layout, so it is local when the backbone is (per-voxel norms,
+no attention) and its receptive radius is the backbone's: exact tiling holds.
+
+A control package stores the branch's weights and references the backbone by content hash
+and path (``kwargs["backbone"]``); ``embed_backbone=True`` stores the backbone's weights too,
+so the package stands alone. Loading checks that the referenced backbone is there and is the
+one trained against.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelError, ParameterError, option
+from .denoiser import Denoiser, ResBlock, _conv
+from .diffusion import DiffusionArchitecture
+
+__all__ = ["ControlArchitecture", "ControlBranch", "ControlledDenoiser", "backbone_kwargs"]
+
+
+class ControlBranch(nn.Module):
+    """A copy of a backbone's stem, down path and middle blocks, plus the condition's input
+    and the zero convolutions that hand its features to the backbone."""
+
+    def __init__(self, backbone: Denoiser, cond_channels: int, ndim: int, norm: str) -> None:
+        super().__init__()
+        conv = _conv(ndim)
+        self.levels = backbone.levels
+        self.stem = conv(backbone.stem.in_channels, backbone.width, 3, padding=1)
+        self.hint = conv(cond_channels, backbone.width, 3, padding=1)
+        self.down = nn.ModuleList()
+        for level in backbone.down:
+            self.down.append(
+                nn.ModuleList(
+                    ResBlock(
+                        ndim, b.conv1.in_channels, b.conv1.out_channels, b.emb.in_features, norm
+                    )
+                    for b in level
+                )
+            )
+        self.downsample = nn.ModuleList(
+            conv(d.in_channels, d.out_channels, 3, stride=2, padding=1) for d in backbone.downsample
+        )
+        width = backbone.mid[0].conv1.in_channels
+        self.mid = nn.ModuleList(
+            ResBlock(ndim, width, width, backbone.mid[0].emb.in_features, norm) for _ in range(2)
+        )
+        self.zero = nn.ModuleList(
+            conv(level[-1].conv2.out_channels, level[-1].conv2.out_channels, 1)
+            for level in backbone.down
+        )
+        self.zero_mid = conv(width, width, 1)
+        for layer in (self.hint, self.zero_mid, *self.zero):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def copy_encoder(self, backbone: Denoiser) -> None:
+        """Start the copy from the backbone's weights (ControlNet's initialisation)."""
+        for name in ("stem", "down", "downsample", "mid"):
+            getattr(self, name).load_state_dict(getattr(backbone, name).state_dict())
+
+    def forward(
+        self, x_t: torch.Tensor, cond: torch.Tensor, emb: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        h = self.stem(x_t) + self.hint(cond)
+        residuals = []
+        for i, level in enumerate(self.down):
+            for block in level:
+                h = block(h, emb)
+            residuals.append(self.zero[i](h))
+            if i < self.levels - 1:
+                h = self.downsample[i](h)
+        for block in self.mid:
+            h = block(h, emb)
+        return residuals, self.zero_mid(h)
+
+
+class ControlledDenoiser(nn.Module):
+    """A frozen backbone steered by a control branch: (condition, noisy target) → objective."""
+
+    def __init__(self, backbone: Denoiser, cond_channels: int, ndim: int, norm: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.branch = ControlBranch(backbone, cond_channels, ndim, norm)
+        self.cond_channels = cond_channels
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def classes(self) -> nn.Embedding | None:
+        """The backbone's class embedding (classifier-free guidance reads its null class)."""
+        return self.backbone.classes
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, classes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        cond, x_t = x[:, : self.cond_channels], x[:, self.cond_channels :]
+        emb = self.backbone.embed(t, classes)
+        return self.backbone(x_t, t, classes, control=self.branch(x_t, cond, emb))
+
+
+def backbone_kwargs(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """The backbone model at ``path`` and the kwargs a control branch on it inherits.
+
+    Raises
+    ------
+    ParameterError
+        ``path`` holds no model, or one that is not a diffusion backbone.
+    """
+    from . import load_model
+
+    try:
+        model = load_model(path)
+    except ModelError as e:
+        raise ParameterError(f"backbone {path}: {e}") from None
+    if model.architecture != "diffusion" or not model.kwargs.get("backbone"):
+        raise ParameterError(
+            f"{path} is not a diffusion backbone (a {model.architecture} model); pretrain one "
+            "with zarrstain train --model diffusion2d --unconditional"
+        )
+    inherited = {k: v for k, v in model.kwargs.items() if k not in ("backbone", "in_channels")}
+    return model, inherited
+
+
+class ControlArchitecture(DiffusionArchitecture):
+    """``control``: a control branch on a frozen backbone, sampled like any diffusion model."""
+
+    name = "control"
+    conditional = "optional"
+
+    def build(self, **kwargs: Any) -> nn.Module:
+        ref = kwargs.get("backbone") or {}
+        if not isinstance(ref, dict) or "content_hash" not in ref:
+            raise ParameterError(
+                "a control branch needs its backbone: "
+                + option("model_kwargs={'backbone': ...}", "--backbone PATH")
+            )
+        inner = {k: v for k, v in kwargs.items() if k != "backbone" and k != "in_channels"}
+        backbone = super().build(**{**inner, "in_channels": 0})
+        module = ControlledDenoiser(
+            backbone,
+            int(kwargs["in_channels"]),
+            int(kwargs.get("ndim", 2)),
+            str(kwargs.get("norm", "pixel")),
+        )
+        path = Path(str(ref.get("path", "")))
+        if ref.get("path") and (path / "card.json").is_file():
+            _load_backbone(module, ref)
+        module.branch.copy_encoder(module.backbone)
+        return module
+
+    def channels(self, kwargs: dict[str, Any], n_inputs: int, n_outputs: int) -> dict[str, Any]:
+        inner = super().channels({k: v for k, v in kwargs.items() if k != "backbone"}, 0, n_outputs)
+        return {**inner, "in_channels": n_inputs, "backbone": kwargs.get("backbone")}
+
+    def train_kwargs(self, config: Any) -> dict[str, Any]:
+        if not getattr(config, "backbone", None):
+            raise ParameterError(
+                f"a control branch trains on a frozen backbone; give it with "
+                f"{option('backbone=', '--backbone PATH')}"
+            )
+        model, inherited = backbone_kwargs(config.backbone)
+        ref = {
+            "content_hash": model.content_hash,
+            "path": str(Path(config.backbone).resolve()),
+            "embedded": bool(getattr(config, "embed_backbone", False)),
+        }
+        return {**inherited, **(config.model_kwargs or {}), "backbone": ref}
+
+    def trainable(self, module: nn.Module) -> set[str] | None:
+        """The branch only: the backbone stays frozen."""
+        return {n for n, _ in module.named_parameters() if n.startswith("branch.")}
+
+    def saved_state(self, module: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The branch's weights, and the backbone's only when it is embedded."""
+        state = module.state_dict()
+        if (kwargs.get("backbone") or {}).get("embedded"):
+            return state
+        return {k: v for k, v in state.items() if not k.startswith("backbone.")}
+
+    def load_state(self, module: nn.Module, state: dict[str, Any], kwargs: dict[str, Any]) -> None:
+        ref = kwargs.get("backbone") or {}
+        if ref.get("embedded"):
+            module.load_state_dict(state, strict=True)
+            return
+        path = Path(str(ref.get("path", "")))
+        if not (path / "card.json").is_file():
+            raise ModelError(
+                f"this control branch needs its backbone {str(ref.get('content_hash'))[:12]} "
+                f"at {path}, which is not there; put the backbone back, or save the branch "
+                "with its backbone embedded (--embed-backbone)"
+            )
+        _load_backbone(module, ref)
+        branch = {k[len("branch.") :]: v for k, v in state.items() if k.startswith("branch.")}
+        module.branch.load_state_dict(branch, strict=True)
+
+
+def _load_backbone(module: ControlledDenoiser, ref: dict[str, Any]) -> None:
+    """The referenced backbone's weights into ``module.backbone``, its hash checked."""
+    from . import load_model
+
+    backbone = load_model(ref["path"])
+    if backbone.content_hash != ref["content_hash"]:
+        raise ModelError(
+            f"the backbone at {ref['path']} is {backbone.content_hash[:12]}, not the "
+            f"{str(ref['content_hash'])[:12]} this branch was trained on; give the right one"
+        )
+    module.backbone.load_state_dict(backbone.module.state_dict(), strict=True)
+    for p in module.backbone.parameters():
+        p.requires_grad_(False)
