@@ -163,16 +163,13 @@ def train(
             + " or train a diffusion model (--model diffusion2d)"
         )
     heads = spec.heads(kwargs)
+    outputs = [h.label(t) for t in config.targets for h in heads]
+    intensity = [i for i in sampler.target_intensity() for _ in heads]
     if spec.conditional == "required":  # a classifier: reads the targets, writes classes
         outputs, intensity = [f"{c} probability" for c in kwargs["class_names"]], []
-        val = None  # its validation would be an accuracy, not a target's Pearson r
-    elif config.unconditional:  # a backbone's samples need match no patch: no validation r
-        outputs = [h.label(t) for t in config.targets for h in heads]
-        intensity = [i for i in sampler.target_intensity() for _ in heads]
+    if spec.conditional == "required" or config.unconditional:
+        # a classifier's validation would be an accuracy; a backbone's samples match no patch
         val = None
-    else:
-        outputs = [h.label(t) for t in config.targets for h in heads]
-        intensity = [i for i in sampler.target_intensity() for _ in heads]
     model = create_model(
         spec.name,
         input_labels=_input_labels(config, spec),
