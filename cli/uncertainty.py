@@ -30,11 +30,19 @@ __all__ = ["calibrate", "calibration_curve"]
 @click.option(
     "--max-pixels", type=int, default=2_000_000, show_default=True, help="CQR: pixels sampled."
 )
+@click.option(
+    "--sampler",
+    default=None,
+    type=click.Choice(["ddim", "ddpm"]),
+    help="Sampled models: the sampler to calibrate at [the model's].",
+)
+@click.option("--steps", type=int, default=None, help="Sampled models: sampling steps [model's].")
 @click.option("--out", required=True, help="Folder for the calibrated model package.")
 @click.option("--overwrite", is_flag=True, help="Replace a model package in --out.")
 def calibrate(
-    store, model_path, targets, scenes, alpha, method, delta, max_pixels, out, overwrite
-) -> None:
+    store, model_path, targets, scenes, alpha, method, delta, max_pixels, sampler, steps, out,
+    overwrite,
+) -> None:  # fmt: skip
     """Calibrate the intervals of a model on held-out scenes of STORE; save the new model.
 
     Predict with the calibrated model to write its calibrated 'lower' / 'upper' channels.
@@ -50,6 +58,8 @@ def calibrate(
         method=method,
         delta=delta,
         max_pixels=max_pixels,
+        sampler=sampler,
+        steps=steps,
         out=out,
         overwrite=overwrite,
     )
@@ -60,7 +70,9 @@ def calibrate(
     _say(
         f"calibrated model: {out} ({cal.method}, alpha {cal.alpha:g}"
         + (f", delta {cal.delta:g}" if cal.delta is not None else "")
-        + f"; {what} {values} from {cal.units} {units} of {len(cal.scenes)} scene(s))"
+        + f"; {what} {values} from {cal.units} {units} of {len(cal.scenes)} scene(s)"
+        + (f"; {cal.sampling['sampler']}, {cal.sampling['steps']} steps" if cal.sampling else "")
+        + ")"
     )
 
 

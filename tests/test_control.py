@@ -140,3 +140,38 @@ def test_cli_trains_a_branch_and_predicts_with_it(setup, tmp_path):
     assert list(written.coords["c"].values) == ["Membrane (predicted)"]
     bad = runner.invoke(cli, [*args[:4], str(plate / "nothing"), *args[5:]])
     assert bad.exit_code != 0 and "backbone" in bad.output
+
+
+def test_cli_quantile_branch_calibrates_predicts_and_evaluates(setup, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    plate, backbone, _ = setup
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    run("train", plate, "--model", "control", "--backbone", backbone, "--input", "BF",
+        "--target", "Membrane", "--head", "quantiles", "--out", tmp_path / "q", "--steps", "2",
+        "--batch-size", "2", "--patch", "32x32", "--device", "cpu",
+        "--normalization", "zscore")  # fmt: skip
+    done = run("calibrate", plate, "--model", tmp_path / "q", "--steps", "2",
+               "--out", tmp_path / "cal")  # fmt: skip
+    assert "cqr, alpha 0.1" in done.output and "ddim, 2 steps" in done.output
+    store = shutil.copytree(plate, tmp_path / "img.zarr")
+    run("predict", store, "--model", tmp_path / "cal")
+    labels = list(zarrstain.open_image(store).coords["c"].values)[-3:]
+    assert labels == [f"Membrane (predicted){s}" for s in ("", " lower", " upper")]
+    report = run("evaluate", store, "--prediction", "Membrane (predicted)",
+                 "--target", "Membrane", "--json")  # fmt: skip
+    row = json.loads(report.output)["rows"][0]
+    assert row["coverage"] > 0.5 and row["interval_width"] > 0  # calibrated on this very field
+    bad = runner.invoke(cli, ["calibrate", str(plate), "--model", str(tmp_path / "q"),
+                              "--samples", "2", "--out", str(tmp_path / "x")])  # fmt: skip
+    assert bad.exit_code != 0

@@ -44,3 +44,25 @@ def test_plate_layout(make_store):
 def test_bad_version(tmp_path):
     with pytest.raises(ValueError, match="ngff_version must be '0.4' or '0.5'"):
         datasets.make_image(tmp_path / "x.zarr", ngff_version="0.3")
+
+
+def test_a_low_snr_acquisition_of_the_same_field(tmp_path):
+    """The denoising task: the same cells at a hundredth of the exposure, noisy but learnable."""
+    from scipy import ndimage
+
+    plain = zarrstain.open_image(datasets.make_image(tmp_path / "a.zarr", shape=(1, 1, 96, 96)))
+    both = zarrstain.open_image(
+        datasets.make_image(tmp_path / "b.zarr", shape=(1, 1, 96, 96), low_snr=True)
+    )
+    assert list(both.coords["c"].values) == [*datasets.CHANNELS, *datasets.LOW_SNR]
+    np.testing.assert_array_equal(both.values[:, :3], plain.values)  # the others unchanged
+    for label in ("DNA", "Membrane"):
+        clean = both.sel(c=label).values[0, 0].astype(float)
+        noisy = both.sel(c=f"{label} lowSNR").values[0, 0].astype(float)
+        raw = np.corrcoef(clean.ravel(), noisy.ravel())[0, 1]
+        smooth = np.corrcoef(clean.ravel(), ndimage.gaussian_filter(noisy, 1.5).ravel())[0, 1]
+        assert raw < 0.8 < smooth  # noisy, and the same field underneath
+        assert noisy.max() < 200 < clean.max()  # a few photons over the camera offset
+    plate = datasets.make_plate(tmp_path / "p.zarr", rows=("A",), columns=("1",), fields=1,
+                                shape=(1, 1, 32, 32), low_snr=True)  # fmt: skip
+    assert "DNA lowSNR" in zarrstain.open_image(plate / "A/1/0").coords["c"].values

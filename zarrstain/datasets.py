@@ -7,6 +7,10 @@ Every scene shows cells (ellipsoids) with a nucleus and a membrane, imaged three
 - ``"DNA"``: the nuclei, with a little texture;
 - ``"Membrane"``: the cell outlines.
 
+With ``low_snr=True`` the fluorescence is also acquired at a hundredth of the exposure
+(``"DNA lowSNR"``, ``"Membrane lowSNR"``: the same field, a few photons per pixel, with camera
+read noise): a denoising task on the same grid.
+
 Voxels are anisotropic (z steps 4× the xy pixel size), intensities are photon counts with shot
 (Poisson) noise over a camera offset, stored as uint16. Both fluorescence channels are functions
 of the same geometry that the brightfield reveals, so a small U-Net can learn them. Stores are
@@ -29,6 +33,7 @@ from scipy import ndimage
 
 __all__ = [
     "CHANNELS",
+    "LOW_SNR",
     "make_bioformats2raw",
     "make_class_plate",
     "make_image",
@@ -40,6 +45,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CHANNELS = ("BF", "DNA", "Membrane")
+#: the low-SNR acquisitions of the fluorescence channels (``low_snr=True``)
+LOW_SNR = ("DNA lowSNR", "Membrane lowSNR")
+#: their exposure relative to the other channels', and the camera's read noise (counts)
+LOW_SNR_EXPOSURE, READ_NOISE = 0.01, 2.0
 #: physical pixel size in micrometers (z, y, x): anisotropic like a widefield z-stack
 VOXEL_UM = (1.0, 0.25, 0.25)
 _CAMERA_OFFSET = 100.0
@@ -131,11 +140,18 @@ def _camera(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _synthetic_tczyx(
-    shape: tuple[int, int, int, int], seed: int, translocation: float = 0.0
+    shape: tuple[int, int, int, int], seed: int, translocation: float = 0.0, low_snr: bool = False
 ) -> np.ndarray:
     clean = render_cells(shape, seed, translocation=translocation)
     rng = np.random.default_rng(seed + 1)
-    return np.stack([_camera(clean[c], rng) for c in CHANNELS], axis=1)
+    channels = [_camera(clean[c], rng) for c in CHANNELS]
+    if low_snr:  # its own generator: the other channels stay those of the same seed without
+        weak = np.random.default_rng(seed + 2)
+        for c in ("DNA", "Membrane"):
+            counts = _camera(clean[c] * LOW_SNR_EXPOSURE, weak).astype(np.float64)
+            counts += weak.normal(0.0, READ_NOISE, counts.shape)
+            channels.append(np.clip(np.rint(counts), 0, np.iinfo(np.uint16).max).astype(np.uint16))
+    return np.stack(channels, axis=1)
 
 
 def _fmt(version: str) -> Any:
@@ -229,15 +245,16 @@ def _write_synthetic(
     levels: int = 2,
     chunks: Sequence[int] | None = None,
     translocation: float = 0.0,
+    low_snr: bool = False,
 ) -> np.ndarray:
     """Render one synthetic (t, c, z, y, x) image and write it with its labels and voxel size."""
-    data = _synthetic_tczyx(shape, seed, translocation)
+    data = _synthetic_tczyx(shape, seed, translocation, low_snr)
     save_image(
         group,
         data,
         "tczyx",
         ngff_version=ngff_version,
-        channel_labels=CHANNELS,
+        channel_labels=CHANNELS + (LOW_SNR if low_snr else ()),
         scale={"t": 60.0, "z": VOXEL_UM[0], "y": VOXEL_UM[1], "x": VOXEL_UM[2]},
         chunks=chunks,
         levels=levels,
@@ -253,6 +270,7 @@ def make_image(
     seed: int = 0,
     levels: int = 2,
     chunks: Sequence[int] | None = None,
+    low_snr: bool = False,
 ) -> Path:
     """Write a synthetic single image (a time-lapse when ``shape[0] > 1``) with BF, DNA, Membrane.
 
@@ -270,13 +288,16 @@ def make_image(
         Pyramid levels.
     chunks
         (t, c, z, y, x) chunk shape; default (1, 1, z, 32, 32).
+    low_snr
+        Also the low-SNR acquisitions ``"DNA lowSNR"`` and ``"Membrane lowSNR"`` (a denoising
+        task: a hundredth of the exposure, with read noise).
 
     Returns
     -------
     pathlib.Path
         ``path``.
     """
-    data = _write_synthetic(path, shape, seed, ngff_version, levels, chunks)
+    data = _write_synthetic(path, shape, seed, ngff_version, levels, chunks, low_snr=low_snr)
     logger.info("wrote synthetic image %s %s", path, data.shape)
     return Path(path)
 
@@ -292,6 +313,7 @@ def make_plate(
     seed: int = 0,
     levels: int = 2,
     chunks: Sequence[int] | None = None,
+    low_snr: bool = False,
 ) -> Path:
     """Write a synthetic HCS plate: every well of ``rows`` × ``columns`` with ``fields`` fields.
 
@@ -315,6 +337,7 @@ def make_plate(
                 ngff_version,
                 levels,
                 chunks,
+                low_snr=low_snr,
             )
         write_well_metadata(well_group, [{"path": str(f)} for f in range(fields)], fmt=fmt)
     write_plate_metadata(

@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, ParameterError, option
+from .chains import QuantileChainsHead, bounded, quantile_loss
 from .denoiser import Denoiser, ResBlock, _conv
-from .diffusion import DiffusionArchitecture
+from .diffusion import _MODULE_KEYS, DiffusionArchitecture
+from .heads import OutputHead
 
 __all__ = ["ControlArchitecture", "ControlBranch", "ControlledDenoiser", "backbone_kwargs"]
 
@@ -37,7 +39,9 @@ class ControlBranch(nn.Module):
     """A copy of a backbone's stem, down path and middle blocks, plus the condition's input
     and the zero convolutions that hand its features to the backbone."""
 
-    def __init__(self, backbone: Denoiser, cond_channels: int, ndim: int, norm: str) -> None:
+    def __init__(
+        self, backbone: Denoiser, cond_channels: int, ndim: int, norm: str, bounds: bool = False
+    ) -> None:
         super().__init__()
         conv = _conv(ndim)
         self.levels = backbone.levels
@@ -65,7 +69,12 @@ class ControlBranch(nn.Module):
             for level in backbone.down
         )
         self.zero_mid = conv(width, width, 1)
-        for layer in (self.hint, self.zero_mid, *self.zero):
+        # FluoGen's uncertainty heads: lower/upper offsets beside the output convolution
+        self.bounds = (
+            conv(backbone.width, 2 * backbone.out_channels, 3, padding=1) if bounds else None
+        )
+        zeroed = (self.hint, self.zero_mid, *self.zero, *([self.bounds] if bounds else []))
+        for layer in zeroed:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -91,12 +100,17 @@ class ControlBranch(nn.Module):
 
 
 class ControlledDenoiser(nn.Module):
-    """A frozen backbone steered by a control branch: (condition, noisy target) → objective."""
+    """A frozen backbone steered by a control branch: (condition, noisy target) → objective.
 
-    def __init__(self, backbone: Denoiser, cond_channels: int, ndim: int, norm: str) -> None:
+    With ``bounds``, the objective's median, lower and upper quantiles (head-major).
+    """
+
+    def __init__(
+        self, backbone: Denoiser, cond_channels: int, ndim: int, norm: str, bounds: bool = False
+    ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.branch = ControlBranch(backbone, cond_channels, ndim, norm)
+        self.branch = ControlBranch(backbone, cond_channels, ndim, norm, bounds)
         self.cond_channels = cond_channels
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -111,7 +125,11 @@ class ControlledDenoiser(nn.Module):
     ) -> torch.Tensor:
         cond, x_t = x[:, : self.cond_channels], x[:, self.cond_channels :]
         emb = self.backbone.embed(t, classes)
-        return self.backbone(x_t, t, classes, control=self.branch(x_t, cond, emb))
+        control = self.branch(x_t, cond, emb)
+        if self.branch.bounds is None:
+            return self.backbone(x_t, t, classes, control=control)
+        features = self.backbone.features(x_t, t, classes, control=control)
+        return bounded(self.backbone.conv_out(features), self.branch.bounds(features))
 
 
 def backbone_kwargs(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
@@ -157,6 +175,7 @@ class ControlArchitecture(DiffusionArchitecture):
             int(kwargs["in_channels"]),
             int(kwargs.get("ndim", 2)),
             str(kwargs.get("norm", "pixel")),
+            bounds=bool(kwargs.get("quantiles")),
         )
         path = Path(str(ref.get("path", "")))
         if ref.get("path") and (path / "card.json").is_file():
@@ -165,8 +184,39 @@ class ControlArchitecture(DiffusionArchitecture):
         return module
 
     def channels(self, kwargs: dict[str, Any], n_inputs: int, n_outputs: int) -> dict[str, Any]:
-        inner = super().channels({k: v for k, v in kwargs.items() if k != "backbone"}, 0, n_outputs)
-        return {**inner, "in_channels": n_inputs, "backbone": kwargs.get("backbone")}
+        head = kwargs.get("head")
+        if head and head.get("kind") != "quantiles":
+            raise ParameterError(
+                f"a control branch takes a quantiles head (FluoGen's bounds), not "
+                f"{head.get('kind')!r} ({option('head=', '--head')} quantiles)"
+            )
+        n_targets = n_outputs // (3 if head else 1)
+        rest = {k: v for k, v in kwargs.items() if k not in ("backbone", "head")}
+        inner = super().channels(rest, 0, n_targets)
+        if int(inner["out_channels"]) != n_targets:
+            raise ParameterError(
+                f"the backbone models {inner['out_channels']} fluorescence channel(s), not "
+                f"{n_targets}: train the branch on the backbone's targets, in its order"
+            )
+        out = {**inner, "in_channels": n_inputs, "backbone": kwargs.get("backbone")}
+        if head:
+            out.update(head=head, quantiles=True)
+        return out
+
+    def output_head(self, kwargs: dict[str, Any]) -> OutputHead:
+        """The three quantile chains' head with quantile heads, else the samples' head."""
+        if (kwargs.get("head") or {}).get("kind") == "quantiles":
+            spec = {k: v for k, v in kwargs["head"].items() if k != "kind"}
+            return QuantileChainsHead(**_head_options(spec))
+        return super().output_head(kwargs)
+
+    def objective_loss(
+        self, kwargs: dict[str, Any], pred: torch.Tensor, target: torch.Tensor, mask: Any
+    ) -> torch.Tensor:
+        """With quantile heads: the median's MSE plus the bounds' pinball on the objective."""
+        if kwargs.get("quantiles"):
+            return quantile_loss(pred, target, mask, float(kwargs["head"].get("alpha", 0.1)))
+        return super().objective_loss(kwargs, pred, target, mask)
 
     def train_kwargs(self, config: Any) -> dict[str, Any]:
         if not getattr(config, "backbone", None):
@@ -175,12 +225,26 @@ class ControlArchitecture(DiffusionArchitecture):
                 f"{option('backbone=', '--backbone PATH')}"
             )
         model, inherited = backbone_kwargs(config.backbone)
+        fixed = sorted(set(config.model_kwargs or {}) & set(_MODULE_KEYS) - {"in_channels"})
+        clash = [k for k in fixed if config.model_kwargs[k] != inherited.get(k)]
+        if clash:
+            raise ParameterError(
+                "a control branch copies its backbone's network ("
+                + ", ".join(f"{k}={inherited.get(k)!r}" for k in clash)
+                + f"); drop model_kwargs {', '.join(clash)}"
+            )
+        if config.head not in ("value", "quantiles"):
+            raise ParameterError(
+                f"a control branch takes a quantiles head (FluoGen's bounds), not "
+                f"{config.head!r} ({option('head=', '--head')} quantiles)"
+            )
+        head = {"head": config.output_head().to_kwargs()} if config.head == "quantiles" else {}
         ref = {
             "content_hash": model.content_hash,
             "path": str(Path(config.backbone).resolve()),
             "embedded": bool(getattr(config, "embed_backbone", False)),
         }
-        return {**inherited, **(config.model_kwargs or {}), "backbone": ref}
+        return {**inherited, **(config.model_kwargs or {}), **head, "backbone": ref}
 
     def trainable(self, module: nn.Module) -> set[str] | None:
         """The branch only: the backbone stays frozen."""
@@ -223,3 +287,11 @@ def _load_backbone(module: ControlledDenoiser, ref: dict[str, Any]) -> None:
     module.backbone.load_state_dict(backbone.module.state_dict(), strict=True)
     for p in module.backbone.parameters():
         p.requires_grad_(False)
+
+
+def _head_options(spec: dict[str, Any]) -> dict[str, Any]:
+    from .heads import Calibration
+
+    if isinstance(spec.get("calibration"), dict):
+        spec = {**spec, "calibration": Calibration.from_dict(spec["calibration"])}
+    return spec

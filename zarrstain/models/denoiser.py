@@ -231,6 +231,16 @@ class Denoiser(nn.Module):
         embedding added, for models trained without classes). ``control``: residuals a
         control branch adds to each skip and to the middle blocks' output (ControlNet).
         """
+        return self.conv_out(self.features(x, t, classes, control))
+
+    def features(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        classes: torch.Tensor | None = None,
+        control: tuple[list[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The features the output convolution reads (quantile heads read them too)."""
         emb = self.embed(t, classes)
         h, skips = self.encode(self.stem(x), emb)
         if control is not None:
@@ -242,7 +252,7 @@ class Denoiser(nn.Module):
                 h = block(h, emb)
             if j < self.levels - 1:
                 h = self.upsample[j](functional.interpolate(h, scale_factor=2, mode="nearest"))
-        return self.conv_out(functional.silu(self.norm_out(h)))
+        return functional.silu(self.norm_out(h))
 
 
 @cache

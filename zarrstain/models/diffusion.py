@@ -24,9 +24,9 @@ Run options (:meth:`DiffusionArchitecture.configure`, set by ``predict``): ``sam
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -36,12 +36,15 @@ from torch import nn
 
 from .. import noise
 from ..errors import ParameterError, option
-from .architecture import Architecture, BlockContext, Geometry, Head
+from .architecture import Architecture, BlockContext, Geometry
+from .chains import CHAINS, SamplesHead, drive
 from .denoiser import ATTENTION, NORMS, Denoiser, denoiser_receptive_radius
 from .heads import OutputHead, _masked_mean
 from .schedules import OBJECTIVES, SCHEDULES, Schedule, make_schedule, timesteps
 
 __all__ = ["SAMPLERS", "DiffusionArchitecture", "SamplesHead", "schedule_of"]
+
+logger = logging.getLogger(__name__)
 
 SAMPLERS = ("ddim", "ddpm")
 #: random-number purposes: the initial noise, and the noise each stochastic step adds
@@ -52,47 +55,6 @@ _MODULE_KEYS = ("ndim", "in_channels", "out_channels", "width", "mults", "blocks
 USER_OPTIONS = ("sampler", "steps", "eta", "samples", "keep_samples", "class_label",
                 "cfg_scale", "guidance", "guidance_scale", "guidance_class",
                 "scratch_every")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SamplesHead(OutputHead):
-    """K samples per target → their mean, standard deviation (K > 1) and, kept, the samples.
-
-    The raw channels are sample-major (sample k, target j at k·targets + j), as the sampler
-    stacks them; the outputs are target-major like every head's. The std is the unbiased
-    sample standard deviation (ddof 1): the generative uncertainty.
-    """
-
-    kind: str = "samples"
-    loss_name: str = "MSE (diffusion objective)"
-    samples: int = 1
-    keep: bool = False
-
-    @property
-    def raw_channels(self) -> int:
-        return self.samples
-
-    @property
-    def outputs(self) -> tuple[Head, ...]:
-        heads = [Head("value")]
-        if self.samples > 1:
-            heads.append(Head("std", " std", dtype="float32"))
-        if self.keep:
-            heads += [Head("value", f" sample {k}") for k in range(self.samples)]
-        return tuple(heads)
-
-    def reduce(self, raw: torch.Tensor) -> torch.Tensor:
-        n, c = raw.shape[:2]
-        per = raw.reshape(n, self.samples, c // self.samples, *raw.shape[2:])
-        parts = [per.mean(1)]
-        if self.samples > 1:
-            parts.append(per.std(1, correction=1))
-        if self.keep:
-            parts += list(per.unbind(1))
-        return torch.stack(parts, 2).reshape(n, -1, *raw.shape[2:])
-
-    def to_kwargs(self) -> dict[str, Any] | None:
-        return None  # run options, not part of the card
 
 
 @lru_cache(maxsize=16)
@@ -188,8 +150,7 @@ class DiffusionArchitecture(Architecture):
 
     def pass_channels(self, kwargs: dict[str, Any], step: int, n_in: int, n_out: int) -> int:
         """The condition, then every sample's state."""
-        o = self._options(kwargs)
-        return n_in + int(o["samples"]) * int(kwargs["out_channels"])
+        return n_in + _states(self._options(kwargs)) * int(kwargs["out_channels"])
 
     def bytes_per_voxel(self, kwargs: dict[str, Any]) -> int:
         """The denoiser's feature maps, per sample (twice with classifier-free guidance).
@@ -199,7 +160,7 @@ class DiffusionArchitecture(Architecture):
         16, 32 → 316, 564, 1080 B/voxel (more on small planes, where fixed costs weigh).
         """
         o = self._options(kwargs)
-        batch = int(o["samples"]) * (2 if o["cfg_scale"] else 1)
+        batch = _states(o) * (2 if o["cfg_scale"] else 1)
         return (32 * int(kwargs.get("width", 32)) + 200) * batch
 
     def configure(self, kwargs: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
@@ -253,6 +214,21 @@ class DiffusionArchitecture(Architecture):
             ),
             "guidance": given.get("guidance"),
         }
+        # a quantile-head model samples three chains (median, lower, upper) of one sample
+        out["chains"] = CHAINS if (kwargs.get("head") or {}).get("kind") == "quantiles" else 1
+        if out["chains"] > 1 and out["samples"] > 1:
+            raise ParameterError(
+                f"a model with quantile heads samples three chains of one sample, not "
+                f"{out['samples']}; drop {option('samples=', '--samples')} (or use a model "
+                "without quantile heads for a sample ensemble)"
+            )
+        calibrated = ((kwargs.get("head") or {}).get("calibration") or {}).get("sampling")
+        if check_class and calibrated and calibrated != {"sampler": sampler, "steps": steps}:
+            logger.warning(
+                "this model's intervals were calibrated with %s; sampling with %s %d steps "
+                "gives intervals of another width (recalibrate at these settings)",
+                calibrated, sampler, steps,
+            )  # fmt: skip
         if check_class:
             out.update(
                 _class_options(
@@ -286,7 +262,7 @@ class DiffusionArchitecture(Architecture):
                 "a diffusion model needs its run options; predict sets them, or use "
                 "model.with_options(...)"
             )
-        k, n_targets = int(o["samples"]), int(o["targets"])
+        k, n_targets = _states(o), int(o["targets"])
         schedule, ts = (
             schedule_of(o["schedule"]),
             timesteps(int(o["schedule"]["timesteps"]), int(o["steps"])),
@@ -294,7 +270,7 @@ class DiffusionArchitecture(Architecture):
         n_cond = x.shape[1] - (k * n_targets if context.step else 0)
         cond = x[:, :n_cond]
         if context.step == 0:
-            state = _noise(context, k, n_targets, x.shape[2:], ("init", 0))
+            state = _noise(context, o, n_targets, x.shape[2:], ("init", 0))
         else:
             state = x[:, n_cond:]
         t = ts[context.step]
@@ -311,7 +287,7 @@ class DiffusionArchitecture(Architecture):
         step_noise = None
         stochastic = o["sampler"] == "ddpm" or o["eta"] > 0
         if stochastic and prev >= 0:
-            step_noise = _per_sample(_noise(context, k, n_targets, x.shape[2:], ("step", t)), k)
+            step_noise = _per_sample(_noise(context, o, n_targets, x.shape[2:], ("step", t)), k)
         if o["sampler"] == "ddpm":
             mean = schedule.posterior_mean(x0, flat, t, prev)
             if grad is not None:  # guided-diffusion: μ + s·Σ·∇ log p(class | x_t)
@@ -374,6 +350,12 @@ class DiffusionArchitecture(Architecture):
         if not kwargs.get("class_names"):
             classes = None
         pred = module(torch.cat([cond, x_t], 1), t, classes)
+        return self.objective_loss(kwargs, pred, target, mask)
+
+    def objective_loss(
+        self, kwargs: dict[str, Any], pred: torch.Tensor, target: torch.Tensor, mask: Any
+    ) -> torch.Tensor:
+        """The training loss of the denoiser's prediction of its objective (MSE)."""
         return _masked_mean((pred - target) ** 2, mask)
 
 
@@ -393,7 +375,7 @@ PUBLISHED = {"width": 64, "mults": [1, 2, 4, 8], "blocks": 2, "timesteps": 2000,
              "beta_start": 1e-6, "beta_end": 1e-2}  # fmt: skip
 
 #: keys :meth:`DiffusionArchitecture.configure` derives (accepted back, recomputed)
-_DERIVED = ("class_index", "schedule", "objective", "targets", "guidance_target")
+_DERIVED = ("class_index", "schedule", "objective", "targets", "guidance_target", "chains")
 
 
 def _class_options(
@@ -443,10 +425,23 @@ def _per_sample(state: torch.Tensor, k: int) -> torch.Tensor:
     return state.reshape(n * k, c // k, *state.shape[2:])
 
 
+def _states(o: Mapping[str, Any]) -> int:
+    """The states a sampler carries per voxel and target: its samples, or its chains."""
+    return int(o["samples"]) * int(o.get("chains", 1))
+
+
 def _noise(
-    context: BlockContext, k: int, n_targets: int, spatial: tuple[int, ...], purpose: tuple
+    context: BlockContext,
+    o: Mapping[str, Any],
+    n_targets: int,
+    spatial: tuple[int, ...],
+    purpose: tuple,
 ) -> torch.Tensor:
-    """(N, K·targets, …) standard normal noise of this block from global coordinates."""
+    """(N, states·targets, …) standard normal noise of this block from global coordinates.
+
+    Every chain of a sample gets that sample's noise (the chains differ by what drives them).
+    """
+    k, chains = int(o["samples"]), int(o.get("chains", 1))
     tag = _INIT if purpose[0] == "init" else _STEP
     planes = []
     for origin in context.origins:
@@ -459,7 +454,8 @@ def _noise(
             for j in range(n_targets)
         ]
         planes.append(np.stack(per))
-    return torch.from_numpy(np.stack(planes)).to(context.device)
+    out = torch.from_numpy(np.stack(planes)).to(context.device)
+    return out.repeat(1, chains, *(1,) * len(spatial)) if chains > 1 else out
 
 
 def _denoise(
@@ -482,4 +478,6 @@ def _denoise(
         null = torch.full_like(steps, module.classes.num_embeddings - 1)
         uncond = module(inp, steps, null).float()
         pred = pred + o["cfg_scale"] * (pred - uncond)
+    if o.get("chains", 1) > 1:  # each chain's own quantile of the objective
+        pred = drive(pred, int(o["chains"]))
     return schedule.to_x0_eps(o["objective"], pred, state, t)

@@ -65,6 +65,9 @@ class Calibration:
     scenes, units
         The calibration scenes, and how many calibration units (pixels for CQR, images for
         RCPS) the adjustment came from.
+    sampling
+        Sampled models: the sampler settings the calibration predicted with (``sampler``,
+        ``steps``); the interval is calibrated for those.
     """
 
     method: str
@@ -73,6 +76,7 @@ class Calibration:
     delta: float | None = None
     scenes: tuple[str, ...] = ()
     units: int = 0
+    sampling: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
@@ -83,6 +87,7 @@ class Calibration:
             delta=None if d.get("delta") is None else float(d["delta"]),
             scenes=tuple(d.get("scenes", ())),
             units=int(d.get("units", 0)),
+            sampling=dict(d["sampling"]) if d.get("sampling") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
