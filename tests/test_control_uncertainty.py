@@ -182,4 +182,3 @@ def test_control_uncertainty_requests_that_cannot_work(trained, tmp_path):
         zarrstain.train(plate, TrainConfig(**two), tmp_path / "c")
     with pytest.raises(ParameterError, match="three chains of one sample"):
         branch.with_options(samples=2)
-
