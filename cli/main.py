@@ -19,6 +19,7 @@ import click
 import zarrstain
 from zarrstain.errors import ZarrstainError, cli_messages
 
+from .export import export
 from .output import _quiet, _say
 from .progress import Progress, StageProgress
 from .sampling import class_training_options, sampling_options, sampling_settings
@@ -469,6 +470,7 @@ def demo(directory: Path) -> None:
 
 
 cli.add_command(calibrate)
+cli.add_command(export)
 
 
 def main() -> None:

@@ -82,3 +82,19 @@ def test_class_guided_diffusion_example_runs_quickly(tmp_path, monkeypatch):
     result = json.loads((tmp_path / "class_guided_diffusion.json").read_text())
     assert len(result["summary"]) == 6 and len(result["rows"]) == 6 * 8
     assert all(np.isfinite(r["pcc"]) for r in result["rows"])
+
+
+def test_few_shot_control_example(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(
+        sys, "argv", ["example", str(tmp_path), "--steps", "3", "--backbone-steps", "3"]
+    )
+    runpy.run_path(str(EXAMPLES / "few_shot_control.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "CQR margin:" in out and "denoising (one field)" in out
+    written = zarrstain.open_image(tmp_path / "plate.zarr", "C/1/0")
+    assert list(written.c.values)[-3:] == [
+        f"DNA (predicted){s}" for s in ("", " lower", " upper")
+    ]
+    assert (tmp_path / "evaluation" / "evaluation.csv").is_file()
+    card = zarrstain.load_model(tmp_path / "branch-staining-calibrated")
+    assert card.head.calibration.sampling == {"sampler": "ddim", "steps": 10}

@@ -23,9 +23,13 @@ SMALL = {
 #: architectures that write their own channels (a sampler's mean and std, class
 #: probabilities), not a head's
 OWN_OUTPUTS = {"diffusion", "classifier"}
-#: architectures built on another package (a control branch needs its backbone): their
-#: contract (shapes, radius, exact tiling, package round trip) is tested in these files
-CONTRACT_ELSEWHERE = {"control": "tests/test_control.py"}
+#: architectures built on another package (a control branch needs its backbone) or loaded
+#: from a file only (TorchScript): their contract (shapes, radius, exact tiling, package
+#: round trip) is tested in these files
+CONTRACT_ELSEWHERE = {
+    "control": "tests/test_control.py",
+    "torchscript": "tests/test_torchscript.py",
+}
 assert set(ARCHITECTURES) <= set(SMALL) | set(CONTRACT_ELSEWHERE), "add new architectures"
 
 

@@ -14,6 +14,7 @@ from .card import is_package, load_package, save_model
 from .fnet_compat import is_fnet_checkpoint, load_fnet_checkpoint
 from .model import Model, state_dict_hash
 from .registry import ARCHITECTURES, build, get_architecture, register
+from .torchscript import export_torchscript, is_torchscript, load_torchscript
 from .unet import FnetUNet, fnet_receptive_radius
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Model",
     "build",
     "create_model",
+    "export_torchscript",
     "fnet_receptive_radius",
     "get_architecture",
     "load_fnet_checkpoint",
@@ -88,7 +90,12 @@ def create_model(
     return model
 
 
-def load_model(path: str | os.PathLike, *, output_label: str | None = None) -> Model:
+def load_model(
+    path: str | os.PathLike,
+    *,
+    output_label: str | None = None,
+    card: dict[str, Any] | str | os.PathLike | None = None,
+) -> Model:
     """Load a model from disk.
 
     Parameters
@@ -100,6 +107,9 @@ def load_model(path: str | os.PathLike, *, output_label: str | None = None) -> M
         Label of the predicted channel (models of one target; a head's other channels follow
         it: ``"Nuclei"``, ``"Nuclei lower"``, ...); pytorch_fnet checkpoints carry none and
         default to ``"<folder> (predicted)"``.
+    card
+        TorchScript files without a card inside or beside them (``model.json``): the card
+        (a dict or a JSON path; see :mod:`zarrstain.models.torchscript`).
 
     Raises
     ------
@@ -115,10 +125,13 @@ def load_model(path: str | os.PathLike, *, output_label: str | None = None) -> M
         model = load_package(p)
     elif is_fnet_checkpoint(p):
         return load_fnet_checkpoint(p, output_label=output_label)
+    elif is_torchscript(p):
+        model = load_torchscript(p, card)
     else:
         raise ModelError(
             f"{path!s} is not a model zarrstain can load: expected a zarrstain model folder "
-            "(card.json + weights.pt) or a pytorch_fnet model.p (or a folder holding one)"
+            "(card.json + weights.pt), a pytorch_fnet model.p (or a folder holding one) or a "
+            "TorchScript file"
         )
     if output_label is not None:
         heads = model.spec.heads(model.kwargs)

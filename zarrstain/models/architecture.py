@@ -185,6 +185,8 @@ class Architecture:
     stochastic: bool = False
     #: names :meth:`loss` in training provenance
     loss_name: str = "MSE"
+    #: ``zarrstain train`` can train it (False: models loaded from files only, TorchScript)
+    trains: bool = True
     #: decay of the weights' moving average training keeps and saves (0: none)
     default_ema: float = 0.0
     #: class labels: "" (none), "optional" (a class embedding when trained with a class map),

@@ -82,6 +82,9 @@ def save_model(
         "format_version": 1,
         # run options belong to one prediction, not to the package
         **{k: v for k, v in model.describe().items() if k not in ("source", "options")},
+        # of the weights as saved (a module changed in place since the model was made would
+        # otherwise get a stale hash, and the package would load as damaged)
+        "content_hash": state_dict_hash(model.module, model.architecture, model.kwargs),
         "training": training or {},
         "weights": WEIGHTS,
         "zarrstain_version": __version__,

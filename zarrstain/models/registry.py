@@ -17,6 +17,7 @@ from .classifier import ClassifierArchitecture
 from .control import ControlArchitecture
 from .diffusion import DiffusionArchitecture
 from .fnet import FnetArchitecture
+from .torchscript import TorchScriptArchitecture
 
 __all__ = ["ALIASES", "ARCHITECTURES", "build", "get_architecture", "register"]
 
@@ -88,3 +89,4 @@ register(FnetArchitecture())
 register(DiffusionArchitecture())
 register(ClassifierArchitecture())
 register(ControlArchitecture())
+register(TorchScriptArchitecture())

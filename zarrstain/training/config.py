@@ -23,7 +23,7 @@ FREEZE = ("none", "all-but-projection", "all-but-head")
 
 def training_models() -> list[str]:
     """Names ``TrainConfig.model`` accepts: the fnet aliases and every registered architecture."""
-    return [*ALIASES, *(name for name in ARCHITECTURES if name != "fnet")]
+    return [*ALIASES, *(n for n, a in ARCHITECTURES.items() if n != "fnet" and a.trains)]
 
 
 @dataclass
@@ -92,7 +92,7 @@ class TrainConfig:
     def architecture(self) -> tuple[Architecture, dict[str, Any]]:
         """The registered architecture ``model`` names, and the module arguments it implies."""
         name, fixed = ALIASES.get(self.model, (self.model, {}))
-        if name not in ARCHITECTURES:
+        if name not in ARCHITECTURES or not ARCHITECTURES[name].trains:
             raise ParameterError(
                 f"model {self.model!r} is not a registered architecture; choose one of "
                 f"{', '.join(training_models())} ({option('model=', '--model')})"
