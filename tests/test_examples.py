@@ -92,9 +92,7 @@ def test_few_shot_control_example(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "CQR margin:" in out and "denoising (one field)" in out
     written = zarrstain.open_image(tmp_path / "plate.zarr", "C/1/0")
-    assert list(written.c.values)[-3:] == [
-        f"DNA (predicted){s}" for s in ("", " lower", " upper")
-    ]
+    assert list(written.c.values)[-3:] == [f"DNA (predicted){s}" for s in ("", " lower", " upper")]
     assert (tmp_path / "evaluation" / "evaluation.csv").is_file()
     card = zarrstain.load_model(tmp_path / "branch-staining-calibrated")
     assert card.head.calibration.sampling == {"sampler": "ddim", "steps": 10}
