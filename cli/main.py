@@ -284,7 +284,7 @@ def _ints(value: str | None) -> list[int] | None:
 
 
 @cli.command()
-@click.argument("stores", nargs=-1, required=True)
+@click.argument("stores", nargs=-1)
 @click.option("--input", "inputs", multiple=True, help="Input channel label (repeat for several).")
 @click.option("--target", "targets", multiple=True, help="Target channel label (repeat).")
 @click.option("--out", required=True, help="Model package folder to write.")
@@ -348,7 +348,8 @@ def _ints(value: str | None) -> list[int] | None:
     "config_file",
     default=None,
     type=click.Path(exists=True),
-    help="TOML file with any of these settings (flags override it).",
+    help="Experiment file, YAML or TOML: these settings, flat or in data/model/training "
+    "sections (flags override it; its data.stores when no STORES are given).",
 )
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace the model package in --out.")
@@ -357,6 +358,12 @@ def train(stores, inputs, targets, out, config_file, paper, resume, overwrite, *
     """Train a model on paired channels of STORES (OME-Zarr) and save it as a model package."""
     from zarrstain.training import TrainConfig, build_config
     from zarrstain.training import train as run_training
+    from zarrstain.training.experiment import read_experiment
+
+    if not stores and config_file:
+        stores = read_experiment(config_file)[0]
+    if not stores:
+        raise click.UsageError("give the training STORES, or data.stores in a --config file")
 
     options = {k: v for k, v in options.items() if v not in (None, ())}
     options["model"] = options.pop("arch", None) or None

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError, option
@@ -220,16 +218,15 @@ def _positive_int(name: str, value: Any) -> None:
 def build_config(
     file: str | os.PathLike | None = None, *, paper: bool = False, **overrides: Any
 ) -> TrainConfig:
-    """A :class:`TrainConfig` from a TOML file, ``paper`` defaults and keyword overrides.
+    """A :class:`TrainConfig` from an experiment file, ``paper`` defaults and keyword overrides.
 
-    Unknown keys and missing inputs/targets raise :class:`~zarrstain.errors.ParameterError`.
+    The file is YAML or TOML, flat or in sections (:mod:`zarrstain.training.experiment`; its
+    stores are :func:`~zarrstain.training.experiment.read_experiment`'s). Unknown keys and
+    missing inputs/targets raise :class:`~zarrstain.errors.ParameterError`.
     """
-    values: dict[str, Any] = {}
-    if file is not None:
-        try:
-            values = tomllib.loads(Path(file).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ParameterError(f"cannot read the config {file}: {exc}") from None
+    from .experiment import read_experiment
+
+    values: dict[str, Any] = read_experiment(file)[1] if file is not None else {}
     values.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)

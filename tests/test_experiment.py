@@ -1,0 +1,138 @@
+"""Experiment files: YAML or TOML, flat or in data/model/training sections, checked key by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zarrstain import datasets
+from zarrstain.errors import ParameterError
+from zarrstain.training import build_config
+from zarrstain.training.experiment import read_experiment
+
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+
+YAML = """
+data:
+  stores: [plate.zarr]
+  inputs: [BF]
+  targets: [DNA]
+  patch: [64, 64]
+  normalization: zscore
+model:
+  architecture: fnet2d
+  kwargs: {depth: 3, mult_chan: 8}
+  head: quantiles
+training:
+  loss: auto
+  optimizer: {name: adam, lr: 0.002, betas: [0.5, 0.999]}
+  schedule: {name: constant}
+  steps: 7
+  batch_size: 3
+"""
+TOML = """
+[data]
+stores = ["plate.zarr"]
+inputs = ["BF"]
+targets = ["DNA"]
+patch = [64, 64]
+normalization = "zscore"
+[model]
+architecture = "fnet2d"
+kwargs = { depth = 3, mult_chan = 8 }
+head = "quantiles"
+[training]
+loss = "auto"
+optimizer = { name = "adam", lr = 0.002, betas = [0.5, 0.999] }
+schedule = { name = "constant" }
+steps = 7
+batch_size = 3
+"""
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_toml_sections_make_the_same_config(tmp_path):
+    y, t = _write(tmp_path, "exp.yaml", YAML), _write(tmp_path, "exp.toml", TOML)
+    stores, values = read_experiment(y)
+    assert stores == [str(tmp_path / "plate.zarr")]  # relative to the file
+    assert read_experiment(t) == (stores, values)
+    config = build_config(y)
+    assert (config.model, config.depth, config.mult_chan, config.head) == (
+        "fnet2d",
+        3,
+        8,
+        "quantiles",
+    )
+    assert (config.lr, config.betas, config.steps, config.batch_size) == (0.002, (0.5, 0.999), 7, 3)
+    assert build_config(y, steps=9).steps == 9  # flags override the file
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("  patch: [64, 64]", "  pach: [64, 64]"),
+            r"unknown key data\.pach; allowed: stores, inputs",
+        ),
+        (("name: adam", "name: sgd"), r"training\.optimizer\.name 'sgd' is not one of adam"),
+        (("{name: constant}", "{name: cosine}"), r"training\.schedule .*allowed constant"),
+        (("loss: auto", "loss: l1"), r"training\.loss 'l1' is not one of auto"),
+        (("architecture: fnet2d", "architecture: unet9"), r"model 'unet9' is not a registered"),
+        (("training:", "trainer:"), r"unknown section 'trainer'; an experiment has sections"),
+    ],
+    ids=["bad-key", "bad-optimizer", "bad-schedule", "bad-loss", "bad-architecture", "section"],
+)
+def test_a_bad_key_or_value_gives_one_clear_error(tmp_path, edit, message):
+    path = _write(tmp_path, "exp.yaml", YAML.replace(*edit))
+    with pytest.raises(ParameterError, match=message):
+        build_config(path)
+
+
+def test_a_missing_section_and_unreadable_files(tmp_path):
+    no_model = YAML.split("model:")[0] + "training:" + YAML.split("training:")[1]
+    with pytest.raises(ParameterError, match="missing section 'model'"):
+        build_config(_write(tmp_path, "a.yaml", no_model))
+    with pytest.raises(ParameterError, match="is not valid YAML"):
+        build_config(_write(tmp_path, "b.yaml", "data: [unclosed"))
+    with pytest.raises(ParameterError, match="is not valid TOML"):
+        build_config(_write(tmp_path, "c.toml", "data = ["))
+    flat = _write(tmp_path, "flat.toml", 'inputs = ["BF"]\ntargets = ["DNA"]\nmodel = "fnet2d"\n')
+    assert build_config(flat).model == "fnet2d"  # the flat layout still reads
+
+
+@pytest.mark.parametrize("name", ["fnet_paper.yaml", "isl.yaml", "control_branch.toml"])
+def test_the_example_recipes_read(name):
+    stores, values = read_experiment(CONFIGS / name)
+    assert len(stores) == 1 and values["targets"]
+    if name != "control_branch.toml":  # that one needs its backbone to exist
+        config = build_config(CONFIGS / name)
+        assert config.steps == {"fnet_paper.yaml": 50_000, "isl.yaml": 600}[name]
+    else:
+        assert values["backbone"].endswith("models/backbone") and values["head"] == "quantiles"
+
+
+def test_cli_trains_from_an_experiment_file_alone(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    datasets.make_image(tmp_path / "plate.zarr", shape=(1, 1, 64, 64))
+    text = (
+        YAML.replace("fnet2d", "fnet2d")
+        .replace("depth: 3", "depth: 2")
+        .replace("steps: 7", "steps: 2")
+    )
+    path = _write(tmp_path, "exp.yaml", text.replace("[64, 64]", "[32, 32]"))
+    runner = CliRunner()
+    done = runner.invoke(cli, ["train", "--config", str(path), "--out", str(tmp_path / "m"),
+                               "--device", "cpu"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "m" / "card.json").is_file()
+    none = runner.invoke(cli, ["train", "--out", str(tmp_path / "n")])
+    assert none.exit_code != 0 and "STORES" in none.output

@@ -1,0 +1,185 @@
+"""Experiment files: a whole training run described in YAML or TOML (MMV_Im2Im's habit).
+
+Two layouts are read. *Flat*: :class:`~zarrstain.training.TrainConfig`'s keys at the top level
+(what ``--config`` has always read). *Sectioned*, as MMV_Im2Im describes an experiment:
+
+.. code-block:: yaml
+
+    data:                       # where the pairs come from
+      stores: [plate.zarr]
+      inputs: [BF]
+      targets: [DNA]
+      scenes: [A/1/0, A/2/0]    # optional, as val_scenes, val_fraction, patch, normalization
+    model:                      # what learns
+      architecture: fnet2d
+      kwargs: {depth: 4, mult_chan: 32}
+      head: value               # optional, as bins, alpha, init, freeze, backbone, ...
+    training:                   # how
+      loss: auto                # the model's own (MSE, pinball, cross-entropy, diffusion)
+      optimizer: {name: adam, lr: 0.001, betas: [0.9, 0.999]}
+      schedule: {name: constant}
+      steps: 5000
+      batch_size: 24
+
+All three sections are required; every key is checked, and a bad one is named with the keys
+(or values) allowed. Relative paths (stores, ``model.backbone``, ``model.init``) are read
+from the file's folder. The file's suffix chooses the parser (``.yaml``/``.yml`` or ``.toml``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ..errors import ParameterError
+
+__all__ = ["SECTIONS", "read_experiment"]
+
+#: per section, its keys → the TrainConfig field each fills (None: handled apart)
+SECTIONS: dict[str, dict[str, str | None]] = {
+    "data": {"stores": None, "inputs": "inputs", "targets": "targets", "scenes": "scenes",
+             "val_scenes": "val_scenes", "val_fraction": "val_fraction", "patch": "patch",
+             "normalization": "normalization", "classes": "classes",
+             "class_key": "class_key", "val_patches": "val_patches"},
+    "model": {"architecture": "model", "kwargs": None, "head": "head", "bins": "bins",
+              "bins_range": "bins_range", "head_outputs": "head_outputs", "alpha": "alpha",
+              "init": "init", "freeze": "freeze", "backbone": "backbone",
+              "embed_backbone": "embed_backbone", "unconditional": "unconditional",
+              "class_dropout": "class_dropout", "ema": "ema"},
+    "training": {"loss": None, "optimizer": None, "schedule": None, "steps": "steps",
+                 "batch_size": "batch_size", "seed": "seed", "device": "device",
+                 "validate_every": "validate_every", "checkpoint_every": "checkpoint_every"},
+}  # fmt: skip
+OPTIMIZERS = {"adam": ("lr", "betas")}
+SCHEDULES = ("constant",)
+LOSSES = ("auto",)
+#: kwargs of the fnet architectures that are TrainConfig fields of their own
+_FNET_FIELDS = ("depth", "mult_chan", "projection")
+
+
+def read_experiment(path: str | os.PathLike) -> tuple[list[str], dict[str, Any]]:
+    """The stores and the :class:`~zarrstain.training.TrainConfig` values a file describes.
+
+    Raises
+    ------
+    ParameterError
+        An unreadable file, an unknown section or key, a bad value, or a missing section.
+    """
+    p = Path(path)
+    values = _parse(p)
+    if not isinstance(values, dict):
+        raise ParameterError(f"{p}: an experiment file is a mapping of settings, not {values!r}")
+    if not any(isinstance(values.get(s), dict) for s in SECTIONS):  # flat: TrainConfig's keys
+        stores = _strings(p, "stores", values.pop("stores", []))
+        return [_relative(p, s) for s in stores], values
+    unknown = sorted(set(values) - set(SECTIONS))
+    if unknown:
+        raise ParameterError(
+            f"{p}: unknown section {unknown[0]!r}; an experiment has sections "
+            + ", ".join(SECTIONS)
+        )
+    missing = [s for s in SECTIONS if s not in values]
+    if missing:
+        raise ParameterError(
+            f"{p}: missing section {missing[0]!r}; an experiment has sections "
+            + ", ".join(SECTIONS)
+        )
+    out: dict[str, Any] = {}
+    stores: list[str] = []
+    for section, keys in SECTIONS.items():
+        body = values[section] or {}
+        if not isinstance(body, dict):
+            raise ParameterError(f"{p}: section {section!r} must hold keys, not {body!r}")
+        for key, value in body.items():
+            if key not in keys:
+                raise ParameterError(
+                    f"{p}: unknown key {section}.{key}; allowed: {', '.join(keys)}"
+                )
+            field = keys[key]
+            if field in ("backbone", "init") and isinstance(value, str):
+                out[field] = _relative(p, value)
+            elif field is not None:
+                out[field] = value
+            elif key == "stores":  # relative paths: from the file's folder
+                stores = [_relative(p, s) for s in _strings(p, "data.stores", value)]
+            elif key == "kwargs":
+                out.update(_model_kwargs(p, value, str(body.get("architecture", ""))))
+            else:
+                out.update(_training_extra(p, key, value))
+    return stores, out
+
+
+def _relative(p: Path, path: str) -> str:
+    """A path of the file read from the file's folder (URLs and absolute paths as they are)."""
+    return path if "://" in path or Path(path).is_absolute() else str(p.parent / path)
+
+
+def _parse(p: Path) -> Any:
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ParameterError(f"cannot read the experiment file {p}: {exc}") from None
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ParameterError(f"{p} is not valid YAML: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ParameterError(f"{p} is not valid TOML: {exc}") from None
+
+
+def _strings(p: Path, key: str, value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise ParameterError(f"{p}: {key} must be a path or a list of paths, not {value!r}")
+    return list(items)
+
+
+def _model_kwargs(p: Path, value: Any, architecture: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ParameterError(f"{p}: model.kwargs must hold keys, not {value!r}")
+    own = {k: v for k, v in value.items() if k not in _FNET_FIELDS}
+    out = {k: v for k, v in value.items() if k in _FNET_FIELDS} if "fnet" in architecture else {}
+    rest = own if "fnet" in architecture else dict(value)
+    if rest:
+        out["model_kwargs"] = rest
+    return out
+
+
+def _training_extra(p: Path, key: str, value: Any) -> dict[str, Any]:
+    """training.loss / optimizer / schedule, checked; the TrainConfig fields they set."""
+    if key == "loss":
+        if value not in LOSSES:
+            raise ParameterError(
+                f"{p}: training.loss {value!r} is not one of {', '.join(LOSSES)} (the loss "
+                "follows the model: MSE for values, the head's for bins or quantiles, the "
+                "objective's for diffusion)"
+            )
+        return {}
+    spec = {"name": value} if isinstance(value, str) else value
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ParameterError(f"{p}: training.{key} needs a name, e.g. {{name: ...}}, not {value!r}")
+    name = spec["name"]
+    if key == "schedule":
+        if name not in SCHEDULES or len(spec) > 1:
+            raise ParameterError(
+                f"{p}: training.schedule {spec!r}: allowed {', '.join(SCHEDULES)} (no options)"
+            )
+        return {}
+    if name not in OPTIMIZERS:
+        raise ParameterError(
+            f"{p}: training.optimizer.name {name!r} is not one of {', '.join(OPTIMIZERS)}"
+        )
+    extra = sorted(set(spec) - {"name", *OPTIMIZERS[name]})
+    if extra:
+        raise ParameterError(
+            f"{p}: unknown key training.optimizer.{extra[0]}; allowed: name, "
+            + ", ".join(OPTIMIZERS[name])
+        )
+    return {k: (tuple(v) if k == "betas" else v) for k, v in spec.items() if k != "name"}
