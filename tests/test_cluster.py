@@ -155,3 +155,29 @@ def test_a_killed_worker_costs_only_time(make_store, tmp_path):
         a = zarrstain.open_image(tmp_path / "clean.zarr", sid).values
         b = zarrstain.open_image(tmp_path / "faulty.zarr", sid).values
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_worker_lost_while_the_model_is_sent_does_not_fail_the_run(monkeypatch):
+    """The broadcast is sent again to the survivors; a cluster that keeps failing still raises."""
+    from distributed.comm.core import CommClosedError
+
+    from zarrstain import cluster
+
+    monkeypatch.setattr(cluster.time, "sleep", lambda seconds: None)
+
+    class Flaky:
+        def __init__(self, failures: int) -> None:
+            self.failures, self.calls = failures, []
+            self.scheduler = type("S", (), {"address": "tcp://flaky"})()
+
+        def register_plugin(self, plugin) -> None:
+            self.calls.append(plugin.name)
+            if len(self.calls) <= self.failures:
+                raise CommClosedError("in <TCP Scheduler Broadcast>: Stream is closed")
+
+    model = random_model(seed=3)
+    client = Flaky(failures=1)
+    cluster.publish_model(client, model)
+    assert client.calls == [f"zarrstain-model-{model.content_hash[:16]}"] * 2
+    with pytest.raises(CommClosedError):
+        cluster.publish_model(Flaky(failures=cluster.PUBLISH_ATTEMPTS), random_model(seed=4))

@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+from distributed.comm.core import CommClosedError
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .errors import ParameterError, option
@@ -45,9 +47,27 @@ class ModelPlugin(WorkerPlugin):
         cache.preload(self.model)
 
 
+#: how often a publication is retried when a worker is lost while it is being sent
+PUBLISH_ATTEMPTS = 3
+
+
 def publish_model(client: Client, model: Model) -> None:
-    """Send ``model`` to every worker of ``client`` once; tasks then carry only its hash."""
-    client.register_plugin(ModelPlugin(model))
+    """Send ``model`` to every worker of ``client`` once; tasks then carry only its hash.
+
+    A worker lost during the broadcast (killed, preempted) fails the broadcast but not the
+    registration: the scheduler keeps the plugin for workers that join later and drops the
+    lost one, so sending again reaches the survivors. A lost worker costs time, not the run.
+    """
+    plugin = ModelPlugin(model)
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        try:
+            client.register_plugin(plugin)
+            break
+        except (CommClosedError, OSError) as error:
+            if attempt == PUBLISH_ATTEMPTS:
+                raise
+            logger.warning("a worker was lost while the model was sent (%s); sending again", error)
+            time.sleep(0.5 * attempt)
     cache.mark_published(model.content_hash)
     logger.info("model %s published to the workers of %s", model.name, client.scheduler.address)
 
