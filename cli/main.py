@@ -293,7 +293,7 @@ def _ints(value: str | None) -> list[int] | None:
     "arch",
     default=None,
     metavar="NAME",
-    help="fnet3d, fnet2d or another registered architecture [default: fnet3d].",
+    help="fnet3d, fnet2d, pix2pix or another registered architecture [default: fnet3d].",
 )
 @click.option("--depth", type=int, default=None, help="U-Net depth [default: 4].")
 @click.option("--mult-chan", type=int, default=None, help="Channels of the top level [8].")

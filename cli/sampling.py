@@ -79,6 +79,27 @@ _TRAINING = [
         default=None,
         help="Pretrain a diffusion backbone on the targets alone (no --input).",
     ),
+    # pix2pix (--model pix2pix): zarrstain.training.adversarial
+    click.option("--generator", default=None, help="--model pix2pix: the generator [fnet3d]."),
+    click.option(
+        "--gan-loss",
+        default=None,
+        type=click.Choice(["bce", "lsgan"]),
+        help="--model pix2pix: adversarial loss [bce].",
+    ),
+    click.option("--gan-weight", type=float, default=None, help="Its weight [1]."),
+    click.option(
+        "--reconstruction-loss",
+        default=None,
+        type=click.Choice(["mse", "l1"]),
+        help="--model pix2pix: loss to the target [mse].",
+    ),
+    click.option("--reconstruction-weight", type=float, default=None, help="Its weight [1000]."),
+    click.option(
+        "--discriminator-layers", type=int, default=None, help="PatchGAN stride-2 layers [4]."
+    ),
+    click.option("--discriminator-width", type=int, default=None, help="PatchGAN width [64]."),
+    click.option("--discriminator-lr", type=float, default=None, help="Its Adam lr [2e-4]."),
 ]
 
 

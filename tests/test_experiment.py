@@ -106,13 +106,18 @@ def test_a_missing_section_and_unreadable_files(tmp_path):
     assert build_config(flat).model == "fnet2d"  # the flat layout still reads
 
 
-@pytest.mark.parametrize("name", ["fnet_paper.yaml", "isl.yaml", "control_branch.toml"])
+@pytest.mark.parametrize(
+    "name", ["fnet_paper.yaml", "isl.yaml", "pix2pix.yaml", "control_branch.toml"]
+)
 def test_the_example_recipes_read(name):
     stores, values = read_experiment(CONFIGS / name)
     assert len(stores) == 1 and values["targets"]
     if name != "control_branch.toml":  # that one needs its backbone to exist
         config = build_config(CONFIGS / name)
-        assert config.steps == {"fnet_paper.yaml": 50_000, "isl.yaml": 600}[name]
+        assert (
+            config.steps
+            == {"fnet_paper.yaml": 50_000, "isl.yaml": 600, "pix2pix.yaml": 20_000}[name]
+        )
     else:
         assert values["backbone"].endswith("models/backbone") and values["head"] == "quantiles"
 

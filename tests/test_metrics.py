@@ -65,3 +65,25 @@ def test_interval_and_spread_metrics():
     assert spread_error_spearman(target, prediction, 2 * error + 1) == pytest.approx(1.0)
     assert abs(spread_error_spearman(target, prediction, rng.random(target.shape))) < 0.05
     assert np.isnan(spread_error_spearman(target, prediction, np.ones_like(target)))
+
+
+def test_high_frequency_share_of_white_noise_is_the_area_above_the_cutoff():
+    # white noise spreads its power evenly over the frequency plane: the share above the
+    # cutoff is the fraction of (fy, fx) in [-1, 1)² with radius > 0.5, 1 - π/16
+    noise = np.random.default_rng(0).normal(size=(8, 128, 128))
+    assert metrics.high_frequency_share(noise) == pytest.approx(1 - np.pi / 16, abs=0.01)
+    assert np.isnan(metrics.high_frequency_share(np.ones((16, 16))))
+
+
+def test_sharpness_is_below_one_for_a_blurred_prediction():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    target = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 1.0)
+    assert metrics.sharpness(target, target) == pytest.approx(1.0)
+    assert metrics.sharpness(target, 5 * target + 2) == pytest.approx(1.0)  # scale-free
+    blurred = ndimage.gaussian_filter(target, 2.0)
+    assert metrics.sharpness(target, blurred) < 0.3
+    sharper = target + 0.5 * target.std() * rng.normal(size=target.shape)
+    assert metrics.sharpness(target, sharper) > 1.5
+    assert set(metrics.score(target, blurred)) == set(metrics.METRICS)

@@ -9,6 +9,11 @@
   target's std after subtracting its mean), so numbers compare across channels and stores.
 - ``nrmse``: root of the raw mean squared error over the target's standard deviation
   (``skimage``'s ``normalized_root_mse(normalization="euclidean")`` differs by a constant).
+- ``sharpness``: the prediction's share of power at high spatial frequencies over the target's
+  (:func:`high_frequency_share`): 1 when the prediction has as much fine detail as the target,
+  below 1 when it is smoother. MSE-trained models blur what they cannot predict (the mean of
+  the possible images) and score below 1; adversarial training (pix2pix) trades some PCC for
+  a ratio nearer 1. Noise in the target counts as detail, so a denoising model scores < 1 too.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ __all__ = [
     "METRICS",
     "UNCERTAINTY",
     "coverage",
+    "high_frequency_share",
     "interval_width",
     "mae",
     "mse",
     "nrmse",
     "pearson",
     "score",
+    "sharpness",
     "spread_error_spearman",
     "ssim",
 ]
@@ -97,7 +104,44 @@ def ssim(target: np.ndarray, prediction: np.ndarray, *, window: int = 7) -> floa
     return float(np.mean(values))
 
 
-METRICS = {"pcc": pearson, "ssim": ssim, "mse": mse, "mae": mae, "nrmse": nrmse}
+def high_frequency_share(image: np.ndarray, *, cutoff: float = 0.5) -> float:
+    """Share of an image's spectral power above ``cutoff`` × Nyquist, over its (y, x) planes.
+
+    Each plane's mean is removed and its power spectrum taken (no window: the share is a
+    ratio, and edges weigh on both images of a comparison alike). The radial frequency is in
+    units of the Nyquist frequency along an axis, so the default 0.5 counts periods shorter
+    than 4 pixels. NaN for a constant image.
+    """
+    planes = np.asarray(image, np.float64)
+    planes = planes.reshape(-1, *planes.shape[-2:])
+    fy = np.fft.fftfreq(planes.shape[-2])[:, None] / 0.5
+    fx = np.fft.rfftfreq(planes.shape[-1])[None, :] / 0.5
+    high = np.hypot(fy, fx) > cutoff
+    power = np.abs(np.fft.rfft2(planes - planes.mean(axis=(-2, -1), keepdims=True))) ** 2
+    # rfft2 stores each positive x frequency once for two conjugate terms: weigh them twice
+    weight = np.full(power.shape[-1], 2.0)
+    weight[0] = 1.0
+    if planes.shape[-1] % 2 == 0:
+        weight[-1] = 1.0
+    total = float((power * weight).sum())
+    return float((power * weight * high).sum() / total) if total > 0 else float("nan")
+
+
+def sharpness(target: np.ndarray, prediction: np.ndarray) -> float:
+    """The prediction's high-frequency share over the target's (1: as sharp as the target)."""
+    t, p = _pair(target, prediction)
+    share = high_frequency_share(t)
+    return high_frequency_share(p) / share if share > 0 else float("nan")
+
+
+METRICS = {
+    "pcc": pearson,
+    "ssim": ssim,
+    "mse": mse,
+    "mae": mae,
+    "nrmse": nrmse,
+    "sharpness": sharpness,
+}
 
 
 def score(target: np.ndarray, prediction: np.ndarray) -> dict[str, float]:

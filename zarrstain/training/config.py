@@ -21,7 +21,11 @@ FREEZE = ("none", "all-but-projection", "all-but-head")
 
 def training_models() -> list[str]:
     """Names ``TrainConfig.model`` accepts: the fnet aliases and every registered architecture."""
-    return [*ALIASES, *(n for n, a in ARCHITECTURES.items() if n != "fnet" and a.trains)]
+    return [
+        *ALIASES,
+        *(n for n, a in ARCHITECTURES.items() if n != "fnet" and a.trains),
+        PIX2PIX,
+    ]
 
 
 @dataclass
@@ -70,6 +74,17 @@ class TrainConfig:
     # a control branch (--model control): the backbone package, referenced or embedded
     backbone: str | None = None
     embed_backbone: bool = False
+    # pix2pix (--model pix2pix): the generator's model, and the critic beside it
+    # (zarrstain.training.adversarial; MMV_Im2Im's label-free defaults)
+    generator: str | None = None  # default fnet3d
+    gan_loss: str = "bce"  # or "lsgan"
+    gan_weight: float = 1.0
+    reconstruction_loss: str = "mse"  # or "l1"
+    reconstruction_weight: float = 1000.0
+    discriminator_layers: int = 4
+    discriminator_width: int = 64
+    discriminator_lr: float = 2e-4
+    discriminator_betas: tuple[float, float] = (0.5, 0.999)
 
     @classmethod
     def paper(cls, **kwargs: Any) -> TrainConfig:
@@ -89,14 +104,36 @@ class TrainConfig:
 
     def architecture(self) -> tuple[Architecture, dict[str, Any]]:
         """The registered architecture ``model`` names, and the module arguments it implies."""
-        name, fixed = ALIASES.get(self.model, (self.model, {}))
-        if name not in ARCHITECTURES or not ARCHITECTURES[name].trains:
+        model = self.model
+        if model == PIX2PIX:  # adversarial training of a generator: the package holds it
+            model = self.generator or "fnet3d"
+        name, fixed = ALIASES.get(model, (model, {}))
+        if name not in ARCHITECTURES or not ARCHITECTURES[name].trains or model == PIX2PIX:
+            if self.model == PIX2PIX:
+                generators = [m for m in training_models() if m != PIX2PIX]
+                raise ParameterError(
+                    f"pix2pix's generator {model!r} is not a registered architecture; choose "
+                    f"one of {', '.join(generators)} ({option('generator=', '--generator')})"
+                )
             raise ParameterError(
                 f"model {self.model!r} is not a registered architecture; choose one of "
                 f"{', '.join(training_models())} ({option('model=', '--model')})"
             )
         spec = ARCHITECTURES[name]
         return spec, {**spec.train_kwargs(self), **fixed}
+
+    @property
+    def gan(self) -> Any:
+        """The pix2pix settings (:class:`~zarrstain.training.adversarial.GanSettings`) or None."""
+        if self.model != PIX2PIX:
+            return None
+        from .adversarial import GanSettings
+
+        return GanSettings(
+            self.gan_loss, self.gan_weight, self.reconstruction_loss, self.reconstruction_weight,
+            self.discriminator_layers, self.discriminator_width, self.discriminator_lr,
+            tuple(self.discriminator_betas),
+        )  # fmt: skip
 
     def output_head(self, bins_range: tuple[float, float] | None = None) -> OutputHead:
         """The output head these settings describe (``bins_range`` for a bins head's default)."""
@@ -169,11 +206,47 @@ class TrainConfig:
             )
         if self.ema is not None and not 0 <= self.ema < 1:
             raise ParameterError(f"{_flag('ema')} must be in [0, 1), not {self.ema!r}")
+        self._check_gan()
         if self.freeze != "none" and not self.init:
             raise ParameterError(
                 f"{_flag('freeze')} {self.freeze} needs a trained model to start from "
                 f"({option('init=', '--init')} MODEL)"
             )
+
+    def _check_gan(self) -> None:
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in _GAN_FIELDS}
+        if self.model != PIX2PIX:
+            given = [k for k, v in defaults.items() if getattr(self, k) != v]
+            if given:
+                raise ParameterError(
+                    f"{_flag(given[0])} is a pix2pix setting; train with "
+                    f"{option('model=', '--model')} pix2pix, or drop it"
+                )
+            return
+        from .adversarial import GAN_LOSSES, RECONSTRUCTION_LOSSES, check_generator
+
+        if self.gan_loss not in GAN_LOSSES:
+            raise ParameterError(
+                f"{_flag('gan_loss')} {self.gan_loss!r} is not one of {', '.join(GAN_LOSSES)}"
+            )
+        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ParameterError(
+                f"{_flag('reconstruction_loss')} {self.reconstruction_loss!r} is not one of "
+                + ", ".join(RECONSTRUCTION_LOSSES)
+            )
+        for name in ("gan_weight", "reconstruction_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ParameterError(f"{_flag(name)} must be a number ≥ 0, not {value!r}")
+        _positive_int("discriminator_layers", self.discriminator_layers)
+        _positive_int("discriminator_width", self.discriminator_width)
+        if not isinstance(self.discriminator_lr, int | float) or not self.discriminator_lr > 0:
+            raise ParameterError(
+                f"{_flag('discriminator_lr')} must be a positive number, not "
+                f"{self.discriminator_lr!r}"
+            )
+        spec, kwargs = self.architecture()
+        check_generator(spec, kwargs, self.generator or "fnet3d")
 
     def _check_head(self) -> None:
         if self.head != "bins" and (self.bins_range or self.head_outputs):
@@ -204,6 +277,13 @@ class TrainConfig:
                 f"multiple of {div} (the {self.model} model's divisor: it halves each axis "
                 f"{div.bit_length() - 1} times); use {fixed}"
             )
+
+
+#: ``TrainConfig.model`` of adversarial training (the generator is ``TrainConfig.generator``)
+PIX2PIX = "pix2pix"
+_GAN_FIELDS = ("generator", "gan_loss", "gan_weight", "reconstruction_loss",
+               "reconstruction_weight", "discriminator_layers", "discriminator_width",
+               "discriminator_lr", "discriminator_betas")  # fmt: skip
 
 
 def _flag(name: str) -> str:
@@ -244,8 +324,9 @@ def build_config(
             raise ParameterError(f"no {key} given; name the channels with {flag} LABEL")
         if isinstance(values[key], str):
             values[key] = [values[key]]
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
+    for key in ("betas", "discriminator_betas"):
+        if key in values:
+            values[key] = tuple(values[key])
     if "bins_range" in values:
         values["bins_range"] = list(values["bins_range"])
     config = TrainConfig.paper(**values) if paper else TrainConfig(**values)

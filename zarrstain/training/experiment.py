@@ -16,6 +16,8 @@ Two layouts are read. *Flat*: :class:`~zarrstain.training.TrainConfig`'s keys at
       head: value               # optional, as bins, alpha, init, freeze, backbone, ...
     training:                   # how
       loss: auto                # the model's own (MSE, pinball, cross-entropy, diffusion)
+                                # or pix2pix's: {name: pix2pix, gan: bce, gan_weight: 1,
+                                #   reconstruction: mse, reconstruction_weight: 1000}
       optimizer: {name: adam, lr: 0.001, betas: [0.9, 0.999]}
       schedule: {name: constant}
       steps: 5000
@@ -47,14 +49,21 @@ SECTIONS: dict[str, dict[str, str | None]] = {
               "bins_range": "bins_range", "head_outputs": "head_outputs", "alpha": "alpha",
               "init": "init", "freeze": "freeze", "backbone": "backbone",
               "embed_backbone": "embed_backbone", "unconditional": "unconditional",
-              "class_dropout": "class_dropout", "ema": "ema"},
+              "class_dropout": "class_dropout", "ema": "ema", "generator": "generator",
+              "discriminator": None},
     "training": {"loss": None, "optimizer": None, "schedule": None, "steps": "steps",
+                 "discriminator_optimizer": None,
                  "batch_size": "batch_size", "seed": "seed", "device": "device",
                  "validate_every": "validate_every", "checkpoint_every": "checkpoint_every"},
 }  # fmt: skip
 OPTIMIZERS = {"adam": ("lr", "betas")}
 SCHEDULES = ("constant",)
-LOSSES = ("auto",)
+LOSSES = ("auto", "pix2pix")
+#: pix2pix's training.loss keys and model.discriminator keys → TrainConfig fields
+PIX2PIX_LOSS = {"gan": "gan_loss", "gan_weight": "gan_weight",
+                "reconstruction": "reconstruction_loss",
+                "reconstruction_weight": "reconstruction_weight"}  # fmt: skip
+DISCRIMINATOR = {"layers": "discriminator_layers", "width": "discriminator_width"}
 #: kwargs of the fnet architectures that are TrainConfig fields of their own
 _FNET_FIELDS = ("depth", "mult_chan", "projection")
 
@@ -105,7 +114,12 @@ def read_experiment(path: str | os.PathLike) -> tuple[list[str], dict[str, Any]]
             elif key == "stores":  # relative paths: from the file's folder
                 stores = [_relative(p, s) for s in _strings(p, "data.stores", value)]
             elif key == "kwargs":
-                out.update(_model_kwargs(p, value, str(body.get("architecture", ""))))
+                generator = body.get("generator") or "fnet3d"
+                architecture = str(body.get("architecture", ""))
+                architecture = generator if architecture == "pix2pix" else architecture
+                out.update(_model_kwargs(p, value, str(architecture)))
+            elif key == "discriminator":
+                out.update(_sub(p, "model.discriminator", value, DISCRIMINATOR))
             else:
                 out.update(_training_extra(p, key, value))
     return stores, out
@@ -152,8 +166,21 @@ def _model_kwargs(p: Path, value: Any, architecture: str) -> dict[str, Any]:
     return out
 
 
+def _sub(p: Path, key: str, value: Any, fields: dict[str, str]) -> dict[str, Any]:
+    """A mapping of settings whose keys ``fields`` names: the TrainConfig fields it sets."""
+    if not isinstance(value, dict):
+        raise ParameterError(f"{p}: {key} must hold keys ({', '.join(fields)}), not {value!r}")
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise ParameterError(f"{p}: unknown key {key}.{unknown[0]}; allowed: {', '.join(fields)}")
+    return {fields[k]: v for k, v in value.items()}
+
+
 def _training_extra(p: Path, key: str, value: Any) -> dict[str, Any]:
     """training.loss / optimizer / schedule, checked; the TrainConfig fields they set."""
+    if key == "loss" and isinstance(value, dict) and value.get("name") == "pix2pix":
+        return _sub(p, "training.loss", {k: v for k, v in value.items() if k != "name"},
+                    PIX2PIX_LOSS)  # fmt: skip
     if key == "loss":
         if value not in LOSSES:
             raise ParameterError(
@@ -174,12 +201,13 @@ def _training_extra(p: Path, key: str, value: Any) -> dict[str, Any]:
         return {}
     if name not in OPTIMIZERS:
         raise ParameterError(
-            f"{p}: training.optimizer.name {name!r} is not one of {', '.join(OPTIMIZERS)}"
+            f"{p}: training.{key}.name {name!r} is not one of {', '.join(OPTIMIZERS)}"
         )
     extra = sorted(set(spec) - {"name", *OPTIMIZERS[name]})
     if extra:
         raise ParameterError(
-            f"{p}: unknown key training.optimizer.{extra[0]}; allowed: name, "
+            f"{p}: unknown key training.{key}.{extra[0]}; allowed: name, "
             + ", ".join(OPTIMIZERS[name])
         )
-    return {k: (tuple(v) if k == "betas" else v) for k, v in spec.items() if k != "name"}
+    prefix = "discriminator_" if key == "discriminator_optimizer" else ""
+    return {prefix + k: (tuple(v) if k == "betas" else v) for k, v in spec.items() if k != "name"}

@@ -189,14 +189,21 @@ def train(
         trainable = spec.trainable(module)
     params = [p for n, p in module.named_parameters() if trainable is None or n in trainable]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+    adversary = None
+    if config.gan is not None:  # pix2pix: a critic beside the generator, trained in turn
+        from .adversarial import Adversary
+
+        n_critic = len(config.inputs) + len(config.targets)  # it sees (input, target) pairs
+        adversary = Adversary(config.gan, len(patch), n_critic, patch, device)
+        record["gan"] = dataclasses.asdict(config.gan)
     decay = spec.default_ema if config.ema is None else config.ema
     ema = EMA(module, decay) if decay else None
     if ema is not None:
         record["ema"] = decay
     start, history = 0, []
     if resume:
-        start, history = _restore(out, model, optimizer, sampler, ema)
-    record["loss"] = spec.loss_label(kwargs)
+        start, history = _restore(out, model, optimizer, sampler, ema, adversary)
+    record["loss"] = spec.loss_label(kwargs) if adversary is None else config.gan.label()
     index = {sid: kwargs["class_names"].index(c) for sid, c in labels.items()} if labels else {}
     t0 = time.perf_counter()
     for step in range(start + 1, config.steps + 1):
@@ -206,13 +213,16 @@ def train(
         ))  # fmt: skip
         if index:
             batch += (torch.tensor([index[s] for s in sampler.last_scenes], device=device),)
-        optimizer.zero_grad(set_to_none=True)
-        loss = spec.training_step(kwargs, module, batch)
-        loss.backward()
-        optimizer.step()
+        if adversary is not None:
+            entry = {"step": step, **adversary.step(spec, module, optimizer, batch)}
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss = spec.training_step(kwargs, module, batch)
+            loss.backward()
+            optimizer.step()
+            entry = {"step": step, "loss": float(loss.detach())}
         if ema is not None:
             ema.update(module)
-        entry = {"step": step, "loss": float(loss.detach())}
         if val is not None and (step % config.validate_every == 0 or step == config.steps):
             weights = ema.module if ema is not None else module
             entry["val_pcc"] = _validate(weights, val, device, model, labels)
@@ -229,7 +239,7 @@ def train(
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
             model = _checkpoint(model, module, optimizer, sampler, out, step, history, record,
-                                ema)  # fmt: skip
+                                ema, adversary)  # fmt: skip
     if start >= config.steps:
         logger.info("%s already trained for %d steps; nothing to do", out, start)
         model = load_model(out)
@@ -331,7 +341,9 @@ def _region_name(region) -> str:
     return f"{region.scene}[x={region.x.start}:{region.x.stop}]"
 
 
-def _checkpoint(model, module, optimizer, sampler, out, step, history, record, ema=None) -> Model:
+def _checkpoint(
+    model, module, optimizer, sampler, out, step, history, record, ema=None, adversary=None
+) -> Model:
     # the package holds the averaged weights; the training state the raw ones, to resume
     module_cpu = copy.deepcopy(ema.module if ema is not None else module).to("cpu").eval()
     snapshot = dataclasses.replace(
@@ -350,12 +362,15 @@ def _checkpoint(model, module, optimizer, sampler, out, step, history, record, e
         "history": history,
         **({"raw": {k: v.cpu() for k, v in module.state_dict().items()}} if ema else {}),
         **({"ema_updates": ema.updates} if ema else {}),
+        **({"adversary": adversary.state_dict()} if adversary is not None else {}),
     }
     save_model(snapshot, out, training=training, overwrite=True, state=(STATE, state))
     return snapshot
 
 
-def _restore(out: Path, model: Model, optimizer, sampler, ema=None) -> tuple[int, list]:
+def _restore(
+    out: Path, model: Model, optimizer, sampler, ema=None, adversary=None
+) -> tuple[int, list]:
     if not (out / STATE).is_file():
         raise ParameterError(f"nothing to resume in {out} (no {STATE}); drop --resume")
     saved = load_model(out)
@@ -382,5 +397,17 @@ def _restore(out: Path, model: Model, optimizer, sampler, ema=None) -> tuple[int
             raise ParameterError(f"{out} was trained without a weight average; resume with --ema 0")
         model.module.load_state_dict(state["raw"])
         ema.updates = int(state["ema_updates"])
+    if adversary is not None:
+        if "adversary" not in state:
+            raise ParameterError(
+                f"{out} was not trained with pix2pix (no discriminator to resume); resume "
+                "it with its own --model, or choose a new --out"
+            )
+        adversary.load_state_dict(state["adversary"])
+    elif "adversary" in state:  # resuming without the critic would silently drop it
+        raise ParameterError(
+            f"{out} was trained with pix2pix; resume it with --model pix2pix (its generator "
+            "and critic settings), or choose a new --out"
+        )
     logger.info("resuming %s at step %d", out, state["step"])
     return int(state["step"]), list(state["history"])
