@@ -19,6 +19,10 @@ from zarrstain.models.control import backbone_kwargs
 from zarrstain.tiling import plan_tiles, predict_whole, run_tiled
 from zarrstain.training import TrainConfig
 
+# about 2.5 minutes on 2 cores (a branch trained once per module): CI runs them, the default
+# suite (-m 'not slow') does not
+pytestmark = pytest.mark.slow
+
 STEPS = 10
 TRAIN = [f"A/{c}/{f}" for c in "1234" for f in "01"]
 CALIBRATION = [f"{r}/{c}/{f}" for r in "BCD" for c in "1234" for f in "01"]

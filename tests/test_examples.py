@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import zarrstain
 
@@ -73,6 +74,7 @@ def test_gpu_benchmark_runs_its_steps_on_the_cpu(tmp_path, monkeypatch):
     assert report["store_to_store"]["ratio"] > 0
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: CI runs it, the default suite not
 def test_class_guided_diffusion_example_runs_quickly(tmp_path, monkeypatch):
     """Every model and prediction of the README's diffusion table, a few steps each."""
     import json
@@ -84,6 +86,7 @@ def test_class_guided_diffusion_example_runs_quickly(tmp_path, monkeypatch):
     assert all(np.isfinite(r["pcc"]) for r in result["rows"])
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: CI runs it, the default suite not
 def test_few_shot_control_example(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         sys, "argv", ["example", str(tmp_path), "--steps", "3", "--backbone-steps", "3"]

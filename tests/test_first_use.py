@@ -245,6 +245,7 @@ def test_cli_messages_name_flags_python_messages_keywords(make_store, model_dir,
     assert tree_digest(src) == before
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: CI runs it, the default suite not
 def test_quiet_verbose_and_batch_progress(make_store, model_dir, tmp_path):
     src = make_store("plate", "0.5")
     pred = run("-q", "predict", src, "--model", model_dir, "--dtype", "uint16", "--rescale")
