@@ -33,24 +33,16 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+from common import PHASE, isl_well, run
 
 import zarrstain
 from zarrstain import datasets, metrics
-from zarrstain.report import markdown_table
 from zarrstain.training import TrainConfig, train
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("ZARRSTAIN_SHARED", ROOT.parent / "shared")) / "data"
-PHASE = [f"phase z{i:02d}" for i in range(13)]
 
 FULL = {"size": 128, "steps": 600, "isl_steps": 600, "batch": 8, "patch": 64,
         "isl_patch": 128, "width": 16, "depth": 4}  # fmt: skip
@@ -111,19 +103,10 @@ def synthetic(out: Path, s: dict) -> list[dict]:
 
 
 def isl(out: Path, s: dict) -> list[dict]:
-    source = DATA / "isl_condition_blue"
-    if not source.is_dir():
-        logging.warning("%s is absent: the ISL rows are skipped", source)
+    loaded = isl_well(out, corner=s["size"] < 128)  # --quick: a corner
+    if loaded is None:
         return []
-    from PIL import Image
-
-    planes = [np.asarray(Image.open(source / f"phase_z{i:02d}.png")) for i in range(13)]
-    planes.append(np.asarray(Image.open(source / "dapi_confocal_maxproject.png")))
-    data = np.stack(planes).astype(np.uint16)
-    if s["size"] < 128:  # --quick: a corner
-        data = data[:, :256, :256]
-    well = datasets.save_image(out / "isl.zarr", data, "cyx", channel_labels=[*PHASE, "DAPI"],
-                               levels=1, chunks=(1, 256, 256))  # fmt: skip
+    well, data = loaded
     image = zarrstain.open_image(well)
     right = slice(data.shape[-1] // 2, None)
 
@@ -137,24 +120,7 @@ def isl(out: Path, s: dict) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("pix2pix-output"))
-    parser.add_argument("--quick", action="store_true", help="Toy sizes: a smoke test.")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-isl", action="store_true", help="Only the synthetic plate.")
-    args = parser.parse_args()
-    s = {**(QUICK if args.quick else FULL), "device": args.device}
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
-    start = time.perf_counter()
-    rows = synthetic(args.out, s)
-    if not args.no_isl:
-        rows += isl(args.out, s)
-    report = {"settings": s, "rows": rows, "seconds": round(time.perf_counter() - start)}
-    (args.out / "pix2pix.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "pix2pix.md").write_text(markdown_table(rows) + "\n")
-    print(markdown_table(rows))
+    run("pix2pix", __doc__, (FULL, QUICK), synthetic, isl)
 
 
 if __name__ == "__main__":

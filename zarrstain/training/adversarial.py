@@ -38,16 +38,16 @@ RECONSTRUCTION_LOSSES = ("mse", "l1")
 
 @dataclass(frozen=True)
 class GanSettings:
-    """The adversarial part of a pix2pix run (MMV_Im2Im's label-free defaults)."""
+    """The adversarial part of a pix2pix run (``TrainConfig.gan``; its defaults are there)."""
 
-    loss: str = "bce"
-    weight: float = 1.0
-    reconstruction: str = "mse"
-    reconstruction_weight: float = 1000.0
-    layers: int = 4
-    width: int = 64
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    loss: str
+    weight: float
+    reconstruction: str
+    reconstruction_weight: float
+    layers: int
+    width: int
+    lr: float
+    betas: tuple[float, float]
 
     def label(self) -> str:
         """Names the loss in provenance: ``"pix2pix: BCE ×1 + MSE ×1000"``."""

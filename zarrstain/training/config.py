@@ -130,10 +130,15 @@ class TrainConfig:
         from .adversarial import GanSettings
 
         return GanSettings(
-            self.gan_loss, self.gan_weight, self.reconstruction_loss, self.reconstruction_weight,
-            self.discriminator_layers, self.discriminator_width, self.discriminator_lr,
-            tuple(self.discriminator_betas),
-        )  # fmt: skip
+            loss=self.gan_loss,
+            weight=self.gan_weight,
+            reconstruction=self.reconstruction_loss,
+            reconstruction_weight=self.reconstruction_weight,
+            layers=self.discriminator_layers,
+            width=self.discriminator_width,
+            lr=self.discriminator_lr,
+            betas=tuple(self.discriminator_betas),
+        )
 
     def output_head(self, bins_range: tuple[float, float] | None = None) -> OutputHead:
         """The output head these settings describe (``bins_range`` for a bins head's default)."""
