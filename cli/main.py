@@ -18,6 +18,8 @@ import click
 
 import zarrstain
 from zarrstain.errors import ZarrstainError, cli_messages
+from zarrstain.normalize import METHODS
+from zarrstain.options import NORMALIZATIONS
 
 from .export import export
 from .output import _quiet, _say
@@ -129,7 +131,7 @@ def _halo(value: str) -> str | int:
     "--normalization",
     default="model",
     show_default=True,
-    type=click.Choice(["model", "none", "center", "zscore", "percentile"]),
+    type=click.Choice(NORMALIZATIONS),
 )
 @click.option("--output-label", default=None, help="Label of the predicted channel.")
 @click.option(
@@ -310,7 +312,7 @@ def _ints(value: str | None) -> list[int] | None:
 @click.option(
     "--normalization",
     default=None,
-    type=click.Choice(["center", "zscore", "percentile"]),
+    type=click.Choice(METHODS),
     help="Of inputs and targets [center]; diffusion models train best on zscore.",
 )
 @click.option("--seed", type=int, default=None, help="Random seed [0].")

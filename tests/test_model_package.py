@@ -29,6 +29,7 @@ OWN_OUTPUTS = {"diffusion", "classifier"}
 CONTRACT_ELSEWHERE = {
     "control": "tests/test_control.py",
     "torchscript": "tests/test_torchscript.py",
+    "viscy": "tests/test_viscy.py",
 }
 assert set(ARCHITECTURES) <= set(SMALL) | set(CONTRACT_ELSEWHERE), "add new architectures"
 

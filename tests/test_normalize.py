@@ -57,6 +57,19 @@ def test_percentile_is_exact_for_integers(raw):
     np.testing.assert_allclose(got, np.clip((raw - lo) / (hi - lo), 0, 1), atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+def test_median_iqr_is_viscys_normalization_with_exact_statistics(dtype):
+    """VisCy's NormalizeSampled(subtrahend="median", divisor="iqr"), per (t, c), any dtype."""
+    rng = np.random.default_rng(3)
+    arr = (rng.gamma(2.0, 300.0, size=(2, 2, 5, 30, 31)) + 100).astype(dtype)
+    out = normalize(_wrap(arr, chunks=(1, 1, 2, 7, 9)), "median_iqr").values
+    for t in range(2):
+        for c in range(2):
+            p25, med, p75 = np.percentile(arr[t, c].astype(np.float64), [25, 50, 75])
+            want = (arr[t, c] - med) / (p75 - p25)
+            np.testing.assert_allclose(out[t, c], want, rtol=1e-5, atol=1e-5)
+
+
 def test_statistics_are_global_per_t_and_c():
     rng = np.random.default_rng(0)
     arr = rng.normal(size=(2, 3, 5, 30, 30)) * np.arange(1, 7).reshape(2, 3, 1, 1, 1) + 10
@@ -76,7 +89,7 @@ def test_few_slices_use_all_and_say_so(caplog):
     np.testing.assert_allclose(out, (arr - arr.mean()) / arr.std(), atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["center", "zscore", "percentile"])
+@pytest.mark.parametrize("method", ["center", "zscore", "percentile", "median_iqr"])
 def test_constant_frames_warn_and_stay_finite(method, caplog):
     arr = np.full((1, 2, 4, 16, 16), 7, dtype=np.uint16)
     arr[0, 1] = np.arange(4 * 16 * 16).reshape(4, 16, 16)
@@ -90,7 +103,7 @@ def test_constant_frames_warn_and_stay_finite(method, caplog):
 def test_building_computes_nothing():
     arr = _wrap(np.random.default_rng(1).integers(0, 4000, (1, 1, 8, 40, 40), dtype=np.uint16))
     with raise_if_dask_computes():
-        for method in ("center", "zscore", "percentile"):
+        for method in ("center", "zscore", "percentile", "median_iqr"):
             out = normalize(arr, method)
             assert out.dtype == np.float32 and out.attrs["normalization"]["method"] == method
 

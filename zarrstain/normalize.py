@@ -9,9 +9,16 @@ Methods (pytorch_fnet and MMV_Im2Im conventions):
   z-slices around the middle (start ``Z//2 - 16``, clamped inside the stack), in float64.
   With fewer than 32 slices all are used (logged; pytorch_fnet would raise).
 - ``"zscore"``: whole-volume mean and population std (pytorch_fnet's ``normalize``).
-- ``"percentile"``: clip to the ``p_low``/``p_high`` percentiles and rescale to [0, 1]. Exact for
-  integer data (a histogram over the dtype's range, numpy's linear interpolation); dask's
-  approximate percentiles for floats.
+- ``"percentile"``: clip to the ``p_low``/``p_high`` percentiles and rescale to [0, 1].
+- ``"median_iqr"``: subtract the median and divide by the interquartile range (VisCy's
+  ``NormalizeSampled(subtrahend="median", divisor="iqr")``, which its published models use).
+  VisCy estimates the statistics on a 32-pixel grid (``viscy preprocess``), per field of view
+  over all time points (``fov_statistics``); here they are exact, per (t, c) as every method
+  here: equal for single time points, and within the grid's sampling error otherwise.
+
+Percentiles are exact: a histogram over the dtype's range for 8- and 16-bit integers, and
+numpy's percentile of the whole (t, c) volume for other dtypes (linear interpolation, numpy's
+default, in both).
 
 A constant or empty volume (std 0, or equal percentiles) gets a warning and a divisor of 1,
 never NaN or inf.
@@ -33,8 +40,8 @@ __all__ = ["METHODS", "normalization_stats", "normalize"]
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["center", "zscore", "percentile"]
-METHODS = ("center", "zscore", "percentile")
+Method = Literal["center", "zscore", "percentile", "median_iqr"]
+METHODS = ("center", "zscore", "percentile", "median_iqr")
 CENTER_SLICES = 32
 
 
@@ -55,8 +62,8 @@ def _center_window(nz: int, scene: str | None) -> slice:
     return slice(start, start + CENTER_SLICES)
 
 
-def _hist_percentiles(arr: da.Array, q: tuple[float, float]) -> da.Array:
-    """Exact percentiles of integer data per (t, c) from full-range histograms; shape (t, c, 2)."""
+def _hist_percentiles(arr: da.Array, q: tuple[float, ...]) -> da.Array:
+    """Exact percentiles of integer data per (t, c) from full-range histograms; (t, c, len(q))."""
     info = np.iinfo(arr.dtype)
     n_bins = int(info.max) - int(info.min) + 1
     if n_bins > 2**17:
@@ -76,7 +83,7 @@ def _hist_percentiles(arr: da.Array, q: tuple[float, float]) -> da.Array:
     def pick(c: np.ndarray) -> np.ndarray:
         cum = np.cumsum(c, axis=-1)
         n = cum[..., -1:]
-        out = np.empty((*c.shape[:-1], 2), np.float64)
+        out = np.empty((*c.shape[:-1], len(q)), np.float64)
         for k, p in enumerate(q):
             pos = p / 100.0 * (n[..., 0] - 1)  # numpy's 'linear' method
             below, above = np.floor(pos), np.ceil(pos)
@@ -85,7 +92,21 @@ def _hist_percentiles(arr: da.Array, q: tuple[float, float]) -> da.Array:
             out[..., k] = v_lo + (v_hi - v_lo) * (pos - below) + lo
         return out
 
-    return total.map_blocks(pick, dtype=np.float64, chunks=(1, 1, 2))
+    return total.map_blocks(pick, dtype=np.float64, chunks=(1, 1, len(q)))
+
+
+def _percentiles(arr: da.Array, q: tuple[float, ...]) -> da.Array:
+    """Exact percentiles per (t, c) of a (t, c, z, y, x) array; shape (t, c, len(q))."""
+    if np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize <= 2:
+        return _hist_percentiles(arr, q)
+    flat = arr.reshape(arr.shape[0], arr.shape[1], -1).astype(np.float64)
+    # one chunk per (t, c) volume: dask's percentile is exact within a chunk
+    return da.stack(
+        [
+            da.stack([da.percentile(flat[i, j].rechunk(-1), list(q)) for j in range(arr.shape[1])])
+            for i in range(arr.shape[0])
+        ]
+    )
 
 
 def normalization_stats(
@@ -116,25 +137,16 @@ def normalization_stats(
         params: dict[str, object] = {"method": method}
         if method == "center":
             params["z_slices"] = [window.start, window.stop]
-    else:
-        if np.issubdtype(arr.dtype, np.integer):
-            pct = _hist_percentiles(arr, (p_low, p_high))
-        else:
-            flat = arr.reshape(arr.shape[0], arr.shape[1], -1).astype(np.float64)
-            pct = da.stack(
-                [
-                    da.stack(
-                        [
-                            da.percentile(flat[i, j].rechunk(-1), [p_low, p_high])
-                            for j in range(arr.shape[1])
-                        ]
-                    )
-                    for i in range(arr.shape[0])
-                ]
-            )
+    elif method == "percentile":
+        pct = _percentiles(arr, (p_low, p_high))
         offset = pct[..., 0]
         scale = pct[..., 1] - pct[..., 0]
         params = {"method": method, "p_low": p_low, "p_high": p_high}
+    else:  # median_iqr
+        pct = _percentiles(arr, (25.0, 50.0, 75.0))
+        offset = pct[..., 1]
+        scale = pct[..., 2] - pct[..., 0]
+        params = {"method": method}
     params["data"] = source_token(data)  # what the statistics describe (for fingerprints)
     coords = {d: data.coords[d] for d in ("t", "c") if d in data.coords}
     return xr.Dataset(
@@ -168,7 +180,8 @@ def normalize(
     data
         The scene (or any DataArray with those dims).
     method
-        ``"center"``, ``"zscore"`` or ``"percentile"`` (see the module docstring).
+        ``"center"``, ``"zscore"``, ``"percentile"`` or ``"median_iqr"`` (see the module
+        docstring).
     p_low, p_high
         Percentiles for ``"percentile"``.
     stats

@@ -26,6 +26,7 @@ import numpy as np
 from dask.utils import parse_bytes
 
 from .errors import ParameterError, option
+from .normalize import METHODS
 
 __all__ = [
     "NORMALIZATIONS",
@@ -38,7 +39,8 @@ __all__ = [
 #: the numeric precisions a forward can run in (see :data:`zarrstain.tiling.PRECISIONS`)
 PRECISION_NAMES = ("float32", "tf32", "bfloat16", "float16")
 #: ``normalize`` values: the model's own method, none, or a method of :mod:`zarrstain.normalize`
-NORMALIZATIONS = ("model", "none", "center", "zscore", "percentile")
+#: what ``normalize`` takes: the model's method, none, or one of normalize.METHODS
+NORMALIZATIONS = ("model", "none", *METHODS)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 

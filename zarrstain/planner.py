@@ -343,7 +343,15 @@ def plan_tiles(
         pass_halos=tuple(zeroed(h) for h in per_pass) if len(per_pass) > 1 else (),
         exact=whole or (model.geometry.local and mode == "exact"),
     )
-    if plan.memory_per_block > budget:
+    if plan.memory_per_block > budget and not model.geometry.local and whole:
+        logger.warning(
+            "blocks need about %s, over the budget of %s: model %s is not local, so it runs "
+            "one whole field per block",
+            format_bytes(plan.memory_per_block),
+            format_bytes(budget),
+            model.name,
+        )
+    elif plan.memory_per_block > budget:
         logger.warning(
             "blocks need about %s, over the budget of %s: the halo (%s) sets their minimum "
             "size; use a smaller halo or a larger block_memory",
@@ -391,6 +399,13 @@ def _padded(model: Model, zyx: list[int]) -> tuple[int, int, int]:
     padded = tuple(
         _round_up(s, div) if a in model_axes else s for a, s in zip(SPATIAL, zyx, strict=True)
     )
+    least = dict(zip(model_axes, model.geometry.minimum, strict=False))
+    for a, s in zip(SPATIAL, zyx, strict=True):
+        if s < least.get(a, 0):
+            raise ShapeMismatchError(
+                f"{a}={s} is too small for model {model.name!r}, which reads {least[a]} "
+                f"{a}-planes at a time; use a stack of at least {least[a]}"
+            )
     for a, s, p in zip(SPATIAL, zyx, padded, strict=True):
         if p - s >= s:  # reflect padding needs more data than it adds
             raise ShapeMismatchError(

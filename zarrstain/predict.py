@@ -238,7 +238,7 @@ def predict(
         rounded up to the model's divisor.
     normalize
         ``"model"`` (the model's own method), ``None`` (the data as given) or a method name
-        (``"center"``, ``"zscore"``, ``"percentile"``).
+        (``"center"``, ``"zscore"``, ``"percentile"``, ``"median_iqr"``).
     input_channels
         Data channels the model reads, by label, in the model's order, or a mapping model label
         → data label. Default: the model's input labels; for models that name none

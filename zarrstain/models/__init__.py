@@ -16,6 +16,7 @@ from .model import Model, state_dict_hash
 from .registry import ARCHITECTURES, build, get_architecture, register
 from .torchscript import export_torchscript, is_torchscript, load_torchscript
 from .unet import FnetUNet, fnet_receptive_radius
+from .viscy import is_viscy_checkpoint, load_viscy_checkpoint
 
 __all__ = [
     "ARCHITECTURES",
@@ -101,15 +102,18 @@ def load_model(
     Parameters
     ----------
     path
-        A zarrstain model package folder (``card.json`` + ``weights.pt``), or a pytorch_fnet
-        checkpoint (``model.p``, or the folder holding it, in either of pytorch_fnet's formats).
+        A zarrstain model package folder (``card.json`` + ``weights.pt``), a pytorch_fnet
+        checkpoint (``model.p``, or the folder holding it, in either of pytorch_fnet's formats),
+        a TorchScript file, or a VisCy Lightning checkpoint (``.ckpt``:
+        :mod:`zarrstain.models.viscy`).
     output_label
         Label of the predicted channel (models of one target; a head's other channels follow
         it: ``"Nuclei"``, ``"Nuclei lower"``, ...); pytorch_fnet checkpoints carry none and
         default to ``"<folder> (predicted)"``.
     card
-        TorchScript files without a card inside or beside them (``model.json``): the card
-        (a dict or a JSON path; see :mod:`zarrstain.models.torchscript`).
+        TorchScript files without a card inside or beside them (``model.json``), and VisCy
+        checkpoints (channel labels, settings without weights): the card, a dict or a file
+        (see :mod:`zarrstain.models.torchscript`, :mod:`zarrstain.models.viscy`).
 
     Raises
     ------
@@ -121,17 +125,28 @@ def load_model(
         raise ModelError(
             f"no model at {path!s}; pass a zarrstain model folder or a pytorch_fnet model.p"
         )
+    if card is not None and (is_package(p) or is_fnet_checkpoint(p)):
+        raise ModelError(
+            f"{path!s} is a zarrstain package or pytorch_fnet checkpoint; card= is for "
+            "TorchScript files and VisCy checkpoints only"
+        )
     if is_package(p):
         model = load_package(p)
     elif is_fnet_checkpoint(p):
         return load_fnet_checkpoint(p, output_label=output_label)
     elif is_torchscript(p):
         model = load_torchscript(p, card)
+    elif is_viscy_checkpoint(p):
+        model = load_viscy_checkpoint(p, card)
     else:
         raise ModelError(
             f"{path!s} is not a model zarrstain can load: expected a zarrstain model folder "
-            "(card.json + weights.pt), a pytorch_fnet model.p (or a folder holding one) or a "
-            "TorchScript file"
+            "(card.json + weights.pt), a pytorch_fnet model.p (or a folder holding one), a "
+            "TorchScript file or a VisCy .ckpt"
+        )
+    if card is not None:  # dask workers reload the model from its source with the same card
+        model = dataclasses.replace(
+            model, source_card=card if isinstance(card, dict) else str(card)
         )
     if output_label is not None:
         heads = model.spec.heads(model.kwargs)

@@ -112,12 +112,16 @@ class Geometry:
         Every layer is local, so tiled prediction with the exact halo equals one whole-volume
         forward. False (global attention, per-image statistics, GroupNorm over the input): one
         whole field per block, and any tiling is approximate.
+    minimum
+        Per spatial axis, the smallest extent the model reads (a 2.5D network's z window);
+        empty: no minimum beyond the divisor.
     """
 
     spatial_dims: int
     divisor: int
     radii: tuple[tuple[int, ...], ...]
     local: bool = True
+    minimum: tuple[int, ...] = ()
 
     @property
     def receptive_radius(self) -> tuple[int, ...]:

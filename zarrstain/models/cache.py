@@ -65,13 +65,13 @@ def mark_published(content_hash: str) -> None:
     _PUBLISHED.add(content_hash)
 
 
-def _load_from_source(content_hash: str, source: str) -> Model:
+def _load_from_source(content_hash: str, source: str, card: Any = None) -> Model:
     from . import load_model
 
     with _LOCK:
         if content_hash in _MODELS:
             return _MODELS[content_hash]
-        model = load_model(source)
+        model = load_model(source, card=card)
         if model.content_hash != content_hash:
             raise ModelError(
                 f"the model at {source} changed while predicting (content hash "
@@ -93,15 +93,17 @@ class ModelHandle:
     def __init__(self, model: Model) -> None:
         self.content_hash = model.content_hash
         self.source = model.source
+        self.card = model.source_card
         self.name = model.name
         self._model: Model | None = _register(model)
 
     @classmethod
     def _rebuild(
-        cls, content_hash: str, source: str, name: str, model: Model | None
+        cls, content_hash: str, source: str, card: Any, name: str, model: Model | None
     ) -> ModelHandle:
         handle = cls.__new__(cls)
         handle.content_hash, handle.source, handle.name = content_hash, source, name
+        handle.card = card
         handle._model = _register(model) if model is not None else _MODELS.get(content_hash)
         return handle
 
@@ -109,7 +111,8 @@ class ModelHandle:
         # Published models are on every worker already, models with a file travel as its path;
         # only in-memory models that were not published carry their weights.
         carried = None if self.source or self.content_hash in _PUBLISHED else self._model
-        return (ModelHandle._rebuild, (self.content_hash, self.source, self.name, carried))
+        args = (self.content_hash, self.source, self.card, self.name, carried)
+        return (ModelHandle._rebuild, args)
 
     def __dask_tokenize__(self) -> tuple[str, str]:
         return ("zarrstain-model", self.content_hash)
@@ -120,7 +123,7 @@ class ModelHandle:
             cached = _MODELS.get(self.content_hash)
             if cached is None and not self.source:
                 raise ModelError(f"model {self.name} is not available in this process")
-            self._model = cached or _load_from_source(self.content_hash, self.source)
+            self._model = cached or _load_from_source(self.content_hash, self.source, self.card)
         return self._model
 
 

@@ -85,6 +85,10 @@ class Model:
         (pytorch_fnet checkpoints): predictions then stay in normalized units.
     source
         Where it was loaded from.
+    source_card
+        The ``card`` given to :func:`~zarrstain.load_model` with ``source`` (a dict or a
+        path; files that need one: TorchScript, VisCy), so other processes (dask workers)
+        reload the same model; None when the file carries its own.
     options
         Run options of this prediction (:meth:`with_options`: a sampler's steps, samples,
         class ...), checked and complete; empty for models that take none. Not part of the
@@ -103,6 +107,7 @@ class Model:
     kwargs: dict[str, Any] = field(default_factory=dict)
     content_hash: str = ""
     source: str = ""
+    source_card: dict[str, Any] | str | None = None
     output_intensity: tuple[tuple[float, float], ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
 

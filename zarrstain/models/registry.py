@@ -18,6 +18,7 @@ from .control import ControlArchitecture
 from .diffusion import DiffusionArchitecture
 from .fnet import FnetArchitecture
 from .torchscript import TorchScriptArchitecture
+from .viscy import VisCyArchitecture
 
 __all__ = ["ALIASES", "ARCHITECTURES", "build", "get_architecture", "register"]
 
@@ -90,3 +91,4 @@ register(DiffusionArchitecture())
 register(ClassifierArchitecture())
 register(ControlArchitecture())
 register(TorchScriptArchitecture())
+register(VisCyArchitecture())

@@ -13,8 +13,8 @@ dims and whether every layer is local. That is a small **card** (JSON):
 (optional: ``output_intensity`` [[offset, scale], ...] per output, ``name``). Files
 :func:`export_torchscript` writes carry their card inside (a TorchScript extra file); for any
 other file put it beside it as ``<file>.json`` (``model.pt`` → ``model.json``) or pass
-``card=`` to :func:`~zarrstain.load_model`. The card beside the file also serves dask workers,
-which reload a model from its file.
+``card=`` to :func:`~zarrstain.load_model`. Dask workers reload a model from its file with
+the same card.
 
 The exported module computes the channels zarrstain writes (the output head's reduction is
 traced in), so it is usable without zarrstain: ``torch.jit.load("model.pt")(x)`` on a

@@ -31,7 +31,16 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-__all__ = ["UNeXt2", "unext2_config"]
+__all__ = [
+    "Decoder",
+    "GlobalResponseNorm",
+    "LayerNorm2d",
+    "PadPool",
+    "UNeXt2",
+    "VoxelHead",
+    "pixel_shuffle",
+    "unext2_config",
+]
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -47,18 +56,45 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class GlobalResponseNorm(nn.Module):
-    """ConvNeXt-V2's GRN on (N, C, H, W): the non-local layer (a norm over all of H, W)."""
+    """ConvNeXt-V2's GRN: the non-local layer (a norm over all of H, W).
 
-    def __init__(self, channels: int) -> None:
+    On (N, C, H, W), or on (N, H, W, C) with ``channels_last`` (timm's two layouts).
+    """
+
+    def __init__(self, channels: int, channels_last: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.space, self.channel = ((1, 2), -1) if channels_last else ((2, 3), 1)
+        self.shape = (1, 1, 1, -1) if channels_last else (1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = x.norm(p=2, dim=(2, 3), keepdim=True)
-        n = g / (g.mean(dim=1, keepdim=True) + 1e-6)
-        shape = (1, -1, 1, 1)
-        return x + torch.addcmul(self.bias.view(shape), self.weight.view(shape), x * n)
+        g = x.norm(p=2, dim=self.space, keepdim=True)
+        n = g / (g.mean(dim=self.channel, keepdim=True) + 1e-6)
+        weight, bias = self.weight.view(self.shape), self.bias.view(self.shape)
+        return x + torch.addcmul(bias, weight, x * n)
+
+
+class PadPool(nn.Module):
+    """MONAI's pixel-shuffle ``apply_pad_pool``: zeros before each axis, an s × s mean, stride 1.
+
+    The nearest-neighbour part of Aitken et al.'s checkerboard-free sub-pixel convolution.
+    """
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scale
+        return functional.avg_pool2d(functional.pad(x, (s - 1, 0, s - 1, 0)), s, stride=1)
+
+
+def pixel_shuffle(scale: int, pool: bool) -> nn.Module:
+    """MONAI's ``UpSample(mode="pixelshuffle", pre_conv=None)``, with or without its pad-pool."""
+    if not pool:
+        return nn.PixelShuffle(scale)
+    return nn.Sequential(nn.PixelShuffle(scale), PadPool(scale))
 
 
 class _Mlp(nn.Module):
@@ -133,7 +169,7 @@ class _UpStage(nn.Module):
         return self.conv(torch.cat([self.upsample(x), skip], dim=1))
 
 
-class _Decoder(nn.Module):
+class Decoder(nn.Module):
     def __init__(self, channels: list[int], depth: int) -> None:
         super().__init__()
         self.decoder_stages = nn.ModuleList(
@@ -162,10 +198,14 @@ class _ConvNormAct(nn.Module):
         return self.adn(self.conv(x))
 
 
-class _Head(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, out_depth: int, expansion: int) -> None:
+class VoxelHead(nn.Module):
+    """VisCy's ``PixelToVoxelHead``."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, out_depth: int, expansion: int, pool: bool = False
+    ) -> None:
         super().__init__()
-        self.upsample = nn.PixelShuffle(2)
+        self.upsample = pixel_shuffle(2, pool)
         mid = out_ch * expansion * 4
         self.conv = nn.Sequential(
             _ConvNormAct(in_ch // 4 // (out_depth + 2), mid), nn.Conv3d(mid, out_ch * 4, 1)
@@ -197,7 +237,8 @@ class UNeXt2(nn.Module):
 
     Input (N, in_channels, in_stack_depth, Y, X) with Y, X multiples of
     :attr:`divisor`; output (N, out_channels, out_stack_depth, Y, X). Arguments as
-    :func:`unext2_config` reads them from a state dict.
+    :func:`unext2_config` reads them from a state dict, except ``head_pool`` (VisCy's
+    published VSCyto3D sets it; it has no weights, so only VisCy's ``model_config`` says).
     """
 
     def __init__(
@@ -211,6 +252,7 @@ class UNeXt2(nn.Module):
         stem_kernel_size: tuple[int, int, int] = (5, 4, 4),
         decoder_conv_blocks: int = 2,
         head_expansion_ratio: int = 4,
+        head_pool: bool = False,
     ) -> None:
         super().__init__()
         kernel = tuple(int(k) for k in stem_kernel_size)
@@ -223,8 +265,10 @@ class UNeXt2(nn.Module):
         self.encoder_stages = _Encoder(list(dims), list(depths))
         channels = list(reversed(dims))
         channels[-1] = (out_stack_depth + 2) * out_channels * 4 * head_expansion_ratio
-        self.decoder = _Decoder(channels, decoder_conv_blocks)
-        self.head = _Head(channels[-1], out_channels, out_stack_depth, head_expansion_ratio)
+        self.decoder = Decoder(channels, decoder_conv_blocks)
+        self.head = VoxelHead(
+            channels[-1], out_channels, out_stack_depth, head_expansion_ratio, head_pool
+        )
         self.in_stack_depth, self.out_stack_depth = in_stack_depth, out_stack_depth
         #: y, x sizes must be multiples of this: the stem's stride, then ×2 per stage
         self.divisor = kernel[-1] * 2 ** (len(dims) - 1)

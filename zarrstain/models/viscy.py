@@ -1,0 +1,304 @@
+"""VisCy's virtual-staining checkpoints (VSCyto2D, VSCyto3D, VSNeuromast), run as VisCy runs them.
+
+``zarrstain.load_model("VSCyto3D.ckpt")`` reads a Lightning checkpoint of VisCy's ``VSUNet``
+(or ``FcmaeUNet``) safely (``weights_only=True``; the one non-tensor type Lightning may store,
+its ``AttributeDict``, allow-listed by name), rebuilds the network from the weights' shapes in
+plain torch (:mod:`~zarrstain.models.unext2`, :mod:`~zarrstain.models.fcmae`: no timm, no
+MONAI) and wraps it in :class:`VisCyPredictor`, which predicts a whole field as VisCy's
+``predict`` does:
+
+- **y/x padding**: zeros, split evenly before and after, to a multiple of ``2**num_blocks``
+  (64 for UNeXt2, 256 for VSCyto2D's FCMAE), as VisCy's ``DivisiblePad``; cropped after;
+- **z windows**: every window of ``in_stack_depth`` planes with step 1; a network predicting
+  as many planes as it reads has each output plane averaged over the windows that cover it
+  (VisCy's ``HCSPredictionWriter`` blending), one predicting one plane writes the window's
+  centre, and the first and last ``depth // 2`` planes stay zero, as in VisCy's output store;
+- **normalization**: ``"median_iqr"`` (VisCy's ``NormalizeSampled`` with median and IQR, which
+  its published models use; see :mod:`zarrstain.normalize` for how the statistics differ).
+
+VisCy's models are **not local** (ConvNeXt-V2's GRN and the head's instance norm see the
+whole y/x field), so the architecture declares itself non-local: ``predict`` runs one whole
+field per block, the only exact way, and tiling it is approximate and labelled so.
+
+Checkpoints store no channel names, and some settings have no weights (``head_pool``), so a
+**card** completes them: a JSON file, or VisCy's own LightningCLI ``predict`` YAML (its
+``model.init_args`` and ``data.init_args`` are read), beside the checkpoint
+(``VSCyto3D.ckpt`` → ``VSCyto3D.json`` / ``.yml`` / ``.yaml``) or passed as ``card=``. JSON
+keys, all optional::
+
+    {"input_labels": ["Phase3D"], "output_labels": ["Nuclei (predicted)",
+     "Membrane (predicted)"], "normalization": "median_iqr", "name": "VSCyto3D",
+     "architecture": "UNeXt2", "model_config": {"head_pool": true}}
+
+Without one, inputs are named by the caller (``input_channels`` / ``--input-channel``) and
+outputs are labelled ``"<file> <i> (predicted)"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from ..errors import ModelError, ParameterError
+from .architecture import Architecture, Geometry
+from .fcmae import FullyConvolutionalMAE, fcmae_config
+from .model import Model, state_dict_hash
+from .unext2 import UNeXt2, unext2_config
+from .viscy_card import read_card
+
+__all__ = ["VisCyArchitecture", "VisCyPredictor", "is_viscy_checkpoint", "load_viscy_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+#: VisCy's ``VSUNet`` architecture names → (network, config from a state dict, num_blocks)
+NETWORKS: dict[str, tuple[type[nn.Module], Any]] = {
+    "UNeXt2": (UNeXt2, unext2_config),
+    "fcmae": (FullyConvolutionalMAE, fcmae_config),
+    "UNeXt2_2D": (FullyConvolutionalMAE, fcmae_config),
+}
+#: settings with no weights of their own, so only VisCy's ``model_config`` can say
+CONFIG_ONLY = {"UNeXt2": ("head_pool",), "fcmae": ("head_conv_pool",)}
+#: ``model_config`` keys that do not change a prediction (training, or implied by the weights)
+IGNORED = ("backbone", "pretrained", "drop_path_rate", "encoder_drop_path_rate", "pretraining",
+           "decoder_norm_layer")  # fmt: skip
+#: ``model_config`` values zarrstain's rebuilds do not implement
+UNSUPPORTED = {"decoder_mode": "pixelshuffle", "decoder_upsample_pre_conv": False}
+
+
+def _family(network: str) -> str:
+    return "fcmae" if network in ("fcmae", "UNeXt2_2D") else network
+
+
+def _num_blocks(network: str, config: dict[str, Any]) -> int:
+    """VisCy's ``num_blocks``: the padding divisor is ``2**num_blocks``."""
+    if _family(network) == "fcmae":
+        return len(config["dims"]) * (int(config["stem_kernel_size"][-1]).bit_length() - 1)
+    return 6  # UNeXt2.num_blocks in VisCy: a constant
+
+
+class VisCyPredictor(nn.Module):
+    """A VisCy network with VisCy's prediction around it (padding, z windows, blending).
+
+    Input (N, C, Z, Y, X) (networks that read several planes) or (N, C, Y, X) (one plane);
+    any Y, X. The network is :attr:`model`, so a VisCy state dict's ``model.*`` keys load
+    unchanged.
+    """
+
+    def __init__(self, network: str, config: dict[str, Any]) -> None:
+        super().__init__()
+        cls, _ = NETWORKS[network]
+        self.model = cls(**config)
+        self.depth = int(config["in_stack_depth"])
+        self.out_depth = int(self.model.out_stack_depth)
+        if self.out_depth not in (1, self.depth):
+            raise ModelError(
+                f"VisCy {network} predicting {self.out_depth} planes from {self.depth} is not "
+                "supported: VisCy writes either the window's planes or its centre"
+            )
+        self.multiple = 2 ** _num_blocks(network, config)
+
+    def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, slice]]:
+        """Zeros to a multiple of the divisor, split evenly (VisCy's ``DivisiblePad``)."""
+        ny, nx = x.shape[-2:]
+        py, px = -ny % self.multiple, -nx % self.multiple
+        y0, x0 = py // 2, px // 2
+        x = functional.pad(x, (x0, px - x0, y0, py - y0))
+        return x, (slice(y0, y0 + ny), slice(x0, x0 + nx))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        planar = x.dim() == 4
+        if planar:
+            x = x.unsqueeze(2)
+        nz = x.shape[2]
+        if nz < self.depth:
+            raise ParameterError(
+                f"this VisCy model reads {self.depth} z-planes at a time; the stack has {nz}"
+            )
+        x, (ys, xs) = self._padded(x)
+        out: torch.Tensor | None = None
+        for z in range(nz - self.depth + 1):
+            y = self.model(x[:, :, z : z + self.depth])[..., ys, xs]
+            if out is None:
+                out = y.new_zeros((*y.shape[:2], nz, *y.shape[3:]))
+            if self.out_depth == 1:  # the window's centre plane
+                out[:, :, z + self.depth // 2] = y[:, :, 0]
+            else:  # each plane: the mean over the windows covering it
+                out[:, :, z : z + self.depth] += y
+        assert out is not None
+        if self.out_depth > 1:
+            first = torch.arange(nz, device=out.device)
+            covering = torch.minimum(first, first.new_tensor(nz - self.depth)) - torch.clamp(
+                first - self.depth + 1, min=0
+            )
+            out = out / (covering + 1).to(out.dtype).view(1, 1, -1, 1, 1)
+        return out[:, :, 0] if planar else out
+
+
+class VisCyArchitecture(Architecture):
+    """``viscy``: a VisCy checkpoint's network, loaded from the file, not trained here."""
+
+    name = "viscy"
+    trains = False
+
+    def build(self, **kwargs: Any) -> nn.Module:
+        config = dict(kwargs["config"])
+        config["stem_kernel_size"] = tuple(config["stem_kernel_size"])
+        return VisCyPredictor(kwargs["network"], config)
+
+    def geometry(self, kwargs: dict[str, Any]) -> Geometry:
+        depth = int(kwargs["config"]["in_stack_depth"])
+        multiple = 2 ** _num_blocks(kwargs["network"], kwargs["config"])
+        # y/x: not local, so no radius is exact; the padding multiple is the halo an
+        # approximate tiling uses by default
+        radius = (depth - 1, multiple, multiple) if depth > 1 else (multiple, multiple)
+        minimum = (depth, 1, 1) if depth > 1 else ()
+        return Geometry(3 if depth > 1 else 2, 1, (radius,), local=False, minimum=minimum)
+
+    def bytes_per_voxel(self, kwargs: dict[str, Any]) -> int:
+        return 4096  # ConvNeXt widths at a quarter of the resolution, a window at a time
+
+
+def is_viscy_checkpoint(path: str | os.PathLike) -> bool:
+    """A Lightning checkpoint file (``.ckpt``, a torch zip archive)."""
+    p = Path(path)
+    return p.is_file() and p.suffix == ".ckpt" and zipfile.is_zipfile(p)
+
+
+class _AttributeDict(dict):
+    """Stand-in for Lightning's ``AttributeDict`` (a dict), so loading needs no Lightning."""
+
+
+_SAFE = [(_AttributeDict, name) for name in (
+    "lightning.fabric.utilities.data.AttributeDict",
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+)]  # fmt: skip
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with torch.serialization.safe_globals(_SAFE):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure: a file the user cannot load safely
+        raise ModelError(
+            f"{path} cannot be loaded safely (weights_only=True): {str(exc).splitlines()[0]}"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ModelError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def _network(state: dict[str, torch.Tensor], stated: str | None, path: Path) -> str:
+    if stated is not None:
+        if stated not in NETWORKS:
+            raise ModelError(
+                f"{path}: VisCy architecture {stated!r} is not supported; supported: "
+                + ", ".join(NETWORKS)
+            )
+        return stated
+    if "model.encoder_stages.stages_0.blocks.0.conv_dw.weight" in state:
+        return "UNeXt2"
+    if "model.encoder.stem.conv3d.weight" in state:
+        return "UNeXt2_2D"
+    raise ModelError(
+        f"{path} is a Lightning checkpoint but not of a VisCy network zarrstain runs "
+        f"({', '.join(NETWORKS)}): e.g. VisCy's 2D/2.5D U-Nets are not supported yet"
+    )
+
+
+def _config(network: str, state: dict, given: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The network's arguments: from the weights, completed and checked by ``model_config``."""
+    try:
+        config = NETWORKS[network][1](state)
+    except KeyError as exc:
+        raise ModelError(f"{path}: not a VisCy {network}: no tensor {exc}") from None
+    family = _family(network)
+    for key, value in given.items():
+        if key in CONFIG_ONLY.get(family, ()):
+            config[key] = bool(value)
+        elif key in UNSUPPORTED:
+            if value != UNSUPPORTED[key] and not (value is None and key.endswith("pre_conv")):
+                raise ModelError(
+                    f"{path}: model_config {key}={value!r} is not supported (only "
+                    f"{UNSUPPORTED[key]!r}, what VisCy's published models use)"
+                )
+        elif key in config:
+            found = config[key]
+            same = list(found) == list(value) if isinstance(found, tuple | list) else found == value
+            if not same:
+                raise ModelError(
+                    f"{path}: model_config states {key}={value!r} but the weights have {found!r}"
+                )
+        elif key not in IGNORED:
+            logger.warning("%s: model_config key %r is not known to zarrstain; ignored", path, key)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def load_viscy_checkpoint(
+    path: str | os.PathLike, card: dict[str, Any] | str | os.PathLike | None = None
+) -> Model:
+    """A VisCy Lightning checkpoint as a :class:`~zarrstain.Model` (see the module docstring).
+
+    Raises
+    ------
+    ModelError
+        A file that does not load safely, is not a VisCy network zarrstain runs, or whose
+        weights contradict the card's ``model_config``; a bad card.
+    """
+    p = Path(path)
+    ckpt = _read(p)
+    meta = read_card(p, card)
+    hparams = ckpt.get("hyper_parameters") or {}
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    network = _network(state, meta.get("architecture") or hparams.get("architecture"), p)
+    given = {**(hparams.get("model_config") or {}), **(meta.get("model_config") or {})}
+    config = _config(network, state, given, p)
+    window = meta.get("z_window_size")
+    if window is not None and int(window) != config["in_stack_depth"]:
+        raise ModelError(
+            f"the card of {p.name} states z_window_size={window} but the network reads "
+            f"{config['in_stack_depth']} planes"
+        )
+    kwargs = {"network": network, "config": config, "in_channels": config["in_channels"],
+              "out_channels": config["out_channels"]}  # fmt: skip
+    arch = VisCyArchitecture()
+    module = arch.build(**kwargs)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{p}: weights do not fit VisCy's {network}: {str(exc)[:300]}") from None
+    module.eval()
+    outputs = meta.get("output_labels") or [
+        f"{p.stem} {i} (predicted)" for i in range(config["out_channels"])
+    ]
+    inputs = meta.get("input_labels") or []
+    for what, labels, n in (("output", outputs, config["out_channels"]),
+                            ("input", inputs, config["in_channels"])):  # fmt: skip
+        if labels and len(labels) != n:
+            raise ModelError(
+                f"the card of {p.name} names {len(labels)} {what} channels {labels}; the "
+                f"network has {n}"
+            )
+    geo = arch.geometry(kwargs)
+    logger.info("loaded VisCy %s (%s) from %s", network, config, p)
+    return Model(
+        name=str(meta.get("name") or f"viscy:{p.stem}"),
+        module=module,
+        spatial_dims=geo.spatial_dims,
+        input_labels=tuple(inputs),
+        output_labels=tuple(outputs),
+        divisor=geo.divisor,
+        receptive_radius=geo.receptive_radius,
+        normalization=str(meta.get("normalization") or "median_iqr"),
+        architecture=arch.name,
+        kwargs=kwargs,
+        content_hash=state_dict_hash(module, arch.name, kwargs),
+        source=str(p),
+    )
