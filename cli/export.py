@@ -8,21 +8,42 @@ from .output import _say
 
 __all__ = ["export"]
 
-FORMATS = ("torchscript",)
+FORMATS = ("torchscript", "bioimageio")
 
 
 @click.command()
 @click.argument("model_path")
 @click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default="torchscript", show_default=True,
-    help="torchscript: one traced file, its zarrstain card inside.",
+    help="torchscript: one traced file, its zarrstain card inside; bioimageio: a bioimage.io "
+    "model package (zip) with both weight formats, test tensors and a cover.",
 )  # fmt: skip
-@click.option("--out", required=True, help="The file to write (e.g. model.pt).")
+@click.option("--out", required=True, help="The file to write (model.pt, package.zip).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def export(model_path: str, fmt: str, out: str, overwrite: bool) -> None:
+@click.option("--author", "authors", multiple=True, help="bioimageio: an author's name (repeat).")
+@click.option("--license", "license_id", default="CC-BY-4.0", show_default=True,
+              help="bioimageio: SPDX license id.")  # fmt: skip
+@click.option("--sample", default=None,
+              help="bioimageio: a store whose first image gives the test input and the cover "
+              "[synthetic cells].")  # fmt: skip
+def export(
+    model_path: str,
+    fmt: str,
+    out: str,
+    overwrite: bool,
+    authors: tuple[str, ...],
+    license_id: str,
+    sample: str | None,
+) -> None:
     """Export the model MODEL_PATH (a zarrstain package or any model load_model reads)."""
-    from zarrstain.models import export_torchscript, load_model
+    from zarrstain.models import export_bioimageio, export_torchscript, load_model
+    from zarrstain.models.bioimageio_export import sample_from_store
 
     model = load_model(model_path)
-    path = export_torchscript(model, out, overwrite=overwrite)
+    if fmt == "torchscript":
+        path = export_torchscript(model, out, overwrite=overwrite)
+    else:
+        data = sample_from_store(sample, model) if sample else None
+        path = export_bioimageio(model, out, sample=data, authors=authors, license=license_id,
+                                 overwrite=overwrite)  # fmt: skip
     _say(f"exported {model.name} ({model.architecture}) as {fmt}: {path}")

@@ -99,3 +99,12 @@ def test_few_shot_control_example(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "evaluation" / "evaluation.csv").is_file()
     card = zarrstain.load_model(tmp_path / "branch-staining-calibrated")
     assert card.head.calibration.sampling == {"sampler": "ddim", "steps": 10}
+
+
+def test_bioimageio_package_example(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("bioimageio.core")
+    monkeypatch.setattr(sys, "argv", ["example", str(tmp_path / "out")])
+    runpy.run_path(str(EXAMPLES / "bioimageio_package.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "test_model: passed" in out
+    assert "channels written: ['DNA (predicted)']; max |package - original| = 0" in out

@@ -24,12 +24,13 @@ SMALL = {
 #: probabilities), not a head's
 OWN_OUTPUTS = {"diffusion", "classifier"}
 #: architectures built on another package (a control branch needs its backbone) or loaded
-#: from a file only (TorchScript): their contract (shapes, radius, exact tiling, package
+#: from a file only (TorchScript, VisCy, bioimage.io): their contract (shapes, radius, exact tiling, package
 #: round trip) is tested in these files
 CONTRACT_ELSEWHERE = {
     "control": "tests/test_control.py",
     "torchscript": "tests/test_torchscript.py",
     "viscy": "tests/test_viscy.py",
+    "bioimageio": "tests/test_bioimageio.py",
 }
 assert set(ARCHITECTURES) <= set(SMALL) | set(CONTRACT_ELSEWHERE), "add new architectures"
 

@@ -115,8 +115,12 @@ def normalization_stats(
     *,
     p_low: float = 0.5,
     p_high: float = 99.5,
+    clip: bool = True,
 ) -> xr.Dataset:
     """Per (t, c) ``offset`` and ``scale`` of a (t, c, z, y, x) DataArray, lazily.
+
+    ``clip`` (``"percentile"``): clip normalized data to [0, 1] (False: bioimage.io's
+    ``scale_range`` without a ``clip``).
 
     Returns
     -------
@@ -141,7 +145,7 @@ def normalization_stats(
         pct = _percentiles(arr, (p_low, p_high))
         offset = pct[..., 0]
         scale = pct[..., 1] - pct[..., 0]
-        params = {"method": method, "p_low": p_low, "p_high": p_high}
+        params = {"method": method, "p_low": p_low, "p_high": p_high, "clip": clip}
     else:  # median_iqr
         pct = _percentiles(arr, (25.0, 50.0, 75.0))
         offset = pct[..., 1]
@@ -203,7 +207,7 @@ def normalize(
     scale = scale[:, :, None, None, None]
     arr = _as_dask(data)
     out = ((arr.astype(np.float64) - offset) / scale).astype(np.float32)
-    if stats.attrs.get("method") == "percentile":
+    if stats.attrs.get("method") == "percentile" and stats.attrs.get("clip", True):
         out = da.clip(out, 0.0, 1.0)
     result = data.copy(data=out)
     result.attrs = {**data.attrs, "normalization": dict(stats.attrs)}

@@ -33,7 +33,7 @@ from .models import Model, load_model
 from .normalize import normalization_stats
 from .options import PredictOptions, WriteOptions, merge_options
 from .plan_format import format_plan
-from .predict import normalization_method, predict, run_model, select_inputs
+from .predict import normalization_args, normalization_method, predict, run_model, select_inputs
 from .progress import BlockProgress, ProgressCallback, cluster_progress
 from .timepoints import parse_time, time_range
 from .units import check_integer_output
@@ -383,7 +383,9 @@ def plan_prediction(
             chosen = select_inputs(
                 src.coords["c"].values, model, options.kwargs()["input_channels"]
             )
-            stats = normalization_stats(src.sel(c=chosen), method)
+            stats = normalization_stats(
+                src.sel(c=chosen), method, **normalization_args(model, method)
+            )
         pred = plan.predict(src, stats)
         plan.scenes.append(ScenePlan(sid, src, pred, "to write", stats))
     cut = [

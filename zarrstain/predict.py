@@ -120,6 +120,11 @@ def select_inputs(
     return chosen
 
 
+def normalization_args(model: Model, method: str | None) -> dict[str, Any]:
+    """The model's own parameters of ``method`` (none when the caller chose another method)."""
+    return dict(model.normalization_args) if method == model.normalization else {}
+
+
 def normalization_method(normalize: str | None, model: Model) -> str | None:
     """The method ``normalize=`` asks for: ``"model"`` → the model's own, ``None``/"none" → none."""
     if normalize == "model":
@@ -174,8 +179,8 @@ def block_chunks(
     return out
 
 
-def denormalize_outputs(out: da.Array, model: Model) -> da.Array:
-    """Map each output channel to its target's units as its head's kind says.
+def output_affine(model: Model) -> tuple[np.ndarray, np.ndarray]:
+    """Per output channel, ``(offset, scale)`` to the target's units, as its head's kind says.
 
     Values (and interval bounds, quantiles) get ``* scale + offset``, spreads (std, width) the
     scale only, probabilities neither (see :data:`zarrstain.models.KINDS`).
@@ -186,6 +191,12 @@ def denormalize_outputs(out: da.Array, model: Model) -> da.Array:
     uses = np.array([KINDS[h.kind] for h in model.outputs], bool).reshape(-1, 2)
     offset = np.where(uses[:, 0], offset, 0).astype(np.float32)
     scale = np.where(uses[:, 1], scale, 1).astype(np.float32)
+    return offset, scale
+
+
+def denormalize_outputs(out: da.Array, model: Model) -> da.Array:
+    """Map each output channel to its target's units (:func:`output_affine`)."""
+    offset, scale = output_affine(model)
     return out * scale[None, :, None, None, None] + offset[None, :, None, None, None]
 
 
@@ -329,7 +340,7 @@ def predict(
     align = _align(inputs.data)
     if method is not None:
         if stats is None:
-            stats = normalization_stats(inputs, method)
+            stats = normalization_stats(inputs, method, **normalization_args(model, method))
         inputs = apply_normalization(inputs, method, stats=stats)
     arr = inputs.data.astype(np.float32)
     plan = plan_tiles(

@@ -10,6 +10,8 @@ from typing import Any
 
 from ..errors import ModelError
 from .architecture import KINDS, Architecture, BlockContext, Geometry, Head
+from .bioimageio import is_bioimageio, load_bioimageio
+from .bioimageio_export import export_bioimageio
 from .card import is_package, load_package, save_model
 from .fnet_compat import is_fnet_checkpoint, load_fnet_checkpoint
 from .model import Model, state_dict_hash
@@ -29,6 +31,7 @@ __all__ = [
     "Model",
     "build",
     "create_model",
+    "export_bioimageio",
     "export_torchscript",
     "fnet_receptive_radius",
     "get_architecture",
@@ -104,8 +107,9 @@ def load_model(
     path
         A zarrstain model package folder (``card.json`` + ``weights.pt``), a pytorch_fnet
         checkpoint (``model.p``, or the folder holding it, in either of pytorch_fnet's formats),
-        a TorchScript file, or a VisCy Lightning checkpoint (``.ckpt``:
-        :mod:`zarrstain.models.viscy`).
+        a TorchScript file, a VisCy Lightning checkpoint (``.ckpt``:
+        :mod:`zarrstain.models.viscy`) or a bioimage.io model package (a folder or zip with
+        ``rdf.yaml``: :mod:`zarrstain.models.bioimageio`).
     output_label
         Label of the predicted channel (models of one target; a head's other channels follow
         it: ``"Nuclei"``, ``"Nuclei lower"``, ...); pytorch_fnet checkpoints carry none and
@@ -125,10 +129,10 @@ def load_model(
         raise ModelError(
             f"no model at {path!s}; pass a zarrstain model folder or a pytorch_fnet model.p"
         )
-    if card is not None and (is_package(p) or is_fnet_checkpoint(p)):
+    if card is not None and (is_package(p) or is_fnet_checkpoint(p) or is_bioimageio(p)):
         raise ModelError(
-            f"{path!s} is a zarrstain package or pytorch_fnet checkpoint; card= is for "
-            "TorchScript files and VisCy checkpoints only"
+            f"{path!s} describes itself (a zarrstain, pytorch_fnet or bioimage.io model); "
+            "card= is for TorchScript files and VisCy checkpoints only"
         )
     if is_package(p):
         model = load_package(p)
@@ -138,11 +142,13 @@ def load_model(
         model = load_torchscript(p, card)
     elif is_viscy_checkpoint(p):
         model = load_viscy_checkpoint(p, card)
+    elif is_bioimageio(p):
+        model = load_bioimageio(p)
     else:
         raise ModelError(
             f"{path!s} is not a model zarrstain can load: expected a zarrstain model folder "
             "(card.json + weights.pt), a pytorch_fnet model.p (or a folder holding one), a "
-            "TorchScript file or a VisCy .ckpt"
+            "TorchScript file, a VisCy .ckpt or a bioimage.io package (rdf.yaml, folder or zip)"
         )
     if card is not None:  # dask workers reload the model from its source with the same card
         model = dataclasses.replace(

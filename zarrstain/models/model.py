@@ -85,6 +85,9 @@ class Model:
         (pytorch_fnet checkpoints): predictions then stay in normalized units.
     source
         Where it was loaded from.
+    normalization_args
+        Parameters of :attr:`normalization` other than the defaults (``p_low``, ``p_high``,
+        ``clip`` of ``"percentile"``: a bioimage.io ``scale_range``); empty for most models.
     source_card
         The ``card`` given to :func:`~zarrstain.load_model` with ``source`` (a dict or a
         path; files that need one: TorchScript, VisCy), so other processes (dask workers)
@@ -108,6 +111,7 @@ class Model:
     content_hash: str = ""
     source: str = ""
     source_card: dict[str, Any] | str | None = None
+    normalization_args: Mapping[str, Any] = field(default_factory=dict)
     output_intensity: tuple[tuple[float, float], ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -211,6 +215,11 @@ class Model:
             # every layer local: exact tiling reproduces the whole-field result
             "local": self.geometry.local,
             "normalization": self.normalization,
+            **(
+                {"normalization_args": dict(self.normalization_args)}
+                if self.normalization_args
+                else {}
+            ),
             "output_intensity": [list(v) for v in self.output_intensity],
             "source": self.source,
             **({"options": plain_options(self.options)} if self.options else {}),

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from .architecture import Architecture
+from .bioimageio import BioimageioArchitecture
 from .classifier import ClassifierArchitecture
 from .control import ControlArchitecture
 from .diffusion import DiffusionArchitecture
@@ -92,3 +93,4 @@ register(ClassifierArchitecture())
 register(ControlArchitecture())
 register(TorchScriptArchitecture())
 register(VisCyArchitecture())
+register(BioimageioArchitecture())
