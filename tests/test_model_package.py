@@ -24,8 +24,8 @@ SMALL = {
 #: probabilities), not a head's
 OWN_OUTPUTS = {"diffusion", "classifier"}
 #: architectures built on another package (a control branch needs its backbone) or loaded
-#: from a file only (TorchScript, VisCy, bioimage.io): their contract (shapes, radius, exact tiling, package
-#: round trip) is tested in these files
+#: from a file only (TorchScript, VisCy, bioimage.io): their contract (shapes, radius, exact
+#: tiling, package round trip) is tested in these files
 CONTRACT_ELSEWHERE = {
     "control": "tests/test_control.py",
     "torchscript": "tests/test_torchscript.py",

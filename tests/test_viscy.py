@@ -232,3 +232,49 @@ def test_a_viscy_model_saves_as_a_zarrstain_package_and_loads_back(tmp_path):
     io = np.load(FIXTURES / "unext2_predict.npz")
     x = _normalized(io["raw"], io["median"], io["iqr"])[None, None]
     np.testing.assert_allclose(loaded.forward(x).numpy(), model.forward(x).numpy(), atol=0)
+
+
+#: VisCy's older U-Nets: the fixtures were made with residual blocks and a linear head
+UNET = {**LABELS, "model_config": {"residual": True, "task": "reg"}}
+
+
+@pytest.mark.parametrize("fixture", ["unet2d", "unet25d"])
+def test_viscys_unets_reproduce_viscy_and_tile_exactly(tmp_path, fixture):
+    """Local networks: the stack prediction equals VisCy's, and blocks equal the whole."""
+    model = load_model(_copy(tmp_path, f"{fixture}.ckpt"), card=UNET)
+    assert model.geometry.local and model.kwargs["network"] == (
+        "2D" if fixture == "unet2d" else "2.5D"
+    )
+    io = np.load(FIXTURES / f"{fixture}_io.npz")
+    net = model.module.model
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            net(torch.from_numpy(io["input"])).numpy(), io["output"], atol=1e-5
+        )
+    x = _normalized(io["raw"], io["median"], io["iqr"]).numpy()[None, None]  # (1, 1, Z, 64, 96)
+    whole = zarrstain.predict(x, model, halo="exact", normalize=None).values[0]
+    # the planes VisCy predicts; it leaves the first and last depth // 2 zero, zarrstain too
+    # at the start, while at the end it mirrors the stack to the divisor (4) and predicts
+    # one more plane from the mirrored ones
+    predicted = (
+        np.abs(io["prediction"]).reshape(2, len(io["prediction"][0]), -1).max(axis=(0, 2)) > 0
+    )
+    np.testing.assert_allclose(whole[:, predicted], io["prediction"][:, predicted], atol=1e-5)
+    first = int(np.argmax(predicted))
+    np.testing.assert_array_equal(whole[:, :first], 0)
+    tiled = zarrstain.predict(x, model, halo="exact", normalize=None, chunks={"y": 32, "x": 32})
+    assert tiled.attrs["zarrstain"]["tiling"]["blocks"] > 1
+    np.testing.assert_allclose(tiled.values[0], whole, atol=1e-5)
+    # without the card, VisCy's defaults (no residual, a ReLU head) give another network
+    plain = load_model(_copy(tmp_path, f"{fixture}.ckpt"), card=LABELS)
+    assert plain.kwargs["config"]["residual"] is False
+    # the 2D head's task has no weights (VisCy's default "seg"); the 2.5D head's batch norm says
+    assert plain.kwargs["config"]["task"] == ("seg" if fixture == "unet2d" else "reg")
+
+
+def test_a_unet_card_contradicting_its_weights_is_refused(tmp_path):
+    path = _copy(tmp_path, "unet25d.ckpt")
+    with pytest.raises(ModelError, match="states task='seg' but the weights have 'reg'"):
+        load_model(path, card={"model_config": {"task": "seg"}})
+    with pytest.raises(ShapeMismatchError, match="reads 5 z-planes"):
+        zarrstain.predict(np.zeros((1, 1, 4, 32, 32), np.float32), load_model(path), normalize=None)

@@ -16,9 +16,12 @@ MONAI) and wraps it in :class:`VisCyPredictor`, which predicts a whole field as 
 - **normalization**: ``"median_iqr"`` (VisCy's ``NormalizeSampled`` with median and IQR, which
   its published models use; see :mod:`zarrstain.normalize` for how the statistics differ).
 
-VisCy's models are **not local** (ConvNeXt-V2's GRN and the head's instance norm see the
-whole y/x field), so the architecture declares itself non-local: ``predict`` runs one whole
-field per block, the only exact way, and tiling it is approximate and labelled so.
+VisCy's published models are **not local** (ConvNeXt-V2's GRN and the head's instance norm
+see the whole y/x field), so they declare themselves non-local: ``predict`` runs one whole
+field per block, the only exact way, and tiling it is approximate and labelled so. VisCy's
+older 2D and 2.5D U-Nets (:mod:`~zarrstain.models.viscy_unet`) are local: they tile exactly,
+the engine mirroring the volume to their divisor where VisCy pads each field with zeros (the
+same prediction whenever y and x are multiples of ``2**num_blocks``).
 
 Checkpoints store no channel names, and some settings have no weights (``head_pool``), so a
 **card** completes them: a JSON file, or VisCy's own LightningCLI ``predict`` YAML (its
@@ -52,6 +55,7 @@ from .fcmae import FullyConvolutionalMAE, fcmae_config
 from .model import Model, state_dict_hash
 from .unext2 import UNeXt2, unext2_config
 from .viscy_card import read_card
+from .viscy_unet import Unet2d, Unet25d, unet_config, unet_radius
 
 __all__ = ["VisCyArchitecture", "VisCyPredictor", "is_viscy_checkpoint", "load_viscy_checkpoint"]
 
@@ -62,12 +66,21 @@ NETWORKS: dict[str, tuple[type[nn.Module], Any]] = {
     "UNeXt2": (UNeXt2, unext2_config),
     "fcmae": (FullyConvolutionalMAE, fcmae_config),
     "UNeXt2_2D": (FullyConvolutionalMAE, fcmae_config),
+    "2D": (Unet2d, unet_config),
+    "2.5D": (Unet25d, unet_config),
 }
+#: the older U-Nets: local (eval batch norm, pooling, interpolation), so they tile exactly
+LOCAL = ("2D", "2.5D")
 #: settings with no weights of their own, so only VisCy's ``model_config`` can say
-CONFIG_ONLY = {"UNeXt2": ("head_pool",), "fcmae": ("head_conv_pool",)}
+CONFIG_ONLY = {
+    "UNeXt2": ("head_pool",),
+    "fcmae": ("head_conv_pool",),
+    "2D": ("residual", "task"),
+    "2.5D": ("residual", "out_stack_depth"),
+}
 #: ``model_config`` keys that do not change a prediction (training, or implied by the weights)
 IGNORED = ("backbone", "pretrained", "drop_path_rate", "encoder_drop_path_rate", "pretraining",
-           "decoder_norm_layer")  # fmt: skip
+           "decoder_norm_layer", "dropout", "num_blocks")  # fmt: skip
 #: ``model_config`` values zarrstain's rebuilds do not implement
 UNSUPPORTED = {"decoder_mode": "pixelshuffle", "decoder_upsample_pre_conv": False}
 
@@ -78,6 +91,8 @@ def _family(network: str) -> str:
 
 def _num_blocks(network: str, config: dict[str, Any]) -> int:
     """VisCy's ``num_blocks``: the padding divisor is ``2**num_blocks``."""
+    if network in LOCAL:
+        return len(config["num_filters"]) - 1
     if _family(network) == "fcmae":
         return len(config["dims"]) * (int(config["stem_kernel_size"][-1]).bit_length() - 1)
     return 6  # UNeXt2.num_blocks in VisCy: a constant
@@ -95,14 +110,16 @@ class VisCyPredictor(nn.Module):
         super().__init__()
         cls, _ = NETWORKS[network]
         self.model = cls(**config)
-        self.depth = int(config["in_stack_depth"])
+        self.depth = int(self.model.in_stack_depth)
         self.out_depth = int(self.model.out_stack_depth)
         if self.out_depth not in (1, self.depth):
             raise ModelError(
                 f"VisCy {network} predicting {self.out_depth} planes from {self.depth} is not "
                 "supported: VisCy writes either the window's planes or its centre"
             )
-        self.multiple = 2 ** _num_blocks(network, config)
+        # local networks: the engine mirrors the volume to the divisor (exact tiling); the
+        # others: VisCy's zero padding of the whole field, inside
+        self.multiple = 1 if network in LOCAL else 2 ** _num_blocks(network, config)
 
     def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, slice]]:
         """Zeros to a multiple of the divisor, split evenly (VisCy's ``DivisiblePad``)."""
@@ -148,13 +165,19 @@ class VisCyArchitecture(Architecture):
     trains = False
 
     def build(self, **kwargs: Any) -> nn.Module:
-        config = dict(kwargs["config"])
-        config["stem_kernel_size"] = tuple(config["stem_kernel_size"])
+        config = {k: tuple(v) if isinstance(v, list) and k.endswith("kernel_size") else v
+                  for k, v in kwargs["config"].items()}  # fmt: skip
         return VisCyPredictor(kwargs["network"], config)
 
     def geometry(self, kwargs: dict[str, Any]) -> Geometry:
-        depth = int(kwargs["config"]["in_stack_depth"])
-        multiple = 2 ** _num_blocks(kwargs["network"], kwargs["config"])
+        network, config = kwargs["network"], kwargs["config"]
+        depth = int(config.get("in_stack_depth", 1))
+        multiple = 2 ** _num_blocks(network, config)
+        if network in LOCAL:
+            r = unet_radius(config)
+            radius = (depth - 1, r, r) if depth > 1 else (r, r)
+            minimum = (depth, 1, 1) if depth > 1 else ()
+            return Geometry(3 if depth > 1 else 2, multiple, (radius,), minimum=minimum)
         # y/x: not local, so no radius is exact; the padding multiple is the halo an
         # approximate tiling uses by default
         radius = (depth - 1, multiple, multiple) if depth > 1 else (multiple, multiple)
@@ -207,22 +230,30 @@ def _network(state: dict[str, torch.Tensor], stated: str | None, path: Path) -> 
         return "UNeXt2"
     if "model.encoder.stem.conv3d.weight" in state:
         return "UNeXt2_2D"
+    if "model.down_conv_block_0.Conv2d_0.weight" in state:
+        return "2D"
+    if "model.down_conv_block_0.Conv3d_0.weight" in state:
+        return "2.5D"
     raise ModelError(
         f"{path} is a Lightning checkpoint but not of a VisCy network zarrstain runs "
-        f"({', '.join(NETWORKS)}): e.g. VisCy's 2D/2.5D U-Nets are not supported yet"
+        f"({', '.join(NETWORKS)})"
     )
 
 
 def _config(network: str, state: dict, given: dict[str, Any], path: Path) -> dict[str, Any]:
     """The network's arguments: from the weights, completed and checked by ``model_config``."""
     try:
-        config = NETWORKS[network][1](state)
+        if network in LOCAL:
+            config = unet_config(state, network, given)
+        else:
+            config = NETWORKS[network][1](state)
     except KeyError as exc:
         raise ModelError(f"{path}: not a VisCy {network}: no tensor {exc}") from None
     family = _family(network)
     for key, value in given.items():
         if key in CONFIG_ONLY.get(family, ()):
-            config[key] = bool(value)
+            if network not in LOCAL:  # (the U-Nets' config read them already)
+                config[key] = bool(value)
         elif key in UNSUPPORTED:
             if value != UNSUPPORTED[key] and not (value is None and key.endswith("pre_conv")):
                 raise ModelError(
@@ -261,7 +292,7 @@ def load_viscy_checkpoint(
     given = {**(hparams.get("model_config") or {}), **(meta.get("model_config") or {})}
     config = _config(network, state, given, p)
     window = meta.get("z_window_size")
-    if window is not None and int(window) != config["in_stack_depth"]:
+    if window is not None and int(window) != config.get("in_stack_depth", 1):
         raise ModelError(
             f"the card of {p.name} states z_window_size={window} but the network reads "
             f"{config['in_stack_depth']} planes"
