@@ -259,3 +259,73 @@ def test_a_3d_model_exports_and_passes_too(tmp_path):
     path = export_bioimageio(model, tmp_path / "pkg3d.zip", authors=["A. Tester"])
     assert bioimageio_core.test_model(path).status == "passed"
     assert load_model(path).content_hash == model.content_hash
+
+
+def test_a_torchscript_package_with_zero_mean_unit_variance_and_scale_linear(tmp_path):
+    """TorchScript weights only; per-sample z-score made global; a per-channel affine after."""
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5 as bio
+
+    namespace: dict = {}
+    exec(compile(textwrap.dedent(TINY_NET), "tiny_net.py", "exec"), namespace)
+    torch.manual_seed(1)
+    net = namespace["TinyNet"](width=4).eval()
+    torch.jit.trace(net, torch.zeros(1, 1, 32, 32)).save(str(tmp_path / "net.pt"))
+    gain, offset = np.array([2.0, 3.0]), np.array([10.0, 20.0])
+
+    def semantics(plane: np.ndarray) -> np.ndarray:
+        z = ((plane - plane.mean()) / (plane.std() + 1e-6)).astype(np.float32)
+        with torch.no_grad():
+            raw = net(torch.from_numpy(z[None, None])).numpy()[0]
+        return raw * gain[:, None, None] + offset[:, None, None]
+
+    x = np.random.default_rng(3).gamma(2.0, 300.0, size=(1, 1, 48, 48)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    np.save(tmp_path / "out.npy", semantics(x[0, 0].astype(np.float64))[None].astype(np.float32))
+    (tmp_path / "README.md").write_text("# Scripted\n\nA test network.\n")
+    size = bio.ParameterizedSize(min=16, step=8)
+    spatial = [bio.AxisId("y"), bio.AxisId("x")]
+
+    def out_axis(a):
+        ref = bio.SizeReference(tensor_id=bio.TensorId("raw"), axis_id=bio.AxisId(a))
+        return bio.SpaceOutputAxisWithHalo(id=bio.AxisId(a), size=ref, halo=2)
+
+    descr = bio.ModelDescr(
+        name="tiny scripted net",
+        description="two convolutions, z-scored input, affine output",
+        authors=[bio.Author(name="Someone Else")],
+        cite=[bio.CiteEntry(text="none", doi=bio.Doi("10.1038/s41592-018-0111-2"))],
+        license=bio.LicenseId("MIT"),
+        documentation=bio.FileDescr(source=tmp_path / "README.md"),
+        inputs=[bio.InputTensorDescr(
+            id=bio.TensorId("raw"),
+            axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=["phase"]),
+                  bio.SpaceInputAxis(id=bio.AxisId("y"), size=size),
+                  bio.SpaceInputAxis(id=bio.AxisId("x"), size=size)],
+            test_tensor=bio.FileDescr(source=tmp_path / "in.npy"),
+            preprocessing=[bio.ZeroMeanUnitVarianceDescr(
+                kwargs=bio.ZeroMeanUnitVarianceKwargs(axes=spatial))])],
+        outputs=[bio.OutputTensorDescr(
+            id=bio.TensorId("stain"),
+            axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=["nuclei", "actin"]),
+                  out_axis("y"), out_axis("x")],
+            test_tensor=bio.FileDescr(source=tmp_path / "out.npy"),
+            postprocessing=[bio.ScaleLinearDescr(kwargs=bio.ScaleLinearAlongAxisKwargs(
+                axis=bio.AxisId("channel"), gain=list(gain), offset=list(offset)))])],
+        weights=bio.WeightsDescr(torchscript=bio.TorchscriptWeightsDescr(
+            source=tmp_path / "net.pt", pytorch_version=bio.Version("2.13"))),
+    )  # fmt: skip
+    package = tmp_path / "scripted.zip"
+    save_bioimageio_package(descr, output_path=package)
+    assert bioimageio_core.test_model(package).status == "passed"
+    model = load_model(package)
+    assert model.kwargs["weights"] == "torchscript" and model.normalization == "zscore"
+    assert "zero_mean_unit_variance per sample → zscore" in model.kwargs["made_global"]
+    frames = np.random.default_rng(4).gamma(2.0, 300.0, size=(2, 1, 1, 48, 56))
+    frames[1] *= 3  # another time point, its own statistics
+    got = zarrstain.predict(frames.astype(np.float32), model, halo="exact").values
+    for t in range(2):
+        want = semantics(frames[t, 0, 0])
+        np.testing.assert_allclose(
+            got[t, :, 0, 2:-2, 2:-2], want[:, 2:-2, 2:-2], rtol=1e-4, atol=1e-3
+        )
