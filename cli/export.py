@@ -23,6 +23,9 @@ FORMATS = ("torchscript", "bioimageio")
 @click.option("--author", "authors", multiple=True, help="bioimageio: an author's name (repeat).")
 @click.option("--license", "license_id", default="CC-BY-4.0", show_default=True,
               help="bioimageio: SPDX license id.")  # fmt: skip
+@click.option("--halo", type=int, default=None,
+              help="bioimageio: the outputs' halo, when smaller than the receptive radius "
+              "(smaller inputs; tiles cut with it are approximate).")  # fmt: skip
 @click.option("--sample", default=None,
               help="bioimageio: a store whose first image gives the test input and the cover "
               "[synthetic cells].")  # fmt: skip
@@ -33,6 +36,7 @@ def export(
     overwrite: bool,
     authors: tuple[str, ...],
     license_id: str,
+    halo: int | None,
     sample: str | None,
 ) -> None:
     """Export the model MODEL_PATH (a zarrstain package or any model load_model reads)."""
@@ -45,5 +49,5 @@ def export(
     else:
         data = sample_from_store(sample, model) if sample else None
         path = export_bioimageio(model, out, sample=data, authors=authors, license=license_id,
-                                 overwrite=overwrite)  # fmt: skip
+                                 halo=halo, overwrite=overwrite)  # fmt: skip
     _say(f"exported {model.name} ({model.architecture}) as {fmt}: {path}")

@@ -329,3 +329,19 @@ def test_a_torchscript_package_with_zero_mean_unit_variance_and_scale_linear(tmp
         np.testing.assert_allclose(
             got[t, :, 0, 2:-2, 2:-2], want[:, 2:-2, 2:-2], rtol=1e-4, atol=1e-3
         )
+
+
+def test_a_smaller_halo_makes_smaller_packages_that_still_pass(tmp_path):
+    """Deep models' exact halo demands large inputs; a smaller one is declared on request."""
+    model = _fnet()
+    path = export_bioimageio(model, tmp_path / "small.zip", halo=6, authors=["A. Tester"])
+    with zipfile.ZipFile(path) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+        readme = z.read("README.md").decode()
+    assert rdf["outputs"][0]["axes"][-1]["halo"] == 6
+    assert rdf["inputs"][0]["axes"][-1]["size"]["min"] == 16  # 2 · 6 + 4, a multiple of 4
+    assert "smaller: tiles cut with it are approximate" in readme and "# Validation" in readme
+    assert bioimageio_core.test_model(path).status == "passed"
+    assert load_model(path).content_hash == model.content_hash
+    with pytest.raises(ParameterError, match="halo must be a non-negative integer"):
+        export_bioimageio(model, tmp_path / "bad.zip", halo=-1)

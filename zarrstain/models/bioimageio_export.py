@@ -8,7 +8,8 @@ package is what the zoo's CI checks: ``bioimageio.core.test_model`` passes on it
   :class:`~zarrstain.models.bioimageio.ZarrstainNetwork` from the zarrstain library (declared
   in the package's conda environment), and ``torchscript``, which runs without zarrstain;
 - **tensors**: input ``(batch, channel, [z,] y, x)`` named by the model's input labels, sizes
-  ``divisor · (k + n)``; the output the same size with the receptive radius as its **halo**;
+  ``divisor · (k + n)``; the output the same size with the receptive radius (or a smaller
+  ``halo`` given) as its **halo**;
 - **preprocessing** standing in for zarrstain's global normalization, with bioimage.io's
   per-sample ops: ``zero_mean_unit_variance`` for ``center`` / ``zscore`` (per sample and
   channel, which is zarrstain's ``zscore`` when a sample is a whole (t, c) volume),
@@ -50,7 +51,7 @@ CITATIONS = {
 DEFAULT_CITATION = CITATIONS["fnet"]
 
 
-def _sample(model: Model, sample: np.ndarray | None) -> np.ndarray:
+def _sample(model: Model, sample: np.ndarray | None, halos: tuple[int, ...]) -> np.ndarray:
     """A raw input (1, C, [Z,] Y, X) of a size the model takes (synthetic cells by default)."""
     d, n = model.divisor, len(model.input_labels) or model.in_channels
     if sample is not None:
@@ -61,15 +62,15 @@ def _sample(model: Model, sample: np.ndarray | None) -> np.ndarray:
                 f"C = {n} (the model's inputs), not shape {sample.shape}"
             )
         crop = tuple(slice(0, s - s % d) for s in sample.shape[1:])
-        if any(c.stop < m for c, m in zip(crop, _least(model), strict=True)):
+        if any(c.stop < m for c, m in zip(crop, _least(model, halos), strict=True)):
             raise ParameterError(
-                f"sample {sample.shape} is too small: the model needs at least "
-                f"{_least(model)} (twice its receptive radius plus the divisor)"
+                f"sample {sample.shape} is too small: the package needs at least "
+                f"{_least(model, halos)} (twice its halo plus the divisor)"
             )
         return sample[(slice(None), *crop)][None]
     from ..datasets import CHANNELS, render_cells
 
-    least = _least(model)
+    least = _least(model, halos)
     side = max(least[-1], -(-96 // d) * d)
     nz = max(least[0], -(-16 // d) * d) if model.spatial_dims == 3 else 1
     clean = render_cells((1, nz, side, side), seed=0)
@@ -102,10 +103,17 @@ def sample_from_store(store: str | os.PathLike, model: Model, side: int = 256) -
     return np.asarray(data.isel(**crops).values, np.float32)
 
 
-def _least(model: Model) -> tuple[int, ...]:
+def _halos(model: Model, halo: int | None) -> tuple[int, ...]:
+    """The outputs' declared halo per axis: the receptive radius, or ``halo`` when smaller."""
+    if halo is not None and (not isinstance(halo, int) or halo < 0):
+        raise ParameterError(f"halo must be a non-negative integer (voxels), not {halo!r}")
+    return tuple(int(r) if halo is None else min(int(r), halo) for r in model.receptive_radius)
+
+
+def _least(model: Model, halos: tuple[int, ...]) -> tuple[int, ...]:
     """Per spatial axis, the smallest input: twice the halo plus one divisor, rounded up."""
     d = model.divisor
-    return tuple(-(-(2 * int(r) + d) // d) * d for r in model.receptive_radius)
+    return tuple(-(-(2 * h + d) // d) * d for h in halos)
 
 
 def _per_sample(model: Model) -> str | None:
@@ -129,12 +137,12 @@ def _reference(model: Model, x: np.ndarray) -> np.ndarray:
     return (out if model.spatial_dims == 3 else out[:, :, 0]).astype(np.float32)
 
 
-def _axes(model: Model, labels: Sequence[str], output: bool) -> list[Any]:
+def _axes(model: Model, labels: Sequence[str], output: bool, halos: tuple[int, ...]) -> list[Any]:
     from bioimageio.spec.model import v0_5 as bio
 
     names = ("z", "y", "x")[-model.spatial_dims :]
     axes: list[Any] = [bio.BatchAxis(), bio.ChannelAxis(channel_names=list(labels))]
-    for name, radius, least in zip(names, model.receptive_radius, _least(model), strict=True):
+    for name, radius, least in zip(names, halos, _least(model, halos), strict=True):
         aid = bio.AxisId(name)
         if output:
             ref = bio.SizeReference(tensor_id=bio.TensorId("input"), axis_id=aid)
@@ -197,14 +205,20 @@ def _name(model: Model) -> str:
     return (name if len(name) >= 5 else f"zarrstain {name}")[:128]
 
 
-def _documentation(model: Model) -> str:
+def _documentation(model: Model, halos: tuple[int, ...]) -> str:
+    exact = halos == tuple(model.receptive_radius)
+    halo_note = (
+        "the outputs' halo"
+        if exact
+        else f"the outputs' halo is {list(halos)}, smaller: tiles cut with it are approximate"
+    )
     return f"""# {model.name}
 
 A virtual-staining model exported by zarrstain: it predicts
 {", ".join(model.output_labels)} from {", ".join(model.input_labels) or "its input channels"}.
 
 - architecture: `{model.architecture}`, receptive radius {list(model.receptive_radius)}
-  (the outputs' halo), sizes multiples of {model.divisor}
+  ({halo_note}), sizes multiples of {model.divisor}
 - normalization in zarrstain: `{model.normalization}`, with **global** statistics of each
   (t, c) volume; this package declares bioimage.io's per-sample equivalent, which agrees
   when a sample is a whole volume (tiling a sample with per-tile statistics does not)
@@ -215,6 +229,13 @@ Run it over a whole OME-Zarr plate, lazily and tiled exactly:
 ```bash
 zarrstain predict plate.zarr --model this-package.zip
 ```
+
+# Validation
+
+The test tensors are zarrstain's own prediction of the sample with the sample's statistics;
+`bioimageio.core`'s `test_model` reproduces them with both weight formats. zarrstain's tests
+check that tiled prediction equals whole-field prediction and that the package loads back as
+the same model.
 """
 
 
@@ -226,6 +247,7 @@ def export_bioimageio(
     authors: Sequence[str] = (),
     license: str = "CC-BY-4.0",
     description: str | None = None,
+    halo: int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` as a bioimage.io model package (a zip) at ``out``.
@@ -244,6 +266,10 @@ def export_bioimageio(
         An SPDX license id.
     description
         One line (default: what it predicts from what).
+    halo
+        The outputs' halo in voxels, when smaller than the receptive radius (the default):
+        the smallest input is twice the halo plus the divisor, so deep 3D models need a
+        smaller one to run on thin stacks; tiles a consumer cuts with it are approximate.
     overwrite
         Replace ``out`` if it exists.
 
@@ -273,7 +299,8 @@ def export_bioimageio(
     if not authors:
         logger.warning("no authors given: the package names 'zarrstain user' (the zoo needs yours)")
     inputs = list(model.input_labels) or [f"input {i}" for i in range(model.in_channels)]
-    x = _sample(model, sample)
+    halos = _halos(model, halo)
+    x = _sample(model, sample, halos)
     y = _reference(model, x)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -286,7 +313,7 @@ def export_bioimageio(
         mid = (x.shape[2] // 2,) if model.spatial_dims == 3 else ()
         panel([(inputs[0], x[(0, 0, *mid)]), (model.output_labels[0], y[(0, 0, *mid)])],
               d / "cover.png", title=model.name)  # fmt: skip
-        (d / "README.md").write_text(_documentation(model))
+        (d / "README.md").write_text(_documentation(model, halos))
         env = {
             "name": "zarrstain",
             "channels": ["conda-forge"],
@@ -307,11 +334,11 @@ def export_bioimageio(
                 covers=[bio.FileDescr(source=d / "cover.png")],
                 tags=["virtual-staining", "zarrstain", model.architecture],
                 inputs=[bio.InputTensorDescr(
-                    id=bio.TensorId("input"), axes=_axes(model, inputs, False),
+                    id=bio.TensorId("input"), axes=_axes(model, inputs, False, halos),
                     test_tensor=bio.FileDescr(source=d / "test_input.npy"),
                     preprocessing=_preprocessing(model))],
                 outputs=[bio.OutputTensorDescr(
-                    id=bio.TensorId("output"), axes=_axes(model, model.output_labels, True),
+                    id=bio.TensorId("output"), axes=_axes(model, model.output_labels, True, halos),
                     test_tensor=bio.FileDescr(source=d / "test_output.npy"),
                     postprocessing=_postprocessing(model))],
                 weights=bio.WeightsDescr(
