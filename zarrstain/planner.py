@@ -3,15 +3,15 @@
 Block sizes come from a memory budget per block (:func:`default_block_memory`): multiples of
 the model's divisor, full Z for 3D models when it fits, and, of every block shape along y and x
 that fits, the one computing the fewest voxels (halo overhead weighed against block size, see
-:func:`_planar_blocks`), preferring whole multiples of the data's own chunks (the store's, when
-the data came from a store) so that every task writes whole zarr chunks. Non-local models get
+:func:`zarrstain.block_search.planar_blocks`), preferring whole multiples of the data's own
+chunks (the store's, when the data came from a store) so that every task writes whole zarr
+chunks. Non-local models get
 one whole field per block. See :mod:`zarrstain.tiling` for why the halo and the divisor make
 tiled prediction exact.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ import dask
 import numpy as np
 from dask.utils import format_bytes, parse_bytes
 
+from .block_search import axis_chunks, extent, planar_blocks, round_up
 from .errors import ParameterError, ShapeMismatchError, option
 from .models.model import Model
 
@@ -90,7 +91,7 @@ class TilePlan:
         """Largest block with its overlap, (t, z, y, x) (edge blocks overlap on one side)."""
         return (
             max(self.chunks[0]),
-            *(_extent(c, h) for c, h in zip(self.chunks[1:], self.halo, strict=True)),
+            *(extent(c, h) for c, h in zip(self.chunks[1:], self.halo, strict=True)),
         )
 
     @property
@@ -129,10 +130,6 @@ class TilePlan:
             "memory_per_block": self.memory_per_block,
             "compute_ratio": round(self.compute_ratio, 3),
         }
-
-
-def _round_up(n: int, k: int) -> int:
-    return -(-n // k) * k
 
 
 def bytes_per_voxel(model: Model) -> int:
@@ -186,7 +183,7 @@ def auto_halo(model: Model, radius: tuple[int, ...] | None = None) -> tuple[int,
     ``radius``: of one pass of a multi-pass model (default the model's).
     """
     radius = model.receptive_radius if radius is None else radius
-    return tuple(_round_up(math.ceil(r * AUTO_FRACTION), model.divisor) for r in radius)
+    return tuple(round_up(math.ceil(r * AUTO_FRACTION), model.divisor) for r in radius)
 
 
 def _halos(model: Model, halo: str | int) -> tuple[str, list[dict[str, int]]]:
@@ -194,88 +191,17 @@ def _halos(model: Model, halo: str | int) -> tuple[str, list[dict[str, int]]]:
     axes = SPATIAL[-model.spatial_dims :]
     radii = model.geometry.radii if model.geometry.passes > 1 else (model.receptive_radius,)
     if halo == "exact":
-        values = [[_round_up(r, model.divisor) for r in radius] for radius in radii]
+        values = [[round_up(r, model.divisor) for r in radius] for radius in radii]
     elif halo == "auto":
         values = [list(auto_halo(model, radius)) for radius in radii]
     elif isinstance(halo, int | np.integer) and not isinstance(halo, bool) and halo >= 0:
-        values = [[_round_up(int(halo), model.divisor)] * model.spatial_dims] * len(radii)
+        values = [[round_up(int(halo), model.divisor)] * model.spatial_dims] * len(radii)
         if values[0][0] != halo:
             logger.info("halo %d rounded up to %d, a multiple of the divisor", halo, values[0][0])
     else:
         raise ParameterError(f"halo must be 'auto', 'exact' or an integer ≥ 0, not {halo!r}")
     mode = halo if isinstance(halo, str) else "fixed"
     return mode, [dict(zip(axes, v, strict=True)) for v in values]
-
-
-def _axis_chunks(size: int, block: int, halo: int) -> tuple[int, ...]:
-    """Regular blocks; a last block smaller than the halo is merged into its neighbour."""
-    if block >= size:
-        return (size,)
-    chunks = [block] * (size // block)
-    rest = size - sum(chunks)
-    if rest:
-        if rest < halo:
-            chunks[-1] += rest
-        else:
-            chunks.append(rest)
-    return tuple(chunks)
-
-
-def _extent(cores: tuple[int, ...], halo: int) -> int:
-    """The largest block along an axis with its overlap (edge blocks overlap on one side)."""
-    n = len(cores)
-    return max(c + halo * ((i > 0) + (i < n - 1)) for i, c in enumerate(cores))
-
-
-def _cost(size: int, cores: tuple[int, ...], halo: int) -> float:
-    """Voxels computed along an axis, over its size."""
-    return (size + 2 * halo * (len(cores) - 1)) / size
-
-
-def _candidates(size: int, halo: int, unit: int) -> list[tuple[int, int, float]]:
-    """(block, extent, cost) for every number of near-equal blocks of multiples of ``unit``."""
-    out: dict[int, tuple[int, int, float]] = {}
-    for n in range(1, max(1, size // unit) + 1):
-        b = max(_round_up(-(-size // n), unit), _round_up(halo, unit) if n > 1 else unit)
-        if b not in out:  # n blocks of at most b: only ~2√(size/unit) distinct sizes
-            cores = _axis_chunks(size, b, halo)
-            out[b] = (b, _extent(cores, halo), _cost(size, cores, halo))
-    return list(out.values())
-
-
-def _planar_blocks(
-    sizes: list[int], halos: list[int], depth: int, units: list[int], div: int, budget: int,
-    bpv: int,
-) -> list[int]:  # fmt: skip
-    """Block cores along the planar axes (y, x) that compute the fewest voxels within budget.
-
-    Every combination of block counts per axis is weighed: halo overhead against block size,
-    so a long strip can beat square blocks. Blocks of whole store chunks (``units``) avoid
-    rechunking before writing; they are used unless they cost more than 10% extra compute over
-    plain multiples of the divisor. Ties go to fewer, then squarer, blocks.
-    """
-
-    def best(axis_units: list[int]) -> tuple[float, list[int]] | None:
-        options = [_candidates(s, h, u) for s, h, u in zip(sizes, halos, axis_units, strict=True)]
-        found = None
-        for combo in itertools.product(*options):
-            if depth * math.prod(ext for _, ext, _ in combo) * bpv > budget:
-                continue
-            cost = math.prod(c for _, _, c in combo)
-            blocks = [b for b, _, _ in combo]
-            key = (round(cost, 9), -math.prod(blocks), max(blocks) - min(blocks))
-            if found is None or key < found[0]:
-                found = (key, blocks)
-        return (found[0][0], found[1]) if found else None
-
-    free = best([div] * len(sizes))
-    aligned = best(units) if units != [div] * len(sizes) else None
-    if aligned is not None and free is not None and aligned[0] <= 1.1 * free[0]:
-        return aligned[1]
-    if free is not None:
-        return free[1]
-    # nothing fits: the smallest blocks the halos allow (plan_tiles warns)
-    return [max(div, _round_up(h, div)) for h in halos]
 
 
 def plan_tiles(
@@ -324,7 +250,7 @@ def plan_tiles(
     plane = math.prod(axes.ext(a, sizes[a]) for a in axes.planar)
     block_bytes = axes.ext(0, sizes[0]) * plane * bpv
     t_block = chunks.get("t") or int(max(1, min(t, budget // max(block_bytes, 1))))
-    core = [_axis_chunks(axes.padded[a], sizes[a], axes.halo(a)) for a in range(3)]
+    core = [axis_chunks(axes.padded[a], sizes[a], axes.halo(a)) for a in range(3)]
 
     def zeroed(h: dict[str, int]) -> tuple[int, int, int]:  # no overlap along one-block axes
         return tuple(h.get(SPATIAL[a], 0) if len(core[a]) > 1 else 0 for a in range(3))
@@ -335,7 +261,7 @@ def plan_tiles(
         model_axes=model_axes,
         shape=tuple(zyx),
         padded=axes.padded,
-        chunks=(_axis_chunks(t, t_block, 0), *core),
+        chunks=(axis_chunks(t, t_block, 0), *core),
         halo=halo_zyx,
         halo_mode=mode,
         divisor=div,
@@ -390,14 +316,14 @@ class _Axes:
     def ext(self, a: int, block: int) -> int:
         """The largest block along axis ``a`` with its overlap, for cores of ``block``."""
         h = self.halo(a)
-        return _extent(_axis_chunks(self.padded[a], block, h), h)
+        return extent(axis_chunks(self.padded[a], block, h), h)
 
 
 def _padded(model: Model, zyx: list[int]) -> tuple[int, int, int]:
     """(z, y, x) padded to the divisor along the model's axes; refuses too small a volume."""
     div, model_axes = model.divisor, SPATIAL[-model.spatial_dims :]
     padded = tuple(
-        _round_up(s, div) if a in model_axes else s for a, s in zip(SPATIAL, zyx, strict=True)
+        round_up(s, div) if a in model_axes else s for a, s in zip(SPATIAL, zyx, strict=True)
     )
     least = dict(zip(model_axes, model.geometry.minimum, strict=False))
     for a, s in zip(SPATIAL, zyx, strict=True):
@@ -456,14 +382,14 @@ def _requested(
         if a in axes.model_axes and c % axes.div:
             raise ShapeMismatchError(
                 f"chunks[{a!r}]={c} is not a multiple of the model's divisor {axes.div}; use "
-                f"{_round_up(c, axes.div)}"
+                f"{round_up(c, axes.div)}"
             )
     for a, c in list(chunks.items()):
         if a not in axes.model_axes:
             continue
         h, p = axes.halos[a], axes.padded[SPATIAL.index(a)]
         if c < min(h, p):  # dask overlaps only with neighbours ≥ the halo
-            chunks[a] = min(_round_up(h, axes.div), p)
+            chunks[a] = min(round_up(h, axes.div), p)
             logger.warning(
                 "chunks[%r]=%d is smaller than the halo %d; using %d", a, c, h, chunks[a]
             )
@@ -474,7 +400,8 @@ def _block_sizes(axes: _Axes, chunks: dict[str, int], budget: int, bpv: int) -> 
     """Block cores along (z, y, x): the caller's, else searched within the budget.
 
     3D models take the whole stack in z when a minimal y/x block still fits; y and x are
-    searched by :func:`_planar_blocks`; 2D models then take as many planes as fit.
+    searched by :func:`~zarrstain.block_search.planar_blocks`; 2D models then take as many
+    planes as fit.
     """
     sizes = [0, 0, 0]
     three_d = "z" in axes.model_axes
@@ -483,7 +410,7 @@ def _block_sizes(axes: _Axes, chunks: dict[str, int], budget: int, bpv: int) -> 
     elif three_d:
         smallest = (axes.ext(a, max(axes.unit(a), axes.halo(a))) for a in axes.planar)
         fits = axes.padded[0] * math.prod(smallest) * bpv <= budget
-        least = max(_round_up(axes.halo(0), axes.div), axes.unit(0), axes.div)
+        least = max(round_up(axes.halo(0), axes.div), axes.unit(0), axes.div)
         sizes[0] = axes.padded[0] if fits else least
     else:
         sizes[0] = 1  # set below: as many planes as fit
@@ -492,7 +419,7 @@ def _block_sizes(axes: _Axes, chunks: dict[str, int], budget: int, bpv: int) -> 
     sizes[1:] = [given.get(a, 0) for a in (1, 2)]
     if search:  # y and x: the fewest computed voxels that fit, given any fixed axis
         fixed = math.prod(axes.ext(a, s) for a, s in given.items())
-        found = _planar_blocks(
+        found = planar_blocks(
             [axes.padded[a] for a in search],
             [axes.halo(a) for a in search],
             axes.ext(0, sizes[0]) * fixed,
