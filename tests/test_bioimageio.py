@@ -91,9 +91,28 @@ class TinyNet(nn.Module):
 '''
 
 
+def _save_package(tmp_path, filename: str, name: str, description: str, **fields):
+    """A package of a foreign model, made with bioimageio.spec: what both packages share."""
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5 as bio
+
+    (tmp_path / "README.md").write_text(f"# {name}\n\nA test network.\n")
+    descr = bio.ModelDescr(
+        name=name,
+        description=description,
+        authors=[bio.Author(name="Someone Else")],
+        cite=[bio.CiteEntry(text="none", doi=bio.Doi("10.1038/s41592-018-0111-2"))],
+        license=bio.LicenseId("MIT"),
+        documentation=bio.FileDescr(source=tmp_path / "README.md"),
+        **fields,
+    )
+    path = tmp_path / filename
+    save_bioimageio_package(descr, output_path=path)
+    return path
+
+
 def _foreign_package(tmp_path, halo: int = 2, axes: str = "bcyx"):
     """A bioimage.io package built here with bioimageio.spec, not by zarrstain."""
-    from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as bio
 
     src = tmp_path / "tiny_net.py"
@@ -116,7 +135,6 @@ def _foreign_package(tmp_path, halo: int = 2, axes: str = "bcyx"):
     perm = [have.index(a) for a in axes]
     np.save(tmp_path / "in.npy", x.transpose(perm))
     np.save(tmp_path / "out.npy", y.transpose(perm))
-    (tmp_path / "README.md").write_text("# Tiny\n\nA test network.\n")
 
     def space(aid, output):
         if output:
@@ -131,13 +149,9 @@ def _foreign_package(tmp_path, halo: int = 2, axes: str = "bcyx"):
         return [made[a] if a in made else space(a, output) for a in axes]
 
     spatial = [bio.AxisId("y"), bio.AxisId("x")]
-    descr = bio.ModelDescr(
-        name="tiny foreign net",
-        description="two convolutions, percentile-normalized input, sigmoid output",
-        authors=[bio.Author(name="Someone Else")],
-        cite=[bio.CiteEntry(text="none", doi=bio.Doi("10.1038/s41592-018-0111-2"))],
-        license=bio.LicenseId("MIT"),
-        documentation=bio.FileDescr(source=tmp_path / "README.md"),
+    return _save_package(
+        tmp_path, f"tiny_{axes}.zip", "tiny foreign net",
+        "two convolutions, percentile-normalized input, sigmoid output",
         inputs=[bio.InputTensorDescr(
             id=bio.TensorId("raw"), axes=tensor_axes(["phase"], False),
             test_tensor=bio.FileDescr(source=tmp_path / "in.npy"),
@@ -154,9 +168,6 @@ def _foreign_package(tmp_path, halo: int = 2, axes: str = "bcyx"):
             architecture=bio.ArchitectureFromFileDescr(
                 source=src, callable=bio.Identifier("TinyNet"), kwargs={"width": 4}))),
     )  # fmt: skip
-    path = tmp_path / f"tiny_{axes}.zip"
-    save_bioimageio_package(descr, output_path=path)
-    return path
 
 
 def _package_semantics(model, plane: np.ndarray) -> np.ndarray:
@@ -263,7 +274,6 @@ def test_a_3d_model_exports_and_passes_too(tmp_path):
 
 def test_a_torchscript_package_with_zero_mean_unit_variance_and_scale_linear(tmp_path):
     """TorchScript weights only; per-sample z-score made global; a per-channel affine after."""
-    from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as bio
 
     namespace: dict = {}
@@ -282,7 +292,6 @@ def test_a_torchscript_package_with_zero_mean_unit_variance_and_scale_linear(tmp
     x = np.random.default_rng(3).gamma(2.0, 300.0, size=(1, 1, 48, 48)).astype(np.float32)
     np.save(tmp_path / "in.npy", x)
     np.save(tmp_path / "out.npy", semantics(x[0, 0].astype(np.float64))[None].astype(np.float32))
-    (tmp_path / "README.md").write_text("# Scripted\n\nA test network.\n")
     size = bio.ParameterizedSize(min=16, step=8)
     spatial = [bio.AxisId("y"), bio.AxisId("x")]
 
@@ -290,13 +299,9 @@ def test_a_torchscript_package_with_zero_mean_unit_variance_and_scale_linear(tmp
         ref = bio.SizeReference(tensor_id=bio.TensorId("raw"), axis_id=bio.AxisId(a))
         return bio.SpaceOutputAxisWithHalo(id=bio.AxisId(a), size=ref, halo=2)
 
-    descr = bio.ModelDescr(
-        name="tiny scripted net",
-        description="two convolutions, z-scored input, affine output",
-        authors=[bio.Author(name="Someone Else")],
-        cite=[bio.CiteEntry(text="none", doi=bio.Doi("10.1038/s41592-018-0111-2"))],
-        license=bio.LicenseId("MIT"),
-        documentation=bio.FileDescr(source=tmp_path / "README.md"),
+    package = _save_package(
+        tmp_path, "scripted.zip", "tiny scripted net",
+        "two convolutions, z-scored input, affine output",
         inputs=[bio.InputTensorDescr(
             id=bio.TensorId("raw"),
             axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=["phase"]),
@@ -315,8 +320,6 @@ def test_a_torchscript_package_with_zero_mean_unit_variance_and_scale_linear(tmp
         weights=bio.WeightsDescr(torchscript=bio.TorchscriptWeightsDescr(
             source=tmp_path / "net.pt", pytorch_version=bio.Version("2.13"))),
     )  # fmt: skip
-    package = tmp_path / "scripted.zip"
-    save_bioimageio_package(descr, output_path=package)
     assert bioimageio_core.test_model(package).status == "passed"
     model = load_model(package)
     assert model.kwargs["weights"] == "torchscript" and model.normalization == "zscore"

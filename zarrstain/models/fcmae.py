@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .unext2 import Decoder, GlobalResponseNorm, LayerNorm2d, VoxelHead, pixel_shuffle
+from .unext2 import Decoder, GlobalResponseNorm, Stage, VoxelHead, pixel_shuffle
 
 __all__ = ["FullyConvolutionalMAE", "fcmae_config"]
 
@@ -55,21 +55,6 @@ class _Block(nn.Module):
         return x + y.permute(0, 3, 1, 2)
 
 
-class _Stage(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, blocks: int, stride: int) -> None:
-        super().__init__()
-        if in_ch != out_ch or stride > 1:
-            self.downsample: nn.Module = nn.Sequential(
-                LayerNorm2d(in_ch), nn.Conv2d(in_ch, out_ch, stride, stride)
-            )
-        else:
-            self.downsample = nn.Identity()
-        self.blocks = nn.Sequential(*(_Block(out_ch) for _ in range(blocks)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
-
-
 class _Stem(nn.Module):
     """VisCy's ``MaskedAdaptiveProjection``: a plane by ``conv2d``, a stack by ``conv3d``."""
 
@@ -99,7 +84,7 @@ class _Encoder(nn.Module):
         self.stem = _Stem(in_ch, dims[0], kernel, in_stack_depth)
         chs = [dims[0], *dims]
         self.stages = nn.ModuleList(
-            _Stage(chs[i], chs[i + 1], n, 1 if i == 0 else 2) for i, n in enumerate(blocks)
+            Stage(chs[i], chs[i + 1], n, 1 if i == 0 else 2, _Block) for i, n in enumerate(blocks)
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

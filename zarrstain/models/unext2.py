@@ -36,6 +36,7 @@ __all__ = [
     "GlobalResponseNorm",
     "LayerNorm2d",
     "PadPool",
+    "Stage",
     "UNeXt2",
     "VoxelHead",
     "pixel_shuffle",
@@ -122,18 +123,22 @@ class _Block(nn.Module):
         return x + self.mlp(self.norm(self.conv_dw(x)))
 
 
-class _Stage(nn.Module):
-    """A ConvNeXt stage: optional LayerNorm + convolution (``kernel`` = stride), then blocks."""
+class Stage(nn.Module):
+    """A ConvNeXt stage: optional LayerNorm + convolution (``kernel`` = stride), then blocks
+    (timm's ConvNeXt-V2 block, or another of one width: FCMAE's masked block)."""
 
-    def __init__(self, in_channels: int, out_channels: int, depth: int, kernel: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, depth: int, kernel: int, block: Any = None
+    ) -> None:
         super().__init__()
+        block = block or _Block
         if in_channels != out_channels or kernel > 1:
             self.downsample: nn.Module = nn.Sequential(
                 LayerNorm2d(in_channels), nn.Conv2d(in_channels, out_channels, kernel, kernel)
             )
         else:
             self.downsample = nn.Identity()
-        self.blocks = nn.Sequential(*(_Block(out_channels) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(block(out_channels) for _ in range(depth)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
@@ -147,7 +152,7 @@ class _Encoder(nn.Module):
         self.stem_1 = LayerNorm2d(dims[0])
         for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
             previous = dims[max(i - 1, 0)]
-            self.add_module(f"stages_{i}", _Stage(previous, dim, depth, 1 if i == 0 else 2))
+            self.add_module(f"stages_{i}", Stage(previous, dim, depth, 1 if i == 0 else 2))
         self.n = len(dims)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -163,7 +168,7 @@ class _UpStage(nn.Module):
     def __init__(self, in_ch: int, skip: int, out_ch: int, depth: int) -> None:
         super().__init__()
         self.upsample = nn.PixelShuffle(2)
-        self.conv = _Stage(in_ch // 4 + skip, out_ch, depth, 1)
+        self.conv = Stage(in_ch // 4 + skip, out_ch, depth, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([self.upsample(x), skip], dim=1))

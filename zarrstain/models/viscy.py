@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,27 @@ __all__ = ["VisCyArchitecture", "VisCyPredictor", "is_viscy_checkpoint", "load_v
 
 logger = logging.getLogger(__name__)
 
-#: VisCy's ``VSUNet`` architecture names → (network, config from a state dict, num_blocks)
+
+def _unext2(state: Mapping[str, torch.Tensor], given: Mapping[str, Any]) -> dict[str, Any]:
+    return {**unext2_config(state), "head_pool": bool(given.get("head_pool", False))}
+
+
+def _fcmae(state: Mapping[str, torch.Tensor], given: Mapping[str, Any]) -> dict[str, Any]:
+    return {**fcmae_config(state), "head_conv_pool": bool(given.get("head_conv_pool", True))}
+
+
+def _unet(network: str) -> Any:
+    return lambda state, given: unet_config(state, network, given)
+
+
+#: VisCy's ``VSUNet`` architecture names → (network, its arguments from a state dict and
+#: VisCy's ``model_config``, which alone says what has no weights)
 NETWORKS: dict[str, tuple[type[nn.Module], Any]] = {
-    "UNeXt2": (UNeXt2, unext2_config),
-    "fcmae": (FullyConvolutionalMAE, fcmae_config),
-    "UNeXt2_2D": (FullyConvolutionalMAE, fcmae_config),
-    "2D": (Unet2d, unet_config),
-    "2.5D": (Unet25d, unet_config),
+    "UNeXt2": (UNeXt2, _unext2),
+    "fcmae": (FullyConvolutionalMAE, _fcmae),
+    "UNeXt2_2D": (FullyConvolutionalMAE, _fcmae),
+    "2D": (Unet2d, _unet("2D")),
+    "2.5D": (Unet25d, _unet("2.5D")),
 }
 #: the older U-Nets: local (eval batch norm, pooling, interpolation), so they tile exactly
 LOCAL = ("2D", "2.5D")
@@ -243,19 +258,15 @@ def _network(state: dict[str, torch.Tensor], stated: str | None, path: Path) -> 
 def _config(network: str, state: dict, given: dict[str, Any], path: Path) -> dict[str, Any]:
     """The network's arguments: from the weights, completed and checked by ``model_config``."""
     try:
-        if network in LOCAL:
-            config = unet_config(state, network, given)
-        else:
-            config = NETWORKS[network][1](state)
+        config = NETWORKS[network][1](state, given)
     except KeyError as exc:
         raise ModelError(f"{path}: not a VisCy {network}: no tensor {exc}") from None
     family = _family(network)
     for key, value in given.items():
         if key in CONFIG_ONLY.get(family, ()):
-            if network not in LOCAL:  # (the U-Nets' config read them already)
-                config[key] = bool(value)
-        elif key in UNSUPPORTED:
-            if value != UNSUPPORTED[key] and not (value is None and key.endswith("pre_conv")):
+            continue  # read with the weights
+        if key in UNSUPPORTED:
+            if (value or None) != (UNSUPPORTED[key] or None):  # False and None alike
                 raise ModelError(
                     f"{path}: model_config {key}={value!r} is not supported (only "
                     f"{UNSUPPORTED[key]!r}, what VisCy's published models use)"

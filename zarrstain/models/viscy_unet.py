@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -66,89 +67,83 @@ class ConvBlock(nn.Module):
         return x0 + x
 
 
-class Unet2d(nn.Module):
+class _UNet(nn.Module):
+    """What the two U-Nets share: the encoder and decoder blocks, and the path through them."""
+
+    def _blocks(self, nd: int, in_channels: int, filters: list[int], k_down: tuple[int, ...],
+                k_up: tuple[int, ...], repeats: int, residual: bool) -> None:  # fmt: skip
+        n = len(filters) - 1
+        down = [in_channels, *filters]
+        up = [filters[-(i + 1)] + filters[-(i + 2)] for i in range(n)]
+        for i in range(n):
+            block = ConvBlock(nd, down[i], down[i + 1], k_down, repeats, residual)
+            self.add_module(f"down_conv_block_{i}", block)
+            block = ConvBlock(nd, up[i], down[-(i + 2)], k_up, repeats, residual)
+            self.add_module(f"up_conv_block_{i}", block)
+        self.num_blocks = n
+
+    def _path(self, x: torch.Tensor, pool: Any, scale: Any, mode: str) -> torch.Tensor:
+        skips = []
+        for i in range(self.num_blocks):
+            x = getattr(self, f"down_conv_block_{i}")(x)
+            skips.append(self._skip(i, x))
+            x = pool(x)
+        x = self.bottom_transition_block(x)
+        for i in range(self.num_blocks):
+            x = functional.interpolate(x, scale_factor=scale, mode=mode, align_corners=False)
+            x = getattr(self, f"up_conv_block_{i}")(torch.cat([x, skips[-(i + 1)]], 1))
+        return self.terminal_block(x)
+
+    def _skip(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Unet2d(_UNet):
     """VisCy's ``Unet2d``: (N, C, 1, Y, X) → (N, out, 1, Y, X), Y, X multiples of 2**blocks."""
 
     def __init__(self, in_channels: int, out_channels: int, num_filters: list[int],
                  kernel_size: tuple[int, int] = (3, 3), num_block_layers: int = 2,
                  residual: bool = False, task: str = "seg") -> None:  # fmt: skip
         super().__init__()
-        n = len(num_filters) - 1
-        down = [in_channels, *num_filters]
-        up = [num_filters[-(i + 1)] + num_filters[-(i + 2)] for i in range(n)]
         k, r = tuple(kernel_size), num_block_layers
-        for i in range(n):
-            self.add_module(
-                f"down_conv_block_{i}", ConvBlock(2, down[i], down[i + 1], k, r, residual)
-            )
-        self.bottom_transition_block = ConvBlock(
-            2, num_filters[-2], num_filters[-1], k, r, residual
-        )
-        for i in range(n):
-            self.add_module(
-                f"up_conv_block_{i}", ConvBlock(2, up[i], down[-(i + 2)], k, r, residual)
-            )
-        self.terminal_block = ConvBlock(2, down[1], out_channels, k, 1, False,
+        self._blocks(2, in_channels, num_filters, k, k, r, residual)
+        self.bottom_transition_block = ConvBlock(2, num_filters[-2], num_filters[-1], k, r,
+                                                 residual)  # fmt: skip
+        self.terminal_block = ConvBlock(2, num_filters[0], out_channels, k, 1, False,
                                         linear=task == "reg", norm=False)  # fmt: skip
-        self.num_blocks, self.in_stack_depth, self.out_stack_depth = n, 1, 1
+        self.in_stack_depth = self.out_stack_depth = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.squeeze(2)
-        skips = []
-        for i in range(self.num_blocks):
-            x = getattr(self, f"down_conv_block_{i}")(x)
-            skips.append(x)
-            x = functional.avg_pool2d(x, 2)
-        x = self.bottom_transition_block(x)
-        for i in range(self.num_blocks):
-            x = functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            x = getattr(self, f"up_conv_block_{i}")(torch.cat([x, skips[-(i + 1)]], 1))
-        return self.terminal_block(x).unsqueeze(2)
+        pool = partial(functional.avg_pool2d, kernel_size=2)
+        return self._path(x.squeeze(2), pool, 2, "bilinear").unsqueeze(2)
 
 
-class Unet25d(nn.Module):
-    """VisCy's ``Unet25d``: (N, C, D, Y, X) → (N, out, out_stack_depth, Y, X)."""
+class Unet25d(_UNet):
+    """VisCy's ``Unet25d``: (N, C, D, Y, X) → (N, out, out_stack_depth, Y, X); the z window
+    collapses in the skip connections and the bottom."""
 
     def __init__(self, in_channels: int, out_channels: int, num_filters: list[int],
                  in_stack_depth: int = 5, out_stack_depth: int = 1,
                  kernel_size: tuple[int, int] = (3, 3), num_block_layers: int = 2,
                  residual: bool = False, task: str = "seg") -> None:  # fmt: skip
         super().__init__()
-        n = len(num_filters) - 1
-        down = [in_channels, *num_filters]
-        up = [num_filters[-(i + 1)] + num_filters[-(i + 2)] for i in range(n)]
         kz = 1 + in_stack_depth - out_stack_depth
-        k3, k1, r = (3, *kernel_size), (1, *kernel_size), num_block_layers
-        for i in range(n):
-            self.add_module(
-                f"down_conv_block_{i}", ConvBlock(3, down[i], down[i + 1], k3, r, residual)
-            )
+        k3, k1 = (3, *kernel_size), (1, *kernel_size)
+        self._blocks(3, in_channels, num_filters, k3, k1, num_block_layers, residual)
         self.bottom_transition_block = nn.Conv3d(num_filters[-2], num_filters[-1], (kz, 1, 1))
-        for i in range(n):
-            self.add_module(
-                f"up_conv_block_{i}", ConvBlock(3, up[i], down[-(i + 2)], k1, r, residual)
-            )
-        for i in range(n):
-            self.add_module(f"skip_conv_layer_{i}", nn.Conv3d(down[i + 1], down[i + 1], (kz, 1, 1)))
+        for i, f in enumerate(num_filters[:-1]):
+            self.add_module(f"skip_conv_layer_{i}", nn.Conv3d(f, f, (kz, 1, 1)))
         reg = task == "reg"
-        self.terminal_block = ConvBlock(3, down[1], out_channels, (1, 3, 3), 1, False, linear=reg,
-                                        norm=not reg)  # fmt: skip
-        self.num_blocks = n
+        self.terminal_block = ConvBlock(3, num_filters[0], out_channels, (1, 3, 3), 1, False,
+                                        linear=reg, norm=not reg)  # fmt: skip
         self.in_stack_depth, self.out_stack_depth = in_stack_depth, out_stack_depth
 
+    def _skip(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, f"skip_conv_layer_{i}")(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i in range(self.num_blocks):
-            x = getattr(self, f"down_conv_block_{i}")(x)
-            skips.append(x)
-            x = functional.avg_pool3d(x, (1, 2, 2))
-        x = self.bottom_transition_block(x)
-        skips = [getattr(self, f"skip_conv_layer_{i}")(s) for i, s in enumerate(skips)]
-        for i in range(self.num_blocks):
-            x = functional.interpolate(x, scale_factor=(1, 2, 2), mode="trilinear",
-                                       align_corners=False)  # fmt: skip
-            x = getattr(self, f"up_conv_block_{i}")(torch.cat([x, skips[-(i + 1)]], 1))
-        return self.terminal_block(x)
+        pool = partial(functional.avg_pool3d, kernel_size=(1, 2, 2))
+        return self._path(x, pool, (1, 2, 2), "trilinear")
 
 
 def unet_radius(config: dict[str, Any]) -> int:
