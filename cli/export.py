@@ -27,8 +27,10 @@ FORMATS = ("torchscript", "bioimageio")
               help="bioimageio: the outputs' halo, when smaller than the receptive radius "
               "(smaller inputs; tiles cut with it are approximate).")  # fmt: skip
 @click.option("--sample", default=None,
-              help="bioimageio: a store whose first image gives the test input and the cover "
+              help="bioimageio: a store whose image gives the test input and the cover "
               "[synthetic cells].")  # fmt: skip
+@click.option("--scene", default=None,
+              help="bioimageio: the --sample store's scene ('A/1/0') [its first].")  # fmt: skip
 def export(
     model_path: str,
     fmt: str,
@@ -38,6 +40,7 @@ def export(
     license_id: str,
     halo: int | None,
     sample: str | None,
+    scene: str | None,
 ) -> None:
     """Export the model MODEL_PATH (a zarrstain package or any model load_model reads)."""
     from zarrstain.models import export_bioimageio, export_torchscript, load_model
@@ -45,9 +48,13 @@ def export(
 
     model = load_model(model_path)
     if fmt == "torchscript":
+        if sample or scene or halo is not None:
+            raise click.BadParameter(
+                "--sample, --scene and --halo are options of --format bioimageio"
+            )
         path = export_torchscript(model, out, overwrite=overwrite)
     else:
-        data = sample_from_store(sample, model) if sample else None
+        data = sample_from_store(sample, model, scene=scene) if sample else None
         path = export_bioimageio(model, out, sample=data, authors=authors, license=license_id,
                                  halo=halo, overwrite=overwrite)  # fmt: skip
     _say(f"exported {model.name} ({model.architecture}) as {fmt}: {path}")

@@ -196,9 +196,18 @@ def test_per_channel_dtypes_are_checked(tmp_path):
         zarrstain.write_channels(store, pred, out=tmp_path / "o.zarr", dtype=["uint8"])
     # in place into a uint16 store: the float32 std head cannot go in; nothing is written
     before = sorted(p.name for p in store.rglob("*"))
-    with pytest.raises(zarrstain.errors.UnsupportedError, match="cannot hold a float32 channel"):
+    with pytest.raises(
+        zarrstain.errors.UnsupportedError,
+        match=r"cannot hold the float32 channel 's'; pass dtype='uint16' to write every new",
+    ):
         zarrstain.write_channels(store, pred)
     assert sorted(p.name for p in store.rglob("*")) == before
+    # one dtype for all, as the message says: the std is rounded into the store's uint16
+    zarrstain.write_channels(store, pred, dtype="uint16")
+    back = zarrstain.open_image(store)
+    assert back.dtype == np.uint16 and list(back.coords["c"].values)[-2:] == ["v", "s"]
+    expected = np.clip(np.round(pred.sel(c="s").values), 0, 65535)
+    np.testing.assert_array_equal(back.sel(c="s").values, expected)
 
 
 def test_two_pass_model_tiles_exactly_and_resumes_after_a_crash_between_passes(tmp_path):

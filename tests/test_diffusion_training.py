@@ -49,7 +49,7 @@ def test_class_maps_from_tables_attributes_and_labels(plate, tmp_path):
     assert ClassMap({"a01": "c"}).lookup("A/1/3") == "c"
     bad = tmp_path / "bad.csv"
     bad.write_text("well,treatment\nA/1,x\n")
-    with pytest.raises(ParameterError, match="needs a header row with a 'class' column"):
+    with pytest.raises(ParameterError, match="has no 'class' column"):
         read_class_map(bad)
     with pytest.raises(ParameterError, match="does not exist"):
         read_class_map(tmp_path / "none.csv")

@@ -61,9 +61,9 @@ def _ms(ome):
         ),
         (lambda o: _ms(o).pop("datasets"), "multiscales[0].datasets", "None"),
         (
-            lambda o: _ms(o)["axes"][2].update(name="q", type="space"),
+            lambda o: _ms(o)["axes"][2].update(name="q", type="angle"),
             None,
-            "axis 'q' (type 'space') is not supported",
+            "axis 'q' (type 'angle') is not supported",
         ),
     ],
 )

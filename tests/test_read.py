@@ -180,3 +180,45 @@ def test_an_open_store_is_parsed_once_and_reused(make_store, tmp_path):
     assert opened.open_store(store) is store  # reused as it is
     assert opened.open_store(store, "r+").mode == "r+"  # reopened to write
     assert zarrstain.open_scenes(store).keys() == zarrstain.open_scenes(src).keys()
+
+
+@pytest.mark.parametrize(
+    ("names", "types", "expected"),
+    [
+        # iohub (VisCy's writer): upper-case names, typed axes
+        ("TCZYX", ["time", "channel", "space", "space", "space"], "tczyx"),
+        # other names for typed axes: space axes are taken in NGFF's order, ..., z, y, x
+        (["time", "ch", "depth", "row", "col"], ["time", "channel", "space", "space", "space"],
+         "tczyx"),
+        (["c", "Y", "X"], ["channel", "space", "space"], "cyx"),
+        # an untyped time axis is read by its name, in any case
+        ("TZYX", [None, "space", "space", "space"], "tzyx"),
+    ],
+)  # fmt: skip
+def test_axes_are_read_by_type_then_name(tmp_path, names, types, expected):
+    data = _array(expected)
+    path = tmp_path / "a.zarr"
+    datasets.save_image(path, data, expected, ngff_version="0.4")
+    group = zarr.open_group(str(path), mode="r+")
+    ms = group.attrs["multiscales"]
+    ms[0]["axes"] = [
+        {"name": n} | ({"type": t} if t else {}) | ({"unit": "micrometer"} if t == "space" else {})
+        for n, t in zip(names, types, strict=True)
+    ]
+    group.attrs["multiscales"] = ms
+    image = zarrstain.open_image(path)
+    assert image.attrs["axes"] == expected
+    np.testing.assert_array_equal(image.values, _expand(data, expected))
+    if "space" in types:
+        assert image.attrs["units"]["x"] == "micrometer"
+
+
+def test_axes_zarrstain_cannot_represent_are_refused(tmp_path):
+    path = tmp_path / "a.zarr"
+    datasets.save_image(path, _array("zyx"), "zyx", ngff_version="0.4")
+    group = zarr.open_group(str(path), mode="r+")
+    ms = group.attrs["multiscales"]
+    ms[0]["axes"][0] = {"name": "angle", "type": "angle"}
+    group.attrs["multiscales"] = ms
+    with pytest.raises(UnsupportedError, match="axis 'angle' .type 'angle'. is not supported"):
+        zarrstain.open_image(path)

@@ -11,12 +11,10 @@ still lose its labels in a reader; these tests write channels with zarrstain (in
 new store with ``out=``, into plates) and read them back with:
 
 - **bioio-ome-zarr** (zarr 3), a test dependency, in this process, NGFF 0.4 and 0.5;
-- **iohub**, whose newest release (0.2.3.post1) needs ``zarr<3`` and so cannot share
-  zarrstain's environment: it is installed into a virtual environment of its own, built once
-  per machine under ``~/.cache/zarrstain-test-envs`` (``$XDG_CACHE_HOME`` respected; keyed by
-  iohub and Python version, so later runs reuse it) and run in a subprocess. It reads NGFF 0.4
-  (zarr v2) only. When that environment cannot be built (no network) its tests are skipped;
-  set ``ZARRSTAIN_REQUIRE_READER_ENVS=1`` to make that an error instead.
+- **iohub** 0.2.3.post1, the last release for Python 3.11, which needs ``zarr<3`` and so runs
+  in a virtual environment of its own (:mod:`envs`). It reads NGFF 0.4 (zarr v2) only; the
+  current iohub (0.3, zarr 3, NGFF 0.4 and 0.5) reads back the stores it wrote itself in
+  ``test_writers.py``.
 
 Each reader must list every channel label, new ones included, and return for the new channel
 exactly the pixels that zarrstain wrote.
@@ -24,14 +22,8 @@ exactly the pixels that zarrstain wrote.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +32,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from envs import run_script, tool_python
 
 import zarrstain
 from zarrstain import datasets
@@ -115,80 +108,12 @@ def test_bioio_reads_plate_scene(make_store, version):
 # --- iohub, in an environment of its own -----------------------------------------------------
 
 IOHUB_VERSION = "0.2.3.post1"
-_REQUIRE_ENVS = "ZARRSTAIN_REQUIRE_READER_ENVS"
-
-
-def _env_root() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "zarrstain-test-envs"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get(_REQUIRE_ENVS):
-        pytest.fail(f"{reason} ({_REQUIRE_ENVS} is set)")
-    pytest.skip(reason)
-
-
-def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def _build_env(target: Path, requirement: str) -> None:
-    """Create a venv with ``requirement`` at ``target``, atomically.
-
-    Built in a temporary sibling folder and renamed into place, so an interrupted build never
-    passes for a finished one and two concurrent builds (CI jobs on one machine) cannot mix:
-    the first rename wins, the other build is discarded. Moving a venv leaves ``bin/python``
-    working (it finds ``pyvenv.cfg`` beside itself); only console scripts' shebangs would
-    break, and none are used.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        made = _run([sys.executable, "-m", "venv", str(tmp)], timeout=300)
-        if made.returncode:
-            _unavailable(f"cannot create a venv for iohub: {made.stderr.strip()[-500:]}")
-        # a constraint no torch satisfies: should iohub ever depend on torch, pip fails
-        # at once instead of downloading gigabytes
-        (tmp / "constraints.txt").write_text("torch<0\n")
-        pip = [str(tmp / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
-        options = ["--quiet", "--retries", "2", "--timeout", "30"]
-        installed = _run(
-            [*pip, "install", *options, "-c", str(tmp / "constraints.txt"), requirement],
-            timeout=900,
-        )
-        if installed.returncode:
-            log = (installed.stdout + installed.stderr).strip()
-            if "torch" in log:
-                pytest.fail(f"{requirement} now requires torch; not installed:\n{log[-2000:]}")
-            last = " / ".join(log.splitlines()[-2:])
-            _unavailable(f"pip cannot install {requirement} (offline?): {last}")
-        (tmp / ".complete").write_text(requirement + "\n")
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: use its environment
-            if not (target / ".complete").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def iohub_python() -> Path:
-    """Interpreter of a venv holding iohub, built on first use and reused afterwards."""
-    py = f"py{sys.version_info.major}.{sys.version_info.minor}"
-    target = _env_root() / f"iohub-{IOHUB_VERSION}-{py}"
-    python = target / "bin" / "python"
-    # resolve(): a venv whose base interpreter was removed since is rebuilt
-    if not ((target / ".complete").is_file() and python.resolve().is_file()):
-        if target.exists():  # unfinished or broken: move it aside before rebuilding
-            stale = target.with_name(f".{target.name}-stale-{os.getpid()}")
-            with contextlib.suppress(OSError):  # another process may be doing the same
-                target.rename(stale)
-                shutil.rmtree(stale, ignore_errors=True)
-        _build_env(target, f"iohub=={IOHUB_VERSION}")
-    return python
+    """Interpreter of a venv holding iohub 0.2.3.post1 (reads NGFF 0.4, zarr 2)."""
+    return tool_python(f"iohub=={IOHUB_VERSION}")
 
 
 # Runs in iohub's venv. Reads each case the way an iohub user would and reports as JSON; when
@@ -322,17 +247,7 @@ def iohub_results(
         | {"label": c.labels[-1]}
         for n, c in cases.items()
     ]
-    # -I: none of this environment's PYTHON* variables or paths leak into iohub's interpreter
-    run = subprocess.run(
-        [str(iohub_python), "-I", "-c", _IOHUB_SCRIPT],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert run.returncode == 0, f"iohub script failed:\n{run.stderr}"
-    results = json.loads(run.stdout)
+    results = run_script(iohub_python, _IOHUB_SCRIPT, request)
     return {n: (c, results[n]) for n, c in cases.items()}
 
 

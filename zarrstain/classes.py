@@ -1,11 +1,11 @@
 """Class labels of scenes: which treatment, compound or perturbation each well received.
 
 Class-conditional models (diffusion with a class embedding) need each scene's class. It comes
-from a table beside the plate (``well,class`` or ``scene,class``, comma- or tab-separated, one
-header row), from an attribute of the field's or the well's zarr group (``class_key``), or one
-label for every scene. Wells are matched however they are spelled: ``B/3``, ``B3`` and
-``B03`` are one well, and a field ``B/3/1`` takes its well's class unless the table names the
-field itself.
+from a file beside the plate (a table ``well,class`` or ``scene,class``, comma- or
+tab-separated with one header row, or a JSON object well → class), from an attribute of the
+field's or the well's zarr group (``class_key``), or one label for every scene. Wells are
+matched however they are spelled: ``B/3``, ``B3`` and ``B03`` are one well, and a field
+``B/3/1`` takes its well's class unless the table names the field itself.
 
 >>> cm = ClassMap({"A/1": "control", "B/2/0": "treated"})
 >>> cm.lookup("A/1/1"), cm.lookup("B/02/0"), cm.lookup("C/1/0")
@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import ParameterError, option
 
-__all__ = ["ClassMap", "read_class_map", "scene_class"]
+__all__ = ["ClassMap", "is_class_map_path", "read_class_map", "scene_class"]
 
 _WELL = re.compile(r"^\s*([A-Za-z]+)\s*/?\s*0*(\d+)\s*(?:/\s*(\d+))?\s*$")
 
@@ -75,35 +75,87 @@ class ClassMap:
         return sorted(set(self.labels.values()))
 
 
+#: suffixes that make a string a class map path, never a class label (even if missing)
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".yaml", ".yml")
+_FORMATS = "a CSV/TSV table with a header well,class or scene,class, or a JSON object well → class"
+
+
 def read_class_map(path: str | os.PathLike) -> ClassMap:
-    """A class map from a CSV or TSV table with a header ``well,class`` or ``scene,class``.
+    """A class map from a file: a CSV/TSV table or a JSON object.
+
+    The format is read from the content, not the name: a JSON object (``{"A/1": "control",
+    "B/2": "treated"}``) or list of ``{"well": ..., "class": ...}`` records; otherwise a
+    comma- or tab-separated table with a header row ``well,class`` or ``scene,class``.
 
     Raises
     ------
     ParameterError
-        No such file, no ``class`` column, no ``well``/``scene`` column, or an empty table.
+        No such file, a file that is neither format, no ``class`` column, no ``well``/
+        ``scene`` column, or an empty map. The message names the file and the formats.
     """
     p = Path(path)
     if not p.is_file():
         raise ParameterError(
-            f"class map {str(path)!r} does not exist; give a CSV/TSV table with columns "
-            f"well,class or scene,class ({option('classes=', '--class-map')})"
+            f"class map {str(path)!r} does not exist; give {_FORMATS} "
+            f"({option('classes=', '--class-map')})"
         )
-    text = p.read_text(encoding="utf-8-sig")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ParameterError(f"class map {p} is not a text file; give {_FORMATS}") from None
+    if text.lstrip().startswith(("{", "[")):
+        return ClassMap(_json_labels(text, p), source=str(p))
     first = text.splitlines()[0] if text.strip() else ""
     dialect = "excel-tab" if "\t" in first else "excel"
     rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
-    header = {h.strip().lower(): h for h in (rows[0].keys() if rows else [])}
+    header = {h.strip().lower(): h for h in (rows[0].keys() if rows else []) if h}
     key = header.get("scene") or header.get("well")
     if "class" not in header or key is None:
         raise ParameterError(
-            f"class map {p} needs a header row with a 'class' column and a 'well' or 'scene' "
-            f"column; it has {list(header) or 'no rows'}"
+            f"class map {p} is not {_FORMATS}: its first row {first[:80]!r} has no 'class' "
+            "column and 'well' or 'scene' column"
         )
     labels = {r[key].strip(): r[header["class"]].strip() for r in rows if r.get(key)}
     if not labels:
         raise ParameterError(f"class map {p} names no scene or well")
     return ClassMap(labels, source=str(p))
+
+
+def _json_labels(text: str, p: Path) -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParameterError(f"class map {p} is not valid JSON ({exc}); give {_FORMATS}") from None
+    if isinstance(data, list):  # records, as a table's rows
+        try:
+            data = {str(r.get("scene", r.get("well"))): r["class"] for r in data}
+        except (AttributeError, KeyError):
+            raise ParameterError(
+                f"class map {p}: a JSON list needs records with 'class' and 'well' or 'scene'"
+            ) from None
+    if not isinstance(data, dict) or not data:
+        raise ParameterError(f"class map {p} names no scene or well; give {_FORMATS}")
+    bad = [k for k, v in data.items() if not isinstance(v, str | int) or isinstance(v, bool)]
+    if bad:
+        raise ParameterError(
+            f"class map {p}: the class of {bad[0]!r} is {data[bad[0]]!r}; expected a label"
+        )
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def is_class_map_path(value: Any) -> bool:
+    """Whether ``value`` names a class map file rather than being a class label.
+
+    A path object, an existing file, or a string with a table's suffix (a missing
+    ``classes.json`` is a missing file, never a class called "classes.json").
+    """
+    if isinstance(value, os.PathLike):
+        return True
+    return isinstance(value, str) and (
+        Path(value).suffix.lower() in TABLE_SUFFIXES or Path(value).is_file()
+    )
 
 
 def _attribute(scene: Any, key: str) -> str | None:
@@ -141,10 +193,10 @@ def scene_class(classes: Any, scene: Any, class_key: str | None = None) -> str |
             return label
     if classes is None:
         return None
-    if isinstance(classes, str) and Path(classes).suffix.lower() not in (".csv", ".tsv"):
-        return classes
-    if isinstance(classes, str | os.PathLike):
+    if is_class_map_path(classes):
         classes = read_class_map(classes)
+    elif isinstance(classes, str):
+        return classes
     elif isinstance(classes, Mapping):
         classes = ClassMap(classes)
     if not isinstance(classes, ClassMap):

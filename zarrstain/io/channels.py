@@ -33,7 +33,7 @@ import zarr
 
 from ..errors import UnsupportedError, option
 from ._zarr_compat import grown_view
-from .metadata import DIMS, ImageMeta, ome_attrs
+from .metadata import DIMS, Axis, ImageMeta, canonical_dims, ome_attrs
 from .pending import KEY, PendingRecord, begin, now
 from .stream import PyramidWrite, delete_chunks, region, stored_keys
 
@@ -116,10 +116,10 @@ def full_rdefs(rdefs: dict | None, group: zarr.Group, ome: dict[str, Any]) -> di
         nz = 1
         try:
             ms = ome["multiscales"][0]
-            names = [a["name"] if isinstance(a, dict) else a for a in ms["axes"]]
+            dims = canonical_dims([Axis(a["name"], a.get("type"), None) for a in ms["axes"]])
             shape = group[ms["datasets"][0]["path"]].shape
-            nz = shape[names.index("z")] if "z" in names else 1
-        except (KeyError, IndexError, TypeError, ValueError):
+            nz = shape[dims.index("z")] if "z" in dims else 1
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             pass  # metadata checked elsewhere; a plane of 0 is always valid
         out["defaultZ"] = nz // 2
     return out

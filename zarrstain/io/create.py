@@ -116,7 +116,7 @@ def begin_create(
     done = [stored_keys(a) for a in arrays] if resume else None
     if resume:
         logger.info("%s: resuming an interrupted write", where)
-    store_dims = tuple(d for d in DIMS if d in image.axis_names or d == "c")
+    store_dims = tuple(d for d in DIMS if d in src_meta.axis_names or d == "c")
     blocks = [(to_store_axes(data.astype(image.dtype), store_dims), len(image.copy_idx))]
     tregion = time_region(store_dims, time)
     return PyramidWrite(

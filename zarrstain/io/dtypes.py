@@ -22,13 +22,19 @@ from ..units import as_dtype, float_into_integer_advice
 __all__ = ["array_dtype", "cast", "channel_dtypes"]
 
 
-def channel_dtypes(dtype: Any, labels: list[str], pred: xr.DataArray) -> list[np.dtype | None]:
+def channel_dtypes(
+    dtype: Any, labels: list[str], pred: xr.DataArray, in_place: bool = False
+) -> list[np.dtype | None]:
     """Per channel, the dtype it is cast to before it joins the image's array (None: the array's).
 
     An explicit mapping label → dtype (or a sequence, one per channel) comes first; then the
     default of the head that predicted the channel (``predict`` records them as
-    ``output_dtypes``: spreads and probabilities stay float32 when values become integers).
+    ``output_dtypes``: spreads and probabilities stay float32 when values become integers,
+    in a new store). In place, one dtype given for all (``--dtype uint16``) is every new
+    channel's: the store's array has one dtype, so the heads' float32 cannot be kept there.
     """
+    if in_place and dtype is not None and not isinstance(dtype, Mapping | list | tuple):
+        return [as_dtype(dtype)] * len(labels)
     if isinstance(dtype, list | tuple):
         if len(dtype) != len(labels):
             raise ParameterError(
@@ -67,12 +73,16 @@ def array_dtype(
     if not in_place:
         return target
     store_dtype = np.dtype(meta.levels[0].dtype)
-    for d in given:
-        if not np.can_cast(d, store_dtype, "safe"):
+    labels = [str(c) for c in pred.coords["c"].values]
+    for label, d in zip(labels, per_channel, strict=True):
+        if d is not None and not np.can_cast(d, store_dtype, "safe"):
+            flag = option(f"dtype={str(store_dtype)!r}", f"--dtype {store_dtype}")
             raise UnsupportedError(
-                f"{swhere} stores {store_dtype}, which cannot hold a {d} channel; choose "
-                f"dtypes {store_dtype} can hold, or write to a new store with "
+                f"{swhere} stores {store_dtype}, which cannot hold the {d} channel "
+                f"{label!r}; pass {flag} to write every new channel as {store_dtype} "
+                f"({label!r} then rounded to whole numbers), or write to a new store with "
                 + option("out=...", "--out")
+                + " to keep it exact"
             )
     if dtype is not None and as_dtype(dtype) != store_dtype:
         raise UnsupportedError(

@@ -46,8 +46,11 @@ def lock_path(group: zarr.Group) -> Path | None:
 
 
 def _reopen(group: zarr.Group) -> zarr.Group:
-    """``group`` opened again: a Group object keeps the metadata it was opened with."""
-    return zarr.open_group(store=group.store, path=group.path, mode="r+")
+    """``group`` opened again: a Group object keeps the metadata it was opened with.
+
+    Never from consolidated metadata: that is a snapshot, refreshed only after a write.
+    """
+    return zarr.open_group(store=group.store, path=group.path, mode="r+", use_consolidated=False)
 
 
 @contextlib.contextmanager

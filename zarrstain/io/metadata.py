@@ -21,6 +21,7 @@ __all__ = [
     "Axis",
     "ImageMeta",
     "Level",
+    "canonical_dims",
     "ome_attrs",
     "ome_version",
     "parse_image",
@@ -69,7 +70,7 @@ class ImageMeta:
     @property
     def axis_names(self) -> tuple[str, ...]:
         """Names of the axes in store order, mapped to zarrstain dims (``t c z y x``)."""
-        return tuple(_canonical_dim(a) for a in self.axes)
+        return canonical_dims(self.axes)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -82,7 +83,7 @@ class ImageMeta:
 
     def units(self) -> dict[str, str]:
         """Unit per zarrstain dim, for the axes that declare one."""
-        return {_canonical_dim(a): a.unit for a in self.axes if a.unit}
+        return {d: a.unit for d, a in zip(self.axis_names, self.axes, strict=True) if a.unit}
 
 
 def ome_attrs(group: zarr.Group) -> tuple[str | None, dict[str, Any]]:
@@ -150,12 +151,32 @@ def ome_version(group: zarr.Group, where: str) -> str:
     return version
 
 
-def _canonical_dim(axis: Axis) -> str:
-    if axis.type == "time" or (axis.type is None and axis.name == "t"):
-        return "t"
-    if axis.type == "channel" or (axis.type is None and axis.name == "c"):
-        return "c"
-    return axis.name
+def canonical_dims(axes: tuple[Axis, ...] | list[Axis]) -> tuple[str, ...]:
+    """zarrstain's dim (``t c z y x``) for each axis, read by its NGFF type first.
+
+    Writers name typed axes as they like: iohub (VisCy's writer) writes ``T, C, Z, Y, X``,
+    others ``time``/``channel`` or their own space names. The type says what an axis is;
+    the name, compared case-insensitively, says which space axis. Space axes whose names are
+    not ``z``/``y``/``x`` are taken by position, as NGFF orders them (``..., z, y, x``).
+    Axes without a type (allowed by NGFF) are read by name. Anything else keeps its name and
+    is refused by :func:`_check_axes`.
+    """
+    dims = []
+    for a in axes:
+        name, kind = a.name.lower(), (a.type or "").lower()
+        if kind == "time" or (not kind and name == "t"):
+            dims.append("t")
+        elif kind == "channel" or (not kind and name == "c"):
+            dims.append("c")
+        elif kind == "space" or (not kind and name in _SPACE_NAMES):
+            dims.append(name if name in _SPACE_NAMES else "?space")
+        else:
+            dims.append(a.name)
+    space = [i for i, d in enumerate(dims) if d == "?space" or d in _SPACE_NAMES]
+    if any(dims[i] == "?space" for i in space) and len(space) <= len(_SPACE_NAMES):
+        for i, d in zip(space, _SPACE_NAMES[-len(space) :], strict=True):
+            dims[i] = d
+    return tuple(dims)
 
 
 def _check_axes(axes_json: Any, where: str) -> tuple[Axis, ...]:
@@ -169,13 +190,14 @@ def _check_axes(axes_json: Any, where: str) -> tuple[Axis, ...]:
         if not isinstance(a, dict) or "name" not in a:
             raise MetadataError(where, f"{field}[{i}]", f"{a!r}", "an object with a 'name'")
         axes.append(Axis(str(a["name"]), a.get("type"), a.get("unit")))
-    dims = [_canonical_dim(a) for a in axes]
+    dims = list(canonical_dims(axes))
     names = ", ".join(a.name for a in axes)
     for a, d in zip(axes, dims, strict=True):
         if d not in DIMS:
             raise UnsupportedError(
                 f"{where}: axis {a.name!r} (type {a.type!r}) is not supported; zarrstain reads "
-                "time, channel and the space axes z, y, x"
+                "one time axis, one channel axis and 2 or 3 space axes (any names: typed "
+                "'time', 'channel', 'space', or named t, c, z, y, x)"
             )
     if len(set(dims)) != len(dims):
         raise MetadataError(where, field, f"duplicate axes ({names})", "each axis once")
@@ -327,7 +349,7 @@ def _channel_labels(
     channels = (ome.get("omero") or {}).get("channels")
     if not channels:
         return None
-    dims = [_canonical_dim(a) for a in axes]
+    dims = canonical_dims(axes)
     n = shape[dims.index("c")] if "c" in dims else 1
     labels = [str(c.get("label") or i) for i, c in enumerate(channels)]
     if len(labels) != n:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +15,15 @@ from zarr.errors import GroupNotFoundError
 
 from ..errors import NotOmeZarrError, ReadOnlyStoreError, StoreNotFoundError, option
 
-__all__ = ["StoreLike", "describe_store", "is_remote", "open_root", "store_location"]
+__all__ = [
+    "StoreLike",
+    "describe_store",
+    "has_consolidated",
+    "is_remote",
+    "open_root",
+    "refresh_consolidated",
+    "store_location",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +118,10 @@ def open_root(
         store = zarr.storage.LocalStore(local, read_only=(mode == "r"))
     try:
         kwargs: dict[str, Any] = {"mode": mode}
+        if mode == "r+":
+            # A store being modified is read as it is, never from its consolidated metadata
+            # (a snapshot that :func:`refresh_consolidated` rewrites after the write).
+            kwargs["use_consolidated"] = False
         if storage_options and isinstance(store, str):
             kwargs["storage_options"] = storage_options
         return zarr.open_group(store, **kwargs)
@@ -123,3 +136,30 @@ def open_root(
         raise StoreNotFoundError(
             f"cannot reach {name} ({type(exc).__name__}: {exc}); check the URL and the network"
         ) from None
+
+
+def has_consolidated(root: zarr.Group) -> bool:
+    """Whether the store at ``root`` holds consolidated metadata (v2 ``.zmetadata`` or v3).
+
+    ngff-zarr and others write it by default; readers that find it trust it instead of the
+    groups' own metadata, so a store modified in place must have it rewritten.
+    """
+    try:
+        snapshot = zarr.open_group(root.store, path=root.path, mode="r", use_consolidated=True)
+    except (ValueError, KeyError, FileNotFoundError, GroupNotFoundError):
+        return False
+    return snapshot.metadata.consolidated_metadata is not None
+
+
+def refresh_consolidated(root: zarr.Group, where: str) -> None:
+    """Rewrite the consolidated metadata of ``root``'s store from its groups and arrays.
+
+    Called last, after a write in place is complete: until then readers that use the snapshot
+    see the store as it was before the write, which is consistent (no new channel listed).
+    """
+    logger.info("%s: rewriting its consolidated metadata", where)
+    with warnings.catch_warnings():
+        # zarr warns that v3 consolidated metadata is not in the spec yet: the store has it
+        # already, and leaving it stale would be worse
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        zarr.consolidate_metadata(root.store, path=root.path, zarr_format=root.metadata.zarr_format)

@@ -32,7 +32,14 @@ from .lock import group_lock, lock_path
 from .metadata import DIMS, ome_attrs, parse_image
 from .opened import OpenStore, open_store
 from .repeat import WritePlan, existing_state
-from .store import StoreLike, describe_store, is_remote, open_root
+from .store import (
+    StoreLike,
+    describe_store,
+    has_consolidated,
+    is_remote,
+    open_root,
+    refresh_consolidated,
+)
 from .stream import write_pyramids
 
 __all__ = ["write_channels"]
@@ -206,7 +213,7 @@ def _plan(
         )
     if any(x.endswith(INCOMPLETE_SUFFIX) for x in labels):
         raise ChannelError(f"channel labels may not end in {INCOMPLETE_SUFFIX!r}: {labels}")
-    per_channel = channel_dtypes(dtype, labels, pred)
+    per_channel = channel_dtypes(dtype, labels, pred, in_place)
     single = None if isinstance(dtype, Mapping | list | tuple) else dtype
     target = array_dtype(single, per_channel, pred, in_place, meta, swhere)
     data = pred.data
@@ -264,6 +271,7 @@ def _write_in_place(
             todo.append((group, plan, swhere))
     if dry_run:
         return result
+    consolidated = bool(todo) and has_consolidated(src.root)
     # Locks are taken in one global order (their file names), so two writers whose scenes
     # overlap cannot deadlock; each is held from the pending record to the channel list.
     todo.sort(key=lambda item: str(lock_path(item[0]) or ""))
@@ -289,6 +297,8 @@ def _write_in_place(
                     )
                 )
             write_pyramids(jobs)
+    if consolidated:  # last: until now, readers of the snapshot saw the store as before
+        refresh_consolidated(src.root, src.where)
     return result
 
 

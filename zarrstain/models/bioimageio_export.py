@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ParameterError
+from ..errors import ParameterError, option
 from .model import Model
 
 __all__ = ["export_bioimageio", "sample_from_store"]
@@ -65,7 +65,9 @@ def _sample(model: Model, sample: np.ndarray | None, halos: tuple[int, ...]) -> 
         if any(c.stop < m for c, m in zip(crop, _least(model, halos), strict=True)):
             raise ParameterError(
                 f"sample {sample.shape} is too small: the package needs at least "
-                f"{_least(model, halos)} (twice its halo plus the divisor)"
+                f"{_least(model, halos)} (twice its halo plus the divisor); give a larger "
+                f"sample, or declare a smaller halo with {option('halo=', '--halo N')} "
+                "(tiles cut with it are then approximate)"
             )
         return sample[(slice(None), *crop)][None]
     from ..datasets import CHANNELS, render_cells
@@ -84,13 +86,25 @@ def _sample(model: Model, sample: np.ndarray | None, halos: tuple[int, ...]) -> 
     return out if model.spatial_dims == 3 else out[:, :, 0]
 
 
-def sample_from_store(store: str | os.PathLike, model: Model, side: int = 256) -> np.ndarray:
-    """A sample input from a store: its first image, time 0, the model's input channels, the
-    middle plane (2D models), a centred crop of at most ``side`` in y and x."""
+def sample_from_store(
+    store: str | os.PathLike, model: Model, side: int = 256, scene: str | None = None
+) -> np.ndarray:
+    """A sample input from a store: one scene (``scene``, else the store's first, logged), time
+    0, the model's input channels, the middle plane (2D models), a centred crop of at most
+    ``side`` in y and x."""
+    from ..io.opened import open_store
     from ..io.read import open_image
     from ..predict import select_inputs
 
-    image = open_image(store)
+    src = open_store(store)
+    if scene is None:
+        scene = next(iter(src.layout.scenes))
+        if len(src.layout.scenes) > 1:
+            logger.info(
+                "sample: scene %r, the first of %d in %s (choose with %s)",
+                scene, len(src.layout.scenes), src.where, option("scene=", "--scene"),
+            )  # fmt: skip
+    image = open_image(src, scene)
     labels = select_inputs(image.coords["c"].values, model, None)
     data = image.sel(c=labels).isel(t=0)
     if model.spatial_dims == 2:

@@ -179,6 +179,8 @@ def train(
         output_intensity=intensity,
         **kwargs,
     )
+    # the architecture completed them (channel counts, heads' flags): train with those
+    kwargs = dict(model.kwargs)
     module = model.module.to(device)
     record = _provenance(stores, config, patch, scenes, train_regions, val_regions)
     record["targets_seen"] = sampler.targets_seen()
