@@ -15,7 +15,7 @@ _CLASS = [
         "classes",
         default=None,
         type=click.Path(exists=True, dir_okay=False),
-        help="CSV/TSV table well,class or scene,class: each scene's class.",
+        help="Each scene's class: a CSV/TSV table well,class (or scene,class) or a JSON object.",
     ),
     click.option(
         "--class-key", default=None, help="Attribute of the field's or well's group holding it."

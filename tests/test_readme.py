@@ -1,64 +1,60 @@
-"""The README runs as written: its ``console`` command blocks, in order, on a fresh demo.
+"""The README runs as written: every block, top to bottom, in one folder holding a fresh demo.
 
-A user who ran ``make demo`` has ``zarrstain-demo/`` (the plate, the model, the evaluation); the
-README's CLI examples use exactly that. Blocks fenced ``text`` are reference (cluster addresses,
-days of training) and are not run. The demo's printed numbers must match the table the README
-shows.
+A user who ran ``make demo`` has ``zarrstain-demo/`` (the plate, the model, the evaluation);
+the README's Python snippets and commands use that, and what the README itself makes on the
+way (``plate.zarr``, ``image.zarr``, models). ``tests/readme_runner.py`` says how each kind of
+block runs and what a test machine is given in place of what it lacks (a cluster, a URL). The
+demo's printed numbers must match the table the README shows.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shlex
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED
+from conftest import ROOT
+from readme_runner import FNET, README, is_setup, readme_blocks, run_readme, stray_commands
 
-README = ROOT / "README.md"
 #: how far a fresh demo may land from the README's table: the same seed on another CPU rounds
 #: float sums differently and 300 training steps amplify it (measured: PCC 0.962 and 0.973
 #: on two machines for the README's 0.968)
 TOLERANCE = 0.015
-FNET = SHARED / "fixtures" / "pytorch_fnet" / "fnet3d"
 
 
-def console_commands(text: str) -> list[str]:
-    """The ``$ ...`` commands of every ```` ```console ```` block (continuations joined)."""
-    commands: list[str] = []
-    block = None
-    for line in text.splitlines():
-        if line.startswith("```"):
-            block = line[3:].strip() if block is None else None
-        elif block != "console":
-            continue
-        elif commands and commands[-1].endswith("\\"):
-            commands[-1] = commands[-1][:-1].rstrip() + " " + line.strip()
-        elif line.startswith("$ "):
-            commands.append(line[2:])
-    return commands
+def test_every_block_has_a_kind_and_every_command_runs():
+    blocks = readme_blocks()
+    assert stray_commands(blocks) == []
+    kinds = [b.kind for b in blocks]
+    assert kinds.count("python") >= 18 and kinds.count("console") >= 12, kinds
+    # the setup block is what CI runs: `make demo` is `zarrstain demo` (the demo fixture
+    # below), and `.ci/run` runs `make test`
+    assert sum(is_setup(b) for b in blocks) == 1
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^demo: .*\n\t\$\(VENV\)/bin/zarrstain demo ", makefile, flags=re.M)
+    assert re.search(r"^test: .*\n\t\$\(PY\) -m pytest ", makefile, flags=re.M)
+    assert "\nmake test\n" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_the_readme_has_console_blocks_and_no_stray_commands():
-    text = README.read_text()
-    commands = console_commands(text)
-    assert len(commands) >= 8
-    assert all(c.startswith("zarrstain ") for c in commands), commands
-    # every `$ zarrstain` line is either run (console) or marked as reference (text)
-    fences = re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S)
-    for kind, body in fences:
-        if "$ zarrstain" in body:
-            assert kind in ("console", "text"), body
+def test_block_parsing():
+    text = (
+        "```console\n$ zarrstain a \\\n      --b c\noutput\n$ zarrstain d  # note\n```\n"
+        '- item\n\n  ```json\n  {"a": 1}\n  ```\n```text\n$ zarrstain hidden\n```\n'
+        "```\nuntyped\n```\n"
+    )
+    blocks = readme_blocks(text)
+    assert [b.kind for b in blocks] == ["console", "json", "text", ""]
+    assert blocks[0].commands() == ["zarrstain a --b c", "zarrstain d  # note"]
+    assert blocks[1].body == '{"a": 1}'
+    assert sorted(stray_commands(blocks)) == [
+        "README.md:12: a command in a text block",
+        "README.md:15 has no kind (python/console/bash/text/json)",
+    ]
 
 
 @pytest.mark.slow
-def test_readme_commands_run_as_written(demo_run):
-    """Every console command exits 0 in a folder holding a fresh demo (about 2 minutes).
+def test_the_readme_runs_top_to_bottom(demo_run):
+    """Every Python block and command, in order, in the demo's parent folder (several minutes).
 
     In the demo's own folder, not a copy: a store is identified by its location, so a copy is
     another store (the README's first command finds the demo's prediction unchanged).
@@ -66,28 +62,18 @@ def test_readme_commands_run_as_written(demo_run):
     result, folder = demo_run
     assert result.exit_code == 0, result.output
     cwd = folder.parent
-    commands = console_commands(README.read_text())
-    if FNET.is_dir():
-        shutil.copytree(FNET, cwd / "pytorch_fnet" / "fnet3d")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    ran = 0
-    for command in commands:
-        if "pytorch_fnet/" in command and not FNET.is_dir():
-            continue  # the fixture checkpoint lives in ../shared
-        done = subprocess.run(
-            shlex.split(command),
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"$ {command}\n{done.stdout}\n{done.stderr}"
-        assert "Traceback" not in done.stderr
-        ran += 1
-    assert ran >= len(commands) - 1
-    assert (cwd / "predicted.zarr").is_dir() and (cwd / "models" / "dna").is_dir()
+    blocks = readme_blocks()
+    ran = run_readme(cwd, blocks)
+    expected = sum(
+        1 if b.kind == "python" else len(b.commands())
+        for b in blocks
+        if b.kind in ("python", "console", "bash")
+        and not is_setup(b)
+        and (FNET.is_dir() or "pytorch_fnet/" not in b.body)
+    )
+    assert len(ran) == expected
+    for made in ("predicted.zarr", "models/bf-dna", "models/branch-calibrated", "guided.zarr"):
+        assert (cwd / made).exists(), made
 
 
 @pytest.mark.slow

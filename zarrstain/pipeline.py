@@ -9,7 +9,6 @@ and predicts and writes with those statistics fixed. ``zarrstain predict`` is th
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import shutil
@@ -23,13 +22,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .errors import ChannelExistsError, DataError, ModelError, ParameterError, option
+from .errors import ChannelExistsError, DataError, ParameterError, option
 from .io.opened import open_store
 from .io.read import check_chunks, open_scenes
 from .io.scratch import scratch_beside
 from .io.store import StoreLike, describe_store
 from .io.write import write_channels
-from .models import Model, load_model
+from .models import Model, load_model, relabel, renamable
 from .normalize import normalization_stats
 from .options import PredictOptions, WriteOptions, merge_options
 from .plan_format import format_plan
@@ -339,9 +338,7 @@ def plan_prediction(
     if not isinstance(model, Model):
         model = load_model(model, output_label=output_label)
     elif output_label is not None:
-        if len(model.output_labels) != 1:
-            raise ModelError(f"output_label renames single-output models; {model.name} has more")
-        model = dataclasses.replace(model, output_labels=(output_label,))
+        model = relabel(model, output_label)
     options = merge_options(predict_options, PredictOptions, "predict_options", halo=halo,
                      normalize=normalization, input_channels=input_channels, device=device,
                      precision=precision, chunks=chunks, block_memory=block_memory,
@@ -436,8 +433,14 @@ def _protect_acquired(image: xr.DataArray, model: Model, scene: str) -> None:
     labels = [str(c) for c in image.coords["c"].values]
     for label in model.output_labels:
         if label in labels and label not in written:
+            new = f"{label} (predicted)"
+            fix = (
+                "name the output differently, e.g. "
+                + option(f"output_label={new!r}", f"--output-label '{new}'")
+                if renamable(model)
+                else f"write to a new store with {option('out=...', '--out')}"
+            )
             raise ChannelExistsError(
                 f"scene {scene!r} already has an acquired channel {label!r} (not written by "
-                "zarrstain), which predictions never replace; name the output differently, e.g. "
-                f"--output-label '{label} (predicted)'"
+                f"zarrstain), which predictions never replace; {fix}"
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
-from ..errors import UnsupportedError
+from ..errors import UnsupportedError, option
 
 __all__ = ["downsample_to", "halving_shapes"]
 
@@ -19,7 +19,7 @@ def _factor(src: int, dst: int, where: str) -> tuple[int, int]:
         return f, dst * f - src
     raise UnsupportedError(
         f"{where}: cannot derive a level of size {dst} from {src} by an integer factor; "
-        "write to a new store with out=... to get a regular pyramid"
+        f"write to a new store with {option('out=...', '--out')} to get a regular pyramid"
     )
 
 

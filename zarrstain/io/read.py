@@ -11,7 +11,7 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 
-from ..errors import SceneNotFoundError, UnsupportedError
+from ..errors import SceneNotFoundError, UnsupportedError, option
 from .integrity import ChunkReader, missing_chunks
 from .layout import select_scenes
 from .metadata import DIMS, ImageMeta, parse_image
@@ -103,7 +103,8 @@ def open_image(
     if scene is None:
         if len(scenes) != 1:
             raise SceneNotFoundError(
-                f"{src.where} holds {len(scenes)} scenes; pass scene= one of "
+                f"{src.where} holds {len(scenes)} scenes; pass "
+                f"{option('scene=', '--scene')} one of "
                 f"{', '.join(repr(s) for s in list(scenes)[:5])}"
                 + (" ..." if len(scenes) > 5 else "")
             )

@@ -163,7 +163,8 @@ def _by_scene(
         scene = next(iter(layout.scenes))
     if scene is None:
         raise ChannelError(
-            f"{where} holds {len(layout.scenes)} scenes; pass scene= to say which one the "
+            f"{where} holds {len(layout.scenes)} scenes; pass {option('scene=', '--scene')} to "
+            "say which one the "
             "predictions belong to"
         )
     select_scenes(layout, scene, where)
@@ -364,7 +365,7 @@ def _write_new_store(
             raise ChannelError(
                 f"channel {clash[0]!r} would be both copied and written anew; name the new "
                 f"channel differently ({option('output_label=', '--output-label')}) or leave "
-                "it out of copy_channels"
+                f"it out of {option('copy_channels', '--copy-channels')}"
             )
         to_copy[plan.scene] = wanted
     if dry_run:

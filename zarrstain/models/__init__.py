@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, option
 from .architecture import KINDS, Architecture, BlockContext, Geometry, Head
 from .bioimageio import is_bioimageio, load_bioimageio
 from .bioimageio_export import export_bioimageio
@@ -38,6 +38,8 @@ __all__ = [
     "load_fnet_checkpoint",
     "load_model",
     "register",
+    "relabel",
+    "renamable",
     "save_model",
 ]
 
@@ -154,14 +156,29 @@ def load_model(
         model = dataclasses.replace(
             model, source_card=card if isinstance(card, dict) else str(card)
         )
-    if output_label is not None:
-        heads = model.spec.heads(model.kwargs)
-        if len(model.output_labels) != len(heads):
-            raise ModelError(
-                f"model {model.name} predicts {len(model.output_labels)} channels "
-                f"{list(model.output_labels)}; output_label renames only models of one target"
-            )
-        # one target: its value channel takes the label, the others add their suffix
-        labels = tuple(output_label + h.suffix for h in heads)
-        model = dataclasses.replace(model, output_labels=labels)
-    return model
+    return model if output_label is None else relabel(model, output_label)
+
+
+def renamable(model: Model) -> bool:
+    """Whether ``model`` predicts one target (its outputs are that target's heads)."""
+    return len(model.output_labels) == len(model.spec.heads(model.kwargs))
+
+
+def relabel(model: Model, output_label: str) -> Model:
+    """``model`` writing its one target as ``output_label`` (its other heads add their suffix).
+
+    Raises
+    ------
+    ModelError
+        The model predicts several targets.
+    """
+    if not renamable(model):
+        raise ModelError(
+            f"model {model.name} predicts {len(model.output_labels)} channels "
+            f"{list(model.output_labels)}; "
+            + option("output_label", "--output-label")
+            + " renames only models of one target"
+        )
+    heads = model.spec.heads(model.kwargs)
+    labels = tuple(output_label + h.suffix for h in heads)
+    return dataclasses.replace(model, output_labels=labels)

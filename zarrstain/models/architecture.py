@@ -172,8 +172,9 @@ class BlockContext:
         options: Mapping[str, Any] | None = None,
     ) -> BlockContext:
         """The context of a batch whose items are each a volume of their own (origin 0)."""
-        volume = (len(x), *((1,) * (5 - x.dim())), *x.shape[2:])
-        return cls(((0, 0, 0, 0),) * len(x), volume, seed, step, x.device, dict(options or {}))
+        n = x.shape[0]  # not len(x): under torch.jit.trace that warns on every export
+        volume = (n, *((1,) * (5 - x.dim())), *x.shape[2:])
+        return cls(((0, 0, 0, 0),) * n, volume, seed, step, x.device, dict(options or {}))
 
 
 class Architecture:

@@ -304,7 +304,9 @@ def export_bioimageio(
 
     out = Path(out)
     if out.exists() and not overwrite:
-        raise ParameterError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise ParameterError(
+            f"{out} exists; pass {option('overwrite=True', '--overwrite')} to replace it"
+        )
     if model.spec.stochastic or model.geometry.passes != 1:
         raise ParameterError(
             f"model {model.name} ({model.architecture}) samples; only single-pass deterministic "

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, ParameterError
+from ..errors import ModelError, ParameterError, option
 from .architecture import Architecture, BlockContext, Geometry
 from .model import Model, state_dict_hash
 
@@ -95,7 +95,9 @@ def export_torchscript(model: Model, path: str | os.PathLike, *, overwrite: bool
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ParameterError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        raise ParameterError(
+            f"{path} exists; pass {option('overwrite=True', '--overwrite')} to replace it"
+        )
     geo = model.geometry
     if model.spec.stochastic or geo.passes != 1:
         raise ParameterError(
