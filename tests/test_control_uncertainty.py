@@ -132,7 +132,9 @@ def test_pinball_trained_bounds_order_after_the_chain_reversal(trained, monkeypa
 
 def test_cqr_covers_one_minus_alpha_on_held_out_scenes(trained, raw, caplog):
     plate, _, branch, root = trained
-    assert _coverage(branch, raw, TEST) < 0.8  # the chains' raw bounds are far too narrow
+    # the pinball loss trains the bounds apart (trained on the median's MSE, as before a fix,
+    # they collapsed onto it: 27 % coverage); raw, they carry no guarantee
+    assert _coverage(branch, raw, TEST) > 0.5
     calibrated = calibrate(plate, branch, scenes=CALIBRATION, method="cqr", alpha=0.1,
                            steps=STEPS, out=root / "cqr")  # fmt: skip
     cal = calibrated.head.calibration

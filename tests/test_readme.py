@@ -17,8 +17,8 @@ from conftest import ROOT
 from readme_runner import FNET, README, is_setup, readme_blocks, run_readme, stray_commands
 
 #: how far a fresh demo may land from the README's table: the same seed on another CPU rounds
-#: float sums differently and 300 training steps amplify it (measured: PCC 0.962 and 0.973
-#: on two machines for the README's 0.968)
+#: float sums differently and 300 training steps amplify it (measured: PCC 0.962 to 0.973 on
+#: earlier machines for one scene; this machine repeats its own numbers exactly)
 TOLERANCE = 0.015
 
 

@@ -1,0 +1,244 @@
+"""Plates at screening scale: zarrstain's cost per field against the model and a naive loop.
+
+For each plate size (fields of one small plane each) and store chunking, in one run:
+
+- ``plan``: ``plan_prediction`` (metadata, checks), seconds per field;
+- ``plan+run``: then ``PredictionPlan.run`` (statistics, prediction, writing both levels);
+- ``tasks/field``: dask tasks executed per field (a scheduler callback counts them);
+- ``forward``: the same model's forward on every field, in memory, batch 1 (the floor);
+- ``loop``: a naive loop: read BF, z-score, forward, write full resolution and a 2× level;
+- the ratios ``plan+run ÷ forward`` and ``÷ loop``, and the time outside the forward per
+  field (``overhead ms/field``);
+- ``first block``: seconds from the start of planning to the first model block finished;
+- ``peak RSS``: of the process running that configuration (each runs in a fresh process).
+
+``--models identity`` swaps in a model that returns its input (a TorchScript
+``nn.Identity`` with its card): what remains is orchestration alone. Writes ``scale.json``
+and ``scale.md`` in ``--out``.
+
+    python benchmarks/scale.py --fields 96 384 --chunks whole 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def make_plate(path: Path, fields: int, side: int, chunk: int | None) -> None:
+    """A plate of ``fields`` wells × 1 field, each 1 × 1 × side × side, BF and DNA (uint16).
+
+    Written with zarr directly (the synthetic cells of ``zarrstain.datasets`` take seconds a
+    field; here every field is the same pattern, shifted), ome-zarr-py's metadata.
+    """
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import (
+        write_multiscales_metadata,
+        write_plate_metadata,
+        write_well_metadata,
+    )
+
+    rows = [chr(ord("A") + r) for r in range(16)]
+    cols = [str(c + 1) for c in range(-(-fields // 16))]
+    wells = [f"{r}/{c}" for c in cols for r in rows][:fields]
+    fmt = FormatV05()
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    yy, xx = np.mgrid[:side, :side]
+    chunks = (1, 1, 1, chunk or side, chunk or side)
+    for i, well in enumerate(wells):
+        image = root.require_group(f"{well}/0")
+        bf = (1000 + 500 * np.sin((xx + i) / 7.0) * np.cos((yy - i) / 5.0)).astype("uint16")
+        data = np.stack([bf, (bf // 2)])[None, :, None]  # t, c, z, y, x
+        for level, arr in enumerate((data, data[..., ::2, ::2])):
+            image.create_array(str(level), data=arr, chunks=chunks)
+        axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}] + [
+            {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"
+        ]
+        datasets = [
+            {"path": str(level), "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, 1.0, 1.0, float(2**level), float(2**level)]}]}
+            for level in range(2)
+        ]  # fmt: skip
+        write_multiscales_metadata(image, datasets, fmt=fmt, axes=axes, name="field")
+        omero = {"channels": [{"label": "BF", "color": "FFFFFF", "window": {
+            "min": 0, "max": 65535, "start": 0, "end": 4000}}, {"label": "DNA", "color": "0000FF",
+            "window": {"min": 0, "max": 65535, "start": 0, "end": 4000}}],
+            "rdefs": {"defaultT": 0, "defaultZ": 0, "model": "color"}}  # fmt: skip
+        ome = dict(image.attrs["ome"])
+        image.attrs["ome"] = {**ome, "omero": omero}
+        write_well_metadata(root[well], [{"path": "0"}], fmt=fmt)
+    write_plate_metadata(root, rows, cols, wells, fmt=fmt, name="scale", field_count=1)
+
+
+def _model(kind: str, folder: Path) -> Path:
+    """A small 2D fnet package, or a TorchScript identity with its card (a no-op model)."""
+    import torch
+
+    import zarrstain
+    from zarrstain.models import create_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "identity":
+        path = folder / "identity.pt"
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), str(path))
+        card = {"input_labels": ["BF"], "output_labels": ["DNA (predicted)"],
+                "normalization": "zscore", "spatial_dims": 2, "divisor": 1,
+                "receptive_radius": [0, 0], "local": True}  # fmt: skip
+        (folder / "identity.json").write_text(json.dumps(card))
+        return path
+    torch.manual_seed(0)
+    model = create_model("fnet", input_labels=["BF"], output_labels=["DNA (predicted)"],
+                         normalization="zscore", ndim=2, depth=2, mult_chan=8)  # fmt: skip
+    return zarrstain.save_model(model, folder / "fnet", overwrite=True)
+
+
+def _forward(model_dir: Path, store: Path, n: int) -> float:
+    """The model's forward on every field's BF plane, in memory, batch 1."""
+    import torch
+    import zarr
+
+    import zarrstain
+
+    model = zarrstain.load_model(model_dir)
+    root = zarr.open_group(str(store), mode="r")
+    planes = [np.asarray(root[f"{w}/0/0"][0, 0, 0], np.float32) for w in _wells(root)][:n]
+    with torch.no_grad():
+        start = time.perf_counter()
+        for p in planes:
+            model.module(torch.from_numpy((p - p.mean()) / p.std())[None, None])
+        return time.perf_counter() - start
+
+
+def _wells(root: Any) -> list[str]:
+    return [w["path"] for w in root.attrs["ome"]["plate"]["wells"]]
+
+
+def naive_loop(model_dir: Path, store: Path, out: Path) -> float:
+    """Read BF, z-score, forward, write two levels: the 30-line loop users would write."""
+    import torch
+    import zarr
+
+    import zarrstain
+
+    start = time.perf_counter()
+    model = zarrstain.load_model(model_dir)
+    src = zarr.open_group(str(store), mode="r")
+    dst = zarr.open_group(str(out), mode="w", zarr_format=3)
+    with torch.no_grad():
+        for well in _wells(src):
+            bf = np.asarray(src[f"{well}/0/0"][0, 0, 0], np.float32)
+            x = torch.from_numpy((bf - bf.mean()) / bf.std())[None, None]
+            y = model.module(x)[0, 0].numpy()
+            dst.create_array(f"{well}/0/0", data=y[None, None, None], chunks=(1, 1, 1, *y.shape))
+            low = y[: y.shape[0] // 2 * 2, : y.shape[1] // 2 * 2]
+            low = low.reshape(low.shape[0] // 2, 2, low.shape[1] // 2, 2).mean((1, 3))
+            dst.create_array(f"{well}/0/1", data=low[None, None, None],
+                             chunks=(1, 1, 1, *low.shape))  # fmt: skip
+    return time.perf_counter() - start
+
+
+def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base: Path) -> dict:
+    """One configuration, in this process: build, then time zarrstain, the forward, the loop."""
+    import dask
+    from dask.callbacks import Callback
+
+    from zarrstain.pipeline import plan_prediction
+
+    size = None if chunk == "whole" else int(chunk)
+    store = base / f"plate-{fields}-{chunk}.zarr"
+    if store.exists():
+        shutil.rmtree(store)
+    make_plate(store, fields, side, size)
+    model_dir = _model(model_kind, base / "models")
+    tasks = [0]
+
+    class Count(Callback):
+        def _pretask(self, key: Any, dsk: Any, state: Any) -> None:
+            tasks[0] += 1
+
+    out = base / f"pred-{fields}-{chunk}.zarr"
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    plan = plan_prediction(store, model_dir, out=out, input_channels=["BF"], halo="exact")
+    planned = time.perf_counter() - start
+    first: list[float] = []
+
+    def progress(event: Any) -> None:
+        if not first:
+            first.append(time.perf_counter() - start)
+
+    client = None
+    if workers:
+        from zarrstain.cluster import connect
+
+        ctx = connect(workers=workers)
+        client = ctx.__enter__()
+    with Count(), dask.config.set(scheduler="threads" if not workers else None):
+        plan.run(progress=progress, client=client)
+    if client is not None:
+        ctx.__exit__(None, None, None)
+    total = time.perf_counter() - start
+    forward = _forward(model_dir, store, fields)
+    loop_out = base / f"loop-{fields}-{chunk}.zarr"
+    loop = naive_loop(model_dir, store, loop_out)
+    for p in (store, out, loop_out):
+        shutil.rmtree(p, ignore_errors=True)
+    return {
+        "fields": fields, "chunks": chunk, "model": model_kind,
+        "scheduler": f"{workers} workers" if workers else "threads",
+        "plan s/field": round(planned / fields, 4),
+        "tasks/field": round(tasks[0] / fields, 1) if not workers else None,
+        "first block s": round(first[0], 2) if first else None,
+        "plan+run s": round(total, 2), "forward s": round(forward, 3), "loop s": round(loop, 2),
+        "overhead ms/field": round(1000 * (total - forward) / fields, 1),
+        "÷ forward": round(total / forward, 1), "÷ loop": round(total / loop, 2),
+        "peak RSS MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fields", type=int, nargs="+", default=[96, 384])
+    parser.add_argument("--chunks", nargs="+", default=["whole", "32"])
+    parser.add_argument("--models", nargs="+", default=["fnet", "identity"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0], help="0: threads")
+    parser.add_argument("--side", type=int, default=256, help="Field size in y and x.")
+    parser.add_argument("--out", type=Path, default=Path("scale-output"))
+    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # fields chunk model workers
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        fields, chunk, model, workers = args.one
+        print(json.dumps(one(int(fields), chunk, model, args.side, int(workers), args.out)))
+        return
+    from zarrstain.report import markdown_table
+
+    rows = []
+    for fields in args.fields:
+        for chunk in args.chunks:
+            for model in args.models:
+                for workers in args.workers:
+                    one_run = ["--one", str(fields), chunk, model, str(workers)]
+                    cmd = [sys.executable, __file__, "--out", str(args.out), "--side",
+                           str(args.side), *one_run]  # fmt: skip
+                    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    print(markdown_table(rows[-1:]), flush=True)
+    (args.out / "scale.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.out / "scale.md").write_text(markdown_table(rows) + "\n")
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()
