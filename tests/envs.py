@@ -137,3 +137,32 @@ def run_script(python: Path, script: str, request: Any, timeout: float = 300) ->
     run = _run([str(python), "-I", "-c", script], timeout, input=json.dumps(request))
     assert run.returncode == 0, f"script failed in {python}:\n{run.stderr}"
     return json.loads(run.stdout)
+
+
+#: Ends a script run by :func:`run_script` that defines ``read(case) -> dict`` (and may define
+#: ``explain(case, result)``): reads every case of the request, records the warnings logged
+#: meanwhile, and prints the results as JSON. A case that raises reports its traceback.
+READ_CASES = r"""
+import json, logging, sys, traceback
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+_results = {}
+for _case in json.load(sys.stdin):
+    _log = _Collect()
+    logging.getLogger().addHandler(_log)
+    try:
+        _results[_case["name"]] = read(_case)
+    except Exception:
+        _results[_case["name"]] = {"error": traceback.format_exc()}
+    if "explain" in globals():
+        explain(_case, _results[_case["name"]])
+    _results[_case["name"]]["warnings"] = _log.messages
+    logging.getLogger().removeHandler(_log)
+json.dump(_results, sys.stdout)
+"""

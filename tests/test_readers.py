@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from envs import run_script, tool_python
+from envs import READ_CASES, run_script, tool_python
 
 import zarrstain
 from zarrstain import datasets
@@ -118,19 +118,13 @@ def iohub_python() -> Path:
 
 # Runs in iohub's venv. Reads each case the way an iohub user would and reports as JSON; when
 # iohub drops the channel names it says why, by validating the metadata with iohub's own model.
-_IOHUB_SCRIPT = r"""
-import hashlib, json, logging, sys, traceback
+_IOHUB_SCRIPT = (
+    r"""
+import hashlib
 import numpy as np
 import zarr
 from iohub import open_ome_zarr
 from iohub.ngff.models import ImagesMeta
-
-class Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-    def emit(self, record):
-        self.messages.append(record.getMessage())
 
 def read(case):
     out = {}
@@ -151,23 +145,15 @@ def read(case):
     out["sha256"] = hashlib.sha256(data.tobytes()).hexdigest()
     return out
 
-results = {}
-for case in json.load(sys.stdin):
-    log = Collect()
-    logging.getLogger().addHandler(log)
+def explain(case, result):  # iohub's reason, should it reject the image's metadata
     try:
-        results[case["name"]] = read(case)
-    except Exception:
-        results[case["name"]] = {"error": traceback.format_exc()}
-    try:  # iohub's reason, should it reject the image's metadata
         image = zarr.open_group(case["path"], mode="r", path=case["position"] or "")
         ImagesMeta(**image.attrs.asdict())
     except Exception as exc:
-        results[case["name"]]["invalid"] = str(exc)
-    results[case["name"]]["warnings"] = log.messages
-    logging.getLogger().removeHandler(log)
-json.dump(results, sys.stdout)
+        result["invalid"] = str(exc)
 """
+    + READ_CASES
+)
 
 
 @dataclass

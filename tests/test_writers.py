@@ -27,7 +27,7 @@ import pytest
 import zarr
 from click.testing import CliRunner
 from conftest import tree_digest
-from envs import find_python, run_script, tool_python
+from envs import READ_CASES, find_python, run_script, tool_python
 from zarrstain.cli.main import cli
 
 import zarrstain
@@ -106,19 +106,12 @@ for case in json.load(sys.stdin):
 json.dump(out, sys.stdout)
 """
 
-# Reads each store the way an iohub user would; when iohub drops the channel names it says
-# why, by validating the metadata with iohub's own model.
-_READ = r"""
-import hashlib, json, logging, sys, traceback
+# Reads each store the way an iohub user would: positions, channel names, levels, pixels.
+_READ = (
+    r"""
+import hashlib
 import numpy as np
 from iohub.ngff import open_ome_zarr
-
-class Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-    def emit(self, record):
-        self.messages.append(record.getMessage())
 
 def read(case):
     out = {}
@@ -134,19 +127,9 @@ def read(case):
     data = np.take(node[paths[0]][:], node.get_channel_index(case["label"]), axis=c)
     out["sha256"] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
     return out
-
-results = {}
-for case in json.load(sys.stdin):
-    log = Collect()
-    logging.getLogger().addHandler(log)
-    try:
-        results[case["name"]] = read(case)
-    except Exception:
-        results[case["name"]] = {"error": traceback.format_exc()}
-    results[case["name"]]["warnings"] = log.messages
-    logging.getLogger().removeHandler(log)
-json.dump(results, sys.stdout)
 """
+    + READ_CASES
+)
 
 
 @pytest.fixture(scope="module")
