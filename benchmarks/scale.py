@@ -14,7 +14,7 @@ For each plate size (fields of one small plane each) and store chunking, in one 
 
 ``--models identity`` swaps in a model that returns its input (a TorchScript
 ``nn.Identity`` with its card): what remains is orchestration alone. Writes ``scale.json``
-and ``scale.md`` in ``--out``.
+and ``scale.md`` in ``--out`` (default ``benchmarks/results/scale``).
 
     python benchmarks/scale.py --fields 96 384 --chunks whole 32
 """
@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["fnet", "identity"])
     parser.add_argument("--workers", type=int, nargs="+", default=[0], help="0: threads")
     parser.add_argument("--side", type=int, default=256, help="Field size in y and x.")
-    parser.add_argument("--out", type=Path, default=Path("scale-output"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # fields chunk model workers
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,25 @@ def test_gpu_benchmark_runs_its_steps_on_the_cpu(tmp_path, monkeypatch):
     assert report["store_to_store"]["ratio"] > 0
 
 
+def test_scale_benchmark_runs_and_reports(tmp_path):
+    """benchmarks/scale.py at toy size: every column reported, the outputs written."""
+    import json
+    import subprocess
+
+    bench = EXAMPLES.parent / "benchmarks" / "scale.py"
+    args = [sys.executable, str(bench), "--fields", "4", "--chunks", "32", "--models",
+            "identity", "fnet", "--side", "64", "--out", str(tmp_path)]  # fmt: skip
+    subprocess.run(args, check=True, capture_output=True, text=True, timeout=300)
+    rows = json.loads((tmp_path / "scale.json").read_text())
+    assert [(r["model"], r["fields"], r["chunks"]) for r in rows] == [
+        ("identity", 4, "32"),
+        ("fnet", 4, "32"),
+    ]
+    for row in rows:
+        assert row["tasks/field"] > 0 and row["plan+run s"] > 0 and row["loop s"] > 0
+    assert (tmp_path / "scale.md").read_text().startswith("| fields")
+
+
 @pytest.mark.slow  # about 30 s on 2 cores: CI runs it, the default suite not
 def test_class_guided_diffusion_example_runs_quickly(tmp_path, monkeypatch):
     """Every model and prediction of the README's diffusion table, a few steps each."""
