@@ -22,6 +22,7 @@ and ``scale.md`` in ``--out`` (default ``benchmarks/results/scale``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -178,16 +179,16 @@ def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base:
         if not first:
             first.append(time.perf_counter() - start)
 
-    client = None
-    if workers:
-        from zarrstain.cluster import connect
+    with contextlib.ExitStack() as stack:
+        client = None
+        if workers:
+            from zarrstain.cluster import connect
 
-        ctx = connect(workers=workers)
-        client = ctx.__enter__()
-    with Count(), dask.config.set(scheduler="threads" if not workers else None):
+            client = stack.enter_context(connect(workers=workers))
+        else:
+            stack.enter_context(Count())
+            stack.enter_context(dask.config.set(scheduler="threads"))
         plan.run(progress=progress, client=client)
-    if client is not None:
-        ctx.__exit__(None, None, None)
     total = time.perf_counter() - start
     forward = _forward(model_dir, store, fields)
     loop_out = base / f"loop-{fields}-{chunk}.zarr"

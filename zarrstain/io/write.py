@@ -163,9 +163,8 @@ def _by_scene(
         scene = next(iter(layout.scenes))
     if scene is None:
         raise ChannelError(
-            f"{where} holds {len(layout.scenes)} scenes; pass {option('scene=', '--scene')} to "
-            "say which one the "
-            "predictions belong to"
+            f"{where} holds {len(layout.scenes)} scenes; pass {option('scene=', '--scene')} "
+            "to say which one the predictions belong to"
         )
     select_scenes(layout, scene, where)
     return {scene: predictions}
