@@ -6,6 +6,7 @@ Pure arithmetic on sizes, halos and budgets; :mod:`zarrstain.planner` decides wh
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -63,7 +64,18 @@ def planar_blocks(
     so a long strip can beat square blocks. Blocks of whole store chunks (``units``) avoid
     rechunking before writing; they are used unless they cost more than 10% extra compute over
     plain multiples of the divisor. Ties go to fewer, then squarer, blocks.
+
+    Remembered per arguments: the fields of a plate share them, and the search costs ~5 ms.
     """
+    found = _planar_blocks(tuple(sizes), tuple(halos), depth, tuple(units), div, budget, bpv)
+    return list(found)
+
+
+@functools.lru_cache(maxsize=256)
+def _planar_blocks(
+    sizes: tuple[int, ...], halos: tuple[int, ...], depth: int, units: tuple[int, ...],
+    div: int, budget: int, bpv: int,
+) -> tuple[int, ...]:  # fmt: skip
 
     def best(axis_units: list[int]) -> tuple[float, list[int]] | None:
         options = [_candidates(s, h, u) for s, h, u in zip(sizes, halos, axis_units, strict=True)]
@@ -79,10 +91,10 @@ def planar_blocks(
         return (found[0][0], found[1]) if found else None
 
     free = best([div] * len(sizes))
-    aligned = best(units) if units != [div] * len(sizes) else None
+    aligned = best(list(units)) if list(units) != [div] * len(sizes) else None
     if aligned is not None and free is not None and aligned[0] <= 1.1 * free[0]:
-        return aligned[1]
+        return tuple(aligned[1])
     if free is not None:
-        return free[1]
+        return tuple(free[1])
     # nothing fits: the smallest blocks the halos allow (plan_tiles warns)
-    return [max(div, round_up(h, div)) for h in halos]
+    return tuple(max(div, round_up(h, div)) for h in halos)

@@ -26,8 +26,9 @@ never NaN or inf.
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
@@ -36,7 +37,14 @@ import xarray as xr
 from .errors import ParameterError
 from .io.read import source_token
 
-__all__ = ["METHODS", "normalization_stats", "normalize"]
+__all__ = [
+    "METHODS",
+    "normalization_stats",
+    "normalize",
+    "safe_scale",
+    "stats_in_memory",
+    "stats_params",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +57,10 @@ def _as_dask(data: xr.DataArray) -> da.Array:
     return data.data if isinstance(data.data, da.Array) else da.from_array(data.values)
 
 
-def _center_window(nz: int, scene: str | None) -> slice:
+def _center_window(nz: int, scene: str | None, quiet: bool = False) -> slice:
     if nz < CENTER_SLICES:
+        if quiet:  # said once when the statistics were planned
+            return slice(0, nz)
         logger.info(
             "center normalization%s: only %d z-slices (< %d); using all",
             f" of scene {scene!r}" if scene else "",
@@ -80,19 +90,65 @@ def _hist_percentiles(arr: da.Array, q: tuple[float, ...]) -> da.Array:
     )
     total = counts.sum(axis=(2, 3))  # (t, c, bins): add up the z and y block grid
 
-    def pick(c: np.ndarray) -> np.ndarray:
-        cum = np.cumsum(c, axis=-1)
-        n = cum[..., -1:]
-        out = np.empty((*c.shape[:-1], len(q)), np.float64)
-        for k, p in enumerate(q):
-            pos = p / 100.0 * (n[..., 0] - 1)  # numpy's 'linear' method
-            below, above = np.floor(pos), np.ceil(pos)
-            v_lo = np.argmax(cum > below[..., None], axis=-1)
-            v_hi = np.argmax(cum > above[..., None], axis=-1)
-            out[..., k] = v_lo + (v_hi - v_lo) * (pos - below) + lo
-        return out
-
+    pick = functools.partial(_pick_percentiles, q=q, lo=lo)
     return total.map_blocks(pick, dtype=np.float64, chunks=(1, 1, len(q)))
+
+
+def _pick_percentiles(counts: np.ndarray, q: tuple[float, ...], lo: int) -> np.ndarray:
+    """Percentiles ``q`` (numpy's 'linear' method) from histograms over the last axis."""
+    cum = np.cumsum(counts, axis=-1)
+    n = cum[..., -1:]
+    out = np.empty((*counts.shape[:-1], len(q)), np.float64)
+    for k, p in enumerate(q):
+        pos = p / 100.0 * (n[..., 0] - 1)
+        below, above = np.floor(pos), np.ceil(pos)
+        v_lo = np.argmax(cum > below[..., None], axis=-1)
+        v_hi = np.argmax(cum > above[..., None], axis=-1)
+        out[..., k] = v_lo + (v_hi - v_lo) * (pos - below) + lo
+    return out
+
+
+def _percentiles_in_memory(arr: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
+    """:func:`_percentiles` of an array in memory (the same values); shape (t, c, len(q))."""
+    t, c = arr.shape[:2]
+    if np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize <= 2:
+        info = np.iinfo(arr.dtype)
+        n_bins, lo = int(info.max) - int(info.min) + 1, int(info.min)
+        counts = np.stack([
+            np.bincount(arr[i, j].ravel().astype(np.int64) - lo, minlength=n_bins)
+            for i in range(t) for j in range(c)
+        ]).reshape(t, c, n_bins)  # fmt: skip
+        return _pick_percentiles(counts, q, lo)
+    flat = arr.reshape(t, c, -1).astype(np.float64)
+    return np.stack([[np.percentile(flat[i, j], list(q)) for j in range(c)] for i in range(t)])
+
+
+def stats_in_memory(
+    arr: np.ndarray,
+    method: Method,
+    *,
+    p_low: float = 0.5,
+    p_high: float = 99.5,
+    clip: bool = True,
+    scene: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(offset, scale)`` per (t, c) of a (t, c, z, y, x) numpy array, as
+    :func:`normalization_stats` computes them (percentiles exactly equal; means and standard
+    deviations up to float64 rounding, which depends on how a reduction is split).
+
+    For one field's coarse task (:mod:`zarrstain.coarse`): no graph, one pass in memory.
+    """
+    del clip  # a parameter of applying the statistics, not of computing them
+    if method in ("center", "zscore"):
+        # the plan (stats_params) has said it already
+        window = _center_window(arr.shape[2], scene, True) if method == "center" else slice(None)
+        sub = arr[:, :, window].astype(np.float64)
+        return sub.mean(axis=(2, 3, 4)), sub.std(axis=(2, 3, 4))
+    if method == "percentile":
+        pct = _percentiles_in_memory(arr, (p_low, p_high))
+        return pct[..., 0], pct[..., 1] - pct[..., 0]
+    pct = _percentiles_in_memory(arr, (25.0, 50.0, 75.0))
+    return pct[..., 1], pct[..., 2] - pct[..., 0]
 
 
 def _percentiles(arr: da.Array, q: tuple[float, ...]) -> da.Array:
@@ -128,37 +184,53 @@ def normalization_stats(
         ``offset`` and ``scale`` (float64, dims (t, c), dask-backed): normalized data is
         ``(data - offset) / scale``. ``attrs`` holds the method and its parameters.
     """
-    if method not in METHODS:
-        choices = ", ".join(METHODS)
-        raise ParameterError(f"unknown normalization {method!r}; choose one of {choices}")
     arr = _as_dask(data)
+    params = stats_params(data, method, p_low=p_low, p_high=p_high, clip=clip)
     if method in ("center", "zscore"):
-        scene = data.attrs.get("scene")
-        window = _center_window(arr.shape[2], scene) if method == "center" else slice(None)
+        window = slice(*params["z_slices"]) if method == "center" else slice(None)
         sub = arr[:, :, window].astype(np.float64)
         offset = sub.mean(axis=(2, 3, 4))
         scale = sub.std(axis=(2, 3, 4))  # population std (ddof 0), as pytorch_fnet
-        params: dict[str, object] = {"method": method}
-        if method == "center":
-            params["z_slices"] = [window.start, window.stop]
     elif method == "percentile":
         pct = _percentiles(arr, (p_low, p_high))
         offset = pct[..., 0]
         scale = pct[..., 1] - pct[..., 0]
-        params = {"method": method, "p_low": p_low, "p_high": p_high, "clip": clip}
     else:  # median_iqr
         pct = _percentiles(arr, (25.0, 50.0, 75.0))
         offset = pct[..., 1]
         scale = pct[..., 2] - pct[..., 0]
-        params = {"method": method}
-    params["data"] = source_token(data)  # what the statistics describe (for fingerprints)
     coords = {d: data.coords[d] for d in ("t", "c") if d in data.coords}
     return xr.Dataset(
         {"offset": (("t", "c"), offset), "scale": (("t", "c"), scale)}, coords=coords, attrs=params
     )
 
 
-def _safe_scale(scale: np.ndarray) -> np.ndarray:
+def stats_params(
+    data: xr.DataArray,
+    method: Method,
+    *,
+    p_low: float = 0.5,
+    p_high: float = 99.5,
+    clip: bool = True,
+) -> dict[str, Any]:
+    """The ``attrs`` of :func:`normalization_stats`: the method, its parameters and the data.
+
+    Reads and computes nothing; fingerprints and provenance use these, not the values.
+    """
+    if method not in METHODS:
+        choices = ", ".join(METHODS)
+        raise ParameterError(f"unknown normalization {method!r}; choose one of {choices}")
+    params: dict[str, Any] = {"method": method}
+    if method == "center":
+        window = _center_window(data.shape[2], data.attrs.get("scene"))
+        params["z_slices"] = [window.start, window.stop]
+    elif method == "percentile":
+        params.update(p_low=p_low, p_high=p_high, clip=clip)
+    params["data"] = source_token(data)  # what the statistics describe (for fingerprints)
+    return params
+
+
+def safe_scale(scale: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(scale) | (scale <= 0)
     if bad.any():
         logger.warning(
@@ -203,7 +275,7 @@ def normalize(
         else normalization_stats(data, method, p_low=p_low, p_high=p_high)
     )
     offset = da.asarray(stats["offset"].data)[:, :, None, None, None]
-    scale = da.asarray(stats["scale"].data).map_blocks(_safe_scale, dtype=np.float64)
+    scale = da.asarray(stats["scale"].data).map_blocks(safe_scale, dtype=np.float64)
     scale = scale[:, :, None, None, None]
     arr = _as_dask(data)
     out = ((arr.astype(np.float64) - offset) / scale).astype(np.float32)

@@ -17,17 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 
+from . import coarse
 from .errors import ChannelExistsError, DataError, ParameterError, option
-from .io.opened import open_store
+from .io.opened import OpenStore, open_store
 from .io.read import check_chunks, open_scenes
 from .io.scratch import scratch_beside
 from .io.store import StoreLike, describe_store
-from .io.write import write_channels
+from .io.write import write_channels, write_predictions
 from .models import Model, load_model, relabel, renamable
 from .normalize import normalization_stats
 from .options import PredictOptions, WriteOptions, merge_options
@@ -52,6 +51,8 @@ class ScenePlan:
     prediction: xr.DataArray
     status: str  # "to write", "unchanged" or, after run, "written"
     stats: xr.Dataset | None = None  # the normalization statistics (lazy until run)
+    #: computes the prediction block by block from the store (None: the lazy route)
+    blocks: coarse.StoreBlocks | None = None
 
     @property
     def inputs(self) -> list[str]:
@@ -96,6 +97,8 @@ class PredictionPlan:
     #: :attr:`n_blocks` when an interrupted run is resumed); None on a cluster, where events
     #: reach ``progress`` asynchronously
     blocks_run: int | None = None
+    #: the store as planned (its layout parsed once): tasks read blocks straight from it
+    opened: OpenStore | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -149,13 +152,8 @@ class PredictionPlan:
             publish_model(client, self.model)
             if self.options.resources is None and (resources := gpu_resources(client)):
                 self.options = self.options.replace(resources=resources)
-        # First pass: reductions only (statistics, and a count of NaN/inf in float inputs).
-        stats = {}
-        if self.method is not None:
-            stats = {s.scene: s.stats for s in todo}
-            logger.info("computing %s statistics of %d scene(s)", self.method, len(todo))
-        checks = {s.scene: _nonfinite(_inputs(s)) for s in todo}
-        computed, bad = dask.compute(stats, checks)
+        # First pass: statistics and a count of NaN/inf in float inputs (one task per field)
+        computed, bad = coarse.statistics(self, todo)
         for s in todo:
             _refuse_nonfinite(s, bad[s.scene])
             if not self.allow_constant and self.method is not None:
@@ -170,13 +168,22 @@ class PredictionPlan:
             watch = contextlib.nullcontext()
         scratch = self.scratch()
         with watch:
-            # with the statistics now fixed (and the resources the cluster offers); multi-pass
-            # models compute their intermediate passes into the scratch store here
-            preds = {
-                s.scene: self.predict(s.source, computed.get(s.scene), scratch, s.scene)
-                for s in todo
-            }
-            result = write_channels(self.store, preds, time=self.times, **self.write.kwargs())
+            # with the statistics now fixed (and the resources the cluster offers): one task
+            # per model block, or (multi-pass models) the lazy route, whose intermediate passes
+            # are computed into the scratch store here
+            preds, sources = {}, {}
+            for s in todo:
+                fused = coarse.block_source(self, s, computed.get(s.scene))
+                if fused is not None:
+                    preds[s.scene], sources[s.scene] = fused
+                else:
+                    stats = computed.get(s.scene)
+                    preds[s.scene] = self.predict(s.source, stats, scratch, s.scene)
+            # the store as planned: its layout is not parsed again
+            store = self.opened if self.opened is not None else self.store
+            result = write_predictions(
+                store, preds, sources=sources, time=self.times, **self.write.kwargs()
+            )
         if scratch is not None and self.options.scratch is None:  # ours, and no longer needed
             shutil.rmtree(scratch, ignore_errors=True)
         if client is None:
@@ -224,17 +231,6 @@ def _options_summary(model: Model) -> dict[str, Any]:
     keep = ("sampler", "steps", "eta", "samples", "keep_samples", "cfg_scale",
             "guidance_scale")  # fmt: skip
     return {k: model.options[k] for k in keep if k in model.options}
-
-
-def _inputs(scene: ScenePlan) -> xr.DataArray:
-    return scene.source.sel(c=scene.inputs)
-
-
-def _nonfinite(inputs: xr.DataArray) -> Any:
-    """Per input channel, the number of NaN/inf voxels (lazy); nothing to count for integers."""
-    if inputs.dtype.kind not in "fc":
-        return None
-    return (~da.isfinite(inputs.data)).sum(axis=(0, 2, 3, 4))
 
 
 def _refuse_nonfinite(scene: ScenePlan, counts: Any) -> None:
@@ -367,14 +363,20 @@ def plan_prediction(
     models = {sid: run_model(model, image, **sampling) for sid, image in images.items()}
     model = next(iter(models.values()), model)
     plan = PredictionPlan(
-        store, model, [], method, options, write, times, allow_constant_frames, rescale=rescale
-    )
+        store, model, [], method, options, write, times, allow_constant_frames, rescale=rescale,
+        opened=source,
+    )  # fmt: skip
     plan.scratch()  # a multi-pass model writing to a URL needs a local scratch: fail now
     for sid, image in images.items():
         times[sid] = tsel = parse_time(time, image.sizes["t"], sid)  # each scene its own
         src = image.isel(t=tsel) if tsel is not None else image
         if out is None:
             _protect_acquired(src, models[sid], sid)
+        planned = coarse.plan_scene(plan, sid, src)  # one task per block
+        if planned is not None:
+            pred, stats, blocks = planned
+            plan.scenes.append(ScenePlan(sid, src, pred, "to write", stats, blocks))
+            continue
         stats = None
         if method is not None:  # lazy: computed once, in run's first pass
             chosen = select_inputs(

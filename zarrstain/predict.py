@@ -5,21 +5,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from .errors import ChannelError, ParameterError, ShapeMismatchError, option
 from .io.metadata import DIMS
-from .io.read import source_token
 from .models.cache import resolve_device
-from .models.model import Model, plain_options, run_token
+from .models.model import Model
 from .normalize import METHODS, normalization_stats
 from .normalize import normalize as apply_normalization
 from .options import PredictOptions
+from .provenance import prediction_provenance
 from .tiling import TilePlan, plan_tiles, run_tiled
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "denormalize_outputs",
     "normalization_method",
     "predict",
+    "prepare",
     "run_model",
     "select_inputs",
 ]
@@ -321,36 +322,22 @@ def predict(
         denormalize=denormalize, resources=resources, seed=seed,
         scratch=None if scratch is None else os.fspath(scratch),
     )  # fmt: skip
-    scene = as_scene(data)
-    model = run_model(
-        model, scene, sampler=sampler, steps=steps, eta=eta, samples=samples,
-        keep_samples=keep_samples, classes=classes, class_key=class_key, cfg_scale=cfg_scale,
-        guidance=guidance, guidance_scale=guidance_scale, guidance_class=guidance_class,
+    prep = prepare(
+        data, model, halo=halo, normalize=normalize, input_channels=input_channels,
+        chunks=chunks, device=device, block_memory=block_memory, sampler=sampler, steps=steps,
+        eta=eta, samples=samples, keep_samples=keep_samples, classes=classes,
+        class_key=class_key, cfg_scale=cfg_scale, guidance=guidance,
+        guidance_scale=guidance_scale, guidance_class=guidance_class,
         scratch_every=scratch_every,
     )  # fmt: skip
-    if not isinstance(data, xr.DataArray) and input_channels is None:
-        input_channels = list(scene.coords["c"].values)  # unlabeled arrays: by position
-    chosen = select_inputs(scene.coords["c"].values, model, input_channels)
-    method = normalization_method(normalize, model)
-    if device != "auto":
-        resolve_device(device)  # fail now, not inside a task
-    inputs = scene.sel(c=chosen)
-    if not isinstance(inputs.data, da.Array):
-        inputs = inputs.copy(data=da.from_array(np.asarray(inputs.data), chunks=-1))
-    align = _align(inputs.data)
+    scene, model, chosen, method, inputs, plan = (
+        prep.scene, prep.model, prep.chosen, prep.method, prep.inputs, prep.plan
+    )  # fmt: skip
     if method is not None:
         if stats is None:
             stats = normalization_stats(inputs, method, **normalization_args(model, method))
         inputs = apply_normalization(inputs, method, stats=stats)
     arr = inputs.data.astype(np.float32)
-    plan = plan_tiles(
-        (arr.shape[0], *arr.shape[2:]),
-        model,
-        halo=halo,
-        chunks=block_chunks(chunks, arr.shape[2:], model.divisor),
-        align=align,
-        block_memory=block_memory,
-    )
     out = run_tiled(
         arr,
         model,
@@ -370,11 +357,77 @@ def predict(
     result = xr.DataArray(out, dims=DIMS, coords={**coords, "c": list(model.output_labels)})
     skip = ("normalization", "zarrstain", "provenance")
     result.attrs = {k: v for k, v in scene.attrs.items() if k not in skip}
-    result.attrs["zarrstain"] = _provenance(
+    result.attrs["zarrstain"] = prediction_provenance(
         scene, model, chosen, method, stats, plan, precision, units, seed
     )
     result.attrs["zarrstain"]["device"] = device
     return result
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`predict` works from, before anything is normalized or predicted.
+
+    Attributes
+    ----------
+    scene
+        The data as a (t, c, z, y, x) DataArray.
+    model
+        With the scene's run options (:func:`run_model`).
+    chosen, method
+        The input channels' labels and the normalization method (None: none).
+    inputs
+        The chosen channels, as read (dask-backed).
+    plan
+        The blocks.
+    """
+
+    scene: xr.DataArray
+    model: Model
+    chosen: list[str]
+    method: str | None
+    inputs: xr.DataArray
+    plan: TilePlan
+
+
+def prepare(
+    data: Any,
+    model: Model,
+    *,
+    halo: str | int = "auto",
+    normalize: str | None = "model",
+    input_channels: Sequence[str] | Mapping[str, str] | str | None = None,
+    chunks: Mapping[str, int] | Sequence[int | None] | None = None,
+    device: str = "auto",
+    block_memory: int | str | None = None,
+    **sampling: Any,
+) -> Prepared:
+    """The checks and choices of :func:`predict` (same parameters); reads and computes nothing.
+
+    ``PredictionPlan.run`` uses it to compute blocks straight from a store, exactly as
+    :func:`predict` tiles them.
+    """
+    scene = as_scene(data)
+    model = run_model(model, scene, **sampling)
+    if not isinstance(data, xr.DataArray) and input_channels is None:
+        input_channels = list(scene.coords["c"].values)  # unlabeled arrays: by position
+    chosen = select_inputs(scene.coords["c"].values, model, input_channels)
+    method = normalization_method(normalize, model)
+    if device != "auto":
+        resolve_device(device)  # fail now, not inside a task
+    inputs = scene.sel(c=chosen)
+    if not isinstance(inputs.data, da.Array):
+        inputs = inputs.copy(data=da.from_array(np.asarray(inputs.data), chunks=-1))
+    shape = (inputs.shape[0], *inputs.shape[2:])
+    plan = plan_tiles(
+        shape,
+        model,
+        halo=halo,
+        chunks=block_chunks(chunks, shape[1:], model.divisor),
+        align=_align(inputs.data),
+        block_memory=block_memory,
+    )
+    return Prepared(scene, model, chosen, method, inputs, plan)
 
 
 def run_model(model: Model, scene: xr.DataArray, **sampling: Any) -> Model:
@@ -405,73 +458,3 @@ def run_model(model: Model, scene: xr.DataArray, **sampling: Any) -> Model:
     except ParameterError as e:
         name = scene.attrs.get("scene")
         raise ParameterError(f"scene {name!r}: {e}" if name else str(e)) from None
-
-
-def _provenance(
-    scene: xr.DataArray,
-    model: Model,
-    chosen: list[str],
-    method: str | None,
-    stats: xr.Dataset | None,
-    plan: TilePlan,
-    precision: str,
-    units: str,
-    seed: int,
-) -> dict[str, Any]:
-    norm: dict[str, Any] = {"method": method or "none"}
-    if stats is not None:
-        norm.update({k: v for k, v in stats.attrs.items() if k not in ("method", "data")})
-        norm["offset"] = stats["offset"].data  # computed with the prediction when written
-        norm["scale"] = stats["scale"].data
-    # What determines the result; statistics by what they were computed from (their attrs), so
-    # lazy and precomputed statistics of the same data give the same fingerprint.
-    fingerprint = dask.base.tokenize(
-        model.content_hash,
-        source_token(scene.sel(c=chosen)),
-        chosen,
-        method,
-        dict(stats.attrs) if stats is not None else None,
-        plan,
-        precision,
-        units,
-        *((seed,) if model.spec.stochastic else ()),
-        *((run_token(model.options),) if model.options else ()),
-    )
-    source = None  # where the inputs were read (the resolved store), for data from a store
-    if "store" in scene.attrs and "scene" in scene.attrs:
-        source = {k: scene.attrs.get(k) for k in ("store", "scene", "level")}
-    return {
-        **({"input": source} if source else {}),
-        "model": {
-            "name": model.name,
-            "content_hash": model.content_hash,
-            "architecture": model.architecture,
-            "source": model.source,
-        },
-        "input_channels": chosen,
-        "normalization": norm,
-        "tiling": plan.describe(),
-        "precision": precision,
-        "output_units": units,
-        "output_kinds": [h.kind for h in model.outputs],
-        **(
-            {"output_dtypes": [h.dtype for h in model.outputs]}
-            if any(h.dtype for h in model.outputs)
-            else {}
-        ),
-        **({"seed": seed} if model.spec.stochastic else {}),
-        **({"sampling": plain_options(model.options)} if model.options else {}),
-        **_calibration(model),
-        "fingerprint": fingerprint,
-    }
-
-
-def _calibration(model: Model) -> dict[str, Any]:
-    """The provenance of calibrated intervals: method, α and the nominal coverage."""
-    cal = model.head.calibration
-    if cal is None:
-        return {}
-    record = {"method": cal.method, "alpha": cal.alpha, "nominal_coverage": 1 - cal.alpha}
-    if cal.delta is not None:
-        record["delta"] = cal.delta
-    return {"calibration": {**record, "scenes": len(cal.scenes), "units": cal.units}}

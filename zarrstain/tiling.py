@@ -49,8 +49,10 @@ __all__ = [
     "PRECISIONS",
     "TilePlan",
     "auto_halo",
+    "block_options",
     "bytes_per_voxel",
     "default_block_memory",
+    "forward_items",
     "plan_tiles",
     "predict_whole",
     "run_tiled",
@@ -103,7 +105,7 @@ def _origins(
     return [(t0 + i, z0 + j, y0, x0) for i in range(t) for j in range(z)]
 
 
-def _forward(
+def forward_items(
     x: np.ndarray,
     handle: ModelHandle,
     spec: Architecture,
@@ -120,7 +122,9 @@ def _forward(
 ) -> np.ndarray:
     """Run one pass of the model on (t, c, z, y, x), as 3D volumes or (y, x) planes, in batches.
 
-    ``head``: on the last pass, the output head that turns raw outputs into written channels.
+    ``origin`` is the global (t, z, y, x) of the first voxel in the padded volume ``volume``
+    (what the architecture's block context reports). ``head``: on the last pass, the output
+    head that turns raw outputs into written channels.
     """
     dev = resolve_device(device)
     match_worker_threads()
@@ -177,7 +181,7 @@ def _block(
         starts[0][loc[0]],
         *(starts[i][loc[i + 1]] - lows[i - 1] for i in (1, 2, 3)),
     )
-    out = _forward(
+    out = forward_items(
         block, handle, spec, spatial_dims, device, precision, batch, origin, volume, seed, step,
         head, options,
     )  # fmt: skip
@@ -320,11 +324,11 @@ def _map_pass(
         seed=seed,
         step=step,
         head=model.head if step == len(plan.halos) - 1 else None,
-        options=_for_blocks(model.run_options),
+        options=block_options(model.run_options),
     )
 
 
-def _for_blocks(options: dict) -> dict:
+def block_options(options: dict) -> dict:
     """Run options as tasks carry them: models (a guidance classifier) as small handles."""
     return {k: ModelHandle(v) if isinstance(v, Model) else v for k, v in options.items()}
 
@@ -347,7 +351,7 @@ def predict_whole(
     handle, volume = ModelHandle(model), (out.shape[0], *out.shape[2:])
     last = len(plan.halos) - 1
     for step in range(last + 1):
-        out = _forward(out, handle, model.spec, model.spatial_dims, device, precision, 1,
+        out = forward_items(out, handle, model.spec, model.spatial_dims, device, precision, 1,
                        volume=volume, seed=seed, step=step,
                        head=model.head if step == last else None,
                        options=model.run_options)  # fmt: skip

@@ -28,6 +28,8 @@ __all__ = [
     "check_integer_output",
     "float_into_integer_advice",
     "rescale",
+    "rescale_map",
+    "rescale_record",
 ]
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,32 @@ logger = logging.getLogger(__name__)
 #: normalized values mapped onto an integer dtype's full range by :func:`rescale`: below the
 #: darkest background and above bright nuclei and spots; values outside are clipped
 RESCALE_RANGE = (-8.0, 24.0)
+
+
+def rescale_map(dtype: Any, value_range: tuple[float, float] = RESCALE_RANGE):
+    """``(offset, scale)`` of :func:`rescale`: stored = (value - offset) / scale."""
+    lo, hi = (float(v) for v in value_range)
+    info = np.iinfo(np.dtype(dtype))
+    scale = (hi - lo) / (float(info.max) - float(info.min))  # value units per integer step
+    return lo - float(info.min) * scale, scale
+
+
+def rescale_record(
+    record: dict[str, Any], dtype: Any, value_range: tuple[float, float] = RESCALE_RANGE
+) -> dict[str, Any]:
+    """A prediction's provenance with :func:`rescale`'s map recorded (and in its fingerprint)."""
+    offset, scale = rescale_map(dtype, value_range)
+    record = dict(record)
+    record["rescale"] = {
+        "range": [float(v) for v in value_range],
+        "dtype": str(np.dtype(dtype)),
+        "scale": scale,
+        "offset": offset,
+        "inverse": "value = stored * scale + offset",
+    }
+    if record.get("fingerprint"):
+        record["fingerprint"] = dask.base.tokenize(record["fingerprint"], record["rescale"])
+    return record
 
 
 def rescale(pred: xr.DataArray, dtype: Any, value_range: tuple[float, float] = RESCALE_RANGE):
@@ -61,21 +89,9 @@ def rescale(pred: xr.DataArray, dtype: Any, value_range: tuple[float, float] = R
             f"rescaling maps predictions onto an integer dtype, not {target}; float stores "
             "hold the predictions as they are"
         )
-    lo, hi = (float(v) for v in value_range)
-    info = np.iinfo(target)
-    scale = (hi - lo) / (float(info.max) - float(info.min))  # value units per integer step
-    offset = lo - float(info.min) * scale
+    offset, scale = rescale_map(target, value_range)
     out = ((pred - offset) / scale).astype(np.float32)
-    record = dict(pred.attrs.get("zarrstain") or {})
-    record["rescale"] = {
-        "range": [lo, hi],
-        "dtype": str(target),
-        "scale": scale,
-        "offset": offset,
-        "inverse": "value = stored * scale + offset",
-    }
-    if record.get("fingerprint"):
-        record["fingerprint"] = dask.base.tokenize(record["fingerprint"], record["rescale"])
+    record = rescale_record(pred.attrs.get("zarrstain") or {}, target, value_range)
     out.attrs = {**pred.attrs, "zarrstain": record}
     return out
 

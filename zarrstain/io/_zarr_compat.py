@@ -10,7 +10,12 @@ zarrstain needs four things zarr does not expose publicly:
   ``Array.store_path`` and the async store API run through ``zarr.core.sync.sync``;
 - :func:`chunk_key`: the key of a chunk (or shard) from its grid coordinates
   (``ArrayMetadata.encode_chunk_key``: ``c/0/1`` in v3, ``0/1`` or ``0.1`` in v2);
-- :func:`can_list`: whether the store can list keys (``Store.supports_listing``).
+- :func:`can_list`: whether the store can list keys (``Store.supports_listing``);
+- :func:`write_regions`: several regions of several arrays written in one crossing to zarr's
+  event loop (``Array._async_array.setitem`` gathered through ``sync``), so one task's chunks
+  are encoded and stored concurrently.
+
+:func:`map_io` (public API only) runs metadata requests of many images concurrently.
 
 ``tests/test_zarr_compat.py`` checks each against the installed zarr; the cap on zarr in
 ``pyproject.toml`` is the newest minor release those tests passed on. When zarr changes one of
@@ -20,13 +25,50 @@ these, the contract test names it, and only this module needs to follow.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import zarr
 from zarr.core.array import Array, AsyncArray
 from zarr.core.sync import sync
 
-__all__ = ["can_list", "chunk_key", "delete_keys", "grown_view", "list_keys"]
+T = TypeVar("T")
+R = TypeVar("R")
+
+__all__ = [
+    "can_list",
+    "chunk_key",
+    "delete_keys",
+    "grown_view",
+    "list_keys",
+    "map_io",
+    "write_regions",
+]
+
+#: threads for :func:`map_io`: requests wait on the store, not on the CPU
+IO_THREADS = 8
+
+
+def map_io(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(x) for x in items]`` on a few threads, in order (the first error is raised).
+
+    For per-image metadata requests (each a round trip to the store: milliseconds on a disk,
+    more on an object store), which otherwise run one after another.
+    """
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(IO_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def write_regions(writes: Sequence[tuple[zarr.Array, tuple[slice, ...], Any]]) -> None:
+    """``arr[region] = values`` for every ``(arr, region, values)``, concurrently, in one call."""
+
+    async def store() -> None:
+        await asyncio.gather(*(a._async_array.setitem(w, v) for a, w, v in writes))
+
+    sync(store())
 
 
 def grown_view(arr: zarr.Array, shape: tuple[int, ...]) -> zarr.Array:

@@ -33,6 +33,7 @@ import zarr
 
 from ..errors import UnsupportedError, option
 from ._zarr_compat import grown_view
+from .blockwrite import fused_blocks
 from .metadata import DIMS, Axis, ImageMeta, canonical_dims, ome_attrs
 from .pending import KEY, PendingRecord, begin, now
 from .stream import PyramidWrite, delete_chunks, region, stored_keys
@@ -138,6 +139,7 @@ def begin_append(
     record: dict[str, Any],
     where: str,
     time: slice | None = None,
+    blocks: tuple[Any, Any] | None = None,
 ) -> PyramidWrite:
     """Start adding (or overwriting) labeled channels in every level of an image group.
 
@@ -163,6 +165,9 @@ def begin_append(
         For messages.
     time
         ``data`` holds only these time points (a new channel's other time points stay empty).
+    blocks
+        ``(source, convert)``: the same data computed one block at a time
+        (:func:`zarrstain.io.blockwrite.fused_blocks`), or None.
     """
     cax = _channel_axis(meta, where)
     append = _Append.plan(group, meta, labels, cax, time, where)
@@ -189,10 +194,12 @@ def begin_append(
         logger.info("%s: resuming an interrupted write of %s", where, labels)
     data = to_store_axes(data, meta.axis_names)
     take = lambda idx: da.take(data, idx, axis=cax)  # noqa: E731
-    blocks = [(take(append.new), append.n0)] if append.new else []
-    blocks += [(take([i]), slot) for i, slot in append.replaced]
-    return PyramidWrite(where, append.views, cax, blocks, [], append.tregion, record, done,
-                        append.finish)  # fmt: skip
+    picks = [(append.new, append.n0)] if append.new else []
+    picks += [([i], slot) for i, slot in append.replaced]
+    fused = fused_blocks(blocks, meta.axis_names, append.arrays[0].dtype, picks, time)
+    lazy = [(take(idx), first) for idx, first in picks]
+    return PyramidWrite(where, append.views, cax, lazy, [], append.tregion, record, done,
+                        append.finish, fused)  # fmt: skip
 
 
 def _channel_axis(meta: ImageMeta, where: str) -> int:

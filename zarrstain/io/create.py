@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 
 from ._zarr_compat import grown_view
+from .blockwrite import fused_blocks
 from .channels import (
     channel_entry,
     set_image_attrs,
@@ -65,6 +66,7 @@ def begin_create(
     record: dict[str, Any],
     where: str,
     time: slice | None = None,
+    blocks: tuple[Any, Any] | None = None,
 ) -> PyramidWrite:
     """Start creating an image at ``gpath`` with the source's axes, scales and pyramid shapes.
 
@@ -94,6 +96,9 @@ def begin_create(
         For messages.
     time
         ``data`` holds only these time points (the others stay empty).
+    blocks
+        ``(source, convert)``: the same data computed one block at a time
+        (:func:`zarrstain.io.blockwrite.fused_blocks`), or None.
     """
     image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time, where)
     pending = PendingRecord(
@@ -117,10 +122,12 @@ def begin_create(
     if resume:
         logger.info("%s: resuming an interrupted write", where)
     store_dims = tuple(d for d in DIMS if d in src_meta.axis_names or d == "c")
-    blocks = [(to_store_axes(data.astype(image.dtype), store_dims), len(image.copy_idx))]
+    lazy = [(to_store_axes(data.astype(image.dtype), store_dims), len(image.copy_idx))]
     tregion = time_region(store_dims, time)
+    picks = [(list(range(len(labels))), len(image.copy_idx))]
+    fused = fused_blocks(blocks, store_dims, image.dtype, picks, time)
     return PyramidWrite(
-        where, arrays, image.cax, blocks, image.copies(), tregion, record, done, image.finish
+        where, arrays, image.cax, lazy, image.copies(), tregion, record, done, image.finish, fused
     )
 
 
@@ -284,7 +291,10 @@ def write_collection_metadata(
     plate = copy.deepcopy(src_ome["plate"])
     wells = []
     for well in plate["wells"]:
-        src_well = ome_attrs(src_root[well["path"]])[1]["well"]
+        src_group = layout.groups.get(well["path"])  # (not `or`: a group's truth lists it)
+        if src_group is None:
+            src_group = src_root[well["path"]]
+        src_well = ome_attrs(src_group)[1]["well"]
         images = [im for im in src_well["images"] if f"{well['path']}/{im['path']}" in present]
         if not images:
             continue

@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import dask.array
 import numpy as np
 import xarray as xr
 
 from ..errors import ChannelError, ParameterError, UnsupportedError, option
 from ..units import as_dtype, float_into_integer_advice
 
-__all__ = ["array_dtype", "cast", "channel_dtypes"]
+__all__ = ["array_dtype", "cast", "channel_dtypes", "convert_channels"]
 
 
 def channel_dtypes(
@@ -102,12 +101,25 @@ def array_dtype(
     return store_dtype
 
 
-def cast(data: dask.array.Array, target: np.dtype) -> dask.array.Array:
-    """``data`` as ``target``; floats into integers are rounded and clipped to its range.
+def cast(data: Any, target: np.dtype) -> Any:
+    """``data`` (a numpy or dask array) as ``target``; floats into integers rounded and clipped.
 
     (A bare ``astype`` wraps out-of-range values around: a bright spot would turn black.)
     """
     if np.issubdtype(target, np.integer) and np.issubdtype(data.dtype, np.floating):
         info = np.iinfo(target)
-        data = dask.array.clip(dask.array.round(data), info.min, info.max)
+        data = np.clip(np.round(data), info.min, info.max)  # dask arrays dispatch to dask
     return data.astype(target)
+
+
+def convert_channels(data: Any, per_channel: list[np.dtype | None], target: np.dtype) -> Any:
+    """(t, c, z, y, x) predictions as stored: each channel by its dtype's rules, then ``target``.
+
+    The same operations for a dask array (the lazy route) and a numpy block (coarse tasks), so
+    both store the same values.
+    """
+    if any(d is not None for d in per_channel):
+        parts = [cast(data[:, i : i + 1], d) if d is not None else data[:, i : i + 1]
+                 for i, d in enumerate(per_channel)]  # fmt: skip
+        data = np.concatenate([cast(p, target) for p in parts], axis=1)
+    return cast(data, target)

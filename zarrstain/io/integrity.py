@@ -41,8 +41,12 @@ class ChunkReader:
         self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
 
     def __getitem__(self, selection: Any) -> np.ndarray:
+        return self.read(selection)
+
+    def read(self, selection: Any, orthogonal: bool = False) -> np.ndarray:
+        """``array[selection]`` (``orthogonal``: ``array.oindex[selection]``, for index lists)."""
         try:
-            return self.array[selection]
+            return self.array.oindex[selection] if orthogonal else self.array[selection]
         except MemoryError:
             raise
         except Exception as exc:

@@ -7,13 +7,14 @@ the series path (``"0"``, ``"1"``...) for bioformats2raw collections. Only metad
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pydantic
 import zarr
 
 from ..errors import MetadataError, NotOmeZarrError, SceneNotFoundError
+from ._zarr_compat import map_io
 from .metadata import ome_attrs, ome_version
 
 __all__ = ["Layout", "find_layout", "select_scenes"]
@@ -37,12 +38,16 @@ class Layout:
         Scene id → path of the image group inside the store, in store order.
     root_attrs
         The root group's attributes (plate metadata is copied from here for new stores).
+    groups
+        The image (and well) groups the crawl opened, by path (reused: on an object store each
+        open is a round trip).
     """
 
     kind: LayoutKind
     version: str
     scenes: dict[str, str]
     root_attrs: dict[str, Any]
+    groups: dict[str, zarr.Group] = field(default_factory=dict, repr=False, compare=False)
 
 
 def _child_group(group: zarr.Group, path: str) -> zarr.Group | None:
@@ -62,7 +67,9 @@ def _validate_model(model: Any, payload: dict[str, Any], where: str, key: str) -
         raise MetadataError(where, field, err["msg"]) from None
 
 
-def _plate_scenes(root: zarr.Group, version: str, where: str) -> dict[str, str]:
+def _plate_scenes(
+    root: zarr.Group, version: str, where: str, groups: dict[str, zarr.Group]
+) -> dict[str, str]:
     _, ome = ome_attrs(root)
     if version == "0.4":
         from ome_zarr_models.v04.plate import Plate
@@ -72,8 +79,9 @@ def _plate_scenes(root: zarr.Group, version: str, where: str) -> dict[str, str]:
         from ome_zarr_models.v05.well_types import WellMeta
     plate = ome["plate"]
     _validate_model(Plate, plate, where, "plate")
-    scenes: dict[str, str] = {}
-    for i, well in enumerate(plate["wells"]):
+
+    def well_fields(item: tuple[int, dict[str, Any]]) -> dict[str, zarr.Group]:
+        i, well = item
         well_path = well["path"]
         group = _child_group(root, well_path)
         if group is None:
@@ -88,15 +96,25 @@ def _plate_scenes(root: zarr.Group, version: str, where: str) -> dict[str, str]:
         if "well" not in well_ome:
             raise MetadataError(well_where, "well", "no well metadata", "a 'well' entry")
         _validate_model(WellMeta, well_ome["well"], well_where, "well")
+        found = {well_path: group}  # kept for copying well metadata
         for j, image in enumerate(well_ome["well"]["images"]):
-            if _child_group(group, image["path"]) is None:
+            image_group = _child_group(group, image["path"])
+            if image_group is None:
                 raise MetadataError(
                     well_where,
                     f"well.images[{j}].path",
                     f"field {image['path']!r} is listed but no group exists there",
                     "every listed field to exist",
                 )
-            scenes[f"{well_path}/{image['path']}"] = f"{well_path}/{image['path']}"
+            found[f"{well_path}/{image['path']}"] = image_group
+        return found
+
+    # wells are crawled concurrently: each is a few round trips to an object store
+    wells = list(enumerate(plate["wells"]))
+    scenes: dict[str, str] = {}
+    for (_, well), found in zip(wells, map_io(well_fields, wells), strict=True):
+        groups.update(found)
+        scenes.update({path: path for path in found if path != well["path"]})
     return scenes
 
 
@@ -126,9 +144,10 @@ def find_layout(root: zarr.Group, where: str) -> Layout:
     """Work out the layout of the store whose root group is ``root`` (metadata only)."""
     version = ome_version(root, where)
     _, ome = ome_attrs(root)
+    groups: dict[str, zarr.Group] = {}
     if "plate" in ome:
         kind: LayoutKind = "plate"
-        scenes = _plate_scenes(root, version, where)
+        scenes = _plate_scenes(root, version, where, groups)
     elif "bioformats2raw.layout" in ome:
         kind = "bioformats2raw"
         scenes = _bf2raw_scenes(root, where)
@@ -140,7 +159,7 @@ def find_layout(root: zarr.Group, where: str) -> Layout:
             "plate nor a bioformats2raw layout at its root; point to the root of an image or plate"
         )
     logger.debug("%s: %s layout with %d scenes", where, kind, len(scenes))
-    return Layout(kind=kind, version=version, scenes=scenes, root_attrs=root.attrs.asdict())
+    return Layout(kind, version, scenes, root.attrs.asdict(), groups)
 
 
 def select_scenes(layout: Layout, scenes: str | list[str] | None, where: str) -> list[str]:

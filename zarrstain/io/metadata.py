@@ -7,8 +7,10 @@ validated against the specification's pydantic models from ``ome-zarr-models``.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
@@ -54,6 +56,8 @@ class Level:
     dtype: str
     scale: tuple[float, ...]
     translation: tuple[float, ...]
+    #: the array as opened when parsed (reused to read it without opening it again)
+    array: zarr.Array | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -253,18 +257,30 @@ def _open_level(group: zarr.Group, path: str, where: str, i: int) -> zarr.Array:
 
 def _validate_with_models(group: zarr.Group, version: str, where: str) -> None:
     """Validate the image attributes against the spec's pydantic models (ome-zarr-models)."""
+    _, ome = ome_attrs(group)
+    payload = {k: v for k, v in ome.items() if k in ("multiscales", "omero", "version")}
+    problem = _model_problem(version, json.dumps(payload, sort_keys=True))
+    if problem is not None:
+        raise MetadataError(where, *problem)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_problem(version: str, payload: str) -> tuple[str, str] | None:
+    """(field, message) of the first problem ome-zarr-models finds, or None.
+
+    Remembered per metadata document: a plate's fields usually share theirs, and validating
+    costs milliseconds.
+    """
     if version == "0.4":
         from ome_zarr_models.v04.image import ImageAttrs
     else:
         from ome_zarr_models.v05.image import ImageAttrs
-    _, ome = ome_attrs(group)
-    payload = {k: v for k, v in ome.items() if k in ("multiscales", "omero", "version")}
     try:
-        ImageAttrs.model_validate(payload)
+        ImageAttrs.model_validate(json.loads(payload))
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "multiscales"
-        raise MetadataError(where, field, err["msg"]) from None
+        return ".".join(str(p) for p in err["loc"]) or "multiscales", err["msg"]
+    return None
 
 
 def parse_image(group: zarr.Group, where: str) -> ImageMeta:
@@ -328,6 +344,7 @@ def parse_image(group: zarr.Group, where: str) -> ImageMeta:
                 translation=tuple(
                     t * g + gt for t, g, gt in zip(trans, g_scale, g_trans, strict=True)
                 ),
+                array=arr,
             )
         )
     _validate_with_models(group, version, where)

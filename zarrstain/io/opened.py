@@ -8,12 +8,13 @@ result wherever they take a store, so a planned run does not repeat them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import zarr
 
 from .layout import Layout, find_layout
+from .metadata import ImageMeta, parse_image
 from .store import describe_store, open_root
 
 __all__ = ["OpenStore", "open_store"]
@@ -42,10 +43,29 @@ class OpenStore:
     where: str
     layout: Layout
     mode: str
+    _metas: dict[str, ImageMeta] = field(default_factory=dict, repr=False, compare=False)
+
+    def meta(self, gpath: str) -> ImageMeta:
+        """The parsed, validated metadata of the image at ``gpath`` (read once per store).
+
+        In place, writers parse an image again under its lock: this is the state when opened.
+        """
+        if gpath not in self._metas:
+            self._metas[gpath] = parse_image(self.group(gpath), self.where_of(gpath))
+        return self._metas[gpath]
 
     def group(self, gpath: str) -> zarr.Group:
-        """The group at ``gpath`` (the root for ``""``)."""
-        return self.root[gpath] if gpath else self.root
+        """The group at ``gpath`` (the root for ``""``); opened once when read-only.
+
+        Opened for writing, each call opens it again: its attributes are those of now.
+        """
+        if not gpath:
+            return self.root
+        if self.mode != "r":
+            return self.root[gpath]
+        if gpath not in self.layout.groups:
+            self.layout.groups[gpath] = self.root[gpath]
+        return self.layout.groups[gpath]
 
     def where_of(self, gpath: str) -> str:
         """The name of the group at ``gpath``, for messages."""

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import UnsupportedError, option
 
-__all__ = ["downsample_to", "halving_shapes"]
+__all__ = ["downsample_block", "downsample_to", "halving_shapes", "level_factor"]
 
 
 def _factor(src: int, dst: int, where: str) -> tuple[int, int]:
@@ -45,6 +45,33 @@ def downsample_to(data: da.Array, shape: tuple[int, ...], where: str) -> da.Arra
     if np.issubdtype(data.dtype, np.integer):
         info = np.iinfo(data.dtype)
         out = da.clip(da.round(out), info.min, info.max)
+    return out.astype(data.dtype)
+
+
+def level_factor(upper: tuple[int, ...], lower: tuple[int, ...], where: str = "") -> list[int]:
+    """Per axis, the integer factor between two levels' shapes (see :func:`downsample_to`)."""
+    return [_factor(a, b, where)[0] for a, b in zip(upper, lower, strict=True)]
+
+
+def downsample_block(data: np.ndarray, factors: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    """:func:`downsample_to` of one block held in memory, to ``shape``, with the same values.
+
+    The block starts on a factor boundary; where it ends at the image's edge, its last partial
+    window is edge-padded (or trimmed) exactly as the whole level would be.
+    """
+    pad = [(0, max(0, n * f - s)) for s, f, n in zip(data.shape, factors, shape, strict=True)]
+    if any(p for _, p in pad):
+        data = np.pad(data, pad, mode="edge")
+    data = data[tuple(slice(0, n * f) for f, n in zip(factors, shape, strict=True))]
+    if all(f == 1 for f in factors):
+        out = data
+    else:
+        split = [v for n, f in zip(shape, factors, strict=True) for v in (n, f)]
+        axes = tuple(range(1, 2 * data.ndim, 2))
+        out = np.mean(data.astype(np.float64).reshape(split), axis=axes)
+    if np.issubdtype(data.dtype, np.integer):
+        info = np.iinfo(data.dtype)
+        out = np.clip(np.round(out), info.min, info.max)
     return out.astype(data.dtype)
 
 

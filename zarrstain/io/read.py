@@ -12,9 +12,10 @@ import zarr
 from dask.base import tokenize
 
 from ..errors import SceneNotFoundError, UnsupportedError, option
+from ._zarr_compat import map_io
 from .integrity import ChunkReader, missing_chunks
 from .layout import select_scenes
-from .metadata import DIMS, ImageMeta, parse_image
+from .metadata import DIMS, ImageMeta
 from .opened import OpenStore, open_store
 from .store import StoreLike, store_location
 
@@ -57,10 +58,11 @@ def open_scenes(
     """
     src = open_store(path, "r", storage_options)
     location = store_location(src.path)
-    return {
-        sid: _open_scene(src, sid, level, location)
-        for sid in select_scenes(src.layout, scenes, src.where)
-    }
+    ids = select_scenes(src.layout, scenes, src.where)
+    # every image's metadata first, concurrently (round trips to an object store), then the
+    # arrays, in store order
+    map_io(lambda sid: src.meta(src.layout.scenes[sid]), ids)
+    return {sid: _open_scene(src, sid, level, location) for sid in ids}
 
 
 def open_image(
@@ -116,7 +118,7 @@ def open_image(
 def _open_scene(src: OpenStore, scene: str, level: int, location: str) -> xr.DataArray:
     gpath = src.layout.scenes[scene]
     group = src.group(gpath)
-    meta = parse_image(group, src.where_of(gpath))
+    meta = src.meta(gpath)
     return image_to_dataarray(group, meta, level, scene=scene, store=location)
 
 
@@ -129,7 +131,7 @@ def image_to_dataarray(
             f"{store}: scene {scene!r} has pyramid levels 0..{len(meta.levels) - 1}, not {level}"
         )
     lvl = meta.levels[level]
-    arr = group[lvl.path]
+    arr = lvl.array if lvl.array is not None else group[lvl.path]
     # A name from the store location and the array metadata (not the pixels) is stable across
     # processes, so graphs built from the same store tokenize identically.
     name = "zarrstain-read-" + tokenize(store, group.path, lvl.path, arr.metadata.to_dict())
@@ -209,13 +211,16 @@ def check_chunks(
         A chunk is missing and ``allow_missing`` is false.
     """
     src = open_store(path, "r", storage_options)
-    missing = 0
-    for sid, (labels, time) in wanted.items():
+
+    def count(item: tuple[str, tuple[list[str], slice | None]]) -> int:
+        sid, (labels, time) = item
         gpath = src.layout.scenes[sid]
-        group, swhere = src.group(gpath), src.where_of(gpath)
-        meta = parse_image(group, swhere)
-        arr = group[meta.levels[0].path]
+        swhere = src.where_of(gpath)
+        meta = src.meta(gpath)
+        level = meta.levels[0]
+        arr = level.array if level.array is not None else src.group(gpath)[level.path]
         dims = meta.axis_names
+        missing = 0
         for label in labels:
             region = [slice(None)] * len(dims)
             if "c" in dims:
@@ -226,4 +231,7 @@ def check_chunks(
             missing += missing_chunks(
                 arr, tuple(region), f"{swhere}, channel {label!r}", allow_missing
             )
-    return missing
+        return missing
+
+    # one listing per field: concurrent, as each is a round trip to an object store
+    return sum(map_io(count, list(wanted.items())))

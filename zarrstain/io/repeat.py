@@ -37,6 +37,10 @@ class WritePlan:
     fingerprint: str | None
     record: dict[str, Any]
     time: slice | None  # the time points written (None: all)
+    #: computes blocks of the predictions on its own (coarse tasks), or None: ``data`` only
+    source: Any = None
+    #: predictions (numpy or dask, t, c, z, y, x) → the stored dtype; ``data`` is its result
+    convert: Any = None
 
 
 def same_content(group: zarr.Group, plan: WritePlan, labels: list[str]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,9 @@ import numpy as np
 import zarr
 
 from ..errors import UnsupportedError
-from ._zarr_compat import chunk_key, delete_keys, list_keys
+from ..progress import PREDICT_PREFIX
+from ._zarr_compat import chunk_key, delete_keys, list_keys, map_io
+from .blockwrite import FusedBlocks, block_tasks, combine_ranges, covered_levels, gather
 from .pyramid import downsample_to
 
 __all__ = ["PyramidWrite", "delete_chunks", "keys_in", "region", "stored_keys", "write_pyramids"]
@@ -64,6 +67,9 @@ class PyramidWrite:
     finish
         Called with the display range (minimum, maximum per channel of ``blocks``, from the
         smallest level) and the computed record once every level is written.
+    fused
+        The same new channels as ``blocks``, computed one task per model block
+        (:mod:`zarrstain.io.blockwrite`): used for the levels those tasks can cover.
     """
 
     where: str
@@ -75,11 +81,17 @@ class PyramidWrite:
     record: dict[str, Any] = field(default_factory=dict)
     done: list[set[str]] | None = None
     finish: Finish | None = None
+    fused: FusedBlocks | None = None
 
-    def sources(self, level: int) -> Iterator[tuple[da.Array, tuple[slice, ...]]]:
-        """(data, region) pairs to store at ``level``, chunk-aligned with its array."""
+    def sources(
+        self, level: int, blocks: bool = True
+    ) -> Iterator[tuple[da.Array, tuple[slice, ...]]]:
+        """(data, region) pairs to store at ``level``, chunk-aligned with its array.
+
+        ``blocks=False``: only the copied channels (the new ones are written elsewhere).
+        """
         arr = self.arrays[level]
-        for data, start in self.blocks:
+        for data, start in self.blocks if blocks else ():
             n = data.shape[self.cax]
             if level > 0:
                 prev = self.arrays[level - 1]
@@ -174,35 +186,64 @@ def write_pyramids(jobs: list[PyramidWrite]) -> None:
             raise UnsupportedError(f"{job.where}: its pyramid downsamples t; write all time points")
     n_levels = max((len(job.arrays) for job in jobs), default=0)
     records = [job.record for job in jobs]
+    # levels the coarse block tasks write, per job (0: the lazy route writes every level)
+    covered = [covered_levels(job.fused, job.arrays) if job.fused else 0 for job in jobs]
+    calls, owner, resources = [], [], None
+    for i, (job, n) in enumerate(zip(jobs, covered, strict=True)):
+        if n and job.fused is not None:
+            found = block_tasks(job.fused, job.arrays, n, job.done, job.cax)
+            calls += found
+            owner += [i] * len(found)
+            resources = resources or job.fused.source.resources
+    # named as model tasks: they are what runs on GPU workers (and what the cluster counts)
+    tasks = gather(PREDICT_PREFIX + "blocks-" + uuid.uuid4().hex, calls, resources)
+    if calls:
+        logger.info("writing %d block task(s) of %d image(s)", len(calls), len(set(owner)))
+    results: list[list[Any]] = [[] for _ in jobs]
     for level in range(n_levels):
         sources, targets, regions = [], [], []
-        for job in jobs:
+        for job, n in zip(jobs, covered, strict=True):
             if level >= len(job.arrays):
                 continue
             arr = job.arrays[level]
             grid = write_grid(arr)
             chunks = tuple(1 if i == job.cax else c for i, c in enumerate(grid))
             done = job.done[level] if job.done else None
-            for data, where in job.sources(level):
+            for data, where in job.sources(level, blocks=level >= n):
                 data = data.astype(arr.dtype).rechunk(chunks)
                 for part, part_region in _missing(data, where, arr, done):
                     sources.append(part)
                     targets.append(arr)
                     regions.append(part_region)
-        logger.info("writing level %d: %d region(s) of %d image(s)", level, len(sources), len(jobs))
+        if sources:  # levels the block tasks cover have none
+            logger.info(
+                "writing level %d: %d region(s) of %d image(s)", level, len(sources), len(jobs)
+            )
         # Sources are aligned with the write grid, so tasks never share a chunk: no lock.
         stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
         if level == 0:
             # Graph optimization fuses layers and drops their annotations: keep the graph as
             # built when tasks ask for resources (model tasks that need a GPU worker).
-            optimize = not _wants_resources(sources)
-            _, records = dask.compute(stored, records, optimize_graph=optimize)
+            optimize = not _wants_resources(sources) and resources is None
+            _, records, finished = dask.compute(stored, records, tasks, optimize_graph=optimize)
+            for i, result in zip(owner, finished, strict=True):
+                results[i].append(result)
         elif sources:
             dask.compute(stored)
-    ranges = dask.compute([_display_range(job) for job in jobs])[0]
-    for job, (lo, hi), record in zip(jobs, ranges, records, strict=True):
+    ranges: list[Any] = [None] * len(jobs)
+    for i, (job, n) in enumerate(zip(jobs, covered, strict=True)):
+        if n == len(job.arrays):  # the tasks saw every block at the smallest level
+            ranges[i] = combine_ranges(results[i])
+    lazy = [i for i, r in enumerate(ranges) if r is None]
+    for i, r in zip(lazy, dask.compute([_display_range(jobs[i]) for i in lazy])[0], strict=True):
+        ranges[i] = r
+
+    def finish(item: tuple[PyramidWrite, tuple[list[Any], list[Any]], dict[str, Any]]) -> None:
+        job, (lo, hi), record = item
         if job.finish is not None:
             job.finish(display_values(lo), display_values(hi), _jsonable(record))
+
+    map_io(finish, list(zip(jobs, ranges, records, strict=True)))  # each image's own metadata
 
 
 def _display_range(job: PyramidWrite) -> tuple[list[Any], list[Any]]:

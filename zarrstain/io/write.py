@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -10,23 +11,27 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import fsspec
 import numpy as np
 import xarray as xr
 import zarr
 import zarr.storage
+from zarr.abc.store import Store
 
 from .._version import __version__
 from ..errors import (
     ChannelError,
     NotOmeZarrError,
     ParameterError,
+    ReadOnlyStoreError,
     ShapeMismatchError,
     UnsupportedError,
     option,
 )
+from ._zarr_compat import map_io
 from .channels import INCOMPLETE_SUFFIX, begin_append
 from .create import begin_create, write_collection_metadata
-from .dtypes import array_dtype, cast, channel_dtypes
+from .dtypes import array_dtype, cast, channel_dtypes, convert_channels
 from .layout import Layout, select_scenes
 from .lock import group_lock, lock_path
 from .metadata import DIMS, ome_attrs, parse_image
@@ -40,7 +45,7 @@ from .store import (
     open_root,
     refresh_consolidated,
 )
-from .stream import write_pyramids
+from .stream import PyramidWrite, write_pyramids
 
 __all__ = ["write_channels"]
 
@@ -118,19 +123,44 @@ def write_channels(
     ``predictions.attrs["zarrstain"]``, the package version, a fingerprint of the data and the
     time) is stored under the image group's ``zarrstain`` attribute.
     """
+    return write_predictions(
+        path, predictions, scene=scene, out=out, overwrite=overwrite,
+        copy_channels=copy_channels, dtype=dtype, time=time, dry_run=dry_run,
+        storage_options=storage_options,
+    )  # fmt: skip
+
+
+def write_predictions(
+    path: StoreLike,
+    predictions: xr.DataArray | dict[str, xr.DataArray],
+    *,
+    sources: Mapping[str, Any] | None = None,
+    scene: str | None = None,
+    out: StoreLike | None = None,
+    overwrite: bool = False,
+    copy_channels: list[str] | bool = False,
+    dtype: Any = None,
+    time: slice | Mapping[str, slice | None] | None = None,
+    dry_run: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """:func:`write_channels`, where ``sources`` (scene id → a
+    :class:`~zarrstain.io.blockwrite.BlockSource` of the same predictions) lets one task per
+    model block compute and write them (``PredictionPlan.run``); scenes without one, and
+    levels the blocks cannot cover, take the lazy route.
+    """
     mode = "r" if out is not None or dry_run else "r+"
     src = open_store(path, mode, storage_options)  # an OpenStore given is reused
-    src_root, where, layout = src.root, src.where, src.layout
+    where, layout = src.where, src.layout
     by_scene = _by_scene(predictions, scene, layout, where)
-    plans = [
-        _plan(src_root, layout, sid, pred, where, dtype, out is None, _time_of(time, sid))
-        for sid, pred in by_scene.items()
-    ]
+    sources = sources or {}
+    plans = []
+    for sid, pred in by_scene.items():
+        when = _time_of(time, sid)
+        plans.append(_plan(src, sid, pred, dtype, out is None, when, sources.get(sid)))
     if out is None:
         return _write_in_place(src, plans, overwrite, dry_run)
-    return _write_new_store(
-        src_root, layout, plans, out, overwrite, copy_channels, storage_options, dry_run
-    )
+    return _write_new_store(src, plans, out, overwrite, copy_channels, storage_options, dry_run)
 
 
 def _time_of(time: slice | Mapping[str, slice | None] | None, scene: str) -> slice | None:
@@ -171,18 +201,17 @@ def _by_scene(
 
 
 def _plan(
-    root: zarr.Group,
-    layout: Layout,
+    src: OpenStore,
     sid: str,
     pred: xr.DataArray,
-    where: str,
     dtype: Any,
     in_place: bool,
     time: slice | None,
+    source: Any = None,
 ) -> WritePlan:
-    gpath = layout.scenes[sid]
-    swhere = f"{where}/{gpath}" if gpath else where
-    meta = parse_image(root[gpath] if gpath else root, swhere)
+    gpath = src.layout.scenes[sid]
+    swhere = src.where_of(gpath)
+    meta = src.meta(gpath)
     if set(pred.dims) != set(DIMS):
         raise ShapeMismatchError(
             f"predictions for scene {sid!r} have dims {pred.dims}; expected {DIMS} "
@@ -219,11 +248,8 @@ def _plan(
     data = pred.data
     if not isinstance(data, dask.array.Array):
         data = dask.array.from_array(np.asarray(data), chunks=-1)
-    if any(d is not None for d in per_channel):  # each channel cast by its own dtype's rules
-        parts = [cast(data[:, i : i + 1], d) if d is not None else data[:, i : i + 1]
-                 for i, d in enumerate(per_channel)]  # fmt: skip
-        data = dask.array.concatenate([cast(p, target) for p in parts], axis=1)
-    data = cast(data, target)
+    convert = functools.partial(convert_channels, per_channel=per_channel, target=target)
+    data = convert(data)
     fingerprint = _fingerprint(pred)
     user = pred.attrs.get("zarrstain")
     record = {**(dict(user) if isinstance(user, dict) else {}), "zarrstain_version": __version__}
@@ -233,7 +259,8 @@ def _plan(
     if any(d is not None for d in per_channel):
         pairs = zip(labels, per_channel, strict=True)
         record["channel_dtypes"] = {lab: str(target if d is None else d) for lab, d in pairs}
-    return WritePlan(sid, gpath, meta, pred.copy(data=data), labels, fingerprint, record, time)
+    return WritePlan(sid, gpath, meta, pred.copy(data=data), labels, fingerprint, record, time,
+                     source, convert)  # fmt: skip
 
 
 def _fingerprint(pred: xr.DataArray) -> str | None:
@@ -277,7 +304,7 @@ def _write_in_place(
     todo.sort(key=lambda item: str(lock_path(item[0]) or ""))
     for first in range(0, len(todo), BATCH):
         with contextlib.ExitStack() as stack:
-            jobs = []
+            locked = []
             for group, plan, swhere in todo[first : first + BATCH]:
                 # re-read under the lock: another process may have added channels meanwhile
                 group = stack.enter_context(group_lock(group))
@@ -285,28 +312,38 @@ def _write_in_place(
                 if existing_state(group, fresh, overwrite, swhere):
                     result[plan.scene] = "unchanged"
                     continue
-                jobs.append(
-                    begin_append(
-                        group,
-                        fresh.meta,
-                        fresh.data.data,
-                        fresh.labels,
-                        fresh.record,
-                        swhere,
-                        fresh.time,
-                    )
-                )
-            write_pyramids(jobs)
+                locked.append((group, fresh, swhere))
+
+            def begin(item: tuple[zarr.Group, WritePlan, str]) -> PyramidWrite:
+                group, fresh, swhere = item
+                return begin_append(group, fresh.meta, fresh.data.data, fresh.labels,
+                                    fresh.record, swhere, fresh.time, _blocks(fresh))  # fmt: skip
+
+            write_pyramids(map_io(begin, locked))  # begun concurrently (metadata requests)
     if consolidated:  # last: until now, readers of the snapshot saw the store as before
         refresh_consolidated(src.root, src.where)
     return result
+
+
+def _blocks(plan: WritePlan, dtype: np.dtype | None = None) -> tuple[Any, Any] | None:
+    """``(source, convert)`` for coarse block tasks (None: the plan has no block source)."""
+    if plan.source is None:
+        return None
+    convert = plan.convert
+    if dtype is not None:
+        convert = functools.partial(_cast_after, convert, dtype)
+    return plan.source, convert
+
+
+def _cast_after(convert: Any, dtype: np.dtype, block: np.ndarray) -> np.ndarray:
+    return cast(convert(block), dtype)
 
 
 def _existing_out(out: StoreLike, mode: str, storage_options: dict | None) -> zarr.Group | None:
     """The ``out`` store's root when it exists (None when it does not)."""
     if isinstance(out, zarr.Group):
         return out
-    if not is_remote(out) and not Path(os.fspath(out)).exists():
+    if not _exists(out, storage_options):
         return None
     try:
         return open_root(out, mode, storage_options)
@@ -317,9 +354,27 @@ def _existing_out(out: StoreLike, mode: str, storage_options: dict | None) -> za
         ) from None
 
 
+def _exists(out: StoreLike, storage_options: dict | None) -> bool:
+    if isinstance(out, Store):
+        return True
+    if not is_remote(out):
+        return Path(os.fspath(out)).exists()
+    if str(out).startswith(("http://", "https://")):
+        raise ReadOnlyStoreError(
+            f"cannot write {describe_store(out)}: HTTP stores are read-only; pass a local "
+            f"path or an object-store URL (s3://, gs://, ...) as {option('out=', '--out')}"
+        )
+    fs, where = fsspec.core.url_to_fs(str(out), **(storage_options or {}))
+    return bool(fs.exists(where))
+
+
 def _open_out(out: StoreLike, zarr_format: int, storage_options: dict | None) -> zarr.Group:
     root = _existing_out(out, "r+", storage_options)
     if root is None:
+        if is_remote(out):  # a new prefix of an object store
+            return zarr.open_group(
+                str(out), mode="w-", zarr_format=zarr_format, storage_options=storage_options
+            )
         store: Any = zarr.storage.LocalStore(Path(os.fspath(out)))
         return zarr.open_group(store, mode="w-", zarr_format=zarr_format)
     if root.metadata.zarr_format != zarr_format:
@@ -331,8 +386,7 @@ def _open_out(out: StoreLike, zarr_format: int, storage_options: dict | None) ->
 
 
 def _write_new_store(
-    src_root: zarr.Group,
-    layout: Layout,
+    src: OpenStore,
     plans: list[WritePlan],
     out: StoreLike,
     overwrite: bool,
@@ -340,6 +394,7 @@ def _write_new_store(
     storage_options: dict | None,
     dry_run: bool,
 ) -> dict[str, str]:
+    src_root, layout = src.root, src.layout
     out_where = describe_store(out)
     to_copy = {}
     for plan in plans:  # check copy labels before creating anything
@@ -347,7 +402,7 @@ def _write_new_store(
         if copy_channels is True:
             # all; a new prediction takes the place of an earlier one of the same label (never
             # of an acquired channel: that clash is refused below)
-            group = src_root[plan.gpath] if plan.gpath else src_root
+            group = src.group(plan.gpath)
             earlier = set((group.attrs.get("zarrstain") or {}).get("channels") or {})
             wanted = [x for x in src_labels if x not in plan.labels or x not in earlier]
             if len(wanted) < len(src_labels):
@@ -371,40 +426,40 @@ def _write_new_store(
         return _check_out(out, plans, overwrite, storage_options)
     root = _open_out(out, src_root.metadata.zarr_format, storage_options)
     result = {}
+
+    def begin(plan: WritePlan) -> tuple[str, PyramidWrite | None]:
+        src_group = src.group(plan.gpath)
+        swhere = f"{out_where}/{plan.gpath}" if plan.gpath else out_where
+        existing = root.get(plan.gpath) if plan.gpath else root
+        if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
+            meta = parse_image(existing, swhere)
+            plan = WritePlan(**{**plan.__dict__, "meta": meta})
+            if existing_state(existing, plan, overwrite, swhere):
+                return "unchanged", None
+            dtype = np.dtype(meta.levels[0].dtype)
+            data = cast(plan.data.data, dtype)
+            return "written", begin_append(existing, meta, data, plan.labels, plan.record,
+                                           swhere, plan.time, _blocks(plan, dtype))  # fmt: skip
+        job = begin_create(root, plan.gpath, src_group, plan.meta, plan.data.data, plan.labels,
+                           to_copy[plan.scene], plan.record, swhere, plan.time,
+                           _blocks(plan))  # fmt: skip
+        return "written", job
+
+    # parents first, one at a time: images are then begun concurrently (metadata requests)
+    for parent in sorted({p.gpath.rsplit("/", 1)[0] for p in plans if "/" in p.gpath}):
+        root.require_group(parent)
     for first in range(0, len(plans), BATCH):
-        jobs = []
-        for plan in plans[first : first + BATCH]:
-            src_group = src_root[plan.gpath] if plan.gpath else src_root
-            swhere = f"{out_where}/{plan.gpath}" if plan.gpath else out_where
-            existing = root.get(plan.gpath) if plan.gpath else root
-            result[plan.scene] = "written"
-            if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
-                meta = parse_image(existing, swhere)
-                plan = WritePlan(**{**plan.__dict__, "meta": meta})
-                if existing_state(existing, plan, overwrite, swhere):
-                    result[plan.scene] = "unchanged"
-                    continue
-                data = cast(plan.data.data, np.dtype(meta.levels[0].dtype))
-                job = begin_append(
-                    existing, meta, data, plan.labels, plan.record, swhere, plan.time
-                )
-            else:
-                job = begin_create(
-                    root,
-                    plan.gpath,
-                    src_group,
-                    plan.meta,
-                    plan.data.data,
-                    plan.labels,
-                    to_copy[plan.scene],
-                    plan.record,
-                    swhere,
-                    plan.time,
-                )
-            jobs.append(job)
-        write_pyramids(jobs)
+        batch = plans[first : first + BATCH]
+        begun = map_io(begin, batch)
+        for plan, (status, _) in zip(batch, begun, strict=True):
+            result[plan.scene] = status
+        write_pyramids([job for _, job in begun if job is not None])
     with group_lock(root) as fresh_root:  # merged with what concurrent writers listed
         write_collection_metadata(fresh_root, src_root, layout, list(result))
+    # consolidated as the source was (or the store already is): a reader of a remote copy
+    # then opens the whole plate in one request; written last, a snapshot of the finished store
+    if has_consolidated(src_root) or has_consolidated(root):
+        refresh_consolidated(root, out_where)
     return result
 
 
