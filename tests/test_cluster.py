@@ -125,7 +125,6 @@ def test_a_killed_worker_costs_only_time(make_store, tmp_path):
     import os
     import signal
     import threading
-    import time
 
     src = make_store("plate", "0.5")
     model = random_model(seed=14)
@@ -141,13 +140,12 @@ def test_a_killed_worker_costs_only_time(make_store, tmp_path):
         plan = plan_prediction(src, model, out=tmp_path / "faulty.zarr", halo=4, chunks=CHUNKS)
         killed = threading.Event()
 
-        def kill_soon() -> None:
-            time.sleep(3)
-            os.kill(victim, signal.SIGKILL)
-            killed.set()
+        def kill_at_first_block(event) -> None:  # mid-run, however fast the blocks are
+            if not killed.is_set():
+                os.kill(victim, signal.SIGKILL)
+                killed.set()
 
-        threading.Thread(target=kill_soon, daemon=True).start()
-        result = plan.run(client=client)
+        result = plan.run(client=client, progress=kill_at_first_block)
         assert killed.is_set(), "the run ended before the worker was killed; make it longer"
         assert victim not in client.run(os.getpid).values()
     assert set(result.values()) == {"written"}

@@ -42,6 +42,8 @@ __all__ = [
     "INCOMPLETE_SUFFIX",
     "begin_append",
     "channel_entry",
+    "full_rdefs",
+    "rdefs_with_defaults",
     "set_image_attrs",
     "time_region",
     "to_store_axes",
@@ -103,26 +105,31 @@ def set_image_attrs(
 
 
 def full_rdefs(rdefs: dict | None, group: zarr.Group, ome: dict[str, Any]) -> dict[str, Any]:
+    """omero ``rdefs`` with the fields readers need (see :func:`rdefs_with_defaults`), for the
+    image ``group`` with OME metadata ``ome``."""
+    nz = 1
+    try:
+        ms = ome["multiscales"][0]
+        dims = canonical_dims([Axis(a["name"], a.get("type"), None) for a in ms["axes"]])
+        shape = group[ms["datasets"][0]["path"]].shape
+        nz = shape[dims.index("z")] if "z" in dims else 1
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        pass  # metadata checked elsewhere; a plane of 0 is always valid
+    return rdefs_with_defaults(rdefs, nz)
+
+
+def rdefs_with_defaults(rdefs: dict | None, nz: int) -> dict[str, Any]:
     """omero ``rdefs`` with the fields readers need: ``defaultT``, ``defaultZ``, ``model``.
 
     The NGFF omero block is transitional and loosely specified, but OMERO's rendering settings
     define these, and iohub's metadata model requires them (without them it lists no channel
     names). Existing values are kept; the defaults are the first time point and the middle
-    z-plane.
+    z-plane (of ``nz``).
     """
     out = {**(rdefs or {})}
     out.setdefault("model", "color")
     out.setdefault("defaultT", 0)
-    if "defaultZ" not in out:
-        nz = 1
-        try:
-            ms = ome["multiscales"][0]
-            dims = canonical_dims([Axis(a["name"], a.get("type"), None) for a in ms["axes"]])
-            shape = group[ms["datasets"][0]["path"]].shape
-            nz = shape[dims.index("z")] if "z" in dims else 1
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            pass  # metadata checked elsewhere; a plane of 0 is always valid
-        out["defaultZ"] = nz // 2
+    out.setdefault("defaultZ", nz // 2)
     return out
 
 

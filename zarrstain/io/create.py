@@ -19,14 +19,14 @@ from ._zarr_compat import grown_view
 from .blockwrite import fused_blocks
 from .channels import (
     channel_entry,
-    set_image_attrs,
+    rdefs_with_defaults,
     time_region,
     to_store_axes,
     with_time_points,
 )
 from .layout import Layout
 from .metadata import DIMS, ImageMeta, ome_attrs
-from .pending import KEY, PendingRecord, begin
+from .pending import KEY, PendingRecord, begin, fresh
 from .stream import PyramidWrite, region, stored_keys
 
 __all__ = ["begin_create", "write_collection_metadata"]
@@ -67,6 +67,7 @@ def begin_create(
     where: str,
     time: slice | None = None,
     blocks: tuple[Any, Any] | None = None,
+    new: bool = False,
 ) -> PyramidWrite:
     """Start creating an image at ``gpath`` with the source's axes, scales and pyramid shapes.
 
@@ -99,16 +100,25 @@ def begin_create(
     blocks
         ``(source, convert)``: the same data computed one block at a time
         (:func:`zarrstain.io.blockwrite.fused_blocks`), or None.
+    new
+        Nothing exists at ``gpath`` yet: the group is created with its pending record (see
+        :func:`zarrstain.io.pending.fresh`).
     """
-    image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time, where)
     pending = PendingRecord(
         "create",
         tuple(labels),
         record.get("fingerprint"),
-        str(image.dtype),
+        str(_dtype(data, src_meta, copy_labels)),
         (time.start, time.stop) if time is not None else None,
         copied=tuple(copy_labels),
     )
+    if new and gpath:
+        attrs = {"zarrstain": {KEY: fresh(pending)}}
+        image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time,
+                               where, attrs)  # fmt: skip
+        arrays = image.create_arrays(root.metadata.zarr_format)
+        return _write(image, arrays, None, data, labels, src_meta, record, time, blocks)
+    image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time, where)
     arrays = [_resumable(image.group, *layout, image.dtype) for layout in image.layouts]
 
     def store(prov: dict[str, Any]) -> None:  # no OME metadata: not an image yet
@@ -121,14 +131,38 @@ def begin_create(
     done = [stored_keys(a) for a in arrays] if resume else None
     if resume:
         logger.info("%s: resuming an interrupted write", where)
+    return _write(image, arrays, done, data, labels, src_meta, record, time, blocks)
+
+
+def _write(
+    image: _NewImage,
+    arrays: list[zarr.Array],
+    done: list[set[str]] | None,
+    data: da.Array,
+    labels: list[str],
+    src_meta: ImageMeta,
+    record: dict[str, Any],
+    time: slice | None,
+    blocks: tuple[Any, Any] | None,
+) -> PyramidWrite:
+    """The write of ``image``'s arrays (``done``: the chunks a resumed run keeps)."""
     store_dims = tuple(d for d in DIMS if d in src_meta.axis_names or d == "c")
     lazy = [(to_store_axes(data.astype(image.dtype), store_dims), len(image.copy_idx))]
     tregion = time_region(store_dims, time)
     picks = [(list(range(len(labels))), len(image.copy_idx))]
     fused = fused_blocks(blocks, store_dims, image.dtype, picks, time)
     return PyramidWrite(
-        where, arrays, image.cax, lazy, image.copies(), tregion, record, done, image.finish, fused
-    )
+        image.where, arrays, image.cax, lazy, image.copies(), tregion, record, done,
+        image.finish, fused,
+    )  # fmt: skip
+
+
+def _dtype(data: da.Array, src_meta: ImageMeta, copy_labels: list[str]) -> np.dtype:
+    """The new image's dtype: the predictions', or one that holds the copied channels too."""
+    dtype = np.dtype(data.dtype)
+    if copy_labels:
+        dtype = np.result_type(dtype, np.dtype(src_meta.levels[0].dtype))
+    return dtype
 
 
 @dataclass
@@ -162,14 +196,17 @@ class _NewImage:
         copy_labels: list[str],
         time: slice | None,
         where: str,
+        attrs: dict[str, Any] | None = None,
     ) -> _NewImage:
+        """``attrs``: create the group (it does not exist) with these attributes."""
         version, src_ome = ome_attrs(src_group)
         ms, cax, added = _with_channel_axis(src_meta, src_ome["multiscales"][0])
         copy_idx = [src_meta.labels.index(lab) for lab in copy_labels]
-        dtype = np.dtype(data.dtype)
-        if copy_idx:
-            dtype = np.result_type(dtype, np.dtype(src_meta.levels[0].dtype))
-        group = root.require_group(gpath) if gpath else root
+        dtype = _dtype(data, src_meta, copy_labels)
+        if attrs is not None:
+            group = root.create_group(gpath, attributes=attrs)
+        else:
+            group = root.require_group(gpath) if gpath else root
         return cls(group, src_group, src_meta, version, src_ome, ms, cax, added, copy_idx,
                    list(labels), list(copy_labels), dtype, time, where)  # fmt: skip
 
@@ -237,8 +274,13 @@ class _NewImage:
         attrs["zarrstain"] = {
             "channels": {lab: with_time_points(computed, None, self.time) for lab in self.labels}
         }
-        self.group.attrs.put(attrs)  # replaces the pending record
-        set_image_attrs(self.group, omero={"channels": entries})
+        nz = dict(zip(self.axis_names, self.layouts[0][1], strict=True)).get("z", 1)
+        omero = {"channels": entries, "rdefs": rdefs_with_defaults(None, nz)}
+        if self.version == "0.5":
+            attrs["ome"]["omero"] = omero
+        else:
+            attrs["omero"] = omero
+        self.group.attrs.put(attrs)  # replaces the pending record, in one write
         channels = ", ".join(self.copy_labels + self.labels)
         logger.info("%s: created image with channels %s", self.where, channels)
 

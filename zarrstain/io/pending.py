@@ -137,3 +137,14 @@ def begin(
     clear()
     store({**prov, KEY: dataclasses.replace(started, cleared=True).to_json()})
     return False
+
+
+def fresh(record: PendingRecord) -> dict[str, Any]:
+    """Step 1 for a group this write creates: its record, cleared from the start.
+
+    A new group holds no stale chunks, so the record can be written with the group itself
+    (one metadata write instead of three). Its arrays are created after it: a run cut short
+    before they all exist leaves a record that :func:`begin` does not resume (``can_resume``
+    is false without them), so the next run takes the full path.
+    """
+    return dataclasses.replace(record, started=now(), cleared=True).to_json()

@@ -442,7 +442,7 @@ def _write_new_store(
                                            swhere, plan.time, _blocks(plan, dtype))  # fmt: skip
         job = begin_create(root, plan.gpath, src_group, plan.meta, plan.data.data, plan.labels,
                            to_copy[plan.scene], plan.record, swhere, plan.time,
-                           _blocks(plan))  # fmt: skip
+                           _blocks(plan), new=existing is None)  # fmt: skip
         return "written", job
 
     # parents first, one at a time: images are then begun concurrently (metadata requests)
