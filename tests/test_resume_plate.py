@@ -37,7 +37,8 @@ def _complete(out: Path, scenes: list[str]) -> int:
                 levels = [arr for _, arr in root[scene].arrays()]
             except KeyError:
                 continue
-        done += len(levels) == 2 and all(len(list(stored_keys(arr))) == arr.nchunks for arr in levels)
+        whole = all(len(list(stored_keys(arr))) == arr.nchunks for arr in levels)
+        done += len(levels) == 2 and whole
     return done
 
 
