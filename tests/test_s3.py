@@ -160,9 +160,7 @@ def test_out_on_s3_is_consolidated_and_reads_back_in_one_request_per_field(s3, t
     assert list(images) == [s.scene for s in plan.scenes]
     for scene, image in images.items():
         assert list(image.c.values) == ["DNA (predicted)"]
-        np.testing.assert_array_equal(
-            image.values, zarrstain.open_image(reference, scene).values
-        )
+        np.testing.assert_array_equal(image.values, zarrstain.open_image(reference, scene).values)
     # a second run of the same command finds everything written
     again = plan_prediction(url, model, out=out, storage_options=options, input_channels=["BF"])
     assert set(again.run().values()) == {"unchanged"}
