@@ -67,6 +67,34 @@ def test_delete_keys_removes_exactly_those_chunks(array):
     compat.delete_keys(array, [])  # nothing to delete is fine
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_create_image_makes_the_group_and_arrays_in_one_call(tmp_path, zarr_format):
+    """Group.create_hierarchy with metadata documents made in memory; Array(AsyncArray(...))."""
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=zarr_format)
+    root.require_group("A/1").attrs.put({"well": "kept"})
+    levels = [("0", (1, 2, 8, 8), (1, 1, 4, 4)), ("1", (1, 2, 4, 4), (1, 1, 4, 4))]
+    group, arrays = compat.create_image(root, "A/1/0", {"x": 1}, levels, "float32", "tcyx")
+    arrays[1][...] = 0  # the fill value, written all the same (write_empty_chunks)
+    arrays[0][0, 1] = 5
+    reread = zarr.open_group(tmp_path / "s.zarr", mode="r")
+    assert reread["A/1"].attrs.asdict() == {"well": "kept"}  # the parent left as it was
+    assert reread["A/1/0"].attrs.asdict() == {"x": 1} == group.attrs.asdict()
+    for (path, shape, chunks), arr in zip(levels, arrays, strict=True):
+        stored = reread[f"A/1/0/{path}"]
+        assert (stored.shape, stored.chunks, stored.dtype) == (shape, chunks, np.float32)
+        assert stored.fill_value == 0 and arr.path == stored.path
+        if zarr_format == 3:
+            assert stored.metadata.dimension_names == tuple("tcyx")
+    assert {compat.chunk_key(arrays[1], (0, c, 0, 0)) for c in (0, 1)} <= compat.list_keys(
+        arrays[1]
+    )
+    np.testing.assert_array_equal(reread["A/1/0/0"][0, 1], 5)
+    if zarr_format == 2:  # NGFF 0.4: "/" separated chunk keys
+        assert compat.chunk_key(arrays[0], (0, 1, 0, 1)) == "0/1/0/1"
+    with pytest.raises(Exception):  # noqa: B017 (zarr's error type differs by version)
+        compat.create_image(root, "A/1/0", {}, levels, "float32", "tcyx")  # exists: refused
+
+
 def test_pyproject_caps_zarr_at_a_tested_minor_release():
     import re
     from pathlib import Path

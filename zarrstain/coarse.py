@@ -17,9 +17,11 @@ keep the lazy route, as do fields whose inputs exceed :data:`FIELD_BYTES` (stati
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +65,38 @@ logger = logging.getLogger(__name__)
 #: a field's inputs (its selected time points and channels, as stored) up to this size are
 #: read by one task for their statistics; larger ones are reduced chunk by chunk with dask
 FIELD_BYTES = 512 * 2**20
+
+#: inputs the statistics task read, kept for the field's (one) block task in this process:
+#: streamed in batches, a field is then read once (a task elsewhere reads it again)
+CACHE_BYTES = 256 * 2**20
+
+
+class _InputCache:
+    """Whole fields' inputs by field, oldest dropped first beyond :data:`CACHE_BYTES`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: collections.OrderedDict[Any, np.ndarray] = collections.OrderedDict()
+        self._bytes = 0
+
+    def put(self, key: Any, values: np.ndarray) -> None:
+        if values.nbytes > CACHE_BYTES // 4:
+            return
+        with self._lock:
+            self._items[key] = values
+            self._bytes += values.nbytes
+            while self._bytes > CACHE_BYTES:
+                self._bytes -= self._items.popitem(last=False)[1].nbytes
+
+    def take(self, key: Any) -> np.ndarray | None:
+        with self._lock:
+            values = self._items.pop(key, None)
+            if values is not None:
+                self._bytes -= values.nbytes
+            return values
+
+
+_CACHE = _InputCache()
 
 #: what ``predict`` takes beyond ``prepare``'s parameters
 _PREDICT_ONLY = ("batch_size", "precision", "denormalize", "resources", "seed", "scratch")
@@ -132,11 +166,17 @@ def field_inputs(
 
 
 def _field_statistics(
-    inputs: FieldInputs, method: str | None, args: dict[str, Any], scene: str
+    inputs: FieldInputs, method: str | None, args: dict[str, Any], scene: str, keep: Any = None
 ) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
-    """One task: a field's (offset, scale) per (t, c) and its NaN/inf count per channel."""
+    """One task: a field's (offset, scale) per (t, c) and its NaN/inf count per channel.
+
+    ``keep``: the inputs stay under this key in this process's cache for the field's one
+    block task (:attr:`StoreBlocks.cached`).
+    """
     t, z, y, x = inputs.shape
     values = inputs.read(slice(0, t), (slice(0, z), slice(0, y), slice(0, x)))
+    if keep is not None:
+        _CACHE.put(keep, values)
     stats = stats_in_memory(values, method, **args, scene=scene) if method else None
     bad = (~np.isfinite(values)).sum(axis=(0, 2, 3, 4)) if values.dtype.kind in "fc" else None
     return stats, bad
@@ -159,10 +199,16 @@ def statistics(
     method = plan.method
     args = normalization_args(plan.model, method) if method else {}
     calls, lazy_stats, lazy_checks = {}, {}, {}
+    token = uuid.uuid4().hex
     for s in todo:
         inputs = s.blocks.inputs if s.blocks is not None else None
         if inputs is not None and inputs.nbytes <= FIELD_BYTES:
-            calls[s.scene] = functools.partial(_field_statistics, inputs, method, args, s.scene)
+            # a one-block field's inputs, read here, are kept for its block (this pass only)
+            keep = (token, s.scene) if s.blocks.single else None  # type: ignore[union-attr]
+            s.blocks = dataclasses.replace(s.blocks, cached=keep)  # type: ignore[arg-type]
+            calls[s.scene] = functools.partial(
+                _field_statistics, inputs, method, args, s.scene, keep
+            )
         else:  # reductions chunk by chunk (statistics as predict computes them)
             if method is not None and s.blocks is not None:
                 s.stats = normalization_stats(s.source.sel(c=s.inputs), method, **args)
@@ -209,6 +255,12 @@ class StoreBlocks:
     affine: tuple[np.ndarray, np.ndarray] | None  # to the target's units, per output channel
     rescale: tuple[float, float] | None  # (offset, scale) onto an integer dtype
     resources: dict[str, float] | None = None
+    cached: Any = None  # the key of its inputs in the process's cache (one-block fields)
+
+    @property
+    def single(self) -> bool:
+        """Whether one block (reading the whole field) computes it all."""
+        return all(len(c) == 1 for c in self.grid)
 
     @property
     def grid(self) -> tuple[tuple[int, ...], ...]:
@@ -237,7 +289,11 @@ class StoreBlocks:
             takes.append(where - first)
             origin.append(lo)
             crops.append(slice(start - lo, min(start + cores[i], n) - lo))
-        x = self.inputs.read(t, reads)
+        x = None
+        if self.cached is not None:  # the statistics task may have read it already
+            x = _CACHE.take(self.cached)
+        if x is None:
+            x = self.inputs.read(t, reads)
         for a, take in enumerate(takes):
             if not np.array_equal(take, np.arange(x.shape[a + 2])):
                 x = np.take(x, take, axis=a + 2)

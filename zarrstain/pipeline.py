@@ -152,12 +152,6 @@ class PredictionPlan:
             publish_model(client, self.model)
             if self.options.resources is None and (resources := gpu_resources(client)):
                 self.options = self.options.replace(resources=resources)
-        # First pass: statistics and a count of NaN/inf in float inputs (one task per field)
-        computed, bad = coarse.statistics(self, todo)
-        for s in todo:
-            _refuse_nonfinite(s, bad[s.scene])
-            if not self.allow_constant and self.method is not None:
-                _refuse_constant(s, computed[s.scene], self.method, self.times.get(s.scene))
         # Counts model blocks, every pass's (a resumed run computes fewer than n_blocks).
         blocks = BlockProgress(progress, total=self.n_blocks)
         if client is None:
@@ -167,23 +161,36 @@ class PredictionPlan:
         else:
             watch = contextlib.nullcontext()
         scratch = self.scratch()
-        with watch:
-            # with the statistics now fixed (and the resources the cluster offers): one task
-            # per model block, or (multi-pass models) the lazy route, whose intermediate passes
-            # are computed into the scratch store here
+        computed: dict[str, xr.Dataset | None] = {}
+        if self.write.out is None:
+            # in place, into the user's store: every scene's data is checked before anything
+            # is written
+            computed = self._statistics(todo)
+
+        def prepare(scenes: list[str]) -> tuple[dict[str, xr.DataArray], dict[str, Any]]:
+            """One batch as written: with --out, its statistics first (streamed: a field's
+            inputs are read once when the statistics task kept them for its block)."""
+            batch = [by_scene[sid] for sid in scenes]
+            stats = computed if self.write.out is None else self._statistics(batch)
+            # one task per model block, or (multi-pass models) the lazy route, whose
+            # intermediate passes are computed into the scratch store here
             preds, sources = {}, {}
-            for s in todo:
-                fused = coarse.block_source(self, s, computed.get(s.scene))
+            for s in batch:
+                fused = coarse.block_source(self, s, stats.get(s.scene))
                 if fused is not None:
                     preds[s.scene], sources[s.scene] = fused
                 else:
-                    stats = computed.get(s.scene)
-                    preds[s.scene] = self.predict(s.source, stats, scratch, s.scene)
+                    preds[s.scene] = self.predict(s.source, stats.get(s.scene), scratch, s.scene)
+            return preds, sources
+
+        by_scene = {s.scene: s for s in todo}
+        with watch:
             # the store as planned: its layout is not parsed again
             store = self.opened if self.opened is not None else self.store
             result = write_predictions(
-                store, preds, sources=sources, time=self.times, **self.write.kwargs()
-            )
+                store, {s.scene: s.prediction for s in todo}, prepare=prepare, time=self.times,
+                **self.write.kwargs(),
+            )  # fmt: skip
         if scratch is not None and self.options.scratch is None:  # ours, and no longer needed
             shutil.rmtree(scratch, ignore_errors=True)
         if client is None:
@@ -192,6 +199,16 @@ class PredictionPlan:
         for s in self.scenes:
             s.status = result.get(s.scene, s.status)
         return {s.scene: s.status for s in self.scenes}
+
+    def _statistics(self, scenes: list[ScenePlan]) -> dict[str, xr.Dataset | None]:
+        """The scenes' statistics (one task per field), their data refused where it cannot be
+        predicted (NaN/inf inputs, constant frames)."""
+        computed, bad = coarse.statistics(self, scenes)
+        for s in scenes:
+            _refuse_nonfinite(s, bad[s.scene])
+            if not self.allow_constant and self.method is not None:
+                _refuse_constant(s, computed[s.scene], self.method, self.times.get(s.scene))
+        return computed
 
     def scratch(self) -> Path | None:
         """Where :meth:`run` keeps a multi-pass model's passes, one folder per scene.

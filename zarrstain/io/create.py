@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import zarr
 
-from ._zarr_compat import grown_view
+from ._zarr_compat import create_image, grown_view
 from .blockwrite import fused_blocks
 from .channels import (
     channel_entry,
@@ -112,13 +112,15 @@ def begin_create(
         (time.start, time.stop) if time is not None else None,
         copied=tuple(copy_labels),
     )
-    if new and gpath:
+    # one block per field along y and x: chunks need not follow the source's
+    whole = blocks is not None and all(len(c) == 1 for c in blocks[0].grid[2:])
+    if new and gpath:  # the group, its record and its arrays in one call
         attrs = {"zarrstain": {KEY: fresh(pending)}}
         image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time,
-                               where, attrs)  # fmt: skip
-        arrays = image.create_arrays(root.metadata.zarr_format)
-        return _write(image, arrays, None, data, labels, src_meta, record, time, blocks)
-    image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time, where)
+                               where, whole, attrs)  # fmt: skip
+        return _write(image, image.arrays, None, data, labels, src_meta, record, time, blocks)
+    image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time,
+                           where, whole)  # fmt: skip
     arrays = [_resumable(image.group, *layout, image.dtype) for layout in image.layouts]
 
     def store(prov: dict[str, Any]) -> None:  # no OME metadata: not an image yet
@@ -157,6 +159,29 @@ def _write(
     )  # fmt: skip
 
 
+#: a new image written one block per field gets (y, x) chunks of whole planes up to this size
+#: (else chunks grown to :data:`MIN_CHUNK_BYTES`): a plate stored in 32² chunks would otherwise
+#: cost a file (an object-store request) per 4 KiB of predictions, to write and to view
+PLANE_CHUNK_BYTES = 4 * 2**20
+MIN_CHUNK_BYTES = 2**20
+
+
+def _plane_chunks(shape: list[int], chunks: list[int], dims: list[str], itemsize: int) -> list[int]:
+    """``chunks`` grown in y and x (never shrunk): whole planes when small, else ≥ 1 MiB."""
+    if "y" not in dims or "x" not in dims:
+        return chunks
+    y, x = dims.index("y"), dims.index("x")
+    rest = itemsize * int(np.prod([c for i, c in enumerate(chunks) if i not in (y, x)]))
+    out = list(chunks)
+    if shape[y] * shape[x] * rest <= PLANE_CHUNK_BYTES:
+        out[y], out[x] = max(shape[y], chunks[y]), max(shape[x], chunks[x])
+        return out
+    while out[y] * out[x] * rest < MIN_CHUNK_BYTES and (out[y] < shape[y] or out[x] < shape[x]):
+        axis = y if (out[y] <= out[x] and out[y] < shape[y]) or out[x] >= shape[x] else x
+        out[axis] *= 2
+    return out
+
+
 def _dtype(data: da.Array, src_meta: ImageMeta, copy_labels: list[str]) -> np.dtype:
     """The new image's dtype: the predictions', or one that holds the copied channels too."""
     dtype = np.dtype(data.dtype)
@@ -183,6 +208,8 @@ class _NewImage:
     dtype: np.dtype
     time: slice | None
     where: str
+    arrays: list[zarr.Array] = field(default_factory=list)  # when created with the group
+    whole_planes: bool = False  # one block writes each field: chunks need not follow the source
 
     @classmethod
     def plan(
@@ -196,19 +223,23 @@ class _NewImage:
         copy_labels: list[str],
         time: slice | None,
         where: str,
+        whole_planes: bool = False,
         attrs: dict[str, Any] | None = None,
     ) -> _NewImage:
-        """``attrs``: create the group (it does not exist) with these attributes."""
+        """``attrs``: create the group (nothing exists there) with these attributes, and its
+        arrays (``arrays``)."""
         version, src_ome = ome_attrs(src_group)
         ms, cax, added = _with_channel_axis(src_meta, src_ome["multiscales"][0])
         copy_idx = [src_meta.labels.index(lab) for lab in copy_labels]
         dtype = _dtype(data, src_meta, copy_labels)
+        group = root.require_group(gpath) if gpath and attrs is None else root
+        image = cls(group, src_group, src_meta, version, src_ome, ms, cax, added, copy_idx,
+                    list(labels), list(copy_labels), dtype, time, where,
+                    whole_planes=whole_planes)  # fmt: skip
         if attrs is not None:
-            group = root.create_group(gpath, attributes=attrs)
-        else:
-            group = root.require_group(gpath) if gpath else root
-        return cls(group, src_group, src_meta, version, src_ome, ms, cax, added, copy_idx,
-                   list(labels), list(copy_labels), dtype, time, where)  # fmt: skip
+            dims = image.axis_names
+            image.group, image.arrays = create_image(root, gpath, attrs, image.layouts, dtype, dims)
+        return image
 
     @property
     def axis_names(self) -> list[str]:
@@ -216,7 +247,8 @@ class _NewImage:
 
     @property
     def layouts(self) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
-        """(path, shape, chunks) per level: the source's, one channel per chunk."""
+        """(path, shape, chunks) per level: the source's, one channel per chunk; planes grown
+        to whole planes (or 1 MiB chunks) where one block writes the whole field."""
         out = []
         for lvl in self.src_meta.levels:
             shape, chunks = list(lvl.shape), list(lvl.chunks)
@@ -224,6 +256,8 @@ class _NewImage:
                 shape.insert(self.cax, 1)
                 chunks.insert(self.cax, 1)
             shape[self.cax], chunks[self.cax] = len(self.copy_idx) + len(self.labels), 1
+            if self.whole_planes:
+                chunks = _plane_chunks(shape, chunks, self.axis_names, self.dtype.itemsize)
             out.append((lvl.path, tuple(shape), tuple(chunks)))
         return out
 

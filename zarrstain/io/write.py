@@ -5,25 +5,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import dask
-import fsspec
 import numpy as np
 import xarray as xr
 import zarr
 import zarr.storage
-from zarr.abc.store import Store
 
 from .._version import __version__
 from ..errors import (
     ChannelError,
-    NotOmeZarrError,
     ParameterError,
-    ReadOnlyStoreError,
     ShapeMismatchError,
     UnsupportedError,
     option,
@@ -36,13 +30,12 @@ from .layout import Layout, select_scenes
 from .lock import group_lock, lock_path
 from .metadata import DIMS, ome_attrs, parse_image
 from .opened import OpenStore, open_store
+from .outstore import check_out, open_out
 from .repeat import WritePlan, existing_state
 from .store import (
     StoreLike,
     describe_store,
     has_consolidated,
-    is_remote,
-    open_root,
     refresh_consolidated,
 )
 from .stream import PyramidWrite, write_pyramids
@@ -50,6 +43,10 @@ from .stream import PyramidWrite, write_pyramids
 __all__ = ["write_channels"]
 
 logger = logging.getLogger(__name__)
+
+#: a batch's scene ids → their final (predictions, block sources): see write_predictions
+Prepare = Callable[[list[str]], tuple[Mapping[str, xr.DataArray], Mapping[str, Any]]]
+Refresh = Callable[[list[WritePlan]], list[WritePlan]]
 
 
 def write_channels(
@@ -135,6 +132,7 @@ def write_predictions(
     predictions: xr.DataArray | dict[str, xr.DataArray],
     *,
     sources: Mapping[str, Any] | None = None,
+    prepare: Prepare | None = None,
     scene: str | None = None,
     out: StoreLike | None = None,
     overwrite: bool = False,
@@ -148,6 +146,11 @@ def write_predictions(
     :class:`~zarrstain.io.blockwrite.BlockSource` of the same predictions) lets one task per
     model block compute and write them (``PredictionPlan.run``); scenes without one, and
     levels the blocks cannot cover, take the lazy route.
+
+    ``prepare``, given the scene ids of a batch (of :data:`BATCH`) about to be written,
+    returns their final ``(predictions, sources)``: plates stream through, each batch's
+    inputs read just before it is written. ``predictions`` are then what is checked (shapes,
+    labels, dtypes) before anything is written.
     """
     mode = "r" if out is not None or dry_run else "r+"
     src = open_store(path, mode, storage_options)  # an OpenStore given is reused
@@ -158,9 +161,25 @@ def write_predictions(
     for sid, pred in by_scene.items():
         when = _time_of(time, sid)
         plans.append(_plan(src, sid, pred, dtype, out is None, when, sources.get(sid)))
+    refresh = functools.partial(_refresh, src, prepare, dtype, out is None)
     if out is None:
-        return _write_in_place(src, plans, overwrite, dry_run)
-    return _write_new_store(src, plans, out, overwrite, copy_channels, storage_options, dry_run)
+        return _write_in_place(src, plans, overwrite, dry_run, refresh)
+    return _write_new_store(
+        src, plans, out, overwrite, copy_channels, storage_options, dry_run, refresh
+    )
+
+
+def _refresh(
+    src: OpenStore, prepare: Prepare | None, dtype: Any, in_place: bool, plans: list[WritePlan]
+) -> list[WritePlan]:
+    """A batch's plans with the predictions ``prepare`` gives for it (unchanged without one)."""
+    if prepare is None or not plans:
+        return plans
+    preds, sources = prepare([p.scene for p in plans])
+    return [
+        _plan(src, p.scene, preds[p.scene], dtype, in_place, p.time, sources.get(p.scene))
+        for p in plans
+    ]
 
 
 def _time_of(time: slice | Mapping[str, slice | None] | None, scene: str) -> slice | None:
@@ -259,8 +278,9 @@ def _plan(
     if any(d is not None for d in per_channel):
         pairs = zip(labels, per_channel, strict=True)
         record["channel_dtypes"] = {lab: str(target if d is None else d) for lab, d in pairs}
-    return WritePlan(sid, gpath, meta, pred.copy(data=data), labels, fingerprint, record, time,
-                     source, convert)  # fmt: skip
+    pred = pred.copy(deep=False, data=data)  # (deep: copies every attribute, per field)
+    return WritePlan(sid, gpath, meta, pred, labels, fingerprint, record, time, source,
+                     convert)  # fmt: skip
 
 
 def _fingerprint(pred: xr.DataArray) -> str | None:
@@ -283,6 +303,7 @@ def _write_in_place(
     plans: list[WritePlan],
     overwrite: bool,
     dry_run: bool,
+    refresh: Refresh,
 ) -> dict[str, str]:
     todo, result = [], {}
     for plan in plans:
@@ -303,9 +324,11 @@ def _write_in_place(
     # overlap cannot deadlock; each is held from the pending record to the channel list.
     todo.sort(key=lambda item: str(lock_path(item[0]) or ""))
     for first in range(0, len(todo), BATCH):
+        batch = todo[first : first + BATCH]
+        final = refresh([plan for _, plan, _ in batch])
         with contextlib.ExitStack() as stack:
             locked = []
-            for group, plan, swhere in todo[first : first + BATCH]:
+            for (group, _, swhere), plan in zip(batch, final, strict=True):
                 # re-read under the lock: another process may have added channels meanwhile
                 group = stack.enter_context(group_lock(group))
                 fresh = WritePlan(**{**plan.__dict__, "meta": parse_image(group, swhere)})
@@ -339,52 +362,6 @@ def _cast_after(convert: Any, dtype: np.dtype, block: np.ndarray) -> np.ndarray:
     return cast(convert(block), dtype)
 
 
-def _existing_out(out: StoreLike, mode: str, storage_options: dict | None) -> zarr.Group | None:
-    """The ``out`` store's root when it exists (None when it does not)."""
-    if isinstance(out, zarr.Group):
-        return out
-    if not _exists(out, storage_options):
-        return None
-    try:
-        return open_root(out, mode, storage_options)
-    except NotOmeZarrError:
-        raise ParameterError(
-            f"{describe_store(out)} exists and is not a zarr store; choose a new path for "
-            f"{option('out=', '--out')}"
-        ) from None
-
-
-def _exists(out: StoreLike, storage_options: dict | None) -> bool:
-    if isinstance(out, Store):
-        return True
-    if not is_remote(out):
-        return Path(os.fspath(out)).exists()
-    if str(out).startswith(("http://", "https://")):
-        raise ReadOnlyStoreError(
-            f"cannot write {describe_store(out)}: HTTP stores are read-only; pass a local "
-            f"path or an object-store URL (s3://, gs://, ...) as {option('out=', '--out')}"
-        )
-    fs, where = fsspec.core.url_to_fs(str(out), **(storage_options or {}))
-    return bool(fs.exists(where))
-
-
-def _open_out(out: StoreLike, zarr_format: int, storage_options: dict | None) -> zarr.Group:
-    root = _existing_out(out, "r+", storage_options)
-    if root is None:
-        if is_remote(out):  # a new prefix of an object store
-            return zarr.open_group(
-                str(out), mode="w-", zarr_format=zarr_format, storage_options=storage_options
-            )
-        store: Any = zarr.storage.LocalStore(Path(os.fspath(out)))
-        return zarr.open_group(store, mode="w-", zarr_format=zarr_format)
-    if root.metadata.zarr_format != zarr_format:
-        raise UnsupportedError(
-            f"{describe_store(out)} is a zarr v{root.metadata.zarr_format} store but the source "
-            f"is zarr v{zarr_format}; choose a new out= path"
-        )
-    return root
-
-
 def _write_new_store(
     src: OpenStore,
     plans: list[WritePlan],
@@ -393,6 +370,7 @@ def _write_new_store(
     copy_channels: list[str] | bool,
     storage_options: dict | None,
     dry_run: bool,
+    refresh: Refresh,
 ) -> dict[str, str]:
     src_root, layout = src.root, src.layout
     out_where = describe_store(out)
@@ -423,8 +401,8 @@ def _write_new_store(
             )
         to_copy[plan.scene] = wanted
     if dry_run:
-        return _check_out(out, plans, overwrite, storage_options)
-    root = _open_out(out, src_root.metadata.zarr_format, storage_options)
+        return check_out(out, plans, overwrite, storage_options)
+    root = open_out(out, src_root.metadata.zarr_format, storage_options)
     result = {}
 
     def begin(plan: WritePlan) -> tuple[str, PyramidWrite | None]:
@@ -449,7 +427,7 @@ def _write_new_store(
     for parent in sorted({p.gpath.rsplit("/", 1)[0] for p in plans if "/" in p.gpath}):
         root.require_group(parent)
     for first in range(0, len(plans), BATCH):
-        batch = plans[first : first + BATCH]
+        batch = refresh(plans[first : first + BATCH])
         begun = map_io(begin, batch)
         for plan, (status, _) in zip(batch, begun, strict=True):
             result[plan.scene] = status
@@ -460,26 +438,4 @@ def _write_new_store(
     # then opens the whole plate in one request; written last, a snapshot of the finished store
     if has_consolidated(src_root) or has_consolidated(root):
         refresh_consolidated(root, out_where)
-    return result
-
-
-def _check_out(
-    out: StoreLike,
-    plans: list[WritePlan],
-    overwrite: bool,
-    storage_options: dict | None,
-) -> dict[str, str]:
-    """What writing into ``out`` would do, without writing (``dry_run``)."""
-    root = _existing_out(out, "r", storage_options)
-    result = {}
-    for plan in plans:
-        existing = (root.get(plan.gpath) if plan.gpath else root) if root is not None else None
-        done = False
-        if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
-            where = f"{describe_store(out)}/{plan.gpath}" if plan.gpath else describe_store(out)
-            meta = parse_image(existing, where)
-            done = existing_state(
-                existing, WritePlan(**{**plan.__dict__, "meta": meta}), overwrite, where
-            )
-        result[plan.scene] = "unchanged" if done else "to write"
     return result
