@@ -10,7 +10,8 @@ For each plate size (fields of one small plane each) and store chunking, in one 
 - the ratios ``plan+run ÷ forward`` and ``÷ loop``, and the time outside the forward per
   field (``overhead ms/field``);
 - ``first block``: seconds from the start of planning to the first model block finished;
-- ``peak RSS``: of the process running that configuration (each runs in a fresh process).
+- ``driver peak RSS``: of the process that made the plate, planned and ran (each configuration
+  runs in a fresh process), measured before the forward and the loop run.
 
 ``--models identity`` swaps in a model that returns its input (a TorchScript
 ``nn.Identity`` with its card): what remains is orchestration alone. Writes ``scale.json``
@@ -190,6 +191,8 @@ def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base:
             stack.enter_context(dask.config.set(scheduler="threads"))
         plan.run(progress=progress, client=client)
     total = time.perf_counter() - start
+    # the driver's peak so far: plate creation, planning and the run (not the loop's)
+    driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     forward = _forward(model_dir, store, fields)
     loop_out = base / f"loop-{fields}-{chunk}.zarr"
     loop = naive_loop(model_dir, store, loop_out)
@@ -204,7 +207,7 @@ def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base:
         "plan+run s": round(total, 2), "forward s": round(forward, 3), "loop s": round(loop, 2),
         "overhead ms/field": round(1000 * (total - forward) / fields, 1),
         "÷ forward": round(total / forward, 1), "÷ loop": round(total / loop, 2),
-        "peak RSS MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "driver peak RSS MiB": round(driver_rss),
     }  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Plates on an object store: a real S3-compatible server (moto, on 127.0.0.1) whose every
 request is counted. Reading, planning and predicting a plate costs O(1) metadata requests per
-field (none per field with consolidated metadata), and ``--out`` onto S3 writes a store that
+field (none per field with consolidated metadata), each input chunk is read once, and ``--out`` onto S3 writes a store that
 reads back through its consolidated metadata."""
 
 from __future__ import annotations
@@ -132,14 +132,14 @@ def test_a_remote_plate_costs_o1_metadata_requests_per_field(s3, tmp_path, conso
     per_field = (large["metadata"] - small["metadata"]) / extra
     if consolidated:
         assert per_field == 0, (small, large)  # the plate opens from one document
-        assert large["metadata"] <= 12, large  # the root's probes (v2 and v3 names)
+        assert large["metadata"] <= 6, large  # the root's probes (v2 and v3 names)
     else:
         # the field group and its two levels (each a HEAD and a GET), its well's share
-        assert per_field <= 8, (small, large)
+        assert per_field <= 7, (small, large)
     # one listing per field (missing chunks are detected before anything runs)
     assert (large["list"] - small["list"]) / extra <= 1, (small, large)
-    # every input chunk is read twice at most: statistics, then the model's block
-    assert large["chunk"] <= 2 * 4 * fields[4], large
+    # every input chunk is read once: the statistics task keeps a field for its block
+    assert large["chunk"] == 4 * fields[4], large
 
 
 def test_out_on_s3_is_consolidated_and_reads_back_in_one_request_per_field(s3, tmp_path):

@@ -217,6 +217,15 @@ def test_http_store_is_read_only():
         zarrstain.write_channels("http://127.0.0.1:9/plate.zarr", xr.DataArray([0]))
 
 
+def test_out_over_http_is_refused_before_anything_is_written(make_store):
+    src = make_store("image", "0.5")
+    before = tree_digest(src)
+    pred = _prediction(zarrstain.open_image(src))
+    with pytest.raises(ReadOnlyStoreError, match="HTTP stores are read-only.*s3://"):
+        zarrstain.write_channels(src, pred, out="https://127.0.0.1:9/pred.zarr")
+    assert tree_digest(src) == before
+
+
 def test_unlabeled_float_store_uses_reader_labels(tmp_path, validate):
     """Labels the reader shows ("0", ...) are the ones copy/refusal use; windows stay finite."""
     from zarrstain import datasets

@@ -144,6 +144,8 @@ def has_consolidated(root: zarr.Group) -> bool:
     ngff-zarr and others write it by default; readers that find it trust it instead of the
     groups' own metadata, so a store modified in place must have it rewritten.
     """
+    if root.metadata.consolidated_metadata is not None:  # opened from it
+        return True
     try:
         snapshot = zarr.open_group(root.store, path=root.path, mode="r", use_consolidated=True)
     except (ValueError, KeyError, FileNotFoundError, GroupNotFoundError):

@@ -402,6 +402,10 @@ def _write_new_store(
         to_copy[plan.scene] = wanted
     if dry_run:
         return check_out(out, plans, overwrite, storage_options)
+    batches = [plans[i : i + BATCH] for i in range(0, len(plans), BATCH)]
+    # the first batch is prepared (its data checked) before the new store exists: a refusal
+    # there leaves nothing behind
+    ready = refresh(batches[0]) if batches else []
     root = open_out(out, src_root.metadata.zarr_format, storage_options)
     result = {}
 
@@ -426,8 +430,8 @@ def _write_new_store(
     # parents first, one at a time: images are then begun concurrently (metadata requests)
     for parent in sorted({p.gpath.rsplit("/", 1)[0] for p in plans if "/" in p.gpath}):
         root.require_group(parent)
-    for first in range(0, len(plans), BATCH):
-        batch = refresh(plans[first : first + BATCH])
+    for k, batch in enumerate(batches):
+        batch = ready if k == 0 else refresh(batch)
         begun = map_io(begin, batch)
         for plan, (status, _) in zip(batch, begun, strict=True):
             result[plan.scene] = status
