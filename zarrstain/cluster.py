@@ -3,9 +3,12 @@
 - No options: dask's threaded scheduler in this process (one forward at a time per device,
   reads and writes in the other threads).
 - ``workers=N``: a LocalCluster of N worker processes (``threads_per_worker`` each).
-- On a machine with CUDA GPUs and ``gpus="auto"``: one single-threaded worker per GPU, each
-  seeing only its GPU (dask-cuda's ``LocalCUDACluster`` when installed, else a worker spec
-  with ``CUDA_VISIBLE_DEVICES``), advertising the resource ``{"GPU": 1}``.
+- On a machine with CUDA GPUs and ``gpus="auto"``: one worker per GPU, each seeing only its
+  GPU (dask-cuda's ``LocalCUDACluster`` when installed, else a worker spec with
+  ``CUDA_VISIBLE_DEVICES``), with :data:`GPU_SLOTS` threads and the resource
+  ``{"GPU": GPU_SLOTS}``: a block task (read, predict, write) takes one slot, and one forward
+  runs at a time per device (the model's lock), so the next block is read and the last one
+  written while the GPU computes.
 - ``scheduler=ADDRESS`` / ``scheduler_file=FILE``: an existing dask.distributed cluster
   (dask-jobqueue on SLURM, Kubernetes, ...).
 
@@ -81,26 +84,31 @@ def gpu_workers(client: Client) -> int:
 def gpu_resources(client: Client) -> dict[str, float] | None:
     """The resources model tasks should ask for on ``client``'s cluster.
 
-    ``{"GPU": 1}`` when some workers advertise a GPU (model blocks then run only there, one per
-    GPU at a time, while reading and writing run anywhere); None otherwise.
+    ``{"GPU": 1}`` when some workers advertise a GPU (block tasks then run only there, as many
+    at a time per worker as it advertises units, one forward at a time per device); None
+    otherwise.
     """
     return {"GPU": 1} if gpu_workers(client) else None
+
+
+#: block tasks in flight per GPU worker (see the module's docstring)
+GPU_SLOTS = 3
 
 
 def _gpu_cluster(n_gpus: int) -> SpecCluster | LocalCluster:
     try:
         from dask_cuda import LocalCUDACluster
 
-        return LocalCUDACluster(resources={"GPU": 1}, threads_per_worker=1)
+        return LocalCUDACluster(resources={"GPU": GPU_SLOTS}, threads_per_worker=GPU_SLOTS)
     except ImportError:
         pass
     workers = {
         f"gpu-{i}": {
             "cls": Nanny,
             "options": {
-                "nthreads": 1,
+                "nthreads": GPU_SLOTS,
                 "env": {"CUDA_VISIBLE_DEVICES": str(i)},
-                "resources": {"GPU": 1},
+                "resources": {"GPU": GPU_SLOTS},
             },
         }
         for i in range(n_gpus)

@@ -35,7 +35,7 @@ def prediction_provenance(
     # lazy and precomputed statistics of the same data give the same fingerprint.
     fingerprint = dask.base.tokenize(
         model.content_hash,
-        source_token(scene.sel(c=chosen)),
+        source_token(scene, chosen),
         chosen,
         method,
         dict(stats.attrs) if stats is not None else None,

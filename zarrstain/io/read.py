@@ -165,8 +165,9 @@ def image_to_dataarray(
     return xr.DataArray(data, dims=DIMS, coords=coords, attrs=attrs, name=meta.name or None)
 
 
-def source_token(data: xr.DataArray) -> str:
-    """A stable identity of ``data``'s values, for fingerprints of what was computed from them.
+def source_token(data: xr.DataArray, channels: list[str] | None = None) -> str:
+    """A stable identity of ``data``'s values (of its ``channels`` only, when given), for
+    fingerprints of what was computed from them.
 
     For data opened from a store: the store, scene, level, channel labels and coordinates, so
     adding other channels to the store (which changes the array's shape) does not change it.
@@ -175,7 +176,11 @@ def source_token(data: xr.DataArray) -> str:
     if "store" in data.attrs and "scene" in data.attrs:
         # as lists: label arrays' string width changes when longer labels are added
         coords = {d: data.coords[d].values.tolist() for d in data.dims if d in data.coords}
+        if channels is not None:  # as data.sel(c=channels) would give (without building it)
+            coords["c"] = [str(c) for c in channels]
         return tokenize(data.attrs["store"], data.attrs["scene"], data.attrs.get("level"), coords)
+    if channels is not None:
+        data = data.sel(c=channels)
     arr = data.data
     return arr.name if isinstance(arr, da.Array) else tokenize(np.asarray(arr))
 
