@@ -1,7 +1,7 @@
 """Plates on an object store: a real S3-compatible server (moto, on 127.0.0.1) whose every
 request is counted. Reading, planning and predicting a plate costs O(1) metadata requests per
-field (none per field with consolidated metadata), each input chunk is read once, and ``--out`` onto S3 writes a store that
-reads back through its consolidated metadata."""
+field (none per field with consolidated metadata), each input chunk is read once, and
+``--out`` onto S3 writes a store that reads back through its consolidated metadata."""
 
 from __future__ import annotations
 
