@@ -108,3 +108,25 @@ def test_cli_export(tmp_path):
     assert load_model(tmp_path / "m.pt").input_labels == ("BF",)
     again = runner.invoke(cli, ["export", str(tmp_path / "pkg"), "--out", str(tmp_path / "m.pt")])
     assert again.exit_code != 0 and "exists" in again.output
+
+
+@pytest.mark.slow  # a worker process starts (a few seconds)
+def test_a_torchscript_model_runs_on_worker_processes(tmp_path):
+    """A scripted module cannot be pickled: workers get its path and load it themselves."""
+    from distributed import Client, LocalCluster
+
+    path = export_torchscript(_fnet(), tmp_path / "m.pt")
+    store = datasets.make_image(tmp_path / "img.zarr", shape=(1, 1, 64, 64))
+    local = tmp_path / "local.zarr"
+    plan_prediction(store, path, out=local, input_channels=["BF"]).run()
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0")
+        as cluster,
+        Client(cluster) as client,
+    ):
+        out = tmp_path / "cluster.zarr"
+        plan = plan_prediction(store, path, out=out, input_channels=["BF"])
+        assert set(plan.run(client=client).values()) == {"written"}
+    np.testing.assert_array_equal(
+        zarrstain.open_image(out).values, zarrstain.open_image(local).values
+    )

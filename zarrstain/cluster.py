@@ -43,11 +43,14 @@ class ModelPlugin(WorkerPlugin):
     """Puts one model into each worker's cache when the worker starts (or joins later)."""
 
     def __init__(self, model: Model) -> None:
-        self.model = model
+        # A model loaded from a file travels as its path and is loaded once by each worker
+        # (a TorchScript module cannot be pickled); one built in memory travels whole.
+        self.model = None if model.source else model
+        self.handle = cache.ModelHandle(model)
         self.name = f"zarrstain-model-{model.content_hash[:16]}"
 
     def setup(self, worker: Any) -> None:
-        cache.preload(self.model)
+        cache.preload(self.model if self.model is not None else self.handle.get())
 
 
 #: how often a publication is retried when a worker is lost while it is being sent

@@ -136,7 +136,10 @@ def image_to_dataarray(
     # processes, so graphs built from the same store tokenize identically.
     name = "zarrstain-read-" + tokenize(store, group.path, lvl.path, arr.metadata.to_dict())
     reader = ChunkReader(arr, "/".join(p for p in (store, group.path, lvl.path) if p))
-    data = da.from_array(reader, chunks=lvl.chunks, name=name, asarray=False, fancy=False)
+    meta_array = np.empty((0,) * arr.ndim, dtype=arr.dtype)  # (else dask reads x[0:0])
+    data = da.from_array(
+        reader, chunks=lvl.chunks, name=name, asarray=False, fancy=False, meta=meta_array
+    )
     present = meta.axis_names
     data = data[tuple(slice(None) if d in present else None for d in DIMS)]
     size = dict(zip(DIMS, data.shape, strict=True))
