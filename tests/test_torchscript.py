@@ -120,8 +120,9 @@ def test_a_torchscript_model_runs_on_worker_processes(tmp_path):
     local = tmp_path / "local.zarr"
     plan_prediction(store, path, out=local, input_channels=["BF"]).run()
     with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0")
-        as cluster,
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
         Client(cluster) as client,
     ):
         out = tmp_path / "cluster.zarr"
