@@ -251,3 +251,35 @@ def test_rerun_after_a_crash_in_a_lower_level_computes_no_model_block(tmp_path, 
     np.testing.assert_array_equal(
         zarrstain.open_image(path).sel(c="DNA (predicted)").values, expected
     )
+
+
+@pytest.mark.parametrize("finished", ["every image", "some images"])
+def test_images_finished_before_a_crash_are_listed_by_the_rerun(
+    make_store, tmp_path, validate, monkeypatch, finished
+):
+    """Killed after its images were complete but before the plate listed them: the re-run
+    (which has nothing, or less, to compute) lists them all."""
+    import zarrstain.io.create as create_mod
+    import zarrstain.io.write as write_mod
+    from zarrstain.pipeline import plan_prediction
+    from zarrstain.testing import random_model
+
+    src = make_store("plate", "0.5")
+    model = random_model(seed=2)
+    out = tmp_path / "out.zarr"
+    if finished == "every image":
+        _fail_on_call(monkeypatch, write_mod, "write_collection_metadata", 1)
+    else:  # the third image's metadata is never written, the others' are
+        _fail_on_call(monkeypatch, create_mod._NewImage, "finish", 3)
+    with pytest.raises(SimulatedCrash):
+        plan_prediction(src, model, out=out).run()
+    monkeypatch.undo()
+    again = plan_prediction(src, model, out=out)
+    statuses = again.run()
+    scenes = list(zarrstain.open_scenes(src))
+    assert list(zarrstain.open_scenes(out)) == scenes  # every field, listed
+    if finished == "every image":
+        assert set(statuses.values()) == {"unchanged"} and again.blocks_run == 0
+    else:
+        assert sorted(statuses.values()).count("written") == 1  # the one left unfinished
+    validate(out)

@@ -26,7 +26,7 @@ from .io.opened import OpenStore, open_store
 from .io.read import check_chunks, open_scenes
 from .io.scratch import scratch_beside
 from .io.store import StoreLike, describe_store
-from .io.write import write_channels, write_predictions
+from .io.write import list_complete, write_channels, write_predictions
 from .models import Model, load_model, relabel, renamable
 from .normalize import normalization_stats
 from .options import PredictOptions, WriteOptions, merge_options
@@ -143,8 +143,15 @@ class PredictionPlan:
             (``{"GPU": 1}``); reading, normalization and writing run anywhere.
         """
         todo = [s for s in self.scenes if s.status == "to write"]
+        # complete in --out already: listed in its plate metadata too (a run killed after
+        # finishing them had not listed them yet)
+        complete = [s.scene for s in self.scenes if s.status == "unchanged"]
+        store = self.opened if self.opened is not None else self.store
         if not todo:
             logger.info("every scene already holds this prediction; nothing to do")
+            self.blocks_run = 0
+            if self.write.out is not None and complete:
+                list_complete(store, self.write.out, complete, self.write.storage_options)
             return {s.scene: s.status for s in self.scenes}
         if client is not None:
             from .cluster import gpu_resources, publish_model
@@ -186,9 +193,9 @@ class PredictionPlan:
         by_scene = {s.scene: s for s in todo}
         with watch:
             # the store as planned: its layout is not parsed again
-            store = self.opened if self.opened is not None else self.store
             result = write_predictions(
                 store, {s.scene: s.prediction for s in todo}, prepare=prepare, time=self.times,
+                complete=complete if self.write.out is not None else None,
                 **self.write.kwargs(),
             )  # fmt: skip
         if scratch is not None and self.options.scratch is None:  # ours, and no longer needed

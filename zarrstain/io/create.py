@@ -375,12 +375,15 @@ def write_collection_metadata(
         if not images:
             continue
         well_meta = {**copy.deepcopy(src_well), "images": images}
-        _put_ome(root.require_group(well["path"]), version, "well", well_meta)
+        wgroup = root.require_group(well["path"])
+        if ome_attrs(wgroup)[1].get("well") != well_meta:  # (a re-run writes nothing)
+            _put_ome(wgroup, version, "well", well_meta)
         wells.append(well)
     plate["wells"] = wells
     if "field_count" in plate:
         plate["field_count"] = max(
             (len(ome_attrs(root[w["path"]])[1]["well"]["images"]) for w in wells), default=0
         )
-    _put_ome(root, version, "plate", plate)
+    if out_ome.get("plate") != plate:
+        _put_ome(root, version, "plate", plate)
     logger.info("plate metadata lists %d wells", len(wells))

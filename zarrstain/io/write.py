@@ -133,6 +133,7 @@ def write_predictions(
     *,
     sources: Mapping[str, Any] | None = None,
     prepare: Prepare | None = None,
+    complete: list[str] | None = None,
     scene: str | None = None,
     out: StoreLike | None = None,
     overwrite: bool = False,
@@ -150,7 +151,8 @@ def write_predictions(
     ``prepare``, given the scene ids of a batch (of :data:`BATCH`) about to be written,
     returns their final ``(predictions, sources)``: plates stream through, each batch's
     inputs read just before it is written. ``predictions`` are then what is checked (shapes,
-    labels, dtypes) before anything is written.
+    labels, dtypes) before anything is written. ``complete``: scenes ``out`` holds complete
+    already (an earlier run's), listed in its plate metadata with those written now.
     """
     mode = "r" if out is not None or dry_run else "r+"
     src = open_store(path, mode, storage_options)  # an OpenStore given is reused
@@ -165,8 +167,9 @@ def write_predictions(
     if out is None:
         return _write_in_place(src, plans, overwrite, dry_run, refresh)
     return _write_new_store(
-        src, plans, out, overwrite, copy_channels, storage_options, dry_run, refresh
-    )
+        src, plans, out, overwrite, copy_channels, storage_options, dry_run, refresh,
+        complete or [],
+    )  # fmt: skip
 
 
 def _refresh(
@@ -180,6 +183,21 @@ def _refresh(
         _plan(src, p.scene, preds[p.scene], dtype, in_place, p.time, sources.get(p.scene))
         for p in plans
     ]
+
+
+def list_complete(
+    path: StoreLike,
+    out: StoreLike,
+    scenes: list[str],
+    storage_options: dict[str, Any] | None = None,
+) -> None:
+    """List ``scenes``, complete in ``out`` (an interrupted run finished them but not its
+    plate metadata), in ``out``'s plate or bioformats2raw metadata; unchanged when they are.
+    """
+    src = open_store(path, "r", storage_options)
+    root = open_out(out, src.root.metadata.zarr_format, storage_options)
+    with group_lock(root) as fresh_root:
+        write_collection_metadata(fresh_root, src.root, src.layout, scenes)
 
 
 def _time_of(time: slice | Mapping[str, slice | None] | None, scene: str) -> slice | None:
@@ -371,6 +389,7 @@ def _write_new_store(
     storage_options: dict | None,
     dry_run: bool,
     refresh: Refresh,
+    complete: list[str],
 ) -> dict[str, str]:
     src_root, layout = src.root, src.layout
     out_where = describe_store(out)
@@ -437,7 +456,7 @@ def _write_new_store(
             result[plan.scene] = status
         write_pyramids([job for _, job in begun if job is not None])
     with group_lock(root) as fresh_root:  # merged with what concurrent writers listed
-        write_collection_metadata(fresh_root, src_root, layout, list(result))
+        write_collection_metadata(fresh_root, src_root, layout, list(result) + complete)
     # consolidated as the source was (or the store already is): a reader of a remote copy
     # then opens the whole plate in one request; written last, a snapshot of the finished store
     if has_consolidated(src_root) or has_consolidated(root):
