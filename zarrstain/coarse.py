@@ -452,6 +452,6 @@ def block_source(
             "scale": stats["scale"].data,
         }
     name = PREDICT_PREFIX + "blocks-" + tokenize(record.get("fingerprint"), scene.scene, norm)
-    out = pred.copy(data=as_dask(source, pred.sizes["c"], name))
+    out = pred.copy(deep=False, data=as_dask(source, pred.sizes["c"], name))
     out.attrs = {**pred.attrs, "zarrstain": record}
     return out, source
