@@ -13,6 +13,7 @@ import pytest
 import zarr
 from dask.callbacks import Callback
 
+import zarrstain
 from zarrstain import coarse, datasets
 from zarrstain.io.write import write_channels
 from zarrstain.pipeline import plan_prediction
@@ -156,3 +157,20 @@ def test_statistics_are_one_task_per_field_and_match_the_reductions(tmp_path):
         np.testing.assert_array_equal(computed[s.scene]["offset"], expected["offset"])
         np.testing.assert_array_equal(computed[s.scene]["scale"], expected["scale"])
         assert bad[s.scene] is None  # integers hold no NaN
+
+
+def test_a_planned_prediction_computes_what_run_writes(tmp_path):
+    """Before run supplies the statistics, each block computes its field's own (once per
+    process, not per block): the planned prediction equals what run writes."""
+    store = _plate(tmp_path, (1, 1, 64, 64), fields=1)
+    model = random_model(seed=3, ndim=2, depth=1, mult_chan=4, normalization="zscore")
+    plan = plan_prediction(store, model, out=tmp_path / "out.zarr", input_channels=["BF"],
+                           halo="exact", chunks={"y": 32, "x": 32})  # fmt: skip
+    planned = {s.scene: s.prediction for s in plan.scenes}
+    assert all(p.data.npartitions > 1 for p in planned.values())  # several blocks per field
+    values = {scene: p.values for scene, p in planned.items()}
+    assert coarse._own_statistics.cache_info().currsize >= len(planned)
+    plan.run()
+    for scene, v in values.items():
+        written = zarrstain.open_image(tmp_path / "out.zarr", scene).values
+        np.testing.assert_allclose(v, written, rtol=0, atol=1e-5 * np.abs(written).max())

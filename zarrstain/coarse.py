@@ -298,9 +298,8 @@ class StoreBlocks:
             if not np.array_equal(take, np.arange(x.shape[a + 2])):
                 x = np.take(x, take, axis=a + 2)
         norm = self.norm
-        if norm is None and self.method is not None:  # not given: the field's own, computed
-            pair, _ = _field_statistics(self.inputs, self.method, self.norm_args, "")
-            norm = (pair[0], safe_scale(pair[1]))  # type: ignore[index]
+        if norm is None and self.method is not None:  # not given: the field's own
+            norm = _own_statistics(self.inputs, self.method, tuple(self.norm_args.items()))
         if norm is not None:
             offset, scale = (v[t, :, None, None, None] for v in norm)
             x = ((x.astype(np.float64) - offset) / scale).astype(np.float32)
@@ -321,6 +320,16 @@ class StoreBlocks:
             offset, scale = self.rescale
             out = ((out - offset) / scale).astype(np.float32)
         return out
+
+
+@functools.lru_cache(maxsize=16)
+def _own_statistics(
+    inputs: FieldInputs, method: str, args: tuple[tuple[str, Any], ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A field's (offset, safe scale), computed once per process for all its blocks (only when
+    a planned prediction is computed before ``run`` supplied the statistics)."""
+    pair, _ = _field_statistics(inputs, method, dict(args), "")
+    return pair[0], safe_scale(pair[1])  # type: ignore[index]
 
 
 def _compute(source: StoreBlocks, index: tuple[int, int, int, int]) -> np.ndarray:

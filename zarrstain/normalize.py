@@ -139,15 +139,29 @@ def stats_in_memory(
     For one field's coarse task (:mod:`zarrstain.coarse`): no graph, one pass in memory.
     """
     del clip  # a parameter of applying the statistics, not of computing them
+    # the plan (stats_params) has said it already when the center window is short
+    window = _center_window(arr.shape[2], scene, True) if method == "center" else slice(None)
+    return _offset_scale(arr, method, window, p_low, p_high, _percentiles_in_memory)
+
+
+def _offset_scale(
+    arr: Any,
+    method: str,
+    window: slice,
+    p_low: float,
+    p_high: float,
+    percentiles: Any,
+) -> tuple[Any, Any]:
+    """``(offset, scale)`` per (t, c) of ``arr`` (numpy or dask: the same reductions), with
+    ``percentiles(arr, q)`` of its kind."""
     if method in ("center", "zscore"):
-        # the plan (stats_params) has said it already
-        window = _center_window(arr.shape[2], scene, True) if method == "center" else slice(None)
         sub = arr[:, :, window].astype(np.float64)
+        # population std (ddof 0), as pytorch_fnet
         return sub.mean(axis=(2, 3, 4)), sub.std(axis=(2, 3, 4))
     if method == "percentile":
-        pct = _percentiles_in_memory(arr, (p_low, p_high))
+        pct = percentiles(arr, (p_low, p_high))
         return pct[..., 0], pct[..., 1] - pct[..., 0]
-    pct = _percentiles_in_memory(arr, (25.0, 50.0, 75.0))
+    pct = percentiles(arr, (25.0, 50.0, 75.0))  # median_iqr
     return pct[..., 1], pct[..., 2] - pct[..., 0]
 
 
@@ -186,19 +200,8 @@ def normalization_stats(
     """
     arr = _as_dask(data)
     params = stats_params(data, method, p_low=p_low, p_high=p_high, clip=clip)
-    if method in ("center", "zscore"):
-        window = slice(*params["z_slices"]) if method == "center" else slice(None)
-        sub = arr[:, :, window].astype(np.float64)
-        offset = sub.mean(axis=(2, 3, 4))
-        scale = sub.std(axis=(2, 3, 4))  # population std (ddof 0), as pytorch_fnet
-    elif method == "percentile":
-        pct = _percentiles(arr, (p_low, p_high))
-        offset = pct[..., 0]
-        scale = pct[..., 1] - pct[..., 0]
-    else:  # median_iqr
-        pct = _percentiles(arr, (25.0, 50.0, 75.0))
-        offset = pct[..., 1]
-        scale = pct[..., 2] - pct[..., 0]
+    window = slice(*params["z_slices"]) if method == "center" else slice(None)
+    offset, scale = _offset_scale(arr, method, window, p_low, p_high, _percentiles)
     coords = {d: data.coords[d] for d in ("t", "c") if d in data.coords}
     return xr.Dataset(
         {"offset": (("t", "c"), offset), "scale": (("t", "c"), scale)}, coords=coords, attrs=params

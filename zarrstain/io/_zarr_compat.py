@@ -88,14 +88,18 @@ def _array_metadata(
     dims: tuple[str, ...] | None,
 ) -> Any:
     """The metadata document of such an array, made once in memory (then only copied)."""
-    kwargs: dict[str, Any] = {}
-    if zarr_format == 2:  # NGFF 0.4 stores use "/" separated chunk keys
-        kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
-    else:
-        kwargs["dimension_names"] = dims
     arr = zarr.create_array(zarr.storage.MemoryStore(), shape=shape, chunks=chunks, dtype=dtype,
-                            fill_value=0, zarr_format=zarr_format, **kwargs)  # fmt: skip
+                            fill_value=0, zarr_format=zarr_format,
+                            **image_array_kwargs(zarr_format, dims))  # fmt: skip
     return arr.metadata
+
+
+def image_array_kwargs(zarr_format: int, dims: Sequence[str] | None) -> dict[str, Any]:
+    """``create_array`` settings of an image's arrays: NGFF 0.4 (zarr v2) stores use "/"
+    separated chunk keys, NGFF 0.5 (v3) name their dimensions."""
+    if zarr_format == 2:
+        return {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+    return {"dimension_names": list(dims) if dims else None}
 
 
 def create_image(

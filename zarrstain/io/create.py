@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from ._zarr_compat import create_image, grown_view
+from ._zarr_compat import create_image, grown_view, image_array_kwargs
 from .blockwrite import fused_blocks
 from .channels import (
     channel_entry,
@@ -263,11 +263,7 @@ class _NewImage:
 
     def create_arrays(self, zarr_format: int) -> list[zarr.Array]:
         """Every level's array, replacing (and so emptying) any left by an earlier run."""
-        kwargs: dict[str, Any] = {}
-        if zarr_format == 2:  # NGFF 0.4 stores use "/" separated chunk keys
-            kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
-        else:
-            kwargs["dimension_names"] = self.axis_names
+        kwargs = image_array_kwargs(zarr_format, self.axis_names)
         return [
             self.group.create_array(path, shape=shape, chunks=chunks, dtype=self.dtype,
                                     fill_value=0, overwrite=True,
