@@ -67,13 +67,15 @@ def test_delete_keys_removes_exactly_those_chunks(array):
     compat.delete_keys(array, [])  # nothing to delete is fine
 
 
+@pytest.mark.parametrize("checked", [False, True])
 @pytest.mark.parametrize("zarr_format", [2, 3])
-def test_create_image_makes_the_group_and_arrays_in_one_call(tmp_path, zarr_format):
-    """Group.create_hierarchy with metadata documents made in memory; Array(AsyncArray(...))."""
+def test_create_image_makes_the_group_and_arrays_in_one_call(tmp_path, zarr_format, checked):
+    """Group.create_hierarchy with metadata documents made in memory; Array(AsyncArray(...));
+    ``checked``: save_metadata gathered (write_nodes), the same store as a result."""
     root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=zarr_format)
     root.require_group("A/1").attrs.put({"well": "kept"})
     levels = [("0", (1, 2, 8, 8), (1, 1, 4, 4)), ("1", (1, 2, 4, 4), (1, 1, 4, 4))]
-    group, arrays = compat.create_image(root, "A/1/0", {"x": 1}, levels, "float32", "tcyx")
+    group, arrays = compat.create_image(root, "A/1/0", {"x": 1}, levels, "float32", "tcyx", checked)
     arrays[1][...] = 0  # the fill value, written all the same (write_empty_chunks)
     arrays[0][0, 1] = 5
     reread = zarr.open_group(tmp_path / "s.zarr", mode="r")
@@ -91,8 +93,24 @@ def test_create_image_makes_the_group_and_arrays_in_one_call(tmp_path, zarr_form
     np.testing.assert_array_equal(reread["A/1/0/0"][0, 1], 5)
     if zarr_format == 2:  # NGFF 0.4: "/" separated chunk keys
         assert compat.chunk_key(arrays[0], (0, 1, 0, 1)) == "0/1/0/1"
-    with pytest.raises(Exception):  # noqa: B017 (zarr's error type differs by version)
-        compat.create_image(root, "A/1/0", {}, levels, "float32", "tcyx")  # exists: refused
+    if not checked:
+        with pytest.raises(Exception):  # noqa: B017 (zarr's error type differs by version)
+            compat.create_image(root, "A/1/0", {}, levels, "float32", "tcyx")  # exists: refused
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_write_nodes_writes_groups_that_zarr_opens(tmp_path, zarr_format):
+    """save_metadata gathered: rows and wells of a new plate, readable as groups."""
+    from zarr.core.group import GroupMetadata
+
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=zarr_format)
+    nodes = {p: GroupMetadata(zarr_format=zarr_format) for p in ("A", "A/1", "B", "B/2")}
+    groups = compat.write_nodes(root, nodes)
+    assert sorted(groups) == sorted(nodes)
+    groups["A/1"].attrs.put({"well": 1})
+    reread = zarr.open_group(tmp_path / "s.zarr", mode="r")
+    assert sorted(k for k, _ in reread.groups()) == ["A", "B"]
+    assert reread["A/1"].attrs.asdict() == {"well": 1} and reread["B/2"].attrs.asdict() == {}
 
 
 def test_pyproject_caps_zarr_at_a_tested_minor_release():

@@ -37,6 +37,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from .io.blockwrite import gather
 from .io.integrity import ChunkReader
 from .io.metadata import DIMS
+from .io.read import source_token
 from .models.architecture import Architecture
 from .models.cache import ModelHandle
 from .models.heads import OutputHead
@@ -44,18 +45,20 @@ from .normalize import normalization_stats, safe_scale, stats_in_memory, stats_p
 from .planner import TilePlan
 from .predict import normalization_args, output_affine, prepare
 from .progress import PREDICT_PREFIX, block_done
-from .provenance import prediction_provenance
+from .provenance import prediction_fingerprint, prediction_provenance
 from .tiling import block_options, forward_items
 from .units import rescale_map, rescale_record
 
 if TYPE_CHECKING:
-    from .pipeline import PredictionPlan, ScenePlan
+    from .pipeline import PredictionPlan
+    from .scene_plan import ScenePlan
 
 __all__ = [
     "FIELD_BYTES",
     "FieldInputs",
     "StoreBlocks",
     "block_source",
+    "plan_like",
     "plan_scene",
     "statistics",
 ]
@@ -262,7 +265,7 @@ class StoreBlocks:
         """Whether one block (reading the whole field) computes it all."""
         return all(len(c) == 1 for c in self.grid)
 
-    @property
+    @functools.cached_property  # (asked for per block and region: computed once)
     def grid(self) -> tuple[tuple[int, ...], ...]:
         """Block sizes along (t, z, y, x) of the predictions (the last cropped to the data)."""
         out = [tuple(self.plan.chunks[0])]
@@ -350,9 +353,7 @@ def as_dask(source: StoreBlocks, channels: int, name: str) -> da.Array:
     return da.Array(graph, name, chunks, dtype=np.float32)
 
 
-def plan_scene(
-    plan: PredictionPlan, scene: str, source: xr.DataArray
-) -> tuple[xr.DataArray, xr.Dataset | None, StoreBlocks] | None:
+def plan_scene(plan: PredictionPlan, scene: str, source: xr.DataArray) -> Planned | None:
     """A scene's predictions (lazy: one task per block), statistics (lazy: one task) and blocks.
 
     What ``predict`` would return for the scene, reading only metadata and building no graph
@@ -387,6 +388,7 @@ def plan_scene(
         prep.scene, model, prep.chosen, method, stats, prep.plan, opts["precision"], units,
         opts["seed"],
     )  # fmt: skip
+    parts = (model, prep.chosen, method, prep.plan, opts["precision"], units, opts["seed"])
     record["device"] = opts["device"]
     if plan.rescale:
         record = rescale_record(record, plan.write.dtype)
@@ -398,7 +400,50 @@ def plan_scene(
     pred = xr.DataArray(data, dims=DIMS, coords={**coords, "c": list(model.output_labels)})
     pred.attrs = {k: v for k, v in source.attrs.items() if k not in skip}
     pred.attrs["zarrstain"] = record
-    return pred, stats, blocks
+    return Planned(pred, stats, blocks, parts)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A scene planned by :func:`plan_scene`: what ``predict`` would return, its statistics
+    and block source, and what its fingerprint hashes but the inputs and statistics
+    (:func:`~zarrstain.provenance.prediction_fingerprint`: model, inputs chosen, method, tile
+    plan, precision, units, seed)."""
+
+    prediction: xr.DataArray
+    stats: xr.Dataset | None
+    blocks: StoreBlocks
+    parts: tuple[Any, ...]
+
+
+def plan_like(plan: PredictionPlan, scene: str, like: Planned, source: xr.DataArray) -> Planned:
+    """What :func:`plan_scene` gives for ``scene``, a field whose metadata equal those of the
+    field planned as ``like`` (``source``: that field as opened), without building it again:
+    the same plan with the scene's own inputs, statistics and fingerprint.
+    """
+    pred, blocks = like.prediction, like.blocks
+    record = dict(pred.attrs["zarrstain"])
+    chosen = record["input_channels"]
+    inputs = field_inputs(plan, scene, source, chosen)
+    token = source_token(source, chosen, scene=scene)  # the scene's inputs
+    stats = None
+    if like.stats is not None:
+        assert blocks.method is not None
+        offset, scale = _statistics_arrays(inputs, blocks.method, blocks.norm_args, scene)
+        stats = like.stats.copy(data={"offset": offset, "scale": scale})
+        stats.attrs = {**like.stats.attrs, "data": token}  # (as stats_params gives them)
+        record["normalization"] = {**record["normalization"], "offset": offset, "scale": scale}
+    blocks = dataclasses.replace(blocks, inputs=inputs, cached=None, norm=None)
+    model, chosen, method, tiles, precision, units, seed = like.parts
+    record["fingerprint"] = fingerprint = prediction_fingerprint(
+        model, token, chosen, method, stats, tiles, precision, units, seed
+    )
+    if "input" in record:
+        record["input"] = {**record["input"], "scene": scene}
+    data = as_dask(blocks, pred.sizes["c"], PREDICT_PREFIX + "blocks-" + fingerprint)
+    new = pred.copy(deep=False, data=data)
+    new.attrs = {**pred.attrs, "scene": scene, "zarrstain": record}
+    return Planned(new, stats, blocks, like.parts)
 
 
 def _single_integer(dtype: Any) -> bool:
@@ -418,7 +463,17 @@ def _lazy_statistics(
     params: dict[str, Any],
 ) -> xr.Dataset:
     """:func:`~zarrstain.normalize.normalization_stats` as one lazy task reading the field."""
-    t, c = data.sizes["t"], data.sizes["c"]
+    offset, scale = _statistics_arrays(inputs, method, args, scene)
+    coords = {d: data.coords[d] for d in ("t", "c") if d in data.coords}
+    variables = {"offset": (("t", "c"), offset), "scale": (("t", "c"), scale)}
+    return xr.Dataset(variables, coords=coords, attrs=params)
+
+
+def _statistics_arrays(
+    inputs: FieldInputs, method: str, args: dict[str, Any], scene: str
+) -> tuple[da.Array, da.Array]:
+    """Offset and scale per (t, c) of a field, lazy: one task reading the field."""
+    t, c = inputs.shape[0], len(inputs.channels)
     name = "zarrstain-field-statistics-" + uuid.uuid4().hex  # (tokenizing the reader is slow)
     layers: dict[str, Any] = {name: {name: (_field_statistics, inputs, method, args, scene)}}
     deps: dict[str, set[str]] = {name: set()}
@@ -430,9 +485,7 @@ def _lazy_statistics(
         da.Array(hlg, f"{name}-{part}", ((t,), (c,)), dtype=np.float64)
         for part in ("offset", "scale")
     )
-    coords = {d: data.coords[d] for d in ("t", "c") if d in data.coords}
-    variables = {"offset": (("t", "c"), offset), "scale": (("t", "c"), scale)}
-    return xr.Dataset(variables, coords=coords, attrs=params)
+    return offset, scale
 
 
 def _pick(result: tuple[Any, Any], i: int) -> np.ndarray:

@@ -21,18 +21,21 @@ import numpy as np
 import xarray as xr
 
 from . import coarse
-from .errors import ChannelExistsError, DataError, ParameterError, option
+from .errors import DataError, ParameterError, option
+from .io._zarr_compat import map_io
+from .io.layout import select_scenes
 from .io.opened import OpenStore, open_store
-from .io.read import check_chunks, open_scenes
+from .io.read import check_chunks, open_scene
+from .io.repeat import Pending
 from .io.scratch import scratch_beside
 from .io.store import StoreLike, describe_store
-from .io.write import list_complete, write_channels, write_predictions
-from .models import Model, load_model, relabel, renamable
-from .normalize import normalization_stats
+from .io.write import BATCH, list_complete, write_channels, write_predictions
+from .models import Model, load_model, relabel
 from .options import PredictOptions, WriteOptions, merge_options
 from .plan_format import format_plan
-from .predict import normalization_args, normalization_method, predict, run_model, select_inputs
+from .predict import normalization_method, predict, run_model
 from .progress import BlockProgress, ProgressCallback, cluster_progress
+from .scene_plan import ScenePlan, ScenePlanner
 from .timepoints import parse_time, time_range
 from .units import check_integer_output
 from .units import rescale as rescale_units
@@ -40,41 +43,6 @@ from .units import rescale as rescale_units
 __all__ = ["PredictionPlan", "ScenePlan", "format_plan", "parse_time", "plan_prediction"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ScenePlan:
-    """What happens to one scene."""
-
-    scene: str
-    source: xr.DataArray  # the scene (selected time points), as predict reads it
-    prediction: xr.DataArray
-    status: str  # "to write", "unchanged" or, after run, "written"
-    stats: xr.Dataset | None = None  # the normalization statistics (lazy until run)
-    #: computes the prediction block by block from the store (None: the lazy route)
-    blocks: coarse.StoreBlocks | None = None
-
-    @property
-    def inputs(self) -> list[str]:
-        """The input channels predict selected."""
-        return list(self.prediction.attrs["zarrstain"]["input_channels"])
-
-    @property
-    def tiling(self) -> dict[str, Any]:
-        """predict's tiling plan, as described in the provenance."""
-        return self.prediction.attrs["zarrstain"]["tiling"]
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-serialisable summary."""
-        sizes = self.prediction.sizes
-        return {
-            "scene": self.scene,
-            "status": self.status,
-            "shape_tzyx": [sizes[d] for d in ("t", "z", "y", "x")],
-            "inputs": self.inputs,
-            "outputs": [str(c) for c in self.prediction.coords["c"].values],
-            **self.tiling,
-        }
 
 
 @dataclass
@@ -172,7 +140,9 @@ class PredictionPlan:
         if self.write.out is None:
             # in place, into the user's store: every scene's data is checked before anything
             # is written
-            computed = self._statistics(todo)
+            for first in range(0, len(todo), BATCH):
+                computed.update(self._statistics(todo[first : first + BATCH]))
+                self._release(todo[first : first + BATCH])
 
         def prepare(scenes: list[str]) -> tuple[dict[str, xr.DataArray], dict[str, Any]]:
             """One batch as written: with --out, its statistics first (streamed: a field's
@@ -188,13 +158,17 @@ class PredictionPlan:
                     preds[s.scene], sources[s.scene] = fused
                 else:
                     preds[s.scene] = self.predict(s.source, stats.get(s.scene), scratch, s.scene)
+            self._release(batch)  # what is written no longer needs the scenes' arrays
             return preds, sources
 
         by_scene = {s.scene: s for s in todo}
+        # the predictions as checked at planning (labels, fingerprint): each batch's are built
+        # by prepare when it is written
+        pending = {s.scene: Pending.of(s) for s in todo}
         with watch:
             # the store as planned: its layout is not parsed again
             result = write_predictions(
-                store, {s.scene: s.prediction for s in todo}, prepare=prepare, time=self.times,
+                store, pending, prepare=prepare, time=self.times,
                 complete=complete if self.write.out is not None else None,
                 **self.write.kwargs(),
             )  # fmt: skip
@@ -206,6 +180,13 @@ class PredictionPlan:
         for s in self.scenes:
             s.status = result.get(s.scene, s.status)
         return {s.scene: s.status for s in self.scenes}
+
+    def _release(self, scenes: list[ScenePlan], total: int | None = None) -> None:
+        """Drop these scenes' arrays when the plan has (``total``) more scenes than one batch
+        (a plate's memory stays flat in its number of fields); smaller plans keep theirs."""
+        if (len(self.scenes) if total is None else total) > BATCH:
+            for s in scenes:
+                s.release()
 
     def _statistics(self, scenes: list[ScenePlan]) -> dict[str, xr.Dataset | None]:
         """The scenes' statistics (one task per field), their data refused where it cannot be
@@ -369,48 +350,53 @@ def plan_prediction(
     )  # fmt: skip
     out, dtype, storage_options = write.out, write.dtype, write.storage_options
     source = open_store(store, "r", storage_options)  # opened and parsed once for the plan
-    images = open_scenes(source, scenes=scenes)
+    ids = select_scenes(source.layout, scenes, source.where)
+    # every image's metadata first, concurrently (round trips to an object store)
+    metas = dict(zip(ids, map_io(lambda sid: source.meta(source.layout.scenes[sid]), ids),
+                     strict=True))  # fmt: skip
     method = normalization_method(options.normalize, model)
     times: dict[str, slice | None] = {}
     # a malformed or empty range fails the same for every scene; the stop asked for, to warn
     # about the scenes cut short
     asked_stop = time_range(time)[1] if time is not None else None
-    in_integers = out is None and any(im.dtype.kind in "iu" for im in images.values())
-    if in_integers and dtype is None and (model.output_intensity or rescale):
+    integers = [np.dtype(m.levels[0].dtype) for m in metas.values()]
+    integers = [d for d in integers if d.kind in "iu"]
+    if out is None and integers and dtype is None and (model.output_intensity or rescale):
         # target units: rounding to the store's integers is meaningful; rescale: mapped onto them
-        dtype = next(im.dtype for im in images.values() if im.dtype.kind in "iu")
+        dtype = integers[0]
         write = write.replace(dtype=dtype)
     if isinstance(options.guidance, str | os.PathLike):  # loaded once for every scene
         options = options.replace(guidance=load_model(options.guidance))
-    # run options (a sampler's settings, each scene's class), checked for every scene now
+    # run options (a sampler's settings, each scene's class), checked for every scene
     sampling = {**options.sampling(), "classes": options.classes, "class_key": options.class_key}
-    models = {sid: run_model(model, image, **sampling) for sid, image in images.items()}
-    model = next(iter(models.values()), model)
+    # the model with the run options, as the first scene's (each scene's are checked below)
+    first_model = run_model(model, open_scene(source, ids[0]), **sampling) if ids else model
     plan = PredictionPlan(
-        store, model, [], method, options, write, times, allow_constant_frames, rescale=rescale,
-        opened=source,
+        store, first_model, [], method, options, write, times, allow_constant_frames,
+        rescale=rescale, opened=source,
     )  # fmt: skip
     plan.scratch()  # a multi-pass model writing to a URL needs a local scratch: fail now
-    for sid, image in images.items():
-        times[sid] = tsel = parse_time(time, image.sizes["t"], sid)  # each scene its own
-        src = image.isel(t=tsel) if tsel is not None else image
-        if out is None:
-            _protect_acquired(src, models[sid], sid)
-        planned = coarse.plan_scene(plan, sid, src)  # one task per block
-        if planned is not None:
-            pred, stats, blocks = planned
-            plan.scenes.append(ScenePlan(sid, src, pred, "to write", stats, blocks))
-            continue
-        stats = None
-        if method is not None:  # lazy: computed once, in run's first pass
-            chosen = select_inputs(
-                src.coords["c"].values, model, options.kwargs()["input_channels"]
-            )
-            stats = normalization_stats(
-                src.sel(c=chosen), method, **normalization_args(model, method)
-            )
-        pred = plan.predict(src, stats)
-        plan.scenes.append(ScenePlan(sid, src, pred, "to write", stats))
+    missing = 0
+    # In batches, each scene's arrays built, checked and (on plates) released: the plan of a
+    # plate holds one batch's arrays at a time; fields whose metadata equal a field planned
+    # already are planned like it, building nothing (see zarrstain.scene_plan).
+    planner = ScenePlanner(plan, model, time, sampling)
+    for first in range(0, len(ids), BATCH):
+        batch = [planner.scene(sid, metas[sid]) for sid in ids[first : first + BATCH]]
+        plan.scenes.extend(batch)
+        if first == 0 and batch:
+            units = batch[0].prediction.attrs["zarrstain"]["output_units"]
+            _check_dtype(units, plan, out or store)
+        built = {p.scene: p.prediction for p in batch if p.held}
+        status = write_channels(source, built, dry_run=True, time=times, **write.kwargs())
+        for p in batch:
+            p.status = status.get(p.scene, p.status)
+        missing += check_chunks(
+            source,
+            {p.scene: (p.inputs, times[p.scene]) for p in batch if p.status == "to write"},
+            allow_missing=allow_missing_chunks,
+        )
+        plan._release(batch, len(ids))
     cut = [
         f"{sid} ({t.start}:{t.stop})"
         for sid, t in times.items()
@@ -423,50 +409,20 @@ def plan_prediction(
             len(cut),
             ", ".join(cut[:5]) + (" ..." if len(cut) > 5 else ""),
         )
-    if plan.scenes:
-        units = plan.scenes[0].prediction.attrs["zarrstain"]["output_units"]
-        if isinstance(dtype, Mapping | tuple):  # per channel: each is checked when written
-            if rescale:
-                raise ParameterError(
-                    f"rescaling maps every prediction onto one integer dtype; give one "
-                    f"{option('dtype=', '--dtype')} (not one per channel) or drop "
-                    + option("rescale=True", "--rescale")
-                )
-        else:
-            check_integer_output(units, dtype, rescale, model.name, describe_store(out or store))
-    plans = plan.scenes
-    status = write_channels(
-        source,
-        {p.scene: p.prediction for p in plans},
-        dry_run=True,
-        time=times,
-        **write.kwargs(),
-    )
-    for p in plans:
-        p.status = status[p.scene]
-    missing = check_chunks(
-        source,
-        {p.scene: (p.inputs, times[p.scene]) for p in plans if p.status == "to write"},
-        allow_missing=allow_missing_chunks,
-    )
     if missing:
         logger.warning("%d input chunk(s) are missing and read as the fill value", missing)
     return plan
 
 
-def _protect_acquired(image: xr.DataArray, model: Model, scene: str) -> None:
-    written = image.attrs.get("provenance") or {}
-    labels = [str(c) for c in image.coords["c"].values]
-    for label in model.output_labels:
-        if label in labels and label not in written:
-            new = f"{label} (predicted)"
-            fix = (
-                "name the output differently, e.g. "
-                + option(f"output_label={new!r}", f"--output-label '{new}'")
-                if renamable(model)
-                else f"write to a new store with {option('out=...', '--out')}"
+def _check_dtype(units: str, plan: PredictionPlan, store: StoreLike) -> None:
+    """The dtype written can hold predictions in these units (see check_integer_output)."""
+    dtype = plan.write.dtype
+    if isinstance(dtype, Mapping | tuple):  # per channel: each is checked when written
+        if plan.rescale:
+            raise ParameterError(
+                f"rescaling maps every prediction onto one integer dtype; give one "
+                f"{option('dtype=', '--dtype')} (not one per channel) or drop "
+                + option("rescale=True", "--rescale")
             )
-            raise ChannelExistsError(
-                f"scene {scene!r} already has an acquired channel {label!r} (not written by "
-                f"zarrstain), which predictions never replace; {fix}"
-            )
+    else:
+        check_integer_output(units, dtype, plan.rescale, plan.model.name, describe_store(store))

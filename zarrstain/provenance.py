@@ -11,7 +11,7 @@ from .io.read import source_token
 from .models.model import Model, plain_options, run_token
 from .planner import TilePlan
 
-__all__ = ["prediction_provenance"]
+__all__ = ["prediction_fingerprint", "prediction_provenance"]
 
 
 def prediction_provenance(
@@ -31,19 +31,8 @@ def prediction_provenance(
         norm.update({k: v for k, v in stats.attrs.items() if k not in ("method", "data")})
         norm["offset"] = stats["offset"].data  # computed with the prediction when written
         norm["scale"] = stats["scale"].data
-    # What determines the result; statistics by what they were computed from (their attrs), so
-    # lazy and precomputed statistics of the same data give the same fingerprint.
-    fingerprint = dask.base.tokenize(
-        model.content_hash,
-        source_token(scene, chosen),
-        chosen,
-        method,
-        dict(stats.attrs) if stats is not None else None,
-        plan,
-        precision,
-        units,
-        *((seed,) if model.spec.stochastic else ()),
-        *((run_token(model.options),) if model.options else ()),
+    fingerprint = prediction_fingerprint(
+        model, source_token(scene, chosen), chosen, method, stats, plan, precision, units, seed
     )
     source = None  # where the inputs were read (the resolved store), for data from a store
     if "store" in scene.attrs and "scene" in scene.attrs:
@@ -72,6 +61,35 @@ def prediction_provenance(
         **_calibration(model),
         "fingerprint": fingerprint,
     }
+
+
+def prediction_fingerprint(
+    model: Model,
+    token: str,
+    chosen: list[str],
+    method: str | None,
+    stats: xr.Dataset | None,
+    plan: TilePlan,
+    precision: str,
+    units: str,
+    seed: int,
+) -> str:
+    """What determines a prediction, hashed: ``token`` is its inputs'
+    :func:`~zarrstain.io.read.source_token`; statistics count by what they were computed from
+    (their attrs), so lazy and precomputed statistics of the same data give the same
+    fingerprint."""
+    return dask.base.tokenize(
+        model.content_hash,
+        token,
+        chosen,
+        method,
+        dict(stats.attrs) if stats is not None else None,
+        plan,
+        precision,
+        units,
+        *((seed,) if model.spec.stochastic else ()),
+        *((run_token(model.options),) if model.options else ()),
+    )
 
 
 def _calibration(model: Model) -> dict[str, Any]:

@@ -17,7 +17,9 @@ zarrstain needs four things zarr does not expose publicly:
 
 - :func:`create_image`: an image group, its attributes and its arrays created in one call
   (``Group.create_hierarchy`` with array metadata documents made once per layout in memory),
-  handles with ``write_empty_chunks``.
+  handles with ``write_empty_chunks``; where the caller has seen that nothing exists there,
+  :func:`write_nodes` instead (``zarr.core.metadata.io.save_metadata`` gathered: the
+  documents written concurrently, none read).
 
 :func:`map_io` (public API only) runs metadata requests of many images concurrently.
 
@@ -38,7 +40,8 @@ import numpy as np
 import zarr
 import zarr.storage
 from zarr.core.array import Array, AsyncArray
-from zarr.core.group import GroupMetadata
+from zarr.core.group import AsyncGroup, GroupMetadata
+from zarr.core.metadata.io import save_metadata
 from zarr.core.sync import sync
 
 T = TypeVar("T")
@@ -51,6 +54,7 @@ __all__ = [
     "grown_view",
     "list_keys",
     "map_io",
+    "write_nodes",
     "write_regions",
 ]
 
@@ -109,9 +113,11 @@ def create_image(
     arrays: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]],
     dtype: Any,
     dims: Sequence[str] | None,
+    checked: bool = False,
 ) -> tuple[zarr.Group, list[zarr.Array]]:
     """Create group ``name`` under ``parent`` with ``attributes`` and arrays ``(path, shape,
-    chunks)`` (zero-filled) in one call; nothing may exist there yet.
+    chunks)`` (zero-filled) in one call; nothing may exist there yet (``checked``: the caller
+    has seen that nothing does, and that the parents exist: nothing is read).
 
     The arrays are returned with ``write_empty_chunks`` (every written chunk exists, so
     completion can be checked by key). One concurrent round of metadata writes instead of
@@ -126,14 +132,34 @@ def create_image(
         for path, shape, chunks in arrays
     }
     nodes: dict[str, Any] = {name: GroupMetadata(attributes=attributes, zarr_format=fmt), **metas}
-    created = dict(parent.create_hierarchy(nodes))
-    group = created[name]
+    if checked:
+        group = write_nodes(parent, nodes)[name]
+    else:
+        group = dict(parent.create_hierarchy(nodes))[name]
     config = {"write_empty_chunks": True}
     handles = [
         Array(AsyncArray(meta, parent.store_path / key, config=config))
         for key, meta in metas.items()
     ]
     return group, handles
+
+
+def write_nodes(parent: zarr.Group, nodes: dict[str, Any]) -> dict[str, zarr.Group]:
+    """Write the metadata documents of new groups and arrays under ``parent`` concurrently,
+    reading nothing: the caller has seen that none exists and that their parents do. Returns
+    the groups among them, opened.
+    """
+    base = parent.store_path
+
+    async def save() -> None:
+        await asyncio.gather(*(save_metadata(base / key, meta) for key, meta in nodes.items()))
+
+    sync(save())
+    return {
+        key: zarr.Group(AsyncGroup(meta, base / key))
+        for key, meta in nodes.items()
+        if isinstance(meta, GroupMetadata)
+    }
 
 
 def grown_view(arr: zarr.Array, shape: tuple[int, ...]) -> zarr.Array:

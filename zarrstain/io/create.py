@@ -68,6 +68,7 @@ def begin_create(
     time: slice | None = None,
     blocks: tuple[Any, Any] | None = None,
     new: bool = False,
+    checked: bool = False,
 ) -> PyramidWrite:
     """Start creating an image at ``gpath`` with the source's axes, scales and pyramid shapes.
 
@@ -103,6 +104,9 @@ def begin_create(
     new
         Nothing exists at ``gpath`` yet: the group is created with its pending record (see
         :func:`zarrstain.io.pending.fresh`).
+    checked
+        With ``new``: the caller has seen that nothing exists there and that its parents do
+        (the metadata are written without reading any).
     """
     pending = PendingRecord(
         "create",
@@ -117,7 +121,7 @@ def begin_create(
     if new and gpath:  # the group, its record and its arrays in one call
         attrs = {"zarrstain": {KEY: fresh(pending)}}
         image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time,
-                               where, whole, attrs)  # fmt: skip
+                               where, whole, attrs, checked)  # fmt: skip
         return _write(image, image.arrays, None, data, labels, src_meta, record, time, blocks)
     image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time,
                            where, whole)  # fmt: skip
@@ -225,9 +229,10 @@ class _NewImage:
         where: str,
         whole_planes: bool = False,
         attrs: dict[str, Any] | None = None,
+        checked: bool = False,
     ) -> _NewImage:
-        """``attrs``: create the group (nothing exists there) with these attributes, and its
-        arrays (``arrays``)."""
+        """``attrs``: create the group (nothing exists there; ``checked``: seen by the caller)
+        with these attributes, and its arrays (``arrays``)."""
         version, src_ome = ome_attrs(src_group)
         ms, cax, added = _with_channel_axis(src_meta, src_ome["multiscales"][0])
         copy_idx = [src_meta.labels.index(lab) for lab in copy_labels]
@@ -238,7 +243,9 @@ class _NewImage:
                     whole_planes=whole_planes)  # fmt: skip
         if attrs is not None:
             dims = image.axis_names
-            image.group, image.arrays = create_image(root, gpath, attrs, image.layouts, dtype, dims)
+            image.group, image.arrays = create_image(
+                root, gpath, attrs, image.layouts, dtype, dims, checked
+            )
         return image
 
     @property
@@ -361,7 +368,7 @@ def write_collection_metadata(
         for img in ome_attrs(wgroup)[1].get("well", {}).get("images", []):
             present.add(f"{well['path']}/{img['path']}")
     plate = copy.deepcopy(src_ome["plate"])
-    wells = []
+    wells, counts = [], []
     for well in plate["wells"]:
         src_group = layout.groups.get(well["path"])  # (not `or`: a group's truth lists it)
         if src_group is None:
@@ -375,11 +382,10 @@ def write_collection_metadata(
         if ome_attrs(wgroup)[1].get("well") != well_meta:  # (a re-run writes nothing)
             _put_ome(wgroup, version, "well", well_meta)
         wells.append(well)
+        counts.append(len(images))
     plate["wells"] = wells
     if "field_count" in plate:
-        plate["field_count"] = max(
-            (len(ome_attrs(root[w["path"]])[1]["well"]["images"]) for w in wells), default=0
-        )
+        plate["field_count"] = max(counts, default=0)
     if out_ome.get("plate") != plate:
         _put_ome(root, version, "plate", plate)
     logger.info("plate metadata lists %d wells", len(wells))

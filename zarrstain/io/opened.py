@@ -8,6 +8,7 @@ result wherever they take a store, so a planned run does not repeat them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ import zarr
 
 from .layout import Layout, find_layout
 from .metadata import ImageMeta, parse_image
-from .store import describe_store, open_root
+from .store import describe_store, open_root, store_location
 
 __all__ = ["OpenStore", "open_store"]
 
@@ -66,6 +67,11 @@ class OpenStore:
         if gpath not in self.layout.groups:
             self.layout.groups[gpath] = self.root[gpath]
         return self.layout.groups[gpath]
+
+    @functools.cached_property
+    def location(self) -> str:
+        """Where the store is, spelled one way (:func:`~zarrstain.io.store.store_location`)."""
+        return store_location(self.path)
 
     def where_of(self, gpath: str) -> str:
         """The name of the group at ``gpath``, for messages."""

@@ -20,7 +20,7 @@ from .metadata import ome_attrs, parse_image
 from .repeat import WritePlan, existing_state
 from .store import StoreLike, describe_store, is_remote, open_root
 
-__all__ = ["check_out", "existing_out", "open_out"]
+__all__ = ["check_out", "existing_out", "open_or_create_out", "open_out"]
 
 
 def existing_out(out: StoreLike, mode: str, storage_options: dict | None) -> zarr.Group | None:
@@ -53,20 +53,28 @@ def _exists(out: StoreLike, storage_options: dict | None) -> bool:
 
 
 def open_out(out: StoreLike, zarr_format: int, storage_options: dict | None) -> zarr.Group:
+    """The ``out`` store's root, created (zarr ``zarr_format``) when it does not exist."""
+    return open_or_create_out(out, zarr_format, storage_options)[0]
+
+
+def open_or_create_out(
+    out: StoreLike, zarr_format: int, storage_options: dict | None
+) -> tuple[zarr.Group, bool]:
+    """:func:`open_out`, and whether it created the store (then it holds nothing else)."""
     root = existing_out(out, "r+", storage_options)
     if root is None:
         if is_remote(out):  # a new prefix of an object store
             return zarr.open_group(
                 str(out), mode="w-", zarr_format=zarr_format, storage_options=storage_options
-            )
+            ), True
         store: Any = zarr.storage.LocalStore(Path(os.fspath(out)))
-        return zarr.open_group(store, mode="w-", zarr_format=zarr_format)
+        return zarr.open_group(store, mode="w-", zarr_format=zarr_format), True
     if root.metadata.zarr_format != zarr_format:
         raise UnsupportedError(
             f"{describe_store(out)} is a zarr v{root.metadata.zarr_format} store but the source "
             f"is zarr v{zarr_format}; choose a new out= path"
         )
-    return root
+    return root, False
 
 
 def check_out(

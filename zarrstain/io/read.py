@@ -115,6 +115,13 @@ def open_image(
     return _open_scene(src, scene, level, store_location(src.path))
 
 
+def open_scene(path: StoreLike, scene: str, level: int = 0) -> xr.DataArray:
+    """:func:`open_image` of a scene id known to be in the store (an
+    :class:`~zarrstain.io.opened.OpenStore` is reused, its parsed metadata too)."""
+    src = open_store(path, "r")
+    return _open_scene(src, scene, level, src.location)
+
+
 def _open_scene(src: OpenStore, scene: str, level: int, location: str) -> xr.DataArray:
     gpath = src.layout.scenes[scene]
     group = src.group(gpath)
@@ -168,20 +175,24 @@ def image_to_dataarray(
     return xr.DataArray(data, dims=DIMS, coords=coords, attrs=attrs, name=meta.name or None)
 
 
-def source_token(data: xr.DataArray, channels: list[str] | None = None) -> str:
+def source_token(
+    data: xr.DataArray, channels: list[str] | None = None, scene: str | None = None
+) -> str:
     """A stable identity of ``data``'s values (of its ``channels`` only, when given), for
     fingerprints of what was computed from them.
 
     For data opened from a store: the store, scene, level, channel labels and coordinates, so
-    adding other channels to the store (which changes the array's shape) does not change it.
-    Otherwise the dask name (a hash of the values for in-memory arrays).
+    adding other channels to the store (which changes the array's shape) does not change it;
+    ``scene``: that of another scene of the store with the same coordinates. Otherwise the
+    dask name (a hash of the values for in-memory arrays).
     """
     if "store" in data.attrs and "scene" in data.attrs:
+        scene = data.attrs["scene"] if scene is None else scene
         # as lists: label arrays' string width changes when longer labels are added
         coords = {d: data.coords[d].values.tolist() for d in data.dims if d in data.coords}
         if channels is not None:  # as data.sel(c=channels) would give (without building it)
             coords["c"] = [str(c) for c in channels]
-        return tokenize(data.attrs["store"], data.attrs["scene"], data.attrs.get("level"), coords)
+        return tokenize(data.attrs["store"], scene, data.attrs.get("level"), coords)
     if channels is not None:
         data = data.sel(c=channels)
     arr = data.data

@@ -20,7 +20,7 @@ from ..errors import ChannelExistsError, option
 from .channels import to_store_axes
 from .metadata import ImageMeta
 
-__all__ = ["WritePlan", "existing_state", "new_time_points", "same_content"]
+__all__ = ["Pending", "WritePlan", "existing_state", "new_time_points", "same_content"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class WritePlan:
     scene: str
     gpath: str
     meta: ImageMeta
-    data: xr.DataArray
+    data: xr.DataArray | None  # None: Pending (prepared with its batch)
     labels: list[str]
     fingerprint: str | None
     record: dict[str, Any]
@@ -41,6 +41,22 @@ class WritePlan:
     source: Any = None
     #: predictions (numpy or dask, t, c, z, y, x) → the stored dtype; ``data`` is its result
     convert: Any = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A prediction checked already and built when its batch is written (``write_predictions``
+    with ``prepare``): what deciding whether a write is done needs, without its arrays."""
+
+    labels: tuple[str, ...]
+    #: None: not known before it is built (its target held none of its labels when planned;
+    #: should it now, the check under the image's lock decides)
+    fingerprint: str | None
+
+    @classmethod
+    def of(cls, scene: Any) -> Pending:
+        """From a planned scene (its output labels and fingerprint)."""
+        return cls(tuple(scene.outputs), scene.fingerprint)
 
 
 def same_content(group: zarr.Group, plan: WritePlan, labels: list[str]) -> bool:
@@ -72,6 +88,8 @@ def existing_state(group: zarr.Group, plan: WritePlan, overwrite: bool, where: s
     clash = [lab for lab in plan.labels if lab in present]
     if not clash:
         return False
+    if plan.data is None and not plan.fingerprint:
+        return False  # Pending, unknown yet: decided when built (writers check under the lock)
     if len(clash) == len(plan.labels):
         done = (group.attrs.get("zarrstain") or {}).get("channels") or {}
         if plan.fingerprint:

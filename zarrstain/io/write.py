@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 import zarr
 import zarr.storage
+from zarr.core.group import GroupMetadata
 
 from .._version import __version__
 from ..errors import (
@@ -22,7 +23,7 @@ from ..errors import (
     UnsupportedError,
     option,
 )
-from ._zarr_compat import map_io
+from ._zarr_compat import map_io, write_nodes
 from .channels import INCOMPLETE_SUFFIX, begin_append
 from .create import begin_create, write_collection_metadata
 from .dtypes import array_dtype, cast, channel_dtypes, convert_channels
@@ -30,8 +31,8 @@ from .layout import Layout, select_scenes
 from .lock import group_lock, lock_path
 from .metadata import DIMS, ome_attrs, parse_image
 from .opened import OpenStore, open_store
-from .outstore import check_out, open_out
-from .repeat import WritePlan, existing_state
+from .outstore import check_out, open_or_create_out, open_out
+from .repeat import Pending, WritePlan, existing_state
 from .store import (
     StoreLike,
     describe_store,
@@ -129,7 +130,7 @@ def write_channels(
 
 def write_predictions(
     path: StoreLike,
-    predictions: xr.DataArray | dict[str, xr.DataArray],
+    predictions: xr.DataArray | dict[str, xr.DataArray] | dict[str, Pending],
     *,
     sources: Mapping[str, Any] | None = None,
     prepare: Prepare | None = None,
@@ -151,8 +152,11 @@ def write_predictions(
     ``prepare``, given the scene ids of a batch (of :data:`BATCH`) about to be written,
     returns their final ``(predictions, sources)``: plates stream through, each batch's
     inputs read just before it is written. ``predictions`` are then what is checked (shapes,
-    labels, dtypes) before anything is written. ``complete``: scenes ``out`` holds complete
-    already (an earlier run's), listed in its plate metadata with those written now.
+    labels, dtypes) before anything is written; with ``prepare`` they may be
+    :class:`~zarrstain.io.repeat.Pending` (checked already): only their labels and
+    fingerprints decide what is done before their batch is prepared. ``complete``: scenes
+    ``out`` holds complete already (an earlier run's), listed in its plate metadata with
+    those written now.
     """
     mode = "r" if out is not None or dry_run else "r+"
     src = open_store(path, mode, storage_options)  # an OpenStore given is reused
@@ -162,6 +166,14 @@ def write_predictions(
     plans = []
     for sid, pred in by_scene.items():
         when = _time_of(time, sid)
+        if isinstance(pred, Pending):
+            if prepare is None:
+                raise TypeError(f"scene {sid!r}: a Pending prediction needs prepare=")
+            gpath = src.layout.scenes[sid]
+            meta = src.meta(gpath)
+            plans.append(WritePlan(sid, gpath, meta, None, list(pred.labels), pred.fingerprint,
+                                   {}, when))  # fmt: skip
+            continue
         plans.append(_plan(src, sid, pred, dtype, out is None, when, sources.get(sid)))
     refresh = functools.partial(_refresh, src, prepare, dtype, out is None)
     if out is None:
@@ -210,7 +222,7 @@ def _time_of(time: slice | Mapping[str, slice | None] | None, scene: str) -> sli
 
 
 def _by_scene(
-    predictions: xr.DataArray | dict[str, xr.DataArray],
+    predictions: xr.DataArray | dict[str, Any],
     scene: str | None,
     layout: Layout,
     where: str,
@@ -425,13 +437,17 @@ def _write_new_store(
     # the first batch is prepared (its data checked) before the new store exists: a refusal
     # there leaves nothing behind
     ready = refresh(batches[0]) if batches else []
-    root = open_out(out, src_root.metadata.zarr_format, storage_options)
+    fmt = src_root.metadata.zarr_format
+    root, created = open_or_create_out(out, fmt, storage_options)
     result = {}
 
     def begin(plan: WritePlan) -> tuple[str, PyramidWrite | None]:
         src_group = src.group(plan.gpath)
         swhere = f"{out_where}/{plan.gpath}" if plan.gpath else out_where
-        existing = root.get(plan.gpath) if plan.gpath else root
+        if created:  # a store this run created holds only the parents made below
+            existing = None if plan.gpath else root
+        else:
+            existing = root.get(plan.gpath) if plan.gpath else root
         if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
             meta = parse_image(existing, swhere)
             plan = WritePlan(**{**plan.__dict__, "meta": meta})
@@ -443,12 +459,17 @@ def _write_new_store(
                                            swhere, plan.time, _blocks(plan, dtype))  # fmt: skip
         job = begin_create(root, plan.gpath, src_group, plan.meta, plan.data.data, plan.labels,
                            to_copy[plan.scene], plan.record, swhere, plan.time,
-                           _blocks(plan), new=existing is None)  # fmt: skip
+                           _blocks(plan), new=existing is None, checked=created)  # fmt: skip
         return "written", job
 
-    # parents first, one at a time: images are then begun concurrently (metadata requests)
-    for parent in sorted({p.gpath.rsplit("/", 1)[0] for p in plans if "/" in p.gpath}):
-        root.require_group(parent)
+    # parents first: images are then begun concurrently (metadata requests)
+    parents = sorted({p.gpath.rsplit("/", 1)[0] for p in plans if "/" in p.gpath})
+    if created:  # every parent (rows, wells) written at once, nothing read
+        every = {"/".join(p.split("/")[: i + 1]) for p in parents for i in range(p.count("/") + 1)}
+        write_nodes(root, {p: GroupMetadata(zarr_format=fmt) for p in sorted(every)})
+    else:
+        for parent in parents:
+            root.require_group(parent)
     for k, batch in enumerate(batches):
         batch = ready if k == 0 else refresh(batch)
         begun = map_io(begin, batch)
