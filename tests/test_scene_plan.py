@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
+import zarrstain.io.recent
 import zarrstain.io.write
 import zarrstain.pipeline
 import zarrstain.scene_plan
@@ -42,9 +43,11 @@ def _arrays(path) -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def batches_of_two(monkeypatch):
-    """BATCH = 2, and a record of how many scenes hold arrays whenever one is built."""
+    """BATCH = 2, 3 images' metadata held, and a record of how many scenes hold arrays
+    whenever one is built."""
     monkeypatch.setattr(zarrstain.pipeline, "BATCH", 2)
     monkeypatch.setattr(zarrstain.io.write, "BATCH", 2)
+    monkeypatch.setattr(zarrstain.io.recent, "HELD", 3)
     held: list[int] = []
     build = zarrstain.scene_plan.build_scene
 
@@ -73,12 +76,15 @@ def test_a_plate_in_batches_holds_one_batch_and_writes_what_one_batch_writes(
     assert [s["status"] for s in described["scenes"]] == ["to write"] * 6
     assert plan.run() == {s.scene: "written" for s in plan.scenes}
     assert not any(s.held for s in plan.scenes)
+    # parsed metadata and opened groups: the 3 used last (read again when needed)
+    assert len(plan.opened._metas) <= 3 and len(plan.opened.layout.groups) <= 3
     # planning: at most the batch being planned; running: the batch being written
     assert max(batches_of_two) <= 2
 
     with pytest.MonkeyPatch.context() as m:  # one batch: every scene held throughout
         m.setattr(zarrstain.pipeline, "BATCH", 64)
         m.setattr(zarrstain.io.write, "BATCH", 64)
+        m.setattr(zarrstain.io.recent, "HELD", 1024)
         reference = plan_prediction(ref_store, model, out=ref_out, **kwargs)
         reference.run()
         assert all(s.held for s in reference.scenes)

@@ -351,19 +351,19 @@ def plan_prediction(
     out, dtype, storage_options = write.out, write.dtype, write.storage_options
     source = open_store(store, "r", storage_options)  # opened and parsed once for the plan
     ids = select_scenes(source.layout, scenes, source.where)
-    # every image's metadata first, concurrently (round trips to an object store)
-    metas = dict(zip(ids, map_io(lambda sid: source.meta(source.layout.scenes[sid]), ids),
-                     strict=True))  # fmt: skip
+
+    def meta_of(sid: str) -> Any:
+        return source.meta(source.layout.scenes[sid])
+
     method = normalization_method(options.normalize, model)
     times: dict[str, slice | None] = {}
     # a malformed or empty range fails the same for every scene; the stop asked for, to warn
     # about the scenes cut short
     asked_stop = time_range(time)[1] if time is not None else None
-    integers = [np.dtype(m.levels[0].dtype) for m in metas.values()]
-    integers = [d for d in integers if d.kind in "iu"]
-    if out is None and integers and dtype is None and (model.output_intensity or rescale):
+    if out is None and dtype is None and (model.output_intensity or rescale):
         # target units: rounding to the store's integers is meaningful; rescale: mapped onto them
-        dtype = integers[0]
+        kinds = (np.dtype(meta_of(sid).levels[0].dtype) for sid in ids)
+        dtype = next((d for d in kinds if d.kind in "iu"), None)
         write = write.replace(dtype=dtype)
     if isinstance(options.guidance, str | os.PathLike):  # loaded once for every scene
         options = options.replace(guidance=load_model(options.guidance))
@@ -382,7 +382,10 @@ def plan_prediction(
     # already are planned like it, building nothing (see zarrstain.scene_plan).
     planner = ScenePlanner(plan, model, time, sampling)
     for first in range(0, len(ids), BATCH):
-        batch = [planner.scene(sid, metas[sid]) for sid in ids[first : first + BATCH]]
+        part = ids[first : first + BATCH]
+        # the batch's metadata first, concurrently (round trips to an object store)
+        metas = dict(zip(part, map_io(meta_of, part), strict=True))
+        batch = [planner.scene(sid, metas[sid]) for sid in part]
         plan.scenes.extend(batch)
         if first == 0 and batch:
             units = batch[0].prediction.attrs["zarrstain"]["output_units"]

@@ -16,6 +16,7 @@ import zarr
 from ..errors import MetadataError, NotOmeZarrError, SceneNotFoundError
 from ._zarr_compat import map_io
 from .metadata import ome_attrs, ome_version
+from .recent import Recent
 
 __all__ = ["Layout", "find_layout", "select_scenes"]
 
@@ -40,14 +41,14 @@ class Layout:
         The root group's attributes (plate metadata is copied from here for new stores).
     groups
         The image (and well) groups the crawl opened, by path (reused: on an object store each
-        open is a round trip).
+        open is a round trip); the most recently used :data:`~zarrstain.io.recent.HELD`.
     """
 
     kind: LayoutKind
     version: str
     scenes: dict[str, str]
     root_attrs: dict[str, Any]
-    groups: dict[str, zarr.Group] = field(default_factory=dict, repr=False, compare=False)
+    groups: dict[str, zarr.Group] = field(default_factory=Recent, repr=False, compare=False)
 
 
 def _child_group(group: zarr.Group, path: str) -> zarr.Group | None:
@@ -80,7 +81,7 @@ def _plate_scenes(
     plate = ome["plate"]
     _validate_model(Plate, plate, where, "plate")
 
-    def well_fields(item: tuple[int, dict[str, Any]]) -> dict[str, zarr.Group]:
+    def well_fields(item: tuple[int, dict[str, Any]]) -> list[str]:
         i, well = item
         well_path = well["path"]
         group = _child_group(root, well_path)
@@ -107,15 +108,12 @@ def _plate_scenes(
                     "every listed field to exist",
                 )
             found[f"{well_path}/{image['path']}"] = image_group
-        return found
+        groups.update(found)  # (the most recent kept: a plate's do not pile up here)
+        return [path for path in found if path != well_path]
 
     # wells are crawled concurrently: each is a few round trips to an object store
     wells = list(enumerate(plate["wells"]))
-    scenes: dict[str, str] = {}
-    for (_, well), found in zip(wells, map_io(well_fields, wells), strict=True):
-        groups.update(found)
-        scenes.update({path: path for path in found if path != well["path"]})
-    return scenes
+    return {path: path for found in map_io(well_fields, wells) for path in found}
 
 
 def _bf2raw_scenes(root: zarr.Group, where: str) -> dict[str, str]:
@@ -144,7 +142,7 @@ def find_layout(root: zarr.Group, where: str) -> Layout:
     """Work out the layout of the store whose root group is ``root`` (metadata only)."""
     version = ome_version(root, where)
     _, ome = ome_attrs(root)
-    groups: dict[str, zarr.Group] = {}
+    groups: dict[str, zarr.Group] = Recent()
     if "plate" in ome:
         kind: LayoutKind = "plate"
         scenes = _plate_scenes(root, version, where, groups)

@@ -16,6 +16,7 @@ import zarr
 
 from .layout import Layout, find_layout
 from .metadata import ImageMeta, parse_image
+from .recent import Recent
 from .store import describe_store, open_root, store_location
 
 __all__ = ["OpenStore", "open_store"]
@@ -44,16 +45,18 @@ class OpenStore:
     where: str
     layout: Layout
     mode: str
-    _metas: dict[str, ImageMeta] = field(default_factory=dict, repr=False, compare=False)
+    #: parsed metadata of the images used last (a plate's grows no further: see Recent)
+    _metas: Recent[str, ImageMeta] = field(default_factory=Recent, repr=False, compare=False)
 
     def meta(self, gpath: str) -> ImageMeta:
         """The parsed, validated metadata of the image at ``gpath`` (read once per store).
 
         In place, writers parse an image again under its lock: this is the state when opened.
         """
-        if gpath not in self._metas:
-            self._metas[gpath] = parse_image(self.group(gpath), self.where_of(gpath))
-        return self._metas[gpath]
+        meta = self._metas.get(gpath)
+        if meta is None:
+            meta = self._metas[gpath] = parse_image(self.group(gpath), self.where_of(gpath))
+        return meta
 
     def group(self, gpath: str) -> zarr.Group:
         """The group at ``gpath`` (the root for ``""``); opened once when read-only.
@@ -64,9 +67,10 @@ class OpenStore:
             return self.root
         if self.mode != "r":
             return self.root[gpath]
-        if gpath not in self.layout.groups:
-            self.layout.groups[gpath] = self.root[gpath]
-        return self.layout.groups[gpath]
+        group = self.layout.groups.get(gpath)
+        if group is None:
+            group = self.layout.groups[gpath] = self.root[gpath]
+        return group
 
     @functools.cached_property
     def location(self) -> str:

@@ -31,7 +31,7 @@ class WritePlan:
 
     scene: str
     gpath: str
-    meta: ImageMeta
+    meta: ImageMeta | None  # None: Pending (parsed when its batch is prepared)
     data: xr.DataArray | None  # None: Pending (prepared with its batch)
     labels: list[str]
     fingerprint: str | None

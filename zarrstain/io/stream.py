@@ -225,7 +225,14 @@ def write_pyramids(jobs: list[PyramidWrite]) -> None:
             # Graph optimization fuses layers and drops their annotations: keep the graph as
             # built when tasks ask for resources (model tasks that need a GPU worker).
             optimize = not _wants_resources(sources) and resources is None
-            _, records, finished = dask.compute(stored, records, tasks, optimize_graph=optimize)
+            # (only the records holding lazy values, the lazy route's statistics: walking
+            # every record's nested dicts costs more than the coarse tasks themselves)
+            lazy = [i for i, r in enumerate(records) if _has_dask(r)]
+            _, computed, finished = dask.compute(
+                stored, [records[i] for i in lazy], tasks, optimize_graph=optimize
+            )
+            for i, record in zip(lazy, computed, strict=True):
+                records[i] = record
             for i, result in zip(owner, finished, strict=True):
                 results[i].append(result)
         elif sources:
@@ -244,6 +251,15 @@ def write_pyramids(jobs: list[PyramidWrite]) -> None:
             job.finish(display_values(lo), display_values(hi), _jsonable(record))
 
     map_io(finish, list(zip(jobs, ranges, records, strict=True)))  # each image's own metadata
+
+
+def _has_dask(value: Any) -> bool:
+    """Whether a record (nested dicts and lists) holds a dask collection."""
+    if isinstance(value, dict):
+        return any(_has_dask(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_dask(v) for v in value)
+    return dask.is_dask_collection(value)
 
 
 def _display_range(job: PyramidWrite) -> tuple[list[Any], list[Any]]:

@@ -8,28 +8,25 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 import zarr
 import zarr.storage
 from zarr.core.group import GroupMetadata
 
-from .._version import __version__
 from ..errors import (
     ChannelError,
-    ParameterError,
-    ShapeMismatchError,
     UnsupportedError,
     option,
 )
 from ._zarr_compat import map_io, write_nodes
-from .channels import INCOMPLETE_SUFFIX, begin_append
+from .channels import begin_append
+from .checked import plan_write, time_of
 from .create import begin_create, write_collection_metadata
-from .dtypes import array_dtype, cast, channel_dtypes, convert_channels
+from .dtypes import cast
 from .layout import Layout, select_scenes
 from .lock import group_lock, lock_path
-from .metadata import DIMS, ome_attrs, parse_image
+from .metadata import ome_attrs, parse_image
 from .opened import OpenStore, open_store
 from .outstore import check_out, open_or_create_out, open_out
 from .repeat import Pending, WritePlan, existing_state
@@ -165,16 +162,15 @@ def write_predictions(
     sources = sources or {}
     plans = []
     for sid, pred in by_scene.items():
-        when = _time_of(time, sid)
+        when = time_of(time, sid)
         if isinstance(pred, Pending):
             if prepare is None:
                 raise TypeError(f"scene {sid!r}: a Pending prediction needs prepare=")
-            gpath = src.layout.scenes[sid]
-            meta = src.meta(gpath)
-            plans.append(WritePlan(sid, gpath, meta, None, list(pred.labels), pred.fingerprint,
-                                   {}, when))  # fmt: skip
+            # (its metadata are parsed again when its batch is prepared: not held meanwhile)
+            plans.append(WritePlan(sid, src.layout.scenes[sid], None, None, list(pred.labels),
+                                   pred.fingerprint, {}, when))  # fmt: skip
             continue
-        plans.append(_plan(src, sid, pred, dtype, out is None, when, sources.get(sid)))
+        plans.append(plan_write(src, sid, pred, dtype, out is None, when, sources.get(sid)))
     refresh = functools.partial(_refresh, src, prepare, dtype, out is None)
     if out is None:
         return _write_in_place(src, plans, overwrite, dry_run, refresh)
@@ -192,7 +188,7 @@ def _refresh(
         return plans
     preds, sources = prepare([p.scene for p in plans])
     return [
-        _plan(src, p.scene, preds[p.scene], dtype, in_place, p.time, sources.get(p.scene))
+        plan_write(src, p.scene, preds[p.scene], dtype, in_place, p.time, sources.get(p.scene))
         for p in plans
     ]
 
@@ -210,15 +206,6 @@ def list_complete(
     root = open_out(out, src.root.metadata.zarr_format, storage_options)
     with group_lock(root) as fresh_root:
         write_collection_metadata(fresh_root, src.root, src.layout, scenes)
-
-
-def _time_of(time: slice | Mapping[str, slice | None] | None, scene: str) -> slice | None:
-    """The time slice of ``scene``, checked."""
-    if isinstance(time, Mapping):
-        time = time.get(scene)
-    if time is not None and (time.step not in (None, 1) or time.start is None or time.stop is None):
-        raise ParameterError(f"time must be a slice(t0, t1) with step 1, not {time!r}")
-    return time
 
 
 def _by_scene(
@@ -249,80 +236,6 @@ def _by_scene(
     return {scene: predictions}
 
 
-def _plan(
-    src: OpenStore,
-    sid: str,
-    pred: xr.DataArray,
-    dtype: Any,
-    in_place: bool,
-    time: slice | None,
-    source: Any = None,
-) -> WritePlan:
-    gpath = src.layout.scenes[sid]
-    swhere = src.where_of(gpath)
-    meta = src.meta(gpath)
-    if set(pred.dims) != set(DIMS):
-        raise ShapeMismatchError(
-            f"predictions for scene {sid!r} have dims {pred.dims}; expected {DIMS} "
-            "(use open_image, or DataArray.expand_dims / transpose)"
-        )
-    pred = pred.transpose(*DIMS)
-    dims = meta.axis_names
-    full = dict(zip(dims, meta.levels[0].shape, strict=True))
-    if time is not None:
-        wanted = len(range(full.get("t", 1))[time])
-        if wanted == 0 or time.stop > full.get("t", 1) or time.start < 0:
-            raise ShapeMismatchError(
-                f"time {time.start}:{time.stop} is outside scene {sid!r}, which has "
-                f"t={full.get('t', 1)} time points (0:{full.get('t', 1)})"
-            )
-        full = {**full, "t": wanted}
-    for d in ("t", "z", "y", "x"):
-        if pred.sizes[d] != full.get(d, 1):
-            raise ShapeMismatchError(
-                f"predictions for scene {sid!r} have {d}={pred.sizes[d]} but {swhere} has "
-                f"{d}={full.get(d, 1)}; predict on the full-resolution level (level=0)"
-            )
-    labels = [str(v) for v in pred.coords["c"].values] if "c" in pred.coords else []
-    if not labels or len(set(labels)) != len(labels) or any(not x for x in labels):
-        raise ChannelError(
-            f"predictions for scene {sid!r} need unique, non-empty channel labels as 'c' "
-            f"coordinates; got {labels}"
-        )
-    if any(x.endswith(INCOMPLETE_SUFFIX) for x in labels):
-        raise ChannelError(f"channel labels may not end in {INCOMPLETE_SUFFIX!r}: {labels}")
-    per_channel = channel_dtypes(dtype, labels, pred, in_place)
-    single = None if isinstance(dtype, Mapping | list | tuple) else dtype
-    target = array_dtype(single, per_channel, pred, in_place, meta, swhere)
-    data = pred.data
-    if not isinstance(data, dask.array.Array):
-        data = dask.array.from_array(np.asarray(data), chunks=-1)
-    convert = functools.partial(convert_channels, per_channel=per_channel, target=target)
-    data = convert(data)
-    fingerprint = _fingerprint(pred)
-    user = pred.attrs.get("zarrstain")
-    record = {**(dict(user) if isinstance(user, dict) else {}), "zarrstain_version": __version__}
-    if fingerprint:
-        record["fingerprint"] = fingerprint
-    record["dtype"] = str(target)
-    if any(d is not None for d in per_channel):
-        pairs = zip(labels, per_channel, strict=True)
-        record["channel_dtypes"] = {lab: str(target if d is None else d) for lab, d in pairs}
-    pred = pred.copy(deep=False, data=data)  # (deep: copies every attribute, per field)
-    return WritePlan(sid, gpath, meta, pred, labels, fingerprint, record, time, source,
-                     convert)  # fmt: skip
-
-
-def _fingerprint(pred: xr.DataArray) -> str | None:
-    """The caller's fingerprint of what produced ``pred`` (``attrs["zarrstain"]["fingerprint"]``).
-
-    ``predict`` sets one from the model hash, inputs, normalization and tiling, so a repeated
-    run is recognised without computing anything. Plain data has none: its content decides.
-    """
-    given = (pred.attrs.get("zarrstain") or {}).get("fingerprint")
-    return str(given) if given else None
-
-
 #: Images whose writes share one graph per pyramid level. Each holds its lock (a file handle)
 #: until its metadata is written; batches keep both bounded on plates of thousands of fields.
 BATCH = 64
@@ -338,12 +251,13 @@ def _write_in_place(
     todo, result = [], {}
     for plan in plans:
         group, swhere = src.group(plan.gpath), src.where_of(plan.gpath)
-        if dry_run and "c" not in plan.meta.axis_names:
+        checked = _with_meta(src, plan)
+        if dry_run and "c" not in checked.meta.axis_names:
             raise UnsupportedError(
                 f"{swhere} has no channel axis, so channels cannot be added in place; write "
                 f"to a new store with {option('out=...', '--out')}"
             )
-        done = existing_state(group, plan, overwrite, swhere)
+        done = existing_state(group, checked, overwrite, swhere)
         result[plan.scene] = "unchanged" if done else ("to write" if dry_run else "written")
         if not done:
             todo.append((group, plan, swhere))
@@ -378,6 +292,13 @@ def _write_in_place(
     return result
 
 
+def _with_meta(src: OpenStore, plan: WritePlan) -> WritePlan:
+    """``plan`` with its image's metadata (a Pending plan holds none until prepared)."""
+    if plan.meta is not None:
+        return plan
+    return WritePlan(**{**plan.__dict__, "meta": src.meta(plan.gpath)})
+
+
 def _blocks(plan: WritePlan, dtype: np.dtype | None = None) -> tuple[Any, Any] | None:
     """``(source, convert)`` for coarse block tasks (None: the plan has no block source)."""
     if plan.source is None:
@@ -407,7 +328,10 @@ def _write_new_store(
     out_where = describe_store(out)
     to_copy = {}
     for plan in plans:  # check copy labels before creating anything
-        src_labels = list(plan.meta.labels)
+        if not copy_channels:
+            to_copy[plan.scene] = []
+            continue
+        src_labels = list(_with_meta(src, plan).meta.labels)
         if copy_channels is True:
             # all; a new prediction takes the place of an earlier one of the same label (never
             # of an acquired channel: that clash is refused below)
@@ -470,6 +394,8 @@ def _write_new_store(
     else:
         for parent in parents:
             root.require_group(parent)
+    # One batch at a time (overlapping a batch's write with the next one's preparation was
+    # measured no faster on 2 cores, threads or worker processes: both are CPU work).
     for k, batch in enumerate(batches):
         batch = ready if k == 0 else refresh(batch)
         begun = map_io(begin, batch)
