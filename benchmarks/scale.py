@@ -10,8 +10,8 @@ For each plate size (fields of one small plane each) and store chunking, in one 
 - the ratios ``plan+run ÷ forward`` and ``÷ loop``, and the time outside the forward per
   field (``overhead ms/field``);
 - ``first block``: seconds from the start of planning to the first model block finished;
-- ``driver peak RSS``: of the process that made the plate, planned and ran (each configuration
-  runs in a fresh process), measured before the forward and the loop run.
+- ``driver peak RSS``: of the process that planned and ran (each configuration runs in a
+  fresh process; the plate is made by another), measured before the forward and the loop run.
 
 ``--models identity`` swaps in a model that returns its input (a TorchScript
 ``nn.Identity`` with its card): what remains is orchestration alone. Writes ``scale.json``
@@ -157,11 +157,12 @@ def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base:
 
     from zarrstain.pipeline import plan_prediction
 
-    size = None if chunk == "whole" else int(chunk)
     store = base / f"plate-{fields}-{chunk}.zarr"
     if store.exists():
         shutil.rmtree(store)
-    make_plate(store, fields, side, size)
+    # made by another process: the peak RSS below is planning and running alone
+    make = [sys.executable, __file__, "--make", str(store), str(fields), str(side), chunk]
+    subprocess.run(make, check=True)
     model_dir = _model(model_kind, base / "models")
     tasks = [0]
     execute = dask.local.execute_task
@@ -195,7 +196,7 @@ def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base:
             stack.enter_context(dask.config.set(scheduler="threads"))
         plan.run(progress=progress, client=client)
     total = time.perf_counter() - start
-    # the driver's peak so far: plate creation, planning and the run (not the loop's)
+    # the driver's peak so far: planning and the run (not the loop's)
     driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     forward = _forward(model_dir, store, fields)
     loop_out = base / f"loop-{fields}-{chunk}.zarr"
@@ -224,7 +225,12 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=256, help="Field size in y and x.")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # fields chunk model workers
+    parser.add_argument("--make", nargs=4, help=argparse.SUPPRESS)  # store fields side chunk
     args = parser.parse_args()
+    if args.make:
+        store, fields, side, chunk = args.make
+        make_plate(Path(store), int(fields), int(side), None if chunk == "whole" else int(chunk))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     if args.one:
         fields, chunk, model, workers = args.one
