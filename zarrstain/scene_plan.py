@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import xarray as xr
 import zarr
 
-from . import coarse
+from . import coarse, coarse_plan
 from .errors import ChannelExistsError, option
 from .io.metadata import ImageMeta, ome_attrs, parse_image
 from .io.outstore import existing_out
@@ -49,7 +49,7 @@ class SceneArrays:
         Computes the prediction block by block from the store (None: the lazy route).
     planned
         The coarse plan (None: the lazy route): other fields with the same metadata are
-        planned from it (:func:`~zarrstain.coarse.plan_like`).
+        planned from it (:func:`~zarrstain.coarse_plan.plan_like`).
     """
 
     def __init__(
@@ -58,7 +58,7 @@ class SceneArrays:
         prediction: xr.DataArray,
         stats: xr.Dataset | None,
         blocks: coarse.StoreBlocks | None,
-        planned: coarse.Planned | None = None,
+        planned: coarse_plan.Planned | None = None,
     ) -> None:
         self._source = source
         self.prediction, self.stats, self.blocks, self.planned = prediction, stats, blocks, planned
@@ -194,7 +194,7 @@ def open_source(plan: PredictionPlan, scene: str) -> xr.DataArray:
 def build_scene(plan: PredictionPlan, scene: str) -> SceneArrays:
     """The arrays of ``scene`` as ``plan`` predicts it: read from the store as planned."""
     source = open_source(plan, scene)
-    planned = coarse.plan_scene(plan, scene, source)  # one task per block
+    planned = coarse_plan.plan_scene(plan, scene, source)  # one task per block
     if planned is not None:
         return SceneArrays(source, planned.prediction, planned.stats, planned.blocks, planned)
     stats = None
@@ -209,12 +209,12 @@ def build_scene(plan: PredictionPlan, scene: str) -> SceneArrays:
 
 
 def build_like(
-    plan: PredictionPlan, scene: str, like: coarse.Planned, like_source: xr.DataArray
+    plan: PredictionPlan, scene: str, like: coarse_plan.Planned, like_source: xr.DataArray
 ) -> SceneArrays:
     """The arrays of ``scene``, whose metadata equal those of the scene planned as ``like``
     (``like_source``: that scene as opened): what :func:`build_scene` gives, for a fraction of
     its cost (the scene itself is opened only when its ``source`` is asked for)."""
-    planned = coarse.plan_like(plan, scene, like, like_source)
+    planned = coarse_plan.plan_like(plan, scene, like, like_source)
     source = functools.partial(open_source, plan, scene)
     return SceneArrays(source, planned.prediction, planned.stats, planned.blocks, planned)
 
