@@ -4,14 +4,20 @@ For each plate size (fields of one small plane each) and store chunking, in one 
 
 - ``plan``: ``plan_prediction`` (metadata, checks), seconds per field;
 - ``plan+run``: then ``PredictionPlan.run`` (statistics, prediction, writing both levels);
-- ``tasks/field``: dask tasks executed per field (a scheduler callback counts them);
+- ``tasks/field``: dask tasks executed per field (counted where dask executes them);
 - ``forward``: the same model's forward on every field, in memory, batch 1 (the floor);
 - ``loop``: a naive loop: read BF, z-score, forward, write full resolution and a 2× level;
-- the ratios ``plan+run ÷ forward`` and ``÷ loop``, and the time outside the forward per
-  field (``overhead ms/field``);
+- the ratios ``plan+run ÷ forward`` and ``÷ loop``, the time outside the forward per field
+  (``overhead ms/field``) and beyond the loop's (``beyond loop ms/field``);
 - ``first block``: seconds from the start of planning to the first model block finished;
-- ``driver peak RSS``: of the process that planned and ran (each configuration runs in a
-  fresh process; the plate is made by another), measured before the forward and the loop run.
+- ``driver peak RSS``: of the process that planned and ran.
+
+Every measurement runs in a fresh process after the same imports (torch, zarr, zarrstain's
+pipeline and models), so each side pays its own warm-up (lazy imports, the first forwards)
+and none runs warm on another's; zarrstain and the loop alternate ``--repeat`` times (default
+3) and the table gives medians, with the ratio to the loop per pair (median and range):
+this machine's timings drift by tens of percent within minutes. Another process makes the
+plate.
 
 ``--models identity`` swaps in a model that returns its input (a TorchScript
 ``nn.Identity`` with its card): what remains is orchestration alone. Writes ``scale.json``
@@ -150,20 +156,13 @@ def naive_loop(model_dir: Path, store: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base: Path) -> dict:
-    """One configuration, in this process: build, then time zarrstain, the forward, the loop."""
+def time_zarrstain(store: Path, model_dir: Path, fields: int, workers: int, base: Path) -> dict:
+    """Plan and run into a new store, in this (fresh) process: seconds, tasks, first block, RSS."""
     import dask
     import dask.local
 
     from zarrstain.pipeline import plan_prediction
 
-    store = base / f"plate-{fields}-{chunk}.zarr"
-    if store.exists():
-        shutil.rmtree(store)
-    # made by another process: the peak RSS below is planning and running alone
-    make = [sys.executable, __file__, "--make", str(store), str(fields), str(side), chunk]
-    subprocess.run(make, check=True)
-    model_dir = _model(model_kind, base / "models")
     tasks = [0]
     execute = dask.local.execute_task
 
@@ -173,9 +172,8 @@ def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base:
         tasks[0] += 1
         return execute(*args)
 
-    out = base / f"pred-{fields}-{chunk}.zarr"
-    if out.exists():
-        shutil.rmtree(out)
+    out = base / "pred.zarr"
+    shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     plan = plan_prediction(store, model_dir, out=out, input_channels=["BF"], halo="exact")
     planned = time.perf_counter() - start
@@ -196,24 +194,84 @@ def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base:
             stack.enter_context(dask.config.set(scheduler="threads"))
         plan.run(progress=progress, client=client)
     total = time.perf_counter() - start
-    # the driver's peak so far: planning and the run (not the loop's)
-    driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    forward = _forward(model_dir, store, fields)
-    loop_out = base / f"loop-{fields}-{chunk}.zarr"
-    loop = naive_loop(model_dir, store, loop_out)
-    for p in (store, out, loop_out):
-        shutil.rmtree(p, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "plan": planned, "total": total, "tasks": None if workers else tasks[0],
+        "first": first[0] if first else None,
+        # the peak of this process: planning and the run alone (the plate is made by another)
+        "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }  # fmt: skip
+
+
+def _timed(what: str, store: Path, model_dir: Path, fields: int, workers: int, base: Path) -> dict:
+    """One measurement in a fresh process, after the same imports (torch, zarr, zarrstain):
+    each side pays its own start-up inside the process (lazy imports, first forward), none
+    runs warm on another's."""
+    cmd = [sys.executable, __file__, "--time", what, str(store), str(model_dir), str(fields),
+           str(workers), str(base)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _time_one(what: str, store: str, model_dir: str, fields: str, workers: str, base: str) -> None:
+    # the imports both sides pay before their clock starts (each then loads the model)
+    import torch  # noqa: F401
+    import zarr  # noqa: F401
+
+    import zarrstain.models
+    import zarrstain.pipeline  # noqa: F401
+
+    plate, model = Path(store), Path(model_dir)
+    if what == "zarrstain":
+        result = time_zarrstain(plate, model, int(fields), int(workers), Path(base))
+    elif what == "forward":
+        result = {"total": _forward(model, plate, int(fields))}
+    else:
+        out = Path(base) / "loop.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        result = {"total": naive_loop(model, plate, out)}
+        shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps(result))
+
+
+def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base: Path,
+        repeat: int = 3) -> dict:  # fmt: skip
+    """One configuration: the plate made once, then zarrstain and the loop ``repeat`` times,
+    alternating, each in a fresh process; medians, and the ratio to the loop per pair."""
+    store = base / f"plate-{fields}-{chunk}.zarr"
+    if store.exists():
+        shutil.rmtree(store)
+    make = [sys.executable, __file__, "--make", str(store), str(fields), str(side), chunk]
+    subprocess.run(make, check=True)
+    model_dir = _model(model_kind, base / "models")
+    runs, loops = [], []
+    for _ in range(repeat):
+        runs.append(_timed("zarrstain", store, model_dir, fields, workers, base))
+        loops.append(_timed("loop", store, model_dir, fields, workers, base)["total"])
+    forward = _timed("forward", store, model_dir, fields, workers, base)["total"]
+    shutil.rmtree(store, ignore_errors=True)
+    ratios = [r["total"] / loop for r, loop in zip(runs, loops, strict=True)]
+    total, loop = _median([r["total"] for r in runs]), _median(loops)
+    first = [r["first"] for r in runs if r["first"] is not None]
     return {
         "fields": fields, "chunks": chunk, "model": model_kind,
-        "scheduler": f"{workers} workers" if workers else "threads",
-        "plan s/field": round(planned / fields, 4),
-        "tasks/field": round(tasks[0] / fields, 1) if not workers else None,
-        "first block s": round(first[0], 2) if first else None,
+        "scheduler": f"{workers} workers" if workers else "threads", "repeats": repeat,
+        "plan s/field": round(_median([r["plan"] for r in runs]) / fields, 4),
+        "tasks/field": round(runs[0]["tasks"] / fields, 1) if not workers else None,
+        "first block s": round(_median(first), 2) if first else None,
         "plan+run s": round(total, 2), "forward s": round(forward, 3), "loop s": round(loop, 2),
         "overhead ms/field": round(1000 * (total - forward) / fields, 1),
-        "÷ forward": round(total / forward, 1), "÷ loop": round(total / loop, 2),
-        "driver peak RSS MiB": round(driver_rss),
+        "beyond loop ms/field": round(1000 * (total - loop) / fields, 1),
+        "÷ forward": round(total / forward, 1), "÷ loop": round(_median(ratios), 2),
+        "÷ loop range": f"{min(ratios):.2f}–{max(ratios):.2f}",
+        "driver peak RSS MiB": round(max(r["rss"] for r in runs)),
     }  # fmt: skip
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
 
 
 def main() -> None:
@@ -223,19 +281,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["fnet", "identity"])
     parser.add_argument("--workers", type=int, nargs="+", default=[0], help="0: threads")
     parser.add_argument("--side", type=int, default=256, help="Field size in y and x.")
+    parser.add_argument("--repeat", type=int, default=3, help="zarrstain/loop pairs per row.")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale")
-    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # fields chunk model workers
+    parser.add_argument("--time", nargs=6, help=argparse.SUPPRESS)  # what store model n w base
     parser.add_argument("--make", nargs=4, help=argparse.SUPPRESS)  # store fields side chunk
     args = parser.parse_args()
     if args.make:
         store, fields, side, chunk = args.make
         make_plate(Path(store), int(fields), int(side), None if chunk == "whole" else int(chunk))
         return
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.one:
-        fields, chunk, model, workers = args.one
-        print(json.dumps(one(int(fields), chunk, model, args.side, int(workers), args.out)))
+    if args.time:
+        _time_one(*args.time)
         return
+    args.out.mkdir(parents=True, exist_ok=True)
     from zarrstain.report import markdown_table
 
     rows = []
@@ -243,11 +301,8 @@ def main() -> None:
         for chunk in args.chunks:
             for model in args.models:
                 for workers in args.workers:
-                    one_run = ["--one", str(fields), chunk, model, str(workers)]
-                    cmd = [sys.executable, __file__, "--out", str(args.out), "--side",
-                           str(args.side), *one_run]  # fmt: skip
-                    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                    rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    rows.append(one(fields, chunk, model, args.side, workers, args.out,
+                                    args.repeat))  # fmt: skip
                     print(markdown_table(rows[-1:]), flush=True)
     (args.out / "scale.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "scale.md").write_text(markdown_table(rows) + "\n")

@@ -81,7 +81,7 @@ def test_scale_benchmark_runs_and_reports(tmp_path):
 
     bench = EXAMPLES.parent / "benchmarks" / "scale.py"
     args = [sys.executable, str(bench), "--fields", "4", "--chunks", "32", "--models",
-            "identity", "fnet", "--side", "64", "--out", str(tmp_path)]  # fmt: skip
+            "identity", "fnet", "--side", "64", "--repeat", "1", "--out", str(tmp_path)]  # fmt: skip
     subprocess.run(args, check=True, capture_output=True, text=True, timeout=300)
     rows = json.loads((tmp_path / "scale.json").read_text())
     assert [(r["model"], r["fields"], r["chunks"]) for r in rows] == [
@@ -90,6 +90,9 @@ def test_scale_benchmark_runs_and_reports(tmp_path):
     ]
     for row in rows:
         assert row["tasks/field"] > 0 and row["plan+run s"] > 0 and row["loop s"] > 0
+        # one zarrstain/loop pair: its ratio is the median and both ends of the range
+        assert row["repeats"] == 1
+        assert row["÷ loop range"] == f"{row['÷ loop']:.2f}–{row['÷ loop']:.2f}"
     assert (tmp_path / "scale.md").read_text().startswith("| fields")
 
 

@@ -113,6 +113,37 @@ def test_write_nodes_writes_groups_that_zarr_opens(tmp_path, zarr_format):
     assert reread["A/1"].attrs.asdict() == {"well": 1} and reread["B/2"].attrs.asdict() == {}
 
 
+def test_write_nodes_bounds_the_writes_in_flight(tmp_path, monkeypatch):
+    """A plate's thousands of wells are written a few hundred at a time (flat memory), all of
+    them."""
+    import asyncio
+
+    from zarr.core.group import GroupMetadata
+
+    in_flight, most = [0], [0]
+    save = compat.save_metadata
+
+    async def counted(*args, **kwargs):
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        await asyncio.sleep(0)  # let the others of its slice start
+        try:
+            return await save(*args, **kwargs)
+        finally:
+            in_flight[0] -= 1
+
+    monkeypatch.setattr(compat, "save_metadata", counted)
+    monkeypatch.setattr(compat, "NODES_IN_FLIGHT", 3)
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+    nodes = {f"A/{i}": GroupMetadata(zarr_format=3) for i in range(8)}
+    root.require_group("A")
+    compat.write_nodes(root, nodes)
+    assert most[0] == 3
+    assert sorted(k for k, _ in zarr.open_group(tmp_path / "s.zarr/A", mode="r").groups()) == [
+        str(i) for i in range(8)
+    ]
+
+
 def test_pyproject_caps_zarr_at_a_tested_minor_release():
     import re
     from pathlib import Path

@@ -144,17 +144,25 @@ def create_image(
     return group, handles
 
 
+#: metadata documents written concurrently by :func:`write_nodes`
+NODES_IN_FLIGHT = 256
+
+
 def write_nodes(parent: zarr.Group, nodes: dict[str, Any]) -> dict[str, zarr.Group]:
     """Write the metadata documents of new groups and arrays under ``parent`` concurrently,
     reading nothing: the caller has seen that none exists and that their parents do. Returns
     the groups among them, opened.
     """
     base = parent.store_path
+    items = list(nodes.items())
 
-    async def save() -> None:
-        await asyncio.gather(*(save_metadata(base / key, meta) for key, meta in nodes.items()))
+    async def save(part: list[tuple[str, Any]]) -> None:
+        await asyncio.gather(*(save_metadata(base / key, meta) for key, meta in part))
 
-    sync(save())
+    # in slices: a plate's 10,000 wells at once would hold 10,000 pending writes (tens of
+    # megabytes that the process keeps) for no speed-up over a few hundred in flight
+    for first in range(0, len(items), NODES_IN_FLIGHT):
+        sync(save(items[first : first + NODES_IN_FLIGHT]))
     return {
         key: zarr.Group(AsyncGroup(meta, base / key))
         for key, meta in nodes.items()
