@@ -146,6 +146,28 @@ def test_a_field_in_one_block_costs_a_few_tasks_whatever_the_chunking(tmp_path):
     assert plan.blocks_run == fields
 
 
+def test_a_threaded_run_does_not_import_distributed(tmp_path):
+    """Plan and run on the local threads without dask importing ``distributed`` (~0.1 s of
+    every CLI run) to look for a client that cannot exist; a fresh process, as a user's."""
+    import subprocess
+    import sys
+
+    store = datasets.make_plate(tmp_path / "p.zarr", rows=["A"], columns=["1"],
+                                shape=(1, 1, 32, 32), levels=2)  # fmt: skip
+    script = f"""
+import sys
+from zarrstain.pipeline import plan_prediction
+from zarrstain.testing import random_model
+plan = plan_prediction({str(store)!r}, random_model(ndim=2, depth=1, mult_chan=2),
+                       out={str(tmp_path / "out.zarr")!r}, input_channels=["BF"])
+assert plan.run() == {{"A/1/0": "written", "A/1/1": "written"}}
+print("distributed" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "False"
+
+
 def test_statistics_are_one_task_per_field_and_match_the_reductions(tmp_path):
     store = _plate(tmp_path, (2, 4, 32, 32), levels=1)
     model = random_model(seed=3, normalization="percentile")

@@ -81,7 +81,8 @@ def test_scale_benchmark_runs_and_reports(tmp_path):
 
     bench = EXAMPLES.parent / "benchmarks" / "scale.py"
     args = [sys.executable, str(bench), "--fields", "4", "--chunks", "32", "--models",
-            "identity", "fnet", "--side", "64", "--repeat", "1", "--out", str(tmp_path)]  # fmt: skip
+            "identity", "fnet", "--side", "64", "--repeat", "1",
+            "--out", str(tmp_path)]  # fmt: skip
     subprocess.run(args, check=True, capture_output=True, text=True, timeout=300)
     rows = json.loads((tmp_path / "scale.json").read_text())
     assert [(r["model"], r["fields"], r["chunks"]) for r in rows] == [

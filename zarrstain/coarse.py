@@ -27,14 +27,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from .io.blockwrite import gather
+from .io.blockwrite import compute, gather
 from .io.integrity import ChunkReader
 from .io.metadata import DIMS
 from .models.architecture import Architecture
@@ -215,7 +214,7 @@ def statistics(
     if method is not None:
         logger.info("computing %s statistics of %d scene(s)", method, len(todo))
     tasks = gather("zarrstain-statistics-" + uuid.uuid4().hex, list(calls.values()), None)
-    results, computed, bad = dask.compute(tasks, lazy_stats, lazy_checks)
+    results, computed, bad = compute(tasks, lazy_stats, lazy_checks)
     fields = dict(zip(calls, results, strict=True))
     for s in todo:
         if s.scene in fields:

@@ -16,10 +16,13 @@ Resuming works as before: a block whose chunks are all stored is skipped.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import dask
+import dask.threaded
 import numpy as np
 import zarr
 from dask.delayed import Delayed
@@ -33,6 +36,7 @@ __all__ = [
     "BlockTask",
     "FusedBlocks",
     "block_tasks",
+    "compute",
     "covered_levels",
     "fused_blocks",
     "gather",
@@ -277,6 +281,21 @@ def gather(name: str, calls: Sequence[Callable[[], Any]], resources: dict | None
         {name: set(), out: {name}},
     )
     return Delayed(out, graph)
+
+
+def compute(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+    """``dask.compute(*args, **kwargs)``, on the threads where no scheduler is chosen and no
+    ``distributed`` client can exist.
+
+    With no scheduler given, dask imports ``distributed`` (~0.1 s once dask and xarray are
+    imported) to look for a default client; none exists while ``distributed`` is not
+    imported, and dask would then use the threads these graphs default to. A configured
+    scheduler or a client is used as before.
+    """
+    if "distributed" not in sys.modules and dask.config.get("scheduler", None) is None:
+        # (the function, not the name "threads": a name makes dask look for a client too)
+        return dask.compute(*args, scheduler=dask.threaded.get, **kwargs)
+    return dask.compute(*args, **kwargs)
 
 
 def _results(*values: Any) -> list[Any]:

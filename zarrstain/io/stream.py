@@ -29,7 +29,14 @@ import zarr
 from ..errors import UnsupportedError
 from ..progress import PREDICT_PREFIX
 from ._zarr_compat import chunk_key, delete_keys, list_keys, map_io
-from .blockwrite import FusedBlocks, block_tasks, combine_ranges, covered_levels, gather
+from .blockwrite import (
+    FusedBlocks,
+    block_tasks,
+    combine_ranges,
+    compute,
+    covered_levels,
+    gather,
+)
 from .pyramid import downsample_to
 
 __all__ = ["PyramidWrite", "delete_chunks", "keys_in", "region", "stored_keys", "write_pyramids"]
@@ -228,7 +235,7 @@ def write_pyramids(jobs: list[PyramidWrite]) -> None:
             # (only the records holding lazy values, the lazy route's statistics: walking
             # every record's nested dicts costs more than the coarse tasks themselves)
             lazy = [i for i, r in enumerate(records) if _has_dask(r)]
-            _, computed, finished = dask.compute(
+            _, computed, finished = compute(
                 stored, [records[i] for i in lazy], tasks, optimize_graph=optimize
             )
             for i, record in zip(lazy, computed, strict=True):
@@ -236,13 +243,13 @@ def write_pyramids(jobs: list[PyramidWrite]) -> None:
             for i, result in zip(owner, finished, strict=True):
                 results[i].append(result)
         elif sources:
-            dask.compute(stored)
+            compute(stored)
     ranges: list[Any] = [None] * len(jobs)
     for i, (job, n) in enumerate(zip(jobs, covered, strict=True)):
         if n == len(job.arrays):  # the tasks saw every block at the smallest level
             ranges[i] = combine_ranges(results[i])
     lazy = [i for i, r in enumerate(ranges) if r is None]
-    for i, r in zip(lazy, dask.compute([_display_range(jobs[i]) for i in lazy])[0], strict=True):
+    for i, r in zip(lazy, compute([_display_range(jobs[i]) for i in lazy])[0], strict=True):
         ranges[i] = r
 
     def finish(item: tuple[PyramidWrite, tuple[list[Any], list[Any]], dict[str, Any]]) -> None:

@@ -9,6 +9,7 @@ Tasks carry a small :class:`ModelHandle` instead of the weights. In the process 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import Counter
 from typing import Any
@@ -191,6 +192,8 @@ def match_worker_threads() -> None:
     if _THREADS_MATCHED:
         return
     _THREADS_MATCHED = True
+    if "distributed" not in sys.modules:  # no worker runs us (and importing it takes ~0.1 s)
+        return
     try:
         from distributed import get_worker
     except ImportError:  # pragma: no cover - distributed is a dependency
