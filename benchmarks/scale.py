@@ -167,8 +167,8 @@ def time_zarrstain(store: Path, model_dir: Path, fields: int, workers: int, base
     execute = dask.local.execute_task
 
     def count(*args: Any) -> Any:
-        # (not a dask Callback: callbacks go to the first of concurrent computations only,
-        # and the pipeline computes a batch's statistics while the batch before it is written)
+        # (where dask runs every task: a dask Callback would see only the computations
+        # started while no other is running, as dask hands the active callbacks to one)
         tasks[0] += 1
         return execute(*args)
 
