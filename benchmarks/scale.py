@@ -111,20 +111,21 @@ def _model(kind: str, folder: Path) -> Path:
     return zarrstain.save_model(model, folder / "fnet", overwrite=True)
 
 
-def _forward(model_dir: Path, store: Path, n: int) -> float:
+def _forward(model_dir: Path, store: Path, n: int, device: str = "cpu") -> float:
     """The model's forward on every field's BF plane, in memory, batch 1."""
     import torch
     import zarr
 
     import zarrstain
 
-    model = zarrstain.load_model(model_dir)
+    module = zarrstain.load_model(model_dir).module.to(device).eval()
     root = zarr.open_group(str(store), mode="r")
     planes = [np.asarray(root[f"{w}/0/0"][0, 0, 0], np.float32) for w in _wells(root)][:n]
     with torch.no_grad():
         start = time.perf_counter()
         for p in planes:
-            model.module(torch.from_numpy((p - p.mean()) / p.std())[None, None])
+            x = torch.from_numpy((p - p.mean()) / p.std())[None, None].to(device)
+            module(x).cpu()  # (on a GPU: waits for the forward, as a loop's .numpy() does)
         return time.perf_counter() - start
 
 
@@ -132,7 +133,7 @@ def _wells(root: Any) -> list[str]:
     return [w["path"] for w in root.attrs["ome"]["plate"]["wells"]]
 
 
-def naive_loop(model_dir: Path, store: Path, out: Path) -> float:
+def naive_loop(model_dir: Path, store: Path, out: Path, device: str = "cpu") -> float:
     """Read BF, z-score, forward, write two levels: the 30-line loop users would write."""
     import torch
     import zarr
@@ -140,14 +141,14 @@ def naive_loop(model_dir: Path, store: Path, out: Path) -> float:
     import zarrstain
 
     start = time.perf_counter()
-    model = zarrstain.load_model(model_dir)
+    module = zarrstain.load_model(model_dir).module.to(device).eval()
     src = zarr.open_group(str(store), mode="r")
     dst = zarr.open_group(str(out), mode="w", zarr_format=3)
     with torch.no_grad():
         for well in _wells(src):
             bf = np.asarray(src[f"{well}/0/0"][0, 0, 0], np.float32)
-            x = torch.from_numpy((bf - bf.mean()) / bf.std())[None, None]
-            y = model.module(x)[0, 0].numpy()
+            x = torch.from_numpy((bf - bf.mean()) / bf.std())[None, None].to(device)
+            y = module(x)[0, 0].cpu().numpy()
             dst.create_array(f"{well}/0/0", data=y[None, None, None], chunks=(1, 1, 1, *y.shape))
             low = y[: y.shape[0] // 2 * 2, : y.shape[1] // 2 * 2]
             low = low.reshape(low.shape[0] // 2, 2, low.shape[1] // 2, 2).mean((1, 3))
@@ -156,7 +157,9 @@ def naive_loop(model_dir: Path, store: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def time_zarrstain(store: Path, model_dir: Path, fields: int, workers: int, base: Path) -> dict:
+def time_zarrstain(
+    store: Path, model_dir: Path, fields: int, workers: int, base: Path, device: str = "cpu"
+) -> dict:
     """Plan and run into a new store, in this (fresh) process: seconds, tasks, first block, RSS."""
     import dask
     import dask.local
@@ -175,7 +178,8 @@ def time_zarrstain(store: Path, model_dir: Path, fields: int, workers: int, base
     out = base / "pred.zarr"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    plan = plan_prediction(store, model_dir, out=out, input_channels=["BF"], halo="exact")
+    plan = plan_prediction(store, model_dir, out=out, input_channels=["BF"], halo="exact",
+                           device=device)  # fmt: skip
     planned = time.perf_counter() - start
     first: list[float] = []
 
@@ -203,19 +207,23 @@ def time_zarrstain(store: Path, model_dir: Path, fields: int, workers: int, base
     }  # fmt: skip
 
 
-def _timed(what: str, store: Path, model_dir: Path, fields: int, workers: int, base: Path) -> dict:
+def _timed(
+    what: str, store: Path, model_dir: Path, fields: int, workers: int, base: Path, device: str
+) -> dict:
     """One measurement in a fresh process, after the same imports (torch, zarr, zarrstain):
     each side pays its own start-up inside the process (lazy imports, first forward), none
     runs warm on another's."""
     cmd = [sys.executable, __file__, "--time", what, str(store), str(model_dir), str(fields),
-           str(workers), str(base)]  # fmt: skip
+           str(workers), str(base), device]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _time_one(what: str, store: str, model_dir: str, fields: str, workers: str, base: str) -> None:
+def _time_one(
+    what: str, store: str, model_dir: str, fields: str, workers: str, base: str, device: str
+) -> None:
     # the imports both sides pay before their clock starts (each then loads the model)
     import torch  # noqa: F401
     import zarr  # noqa: F401
@@ -225,19 +233,19 @@ def _time_one(what: str, store: str, model_dir: str, fields: str, workers: str, 
 
     plate, model = Path(store), Path(model_dir)
     if what == "zarrstain":
-        result = time_zarrstain(plate, model, int(fields), int(workers), Path(base))
+        result = time_zarrstain(plate, model, int(fields), int(workers), Path(base), device)
     elif what == "forward":
-        result = {"total": _forward(model, plate, int(fields))}
+        result = {"total": _forward(model, plate, int(fields), device)}
     else:
         out = Path(base) / "loop.zarr"
         shutil.rmtree(out, ignore_errors=True)
-        result = {"total": naive_loop(model, plate, out)}
+        result = {"total": naive_loop(model, plate, out, device)}
         shutil.rmtree(out, ignore_errors=True)
     print(json.dumps(result))
 
 
 def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base: Path,
-        repeat: int = 3) -> dict:  # fmt: skip
+        repeat: int = 3, device: str = "cpu") -> dict:  # fmt: skip
     """One configuration: the plate made once, then zarrstain and the loop ``repeat`` times,
     alternating, each in a fresh process; medians, and the ratio to the loop per pair."""
     store = base / f"plate-{fields}-{chunk}.zarr"
@@ -248,16 +256,17 @@ def one(fields: int, chunk: str, model_kind: str, side: int, workers: int, base:
     model_dir = _model(model_kind, base / "models")
     runs, loops = [], []
     for _ in range(repeat):
-        runs.append(_timed("zarrstain", store, model_dir, fields, workers, base))
-        loops.append(_timed("loop", store, model_dir, fields, workers, base)["total"])
-    forward = _timed("forward", store, model_dir, fields, workers, base)["total"]
+        runs.append(_timed("zarrstain", store, model_dir, fields, workers, base, device))
+        loops.append(_timed("loop", store, model_dir, fields, workers, base, device)["total"])
+    forward = _timed("forward", store, model_dir, fields, workers, base, device)["total"]
     shutil.rmtree(store, ignore_errors=True)
     ratios = [r["total"] / loop for r, loop in zip(runs, loops, strict=True)]
     total, loop = _median([r["total"] for r in runs]), _median(loops)
     first = [r["first"] for r in runs if r["first"] is not None]
     return {
         "fields": fields, "chunks": chunk, "model": model_kind,
-        "scheduler": f"{workers} workers" if workers else "threads", "repeats": repeat,
+        "scheduler": f"{workers} workers" if workers else "threads", "device": device,
+        "repeats": repeat,
         "plan s/field": round(_median([r["plan"] for r in runs]) / fields, 4),
         "tasks/field": round(runs[0]["tasks"] / fields, 1) if not workers else None,
         "first block s": round(_median(first), 2) if first else None,
@@ -282,8 +291,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0], help="0: threads")
     parser.add_argument("--side", type=int, default=256, help="Field size in y and x.")
     parser.add_argument("--repeat", type=int, default=3, help="zarrstain/loop pairs per row.")
+    parser.add_argument("--device", default="cpu", help="Where every side runs the model.")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale")
-    parser.add_argument("--time", nargs=6, help=argparse.SUPPRESS)  # what store model n w base
+    parser.add_argument("--time", nargs=7, help=argparse.SUPPRESS)  # what store model n w base dev
     parser.add_argument("--make", nargs=4, help=argparse.SUPPRESS)  # store fields side chunk
     args = parser.parse_args()
     if args.make:
@@ -302,7 +312,7 @@ def main() -> None:
             for model in args.models:
                 for workers in args.workers:
                     rows.append(one(fields, chunk, model, args.side, workers, args.out,
-                                    args.repeat))  # fmt: skip
+                                    args.repeat, args.device))  # fmt: skip
                     print(markdown_table(rows[-1:]), flush=True)
     (args.out / "scale.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "scale.md").write_text(markdown_table(rows) + "\n")

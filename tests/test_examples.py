@@ -92,7 +92,7 @@ def test_scale_benchmark_runs_and_reports(tmp_path):
     for row in rows:
         assert row["tasks/field"] > 0 and row["plan+run s"] > 0 and row["loop s"] > 0
         # one zarrstain/loop pair: its ratio is the median and both ends of the range
-        assert row["repeats"] == 1
+        assert row["repeats"] == 1 and row["device"] == "cpu"
         assert row["÷ loop range"] == f"{row['÷ loop']:.2f}–{row['÷ loop']:.2f}"
     assert (tmp_path / "scale.md").read_text().startswith("| fields")
 

@@ -8,6 +8,8 @@ everything, and a scene built again must be the scene that was checked.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import zarr
@@ -95,6 +97,73 @@ def test_a_plate_in_batches_holds_one_batch_and_writes_what_one_batch_writes(
     # a second run finds every scene done, from the fingerprints of released scenes
     again = plan_prediction(store, model, out=out, **kwargs)
     assert {s.status for s in again.scenes} == {"unchanged"}
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_the_next_batch_is_prepared_while_one_is_written(
+    tmp_path, batches_of_two, monkeypatch, in_place
+):
+    """Reading a batch's fields and computing their statistics overlaps the writing (the
+    model's forwards) of the batch before it, so a GPU does not wait on reads; a refusal of a
+    later batch still comes after the earlier batches are written, and is raised."""
+    import threading
+    import time
+
+    import zarrstain.coarse
+
+    events: list[tuple[str, float, float, threading.Thread]] = []
+    write, statistics = zarrstain.io.write.write_pyramids, zarrstain.coarse.statistics
+
+    def slow_write(jobs):
+        start = time.perf_counter()
+        time.sleep(0.3)  # the model, slow
+        write(jobs)
+        events.append(("write", start, time.perf_counter(), threading.current_thread()))
+
+    def timed_statistics(plan, scenes):
+        start = time.perf_counter()
+        out = statistics(plan, scenes)
+        events.append(("stats", start, time.perf_counter(), threading.current_thread()))
+        return out
+
+    monkeypatch.setattr(zarrstain.io.write, "write_pyramids", slow_write)
+    monkeypatch.setattr(zarrstain.coarse, "statistics", timed_statistics)
+    model = random_model(seed=3, ndim=2, depth=1, mult_chan=4, normalization="zscore")
+    kwargs = dict(input_channels=["BF"], dtype="uint16" if in_place else "float32")
+    store = _plate(tmp_path / "plate.zarr")
+    plan = plan_prediction(store, model, out=None if in_place else tmp_path / "out.zarr", **kwargs)
+    events.clear()  # (planning computes none; in place, the run's first pass checks all)
+    assert plan.run() == {s.scene: "written" for s in plan.scenes}
+    writes = [e for e in events if e[0] == "write"]
+    assert len(writes) == 3  # 6 fields, batches of 2
+    if not in_place:  # --out: each batch's statistics while the batch before is written
+        stats = sorted((e for e in events if e[0] == "stats"), key=lambda e: e[1])
+        assert len(stats) == 3
+        for k in (1, 2):
+            assert stats[k][1] < writes[k - 1][2] and stats[k][3] is not writes[k - 1][3]
+    else:  # in place, the statistics come first; batches are still written one by one
+        assert all(a[2] <= b[1] for a, b in itertools.pairwise(writes))
+
+
+def test_a_batch_refused_while_the_one_before_is_written_stops_the_run_after_it(
+    tmp_path, batches_of_two
+):
+    """A constant field in the third batch: prepared (and refused) while the second batch is
+    written; the first two batches end complete, the refused batch is not begun."""
+    from zarrstain.errors import DataError
+
+    store = _plate(tmp_path / "plate.zarr")
+    field = zarr.open_group(str(store), mode="r+")["A/2/1/s0"]
+    field[0, 0] = 100  # BF of A/2/1, every z: constant
+    model = random_model(seed=3, ndim=2, depth=1, mult_chan=4, normalization="zscore")
+    out = tmp_path / "out.zarr"
+    plan = plan_prediction(store, model, out=out, input_channels=["BF"])
+    with pytest.raises(DataError, match="A/2/1"):
+        plan.run()
+    root = zarr.open_group(str(out), mode="r")
+    for scene in ("A/1/0", "A/1/1", "A/1/2", "A/2/0"):
+        assert "multiscales" in root[scene].attrs["ome"], scene
+    assert "A/2/1" not in root["A/2"] and "A/2/2" not in root["A/2"]
 
 
 def test_a_released_scene_is_built_again_as_it_was_checked(tmp_path, batches_of_two):

@@ -146,7 +146,8 @@ class PredictionPlan:
 
         def prepare(scenes: list[str]) -> tuple[dict[str, xr.DataArray], dict[str, Any]]:
             """One batch as written: with --out, its statistics first (streamed: a field's
-            inputs are read once when the statistics task kept them for its block)."""
+            inputs are read once when the statistics task kept them for its block). Called
+            for the next batch while one is written (``zarrstain.io.write.ahead``)."""
             batch = [by_scene[sid] for sid in scenes]
             stats = computed if self.write.out is None else self._statistics(batch)
             # one task per model block, or (multi-pass models) the lazy route, whose

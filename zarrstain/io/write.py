@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import xarray as xr
@@ -267,9 +268,8 @@ def _write_in_place(
     # Locks are taken in one global order (their file names), so two writers whose scenes
     # overlap cannot deadlock; each is held from the pending record to the channel list.
     todo.sort(key=lambda item: str(lock_path(item[0]) or ""))
-    for first in range(0, len(todo), BATCH):
-        batch = todo[first : first + BATCH]
-        final = refresh([plan for _, plan, _ in batch])
+    batches = [todo[first : first + BATCH] for first in range(0, len(todo), BATCH)]
+    for batch, final in ahead(batches, lambda b: refresh([plan for _, plan, _ in b])):
         with contextlib.ExitStack() as stack:
             locked = []
             for (group, _, swhere), plan in zip(batch, final, strict=True):
@@ -290,6 +290,34 @@ def _write_in_place(
     if consolidated:  # last: until now, readers of the snapshot saw the store as before
         refresh_consolidated(src.root, src.where)
     return result
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ahead(batches: Sequence[T], prepare: Callable[[T], R]) -> Iterator[tuple[T, R]]:
+    """``(batch, prepare(batch))`` for each batch, the next one prepared while the caller
+    writes this one.
+
+    Preparing a batch reads its fields and computes their statistics; writing one runs the
+    model on it. Done one after the other, the model (a GPU above all) would wait on every
+    batch's reads; here they overlap it, and at most two batches are held. A refusal raised
+    by preparing a batch reaches the caller once the batch before it is written, as it would
+    in turn.
+    """
+    if not batches:
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="zarrstain-next-batch")
+    try:
+        future = pool.submit(prepare, batches[0])
+        for k, batch in enumerate(batches):
+            prepared = future.result()
+            if k + 1 < len(batches):
+                future = pool.submit(prepare, batches[k + 1])
+            yield batch, prepared
+    finally:  # (the caller failed or stopped: a batch being prepared is finished, not used)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _with_meta(src: OpenStore, plan: WritePlan) -> WritePlan:
@@ -394,10 +422,8 @@ def _write_new_store(
     else:
         for parent in parents:
             root.require_group(parent)
-    # One batch at a time (overlapping a batch's write with the next one's preparation was
-    # measured no faster on 2 cores, threads or worker processes: both are CPU work).
-    for k, batch in enumerate(batches):
-        batch = ready if k == 0 else refresh(batch)
+    # (the first batch was prepared before the store was created)
+    for _, batch in ahead(batches, lambda b: ready if b is batches[0] else refresh(b)):
         begun = map_io(begin, batch)
         for plan, (status, _) in zip(batch, begun, strict=True):
             result[plan.scene] = status
