@@ -19,7 +19,7 @@ import click
 import zarrstain
 from zarrstain.errors import ZarrstainError, cli_messages
 from zarrstain.normalize import METHODS
-from zarrstain.options import NORMALIZATIONS
+from zarrstain.options import NORMALIZATIONS, check_device
 
 from .export import export
 from .output import _quiet, _say
@@ -28,6 +28,21 @@ from .sampling import class_training_options, sampling_options, sampling_setting
 from .uncertainty import calibrate, calibration_curve
 
 logger = logging.getLogger("zarrstain.cli")
+
+
+class _Device(click.ParamType):
+    """auto, cpu, cuda or cuda:N: the library's rule (:func:`zarrstain.options.check_device`)."""
+
+    name = "auto|cpu|cuda[:N]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return check_device(value)
+        except ZarrstainError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DEVICE = _Device()
 
 
 class _Group(click.Group):
@@ -135,7 +150,12 @@ def _halo(value: str) -> str | int:
 )
 @click.option("--output-label", default=None, help="Label of the predicted channel.")
 @click.option(
-    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+    "--device",
+    default="auto",
+    show_default=True,
+    type=DEVICE,
+    metavar=DEVICE.name,
+    help="Where the model runs.",
 )
 @click.option(
     "--precision",
@@ -324,7 +344,13 @@ def _ints(value: str | None) -> list[int] | None:
     default=None,
     help="Hold out the right fraction of every scene instead.",
 )
-@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option(
+    "--device",
+    default=None,
+    type=DEVICE,
+    metavar=DEVICE.name,
+    help="Where the model trains [auto].",
+)
 @click.option(
     "--head",
     default=None,

@@ -298,3 +298,20 @@ def test_predict_from_http_into_a_local_store(http_root, model_dir, validate):
     model = zarrstain.load_model(model_dir)
     expected = zarrstain.predict(zarrstain.open_image(folder / "img.zarr"), model)
     np.testing.assert_allclose(zarrstain.open_image(out).values, expected.values, rtol=0, atol=1e-5)
+
+
+def test_device_takes_what_the_library_takes(make_store, model_dir, tmp_path):
+    """``--device cuda:N`` reaches the library (which refuses it here, with no GPU, naming the
+    fix); an unknown device is a usage error. Nothing is written either way."""
+    src = make_store("plate", "0.5")
+    before = tree_digest(src)
+    out = tmp_path / "pred.zarr"
+    bad = run("predict", src, "--model", model_dir, "--out", out, "--device", "tpu")
+    assert bad.exit_code == 2, bad.output
+    assert "--device must be auto, cpu, cuda or cuda:N, not 'tpu'" in bad.output
+    if not torch.cuda.is_available():
+        gpu = run("predict", src, "--model", model_dir, "--out", out, "--device", "cuda:1")
+        assert gpu.exit_code == 1, gpu.output
+        assert "'cuda:1' was asked for but torch sees no CUDA GPU" in gpu.output
+        assert "--device cpu" in gpu.output
+    assert tree_digest(src) == before and not out.exists()

@@ -33,6 +33,7 @@ __all__ = [
     "PRECISION_NAMES",
     "PredictOptions",
     "WriteOptions",
+    "check_device",
     "merge_options",
 ]
 
@@ -42,6 +43,20 @@ PRECISION_NAMES = ("float32", "tf32", "bfloat16", "float16")
 #: what ``normalize`` takes: the model's method, none, or one of normalize.METHODS
 NORMALIZATIONS = ("model", "none", *METHODS)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device(device: Any) -> str:
+    """``device`` when it names a device zarrstain runs models on: ``auto`` (a GPU when this
+    process sees one), ``cpu``, ``cuda`` or ``cuda:N`` (the GPU of index N).
+
+    Raises
+    ------
+    ParameterError
+        Anything else, naming the option.
+    """
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise ParameterError(f"{_flag('device')} must be auto, cpu, cuda or cuda:N, not {device!r}")
+    return device
 
 
 def _flag(name: str) -> str:
@@ -129,10 +144,7 @@ class PredictOptions(_Options):
                 + ", ".join(NORMALIZATIONS)
                 + f" ({option('normalize=', '--normalization')})"
             )
-        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
-            raise ParameterError(
-                f"{_flag('device')} must be auto, cpu, cuda or cuda:N, not {self.device!r}"
-            )
+        check_device(self.device)
         if self.precision not in PRECISION_NAMES:
             raise ParameterError(
                 f"{_flag('precision')} must be one of {', '.join(PRECISION_NAMES)}, "

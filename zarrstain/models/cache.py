@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, ParameterError, option
+from ..errors import ModelError, option
+from ..options import check_device
 from .model import Model
 
 __all__ = [
@@ -130,20 +131,15 @@ class ModelHandle:
 
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` → CUDA when this process sees a GPU, else CPU; ``"cpu"``; ``"cuda[:N]"``."""
-    if device == "auto":
+    if check_device(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ParameterError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from None
+    resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(
             f"device {device!r} was asked for but torch sees no CUDA GPU here; use "
             + option("device='cpu'", "--device cpu")
             + " or 'auto'"
         )
-    if resolved.type not in ("cpu", "cuda"):
-        raise ParameterError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
     return resolved
 
 
