@@ -19,30 +19,16 @@ import click
 import zarrstain
 from zarrstain.errors import ZarrstainError, cli_messages
 from zarrstain.normalize import METHODS
-from zarrstain.options import NORMALIZATIONS, check_device
+from zarrstain.options import NORMALIZATIONS
 
 from .export import export
 from .output import _quiet, _say
+from .params import DEVICE, parse_dtypes, parse_halo, parse_size
 from .progress import Progress, StageProgress
 from .sampling import class_training_options, sampling_options, sampling_settings
 from .uncertainty import calibrate, calibration_curve
 
 logger = logging.getLogger("zarrstain.cli")
-
-
-class _Device(click.ParamType):
-    """auto, cpu, cuda or cuda:N: the library's rule (:func:`zarrstain.options.check_device`)."""
-
-    name = "auto|cpu|cuda[:N]"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return check_device(value)
-        except ZarrstainError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DEVICE = _Device()
 
 
 class _Group(click.Group):
@@ -109,15 +95,6 @@ def info(store: str, as_json: bool) -> None:
         click.echo(json.dumps(description, indent=2))
     else:
         _say(format_description(description))
-
-
-def _halo(value: str) -> str | int:
-    if value in ("auto", "exact"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not auto, exact or an integer") from None
 
 
 @cli.command()
@@ -247,7 +224,7 @@ def predict(
         allow_missing_chunks=allow_missing_chunks,
         allow_constant_frames=allow_constant_frames,
         predict_options=PredictOptions(
-            halo=_halo(halo),
+            halo=parse_halo(halo),
             normalize=normalization,
             input_channels=list(input_channels) or None,
             device=device,
@@ -258,7 +235,7 @@ def predict(
             **sampling_settings(sampling),
         ),
         write_options=WriteOptions(
-            out=out, overwrite=overwrite, dtype=_dtypes(dtypes), copy_channels=copy_channels
+            out=out, overwrite=overwrite, dtype=parse_dtypes(dtypes), copy_channels=copy_channels
         ),
     )
     if dry_run:
@@ -281,28 +258,6 @@ def predict(
     else:
         for scene, status in result.items():
             _say(f"{scene or '(image)'}: {status}")
-
-
-def _dtypes(values: tuple[str, ...]) -> str | dict[str, str] | None:
-    """``--dtype uint16`` → "uint16"; ``--dtype "DNA (predicted std)=float32"`` → a mapping."""
-    if not values:
-        return None
-    if len(values) == 1 and "=" not in values[0]:
-        return values[0]
-    if not all("=" in v for v in values):
-        raise click.BadParameter(
-            "give one dtype, or LABEL=DTYPE for each channel", param_hint="--dtype"
-        )
-    return dict(v.rsplit("=", 1) for v in values)
-
-
-def _ints(value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.lower().replace("x", ",").split(",") if v]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a size like 32x64x64") from None
 
 
 @cli.command()
@@ -395,7 +350,7 @@ def train(stores, inputs, targets, out, config_file, paper, resume, overwrite, *
 
     options = {k: v for k, v in options.items() if v not in (None, ())}
     options["model"] = options.pop("arch", None) or None
-    options["patch"] = _ints(options.get("patch"))
+    options["patch"] = parse_size(options.get("patch"))
     config = build_config(
         config_file,
         paper=paper,
