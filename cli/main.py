@@ -100,7 +100,12 @@ def info(store: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("store")
 @click.option(
-    "--model", "-m", "model_path", required=True, help="Model folder or pytorch_fnet model.p."
+    "--model",
+    "-m",
+    "model_path",
+    required=True,
+    help="Model: a zarrstain package, pytorch_fnet model.p, TorchScript file, VisCy .ckpt, "
+    "bioimage.io package or a plug-in format's file.",
 )
 @click.option(
     "--input-channel",
@@ -270,7 +275,7 @@ def predict(
     "arch",
     default=None,
     metavar="NAME",
-    help="fnet3d, fnet2d, pix2pix or another registered architecture [default: fnet3d].",
+    help="fnet3d, fnet2d, pix2pix or another installed architecture [default: fnet3d].",
 )
 @click.option("--depth", type=int, default=None, help="U-Net depth [default: 4].")
 @click.option("--mult-chan", type=int, default=None, help="Channels of the top level [8].")

@@ -3,7 +3,7 @@
 Every fenced block has a kind. ``python`` blocks run in one namespace, in order (a later block
 may use what an earlier one defined, as in a notebook); ``console`` blocks run their ``$ ...``
 commands (continuation lines joined; the lines after a command are its output, not checked);
-``bash`` blocks run every line; ``text`` and ``json`` blocks are output, listings and file
+``bash`` blocks run every line; ``text``, ``json`` and ``toml`` blocks are output, listings and file
 contents, and must hold no ``$ zarrstain`` command. The README's setup block (``make demo``,
 ``make test``) is what CI itself runs, so it is checked against the Makefile, not run again.
 
@@ -47,7 +47,7 @@ README = ROOT / "README.md"
 SHARED = Path(os.environ.get("ZARRSTAIN_SHARED", ROOT.parent / "shared"))
 FNET = SHARED / "fixtures" / "pytorch_fnet" / "fnet3d"
 VISCY = Path(__file__).parent / "fixtures" / "viscy"
-KINDS = ("python", "console", "bash", "text", "json")
+KINDS = ("python", "console", "bash", "text", "json", "toml")
 #: the card of VisCy's VSCyto3D as its published predict configuration gives it (JSON here)
 VSCYTO3D_CARD = {
     "input_labels": ["Phase3D"],
@@ -253,7 +253,7 @@ def stray_commands(blocks: list[Block]) -> list[str]:
     bad += [
         f"README.md:{b.line}: a command in a {b.kind} block"
         for b in blocks
-        if b.kind in ("text", "json") and re.search(r"^\s*\$ ", b.body, flags=re.M)
+        if b.kind in ("text", "json", "toml") and re.search(r"^\s*\$ ", b.body, flags=re.M)
     ]
     return bad
 

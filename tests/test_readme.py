@@ -48,7 +48,7 @@ def test_block_parsing():
     assert blocks[1].body == '{"a": 1}'
     assert sorted(stray_commands(blocks)) == [
         "README.md:12: a command in a text block",
-        "README.md:15 has no kind (python/console/bash/text/json)",
+        "README.md:15 has no kind (python/console/bash/text/json/toml)",
     ]
 
 

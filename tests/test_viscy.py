@@ -188,7 +188,9 @@ def test_bad_checkpoints_and_cards_give_one_clear_error(tmp_path):
         create_model("fnet", input_labels=["BF"], output_labels=["DNA"], ndim=2, depth=1),
         tmp_path / "pkg",
     )
-    with pytest.raises(ModelError, match="card= is for TorchScript files and VisCy"):
+    with pytest.raises(
+        ModelError, match="describes itself; card= is for a TorchScript file and a VisCy"
+    ):
         load_model(package, card=LABELS)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"model.conv.weight": torch.zeros(1)}}, other)

@@ -1,4 +1,4 @@
-"""Models: the fnet U-Net, a registry of architectures, model packages and loaders."""
+"""Models: the architecture and format protocols, their plug-in registries, model packages."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ from typing import Any
 
 from ..errors import ModelError, option
 from .architecture import KINDS, Architecture, BlockContext, Geometry, Head
-from .bioimageio import is_bioimageio, load_bioimageio
 from .bioimageio_export import export_bioimageio
-from .card import is_package, load_package, save_model
-from .fnet_compat import is_fnet_checkpoint, load_fnet_checkpoint
+from .card import save_model
+from .fnet_compat import load_fnet_checkpoint
+from .format import FORMATS, ModelFormat, load_with
 from .model import Model, state_dict_hash
 from .registry import ARCHITECTURES, build, get_architecture, register
-from .torchscript import export_torchscript, is_torchscript, load_torchscript
+from .torchscript import export_torchscript
 from .unet import FnetUNet, fnet_receptive_radius
-from .viscy import is_viscy_checkpoint, load_viscy_checkpoint
 
 __all__ = [
     "ARCHITECTURES",
+    "FORMATS",
     "KINDS",
     "Architecture",
     "BlockContext",
@@ -29,6 +29,7 @@ __all__ = [
     "Geometry",
     "Head",
     "Model",
+    "ModelFormat",
     "build",
     "create_model",
     "export_bioimageio",
@@ -111,7 +112,8 @@ def load_model(
         checkpoint (``model.p``, or the folder holding it, in either of pytorch_fnet's formats),
         a TorchScript file, a VisCy Lightning checkpoint (``.ckpt``:
         :mod:`zarrstain.models.viscy`) or a bioimage.io model package (a folder or zip with
-        ``rdf.yaml``: :mod:`zarrstain.models.bioimageio`).
+        ``rdf.yaml``: :mod:`zarrstain.models.bioimageio`); or any file an installed format
+        plug-in opens (:mod:`zarrstain.models.format`).
     output_label
         Label of the predicted channel (models of one target; a head's other channels follow
         it: ``"Nuclei"``, ``"Nuclei lower"``, ...); pytorch_fnet checkpoints carry none and
@@ -131,27 +133,7 @@ def load_model(
         raise ModelError(
             f"no model at {path!s}; pass a zarrstain model folder or a pytorch_fnet model.p"
         )
-    if card is not None and (is_package(p) or is_fnet_checkpoint(p) or is_bioimageio(p)):
-        raise ModelError(
-            f"{path!s} describes itself (a zarrstain, pytorch_fnet or bioimage.io model); "
-            "card= is for TorchScript files and VisCy checkpoints only"
-        )
-    if is_package(p):
-        model = load_package(p)
-    elif is_fnet_checkpoint(p):
-        return load_fnet_checkpoint(p, output_label=output_label)
-    elif is_torchscript(p):
-        model = load_torchscript(p, card)
-    elif is_viscy_checkpoint(p):
-        model = load_viscy_checkpoint(p, card)
-    elif is_bioimageio(p):
-        model = load_bioimageio(p)
-    else:
-        raise ModelError(
-            f"{path!s} is not a model zarrstain can load: expected a zarrstain model folder "
-            "(card.json + weights.pt), a pytorch_fnet model.p (or a folder holding one), a "
-            "TorchScript file, a VisCy .ckpt or a bioimage.io package (rdf.yaml, folder or zip)"
-        )
+    model = load_with(p, None if card is None else card if isinstance(card, dict) else str(card))
     if card is not None:  # dask workers reload the model from its source with the same card
         model = dataclasses.replace(
             model, source_card=card if isinstance(card, dict) else str(card)

@@ -1,7 +1,8 @@
 """The architecture protocol: what a model family tells the engine, and how the engine runs it.
 
 One engine tiles, normalizes, denormalizes and writes every model family. A family plugs in by
-subclassing :class:`Architecture` and calling :func:`zarrstain.models.register`; nothing in
+subclassing :class:`Architecture` and declaring it as an entry point (``zarrstain.architectures``,
+see :mod:`zarrstain.models.plugins`) or calling :func:`zarrstain.models.register`; nothing in
 ``predict``, the tiling layer or the writer knows a family by name. The engine asks an
 architecture for
 
@@ -197,6 +198,9 @@ class Architecture:
     #: class labels: "" (none), "optional" (a class embedding when trained with a class map),
     #: "required" (a classifier of the targets: learns the classes, reads the target channels)
     conditional: str = ""
+    #: training names that stand for this architecture with fixed arguments, e.g. fnet's
+    #: ``{"fnet3d": {"ndim": 3}}`` (``zarrstain train --model fnet3d``)
+    aliases: Mapping[str, Mapping[str, Any]] = {}  # read only, never mutated
 
     def build(self, **kwargs: Any) -> nn.Module:
         """The module, constructed from a model card's keyword arguments."""

@@ -43,6 +43,7 @@ from torch import nn
 
 from ..errors import ModelError, ParameterError
 from .architecture import Architecture, Geometry
+from .format import ModelFormat
 from .model import Model, state_dict_hash
 
 __all__ = ["BioimageioArchitecture", "BioimageioModule", "is_bioimageio", "load_bioimageio"]
@@ -387,3 +388,18 @@ def _network(descr: Any, where: str) -> tuple[nn.Module, str]:
     raise ModelError(
         f"{where} has no pytorch_state_dict or torchscript weights (zarrstain runs torch models)"
     )
+
+
+class BioimageioFormat(ModelFormat):
+    """A bioimage.io package (rdf.yaml, folder or zip), for :func:`zarrstain.load_model`."""
+
+    name = "bioimageio"
+    description = "a bioimage.io package (rdf.yaml, folder or zip)"
+    priority = 50
+    takes_card = False
+
+    def guess_can_open(self, path: Path) -> bool:
+        return is_bioimageio(path)
+
+    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
+        return load_bioimageio(path)

@@ -27,6 +27,7 @@ import torch
 
 from .._version import __version__
 from ..errors import ModelError
+from .format import ModelFormat
 from .model import Model, state_dict_hash
 from .registry import get_architecture
 
@@ -197,3 +198,18 @@ def load_package(path: str | os.PathLike) -> Model:
         content_hash=content_hash,
         source=str(folder),
     )
+
+
+class PackageFormat(ModelFormat):
+    """A zarrstain model folder (card.json + weights.pt), for :func:`zarrstain.load_model`."""
+
+    name = "zarrstain"
+    description = "a zarrstain model folder (card.json + weights.pt)"
+    priority = 10
+    takes_card = False
+
+    def guess_can_open(self, path: Path) -> bool:
+        return is_package(path)
+
+    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
+        return load_package(path)

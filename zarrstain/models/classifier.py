@@ -70,6 +70,7 @@ class ClassifierArchitecture(Architecture):
     per-class probabilities; guides diffusion samplers. Radius 1 + 2·blocks, local."""
 
     name = "classifier"
+    aliases = {"classifier2d": {"ndim": 2}, "classifier3d": {"ndim": 3}}  # noqa: RUF012
     loss_name = "cross-entropy (noisy images)"
     conditional = "required"
 

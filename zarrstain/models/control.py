@@ -159,6 +159,7 @@ class ControlArchitecture(DiffusionArchitecture):
     """``control``: a control branch on a frozen backbone, sampled like any diffusion model."""
 
     name = "control"
+    aliases = {}  # noqa: RUF012
     conditional = "optional"
 
     def build(self, **kwargs: Any) -> nn.Module:

@@ -89,6 +89,7 @@ class DiffusionArchitecture(Architecture):
     """
 
     name = "diffusion"
+    aliases = {"diffusion2d": {"ndim": 2}, "diffusion3d": {"ndim": 3}}  # noqa: RUF012
     stochastic = True
     loss_name = "MSE (diffusion objective)"
     default_ema = 0.999

@@ -22,6 +22,7 @@ class FnetArchitecture(Architecture):
     """
 
     name = "fnet"
+    aliases = {"fnet3d": {"ndim": 3}, "fnet2d": {"ndim": 2}}  # noqa: RUF012
 
     def build(self, **kwargs: Any) -> nn.Module:
         return FnetUNet(**kwargs)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
+from .format import ModelFormat
 from .model import Model, state_dict_hash
 from .unet import FnetUNet, fnet_receptive_radius
 
@@ -150,3 +151,18 @@ def load_fnet_checkpoint(path: str | os.PathLike, *, output_label: str | None = 
         content_hash=state_dict_hash(net, "fnet", kwargs),
         source=str(file),
     )
+
+
+class FnetCheckpointFormat(ModelFormat):
+    """A pytorch_fnet model.p (or a folder holding one), for :func:`zarrstain.load_model`."""
+
+    name = "pytorch_fnet"
+    description = "a pytorch_fnet model.p (or a folder holding one)"
+    priority = 20
+    takes_card = False
+
+    def guess_can_open(self, path: Path) -> bool:
+        return is_fnet_checkpoint(path)
+
+    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
+        return load_fnet_checkpoint(path)

@@ -1,9 +1,10 @@
 """Architectures by name, so model cards can name theirs and users can add their own.
 
-``register`` adds an :class:`~zarrstain.models.architecture.Architecture`; the engine finds it by
-the name a model card stores. On a dask.distributed cluster, workers that load a card must
-register the same architecture: put the ``register`` call in an importable module (imported by
-the worker, e.g. with a ``--preload`` of that module) rather than in a notebook cell.
+A package adds a family by declaring an entry point in the group ``zarrstain.architectures``
+(:mod:`zarrstain.models.plugins`): every process then finds it by name, dask workers included.
+zarrstain's own families are declared the same way. :func:`register` adds one in code, for a
+notebook or a script; such an architecture exists only in the process that registered it, so
+a cluster's workers need an entry point (or a ``--preload`` of the registering module).
 """
 
 from __future__ import annotations
@@ -12,28 +13,36 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ModelError
 from .architecture import Architecture
-from .bioimageio import BioimageioArchitecture
-from .classifier import ClassifierArchitecture
-from .control import ControlArchitecture
-from .diffusion import DiffusionArchitecture
-from .fnet import FnetArchitecture
-from .torchscript import TorchScriptArchitecture
-from .viscy import VisCyArchitecture
+from .plugins import ARCHITECTURE_GROUP, PluginRegistry
 
-__all__ = ["ALIASES", "ARCHITECTURES", "build", "get_architecture", "register"]
+__all__ = ["ARCHITECTURES", "aliases", "build", "get_architecture", "register", "resolve"]
 
-#: name → architecture
-ARCHITECTURES: dict[str, Architecture] = {}
-#: training names → (architecture, fixed kwargs): ``fnet3d`` and ``fnet2d`` are fnet with ndim
-ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "fnet3d": ("fnet", {"ndim": 3}),
-    "fnet2d": ("fnet", {"ndim": 2}),
-    "diffusion2d": ("diffusion", {"ndim": 2}),
-    "diffusion3d": ("diffusion", {"ndim": 3}),
-    "classifier2d": ("classifier", {"ndim": 2}),
-    "classifier3d": ("classifier", {"ndim": 3}),
-}
+#: name → architecture: those registered, then the entry points (loaded when asked for)
+ARCHITECTURES: PluginRegistry[Architecture] = PluginRegistry(
+    ARCHITECTURE_GROUP, Architecture, "architecture"
+)
+
+
+def aliases() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Training names → (architecture, fixed kwargs), from every architecture's ``aliases``:
+    ``fnet3d`` is fnet with ``ndim=3``."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, arch in ARCHITECTURES.items():
+        for alias, fixed in arch.aliases.items():
+            out.setdefault(alias, (name, dict(fixed)))
+    return out
+
+
+def resolve(name: str) -> tuple[str, dict[str, Any]]:
+    """``(architecture, fixed kwargs)`` a training name stands for (itself, or an alias's).
+
+    Unknown names come back as they are: the caller words the error.
+    """
+    if name in ARCHITECTURES:
+        return name, {}
+    return aliases().get(name, (name, {}))
 
 
 def register(architecture: Architecture, *, replace: bool = False) -> Architecture:
@@ -60,11 +69,13 @@ def register(architecture: Architecture, *, replace: bool = False) -> Architectu
     name = architecture.name
     if not name or not isinstance(name, str):
         raise ValueError(f"{architecture!r} has no name; set the class attribute `name`")
-    if name in ALIASES:
-        raise ValueError(f"{name!r} is a training alias of {ALIASES[name][0]!r}; choose another")
-    if name in ARCHITECTURES and not replace and ARCHITECTURES[name] is not architecture:
+    known = aliases()
+    if name in known:
+        raise ValueError(f"{name!r} is a training alias of {known[name][0]!r}; choose another")
+    current = ARCHITECTURES.get(name) if name in ARCHITECTURES else None
+    if current is not None and not replace and current is not architecture:
         raise ValueError(
-            f"an architecture named {name!r} is registered already ({ARCHITECTURES[name]!r}); "
+            f"an architecture named {name!r} is registered already ({current!r}); "
             "choose another name or pass replace=True"
         )
     ARCHITECTURES[name] = architecture
@@ -72,25 +83,22 @@ def register(architecture: Architecture, *, replace: bool = False) -> Architectu
 
 
 def get_architecture(name: str) -> Architecture:
-    """The registered architecture called ``name``."""
+    """The architecture called ``name``: registered, or an installed plug-in's.
+
+    Raises
+    ------
+    ModelError
+        No such architecture (the message lists those installed), or its plug-in failed to load.
+    """
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown architecture {name!r}; registered: {', '.join(ARCHITECTURES)} "
-            "(add one with zarrstain.models.register)"
+        raise ModelError(
+            f"unknown architecture {name!r}; installed: {', '.join(sorted(ARCHITECTURES))} "
+            f"({ARCHITECTURES.hint()}, or register one with zarrstain.models.register)"
         ) from None
 
 
 def build(architecture: str, **kwargs: Any) -> nn.Module:
     """Construct a registered architecture with its keyword arguments."""
     return get_architecture(architecture).make_module(kwargs)
-
-
-register(FnetArchitecture())
-register(DiffusionArchitecture())
-register(ClassifierArchitecture())
-register(ControlArchitecture())
-register(TorchScriptArchitecture())
-register(VisCyArchitecture())
-register(BioimageioArchitecture())

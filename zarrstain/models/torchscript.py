@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import ModelError, ParameterError, option
 from .architecture import Architecture, BlockContext, Geometry
+from .format import ModelFormat
 from .model import Model, state_dict_hash
 
 __all__ = ["TorchScriptArchitecture", "export_torchscript", "is_torchscript", "load_torchscript"]
@@ -227,3 +228,18 @@ def _card(path: Path, given: Any, embedded: str) -> dict[str, Any]:
     if not isinstance(given["divisor"], int) or given["divisor"] < 1:
         raise ModelError(f"{where}: divisor must be a positive integer, not {given['divisor']!r}")
     return given
+
+
+class TorchScriptFormat(ModelFormat):
+    """A TorchScript file, for :func:`zarrstain.load_model`."""
+
+    name = "torchscript"
+    description = "a TorchScript file"
+    priority = 30
+    takes_card = True
+
+    def guess_can_open(self, path: Path) -> bool:
+        return is_torchscript(path)
+
+    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
+        return load_torchscript(path, card)

@@ -53,6 +53,7 @@ from torch.nn import functional
 from ..errors import ModelError, ParameterError
 from .architecture import Architecture, Geometry
 from .fcmae import FullyConvolutionalMAE, fcmae_config
+from .format import ModelFormat
 from .model import Model, state_dict_hash
 from .unext2 import UNeXt2, unext2_config
 from .viscy_card import read_card
@@ -344,3 +345,18 @@ def load_viscy_checkpoint(
         content_hash=state_dict_hash(module, arch.name, kwargs),
         source=str(p),
     )
+
+
+class VisCyCheckpointFormat(ModelFormat):
+    """A VisCy .ckpt, for :func:`zarrstain.load_model`."""
+
+    name = "viscy"
+    description = "a VisCy .ckpt"
+    priority = 40
+    takes_card = True
+
+    def guess_can_open(self, path: Path) -> bool:
+        return is_viscy_checkpoint(path)
+
+    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
+        return load_viscy_checkpoint(path, card)

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import ParameterError, option
 from ..models.architecture import Architecture, Geometry
 from ..models.heads import OutputHead, make_head
-from ..models.registry import ALIASES, ARCHITECTURES
+from ..models.registry import ARCHITECTURES, aliases, resolve
 from ..normalize import METHODS
 
 __all__ = ["FREEZE", "TrainConfig", "build_config", "training_models"]
@@ -20,10 +20,11 @@ FREEZE = ("none", "all-but-projection", "all-but-head")
 
 
 def training_models() -> list[str]:
-    """Names ``TrainConfig.model`` accepts: the fnet aliases and every registered architecture."""
+    """Names ``TrainConfig.model`` accepts: the aliases (``fnet3d``, ...), every trainable
+    architecture, and pix2pix."""
     return [
-        *ALIASES,
-        *(n for n, a in ARCHITECTURES.items() if n != "fnet" and a.trains),
+        *aliases(),
+        *(n for n, a in ARCHITECTURES.items() if a.trains),
         PIX2PIX,
     ]
 
@@ -107,7 +108,7 @@ class TrainConfig:
         model = self.model
         if model == PIX2PIX:  # adversarial training of a generator: the package holds it
             model = self.generator or "fnet3d"
-        name, fixed = ALIASES.get(model, (model, {}))
+        name, fixed = resolve(model)
         if name not in ARCHITECTURES or not ARCHITECTURES[name].trains or model == PIX2PIX:
             if self.model == PIX2PIX:
                 generators = [m for m in training_models() if m != PIX2PIX]
@@ -317,8 +318,8 @@ def build_config(
     unknown = sorted(set(values) - known)
     if unknown:
         raise ParameterError(f"unknown training setting {unknown[0]!r}; known: {sorted(known)}")
-    name = ALIASES.get(str(values.get("model", "")), (values.get("model"), {}))[0]
-    reads_targets = getattr(ARCHITECTURES.get(name), "conditional", "") == "required"
+    name = resolve(str(values.get("model", "")))[0]
+    reads_targets = name in ARCHITECTURES and ARCHITECTURES[name].conditional == "required"
     if not values.get("inputs") and (reads_targets or values.get("unconditional")):
         # a classifier reads the target channels; a backbone reads none (the sampler still
         # cuts its patches from the targets)
