@@ -86,8 +86,8 @@ def _scores(model, images, target: str, s: dict, crop=None) -> dict:
     """Mean PCC / SSIM (and coverage / width with an interval) over held-out images."""
     rows = []
     for image in images:
-        sampled = {"steps": s["sample_steps"]} if model.spec.stochastic else {}
-        pred = zarrstain.predict(image, model, device=s["device"], **sampled)
+        sampled = {"steps": s["sample_steps"]} if model.spec.stochastic else None
+        pred = zarrstain.predict(image, model, device=s["device"], options=sampled)
         if crop is not None:
             pred, image = pred.isel(x=crop), image.isel(x=crop)
         y = image.sel(c=target).values[0, 0].astype(np.float64)
@@ -131,7 +131,8 @@ def synthetic(out: Path, s: dict) -> list[dict]:
     images = list(zarrstain.open_scenes(plate, scenes=test).values())
 
     def calibrated(model):
-        return calibrate(plate, model, scenes=cal, method="cqr", steps=s["sample_steps"])
+        return calibrate(plate, model, scenes=cal, method="cqr",
+                         options={"steps": s["sample_steps"]})  # fmt: skip
 
     rows = []
     for n in s["n"]:
@@ -182,7 +183,8 @@ def isl(out: Path, s: dict) -> list[dict]:
         trained = _train_all(s_patch, stores, backbone, PHASE, "DAPI", None, out / f"isl-{n}")
 
         def calibrated(model):
-            return calibrate(out / "isl-cal.zarr", model, method="cqr", steps=s["sample_steps"],
+            return calibrate(out / "isl-cal.zarr", model, method="cqr",
+                             options={"steps": s["sample_steps"]},
                              region={"x": slice(margin, None)})  # fmt: skip
 
         rows += _rows("ISL phase → DAPI", n, trained, [test_image], "DAPI", s, calibrated,

@@ -22,10 +22,10 @@ from zarrstain.normalize import METHODS
 from zarrstain.options import NORMALIZATIONS
 
 from .export import export
+from .family import FamilyCommand
 from .output import _quiet, _say
 from .params import DEVICE, parse_dtypes, parse_halo, parse_size
 from .progress import Progress, StageProgress
-from .sampling import class_training_options, sampling_options, sampling_settings
 from .uncertainty import calibrate, calibration_curve
 
 logger = logging.getLogger("zarrstain.cli")
@@ -97,7 +97,7 @@ def info(store: str, as_json: bool) -> None:
         _say(format_description(description))
 
 
-@cli.command()
+@cli.command(cls=FamilyCommand)
 @click.argument("store")
 @click.option(
     "--model",
@@ -182,7 +182,6 @@ def info(store: str, as_json: bool) -> None:
     help="Predict time points whose input is constant (blank) instead of refusing them.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan / result as JSON.")
-@sampling_options
 def predict(
     store: str,
     model_path: str,
@@ -210,18 +209,19 @@ def predict(
     allow_missing_chunks: bool,
     allow_constant_frames: bool,
     as_json: bool,
-    **sampling: Any,
+    options: dict[str, Any],
 ) -> None:
     """Predict channels for the scenes of STORE with a model and write them back (or to --out).
 
     Predicted channels are labelled "<name> (predicted)" by default, so they never collide
-    with acquired channels, which predictions never replace.
+    with acquired channels, which predictions never replace. The flags after --json are the
+    installed model families' run options (a family refuses the others').
     """
     from zarrstain.cluster import connect
     from zarrstain.options import PredictOptions, WriteOptions
     from zarrstain.pipeline import format_plan, plan_prediction
 
-    options = dict(
+    settings = dict(
         scenes=list(scenes) or None,
         time=time,
         output_label=output_label,
@@ -237,21 +237,21 @@ def predict(
             block_memory=block_memory,
             seed=seed,
             scratch=scratch,
-            **sampling_settings(sampling),
+            options=options,
         ),
         write_options=WriteOptions(
             out=out, overwrite=overwrite, dtype=parse_dtypes(dtypes), copy_channels=copy_channels
         ),
     )
     if dry_run:
-        description = plan_prediction(store, model_path, **options).describe()
+        description = plan_prediction(store, model_path, **settings).describe()
         if as_json:
             click.echo(json.dumps(description, indent=2))
         else:
             _say(format_plan(description))
         return
     with connect(scheduler, scheduler_file, workers, threads_per_worker) as client:
-        plan = plan_prediction(store, model_path, **options)
+        plan = plan_prediction(store, model_path, **settings)
         if client is not None and not _quiet():
             click.echo(f"running on {client.dashboard_link}", err=True)
         # shown from the first finished block on, after the statistics pass
@@ -265,7 +265,7 @@ def predict(
             _say(f"{scene or '(image)'}: {status}")
 
 
-@cli.command()
+@cli.command(cls=FamilyCommand, family="train")
 @click.argument("stores", nargs=-1)
 @click.option("--input", "inputs", multiple=True, help="Input channel label (repeat for several).")
 @click.option("--target", "targets", multiple=True, help="Target channel label (repeat).")
@@ -293,7 +293,7 @@ def predict(
     "--normalization",
     default=None,
     type=click.Choice(METHODS),
-    help="Of inputs and targets [center]; diffusion models train best on zscore.",
+    help="Of inputs and targets [center]; samplers train best on zscore.",
 )
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @click.option("--scene", "scenes", multiple=True, help="Train on these scenes only (repeat).")
@@ -341,9 +341,17 @@ def predict(
 )
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace the model package in --out.")
-@class_training_options
-def train(stores, inputs, targets, out, config_file, paper, resume, overwrite, **options) -> None:
-    """Train a model on paired channels of STORES (OME-Zarr) and save it as a model package."""
+@click.option(
+    "--ema", type=float, default=None, help="Weight average decay [the architecture's: 0 or 0.999]."
+)
+def train(
+    stores, inputs, targets, out, config_file, paper, resume, overwrite, options, **flags
+) -> None:
+    """Train a model on paired channels of STORES (OME-Zarr) and save it as a model package.
+
+    The flags after --ema are the installed model families' own training settings (a family
+    refuses the others').
+    """
     from zarrstain.training import TrainConfig, build_config
     from zarrstain.training import train as run_training
     from zarrstain.training.experiment import read_experiment
@@ -353,15 +361,16 @@ def train(stores, inputs, targets, out, config_file, paper, resume, overwrite, *
     if not stores:
         raise click.UsageError("give the training STORES, or data.stores in a --config file")
 
-    options = {k: v for k, v in options.items() if v not in (None, ())}
-    options["model"] = options.pop("arch", None) or None
-    options["patch"] = parse_size(options.get("patch"))
+    flags = {k: v for k, v in flags.items() if v not in (None, ())}
+    flags["model"] = flags.pop("arch", None) or None
+    flags["patch"] = parse_size(flags.get("patch"))
     config = build_config(
         config_file,
         paper=paper,
         inputs=list(inputs),
         targets=list(targets),
-        **{k: v for k, v in options.items() if v is not None},
+        options=options,
+        **{k: v for k, v in flags.items() if v is not None},
     )
     assert isinstance(config, TrainConfig)
     bar = Progress("training", config.steps, "step", quiet=_quiet())

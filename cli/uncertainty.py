@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from .family import FamilyCommand
 from .output import _say
 
 __all__ = ["calibrate", "calibration_curve"]
 
 
-@click.command()
+@click.command(cls=FamilyCommand)
 @click.argument("store")
 @click.option("--model", "model_path", required=True, help="Model with a quantiles or bins head.")
 @click.option(
@@ -30,22 +31,17 @@ __all__ = ["calibrate", "calibration_curve"]
 @click.option(
     "--max-pixels", type=int, default=2_000_000, show_default=True, help="CQR: pixels sampled."
 )
-@click.option(
-    "--sampler",
-    default=None,
-    type=click.Choice(["ddim", "ddpm"]),
-    help="Sampled models: the sampler to calibrate at [the model's].",
-)
-@click.option("--steps", type=int, default=None, help="Sampled models: sampling steps [model's].")
 @click.option("--out", required=True, help="Folder for the calibrated model package.")
 @click.option("--overwrite", is_flag=True, help="Replace a model package in --out.")
 def calibrate(
-    store, model_path, targets, scenes, alpha, method, delta, max_pixels, sampler, steps, out,
-    overwrite,
+    store, model_path, targets, scenes, alpha, method, delta, max_pixels, out, overwrite,
+    options,
 ) -> None:  # fmt: skip
     """Calibrate the intervals of a model on held-out scenes of STORE; save the new model.
 
     Predict with the calibrated model to write its calibrated 'lower' / 'upper' channels.
+    Sampled models are calibrated at the run options given after --overwrite (their
+    defaults otherwise), which become the calibrated model's defaults.
     """
     from zarrstain.calibrate import calibrate as run_calibration
 
@@ -58,8 +54,7 @@ def calibrate(
         method=method,
         delta=delta,
         max_pixels=max_pixels,
-        sampler=sampler,
-        steps=steps,
+        options=options,
         out=out,
         overwrite=overwrite,
     )
@@ -71,7 +66,7 @@ def calibrate(
         f"calibrated model: {out} ({cal.method}, alpha {cal.alpha:g}"
         + (f", delta {cal.delta:g}" if cal.delta is not None else "")
         + f"; {what} {values} from {cal.units} {units} of {len(cal.scenes)} scene(s)"
-        + (f"; {cal.sampling['sampler']}, {cal.sampling['steps']} steps" if cal.sampling else "")
+        + (f"; at {', '.join(f'{k} {v}' for k, v in cal.sampling.items())}" if cal.sampling else "")
         + ")"
     )
 

@@ -71,26 +71,21 @@ def main(
                                inputs=["Membrane"], classes=str(table))  # fmt: skip
     # ancestral DDPM: on this plate its samples' mean beat DDIM's (η = 0) at 20 steps and 8
     # samples, by 0.03 / 0.04 r (control / translocated)
-    sampling = {"steps": sample_steps, "samples": samples, "sampler": "ddpm", "seed": 0}
+    sampling = {"steps": sample_steps, "samples": samples, "sampler": "ddpm"}
+
+    def sample(scene, **options):  # the diffusion model's run options, seed 0
+        return zarrstain.predict(scene, diffusion, seed=0, options={**sampling, **options})
+
     runs = {
         "fnet": lambda s, c: zarrstain.predict(s, fnet),
-        "diffusion, no class": lambda s, c: zarrstain.predict(s, diffusion, **sampling),
-        "diffusion, right class": lambda s, c: zarrstain.predict(
-            s, diffusion, classes=c, **sampling
+        "diffusion, no class": lambda s, c: sample(s),
+        "diffusion, right class": lambda s, c: sample(s, classes=c),
+        "diffusion, wrong class": lambda s, c: sample(s, classes=OTHER[c]),
+        "diffusion, right class + classifier-free guidance (w = 1)": lambda s, c: sample(
+            s, classes=c, cfg_scale=1.0
         ),
-        "diffusion, wrong class": lambda s, c: zarrstain.predict(
-            s, diffusion, classes=OTHER[c], **sampling
-        ),
-        "diffusion, right class + classifier-free guidance (w = 1)": lambda s, c: zarrstain.predict(
-            s, diffusion, classes=c, cfg_scale=1.0, **sampling
-        ),
-        "diffusion, no class + classifier guidance": lambda s, c: zarrstain.predict(
-            s,
-            diffusion,
-            guidance=classifier,
-            guidance_scale=guidance_scale,
-            guidance_class=c,
-            **{**sampling, "sampler": "ddpm"},
+        "diffusion, no class + classifier guidance": lambda s, c: sample(
+            s, guidance=classifier, guidance_scale=guidance_scale, guidance_class=c
         ),
     }
     rows = []

@@ -54,7 +54,8 @@ def main(out_dir: str = "few-shot-example", steps: int = 300, backbone_steps: in
         branches[task] = train(plate, config, out / f"branch-{task}", overwrite=True).model
     # the interval's width depends on the sampler: calibrate at the steps you predict with
     calibrated = calibrate(plate, branches["staining"], scenes=WELLS["B"], method="cqr",
-                           alpha=0.1, steps=10, out=out / "branch-staining-calibrated",
+                           alpha=0.1, options={"steps": 10},
+                           out=out / "branch-staining-calibrated",
                            overwrite=True)  # fmt: skip
     print(f"CQR margin: {calibrated.head.calibration.adjustment[0]:.3f} (normalized units)")
     plan_prediction(plate, calibrated, scenes=WELLS["C"], halo="exact").run()
@@ -63,7 +64,7 @@ def main(out_dir: str = "few-shot-example", steps: int = 300, backbone_steps: in
     rows = [{"task": "staining (calibrated)", **{k: round(v, 3) for k, v in ev.summary.items()}}]
     # the denoising branch, in memory: the same backbone, another condition
     image = zarrstain.open_scenes(plate, scenes=WELLS["C"][:1])[WELLS["C"][0]]
-    denoised = zarrstain.predict(image, branches["denoising"], steps=10)
+    denoised = zarrstain.predict(image, branches["denoising"], options={"steps": 10})
     clean = image.sel(c="DNA").values[0, 0]
     rows.append({
         "task": "denoising (one field)",

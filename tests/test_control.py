@@ -163,7 +163,7 @@ def test_cli_quantile_branch_calibrates_predicts_and_evaluates(setup, tmp_path):
         "--normalization", "zscore")  # fmt: skip
     done = run("calibrate", plate, "--model", tmp_path / "q", "--steps", "2",
                "--out", tmp_path / "cal")  # fmt: skip
-    assert "cqr, alpha 0.1" in done.output and "ddim, 2 steps" in done.output
+    assert "cqr, alpha 0.1" in done.output and "at sampler ddim, steps 2" in done.output
     store = shutil.copytree(plate, tmp_path / "img.zarr")
     run("predict", store, "--model", tmp_path / "cal")
     labels = list(zarrstain.open_image(store).coords["c"].values)[-3:]

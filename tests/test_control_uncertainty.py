@@ -49,7 +49,7 @@ def trained(tmp_path_factory):
 
 def _intervals(model, image, **options):
     """(median, lower, upper) of one scene's membrane, and its acquired membrane."""
-    p = zarrstain.predict(image, model, steps=STEPS, halo="exact", **options).values
+    p = zarrstain.predict(image, model, halo="exact", options={"steps": STEPS, **options}).values
     y = image.sel(c="Membrane").values
     return p[:, 0], p[:, 1], p[:, 2], y[:, 0]
 
@@ -136,7 +136,7 @@ def test_cqr_covers_one_minus_alpha_on_held_out_scenes(trained, raw, caplog):
     # they collapsed onto it: 27 % coverage); raw, they carry no guarantee
     assert _coverage(branch, raw, TEST) > 0.5
     calibrated = calibrate(plate, branch, scenes=CALIBRATION, method="cqr", alpha=0.1,
-                           steps=STEPS, out=root / "cqr")  # fmt: skip
+                           options={"steps": STEPS}, out=root / "cqr")  # fmt: skip
     cal = calibrated.head.calibration
     assert cal.sampling == {"sampler": "ddim", "steps": STEPS} and cal.units == 24 * 64 * 64
     assert calibrated.kwargs["sample_steps"] == STEPS  # the calibrated settings are the default
@@ -149,7 +149,7 @@ def test_cqr_covers_one_minus_alpha_on_held_out_scenes(trained, raw, caplog):
     np.testing.assert_allclose(upper, want[1], atol=1e-3)
     np.testing.assert_array_equal(median, raw[TEST[0]][0])
     with caplog.at_level(logging.WARNING, logger="zarrstain.models.diffusion"):
-        zarrstain.predict(image, calibrated, steps=4)
+        zarrstain.predict(image, calibrated, options={"steps": 4})
     assert "calibrated with" in caplog.text
 
 
@@ -168,7 +168,8 @@ def test_rcps_bound_holds_over_seeded_splits(trained, raw):
         failures += curves[order[40:], int(np.searchsorted(conformal.LAMBDAS, lam))].mean() > alpha
     assert failures / splits <= delta
     # and through the engine: the same λ from the same 40 fields
-    calibrated = calibrate(plate, branch, scenes=pool[:40], method="rcps", steps=STEPS)
+    calibrated = calibrate(plate, branch, scenes=pool[:40], method="rcps",
+                           options={"steps": STEPS})  # fmt: skip
     assert calibrated.head.calibration.units == 40
     expected = conformal.rcps_lambda(curves[:40], alpha, delta)
     assert calibrated.head.calibration.adjustment[0] == pytest.approx(expected)

@@ -90,10 +90,12 @@ def test_diffusion_trains_with_classes_and_resumes_exactly(plate, tmp_path):
         assert torch.equal(va, vb), k
     # each scene's class at prediction; a scene without one is refused by name
     scene = zarrstain.open_image(store, "A/1/0")
-    pred = zarrstain.predict(scene, model, steps=2, classes=str(table), halo="exact")
+    pred = zarrstain.predict(
+        scene, model, options={"steps": 2, "classes": str(table)}, halo="exact"
+    )
     assert pred.attrs["zarrstain"]["sampling"]["class_label"] == "control"
     with pytest.raises(ParameterError, match="'mock' is not one the model knows"):
-        zarrstain.predict(scene, model, steps=2, classes="mock")
+        zarrstain.predict(scene, model, options={"steps": 2, "classes": "mock"})
 
 
 def test_training_refuses_classes_a_model_cannot_use(plate, tmp_path):
@@ -121,8 +123,9 @@ def test_classifier_trains_on_the_targets_and_guides_predict(plate, tmp_path):
     diffusion = zarrstain.train(store, _config(table, steps=2), tmp_path / "d").model
     scene = zarrstain.open_image(store, "A/2/0")
     pred = zarrstain.predict(
-        scene, diffusion, steps=2, classes=str(table), guidance=tmp_path / "c",
-        guidance_scale=1.0, halo="exact",
+        scene, diffusion, halo="exact",
+        options={"steps": 2, "classes": str(table), "guidance": tmp_path / "c",
+                 "guidance_scale": 1.0},
     )  # fmt: skip
     record = pred.attrs["zarrstain"]["sampling"]
     assert record["guidance"]["content_hash"] == classifier.content_hash
@@ -174,8 +177,8 @@ def test_unconditional_backbones_model_the_targets_alone(plate, tmp_path):
     backbone = zarrstain.load_model(tmp_path / "b")
     assert backbone.kwargs["backbone"] and backbone.in_channels == 0
     assert backbone.input_labels == () and backbone.output_labels == ("Membrane (predicted)",)
-    with pytest.raises(zarrstain.errors.ChannelError, match="unconditional diffusion backbone"):
-        zarrstain.predict(zarrstain.open_image(store, "A/1/0"), backbone, steps=2)
+    with pytest.raises(zarrstain.errors.ChannelError, match="reads no input channels"):
+        zarrstain.predict(zarrstain.open_image(store, "A/1/0"), backbone, options={"steps": 2})
     # its samples come from noise alone, still position-keyed
     x = torch.zeros(1, 0, 32, 32)
     a = backbone.with_options(steps=2).forward(x, seed=1)

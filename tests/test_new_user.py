@@ -96,7 +96,9 @@ def test_a_quantile_branch_trains_on_two_targets(backbone, tmp_path):
         "DNA (predicted)", "DNA (predicted) lower", "DNA (predicted) upper",
         "Membrane (predicted)", "Membrane (predicted) lower", "Membrane (predicted) upper",
     )  # fmt: skip
-    pred = zarrstain.predict(zarrstain.open_image(image), model, steps=2, halo="exact").values
+    pred = zarrstain.predict(
+        zarrstain.open_image(image), model, options={"steps": 2}, halo="exact"
+    ).values
     assert (pred[:, 1] <= pred[:, 0]).all() and (pred[:, 5] >= pred[:, 3]).all()
 
 

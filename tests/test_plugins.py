@@ -190,4 +190,18 @@ def test_a_family_from_another_package_trains_predicts_and_round_trips(plugin_en
     image = zarrstain.open_image(new, "A/1/0")
     assert list(image.coords["c"].values) == ["DNA (predicted)", "DNA (predicted) std"]
     np.testing.assert_allclose(image.values, expected, rtol=1e-5, atol=1e-5)
+    # the family's run option: a flag made from its declared schema, checked by zarrstain
+    scaled = tmp_path / "scaled.zarr"
+    _run(plugin_env, ZARRSTAIN, "predict", store, "--model", package, "--out", scaled,
+         "--halo", "exact", "--scene", "A/1/0", "--std-scale", "2")  # fmt: skip
+    values = zarrstain.open_image(scaled, "A/1/0").values
+    np.testing.assert_allclose(values[:, 0], expected[:, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(values[:, 1], 2 * expected[:, 1], rtol=1e-5, atol=1e-5)
+    bad = subprocess.run(
+        [ZARRSTAIN, "predict", store, "--model", package, "--std-scale", "-1"],
+        env=plugin_env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "--std-scale must be a number ≥ 0, not -1" in bad.stderr
+    help_text = _run(plugin_env, ZARRSTAIN, "predict", "--help").stdout
+    assert "--std-scale FLOAT" in help_text and "mean-std: Multiply the predicted std" in help_text
     assert "mean-std" not in ARCHITECTURES

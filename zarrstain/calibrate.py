@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dask
@@ -36,7 +36,7 @@ from .models import Model, load_model, save_model
 from .models.heads import Calibration, OutputHead, _check_alpha
 from .models.model import state_dict_hash
 from .normalize import normalize
-from .predict import predict
+from .predict import model_options, predict
 
 __all__ = ["METHODS", "calibrate", "interval_model", "scene_intervals", "target_scale"]
 
@@ -62,8 +62,7 @@ def calibrate(
     device: str = "auto",
     overwrite: bool = False,
     region: dict[str, slice] | None = None,
-    sampler: str | None = None,
-    steps: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Model:
     """Calibrate a model's intervals on held-out scenes; returns (and saves) the new model.
 
@@ -94,10 +93,11 @@ def calibrate(
     region
         Count only these voxels of each scene, e.g. ``{"x": slice(512, None)}``: the scene is
         still predicted whole (each voxel with its full context), then cropped.
-    sampler, steps
-        Sampled models (a control branch with quantile heads): the sampler settings to
-        calibrate at (default: the model's). The interval's width depends on them, so they
-        become the calibrated model's defaults and are recorded in its calibration.
+    options
+        The run options to calibrate at (sampled models, e.g. a control branch with quantile
+        heads: ``{"sampler": "ddim", "steps": 20}``; default: the model's). The interval's
+        width depends on them, so they become the calibrated model's defaults and are
+        recorded in its calibration.
 
     Raises
     ------
@@ -118,9 +118,9 @@ def calibrate(
     if method == "rcps" and not 0 < delta < 1:
         raise ParameterError(f"delta={delta!r} is not in (0, 1) ({option('delta=', '--delta')})")
     base = interval_model(model, alpha)
-    sampling = _sampling(base, sampler, steps)
-    if sampling:  # predicted, and then saved, with these settings as the model's defaults
-        kwargs = {**base.kwargs, "sampler": sampling["sampler"], "sample_steps": sampling["steps"]}
+    # predicted, and then saved, with these settings as the model's defaults
+    kwargs, sampling = base.spec.fix_options(base.kwargs, model_options(base, options))
+    if sampling:
         geo = base.spec.geometry(kwargs)
         base = _with_head(
             dataclasses.replace(base, kwargs=kwargs, receptive_radius=geo.receptive_radius),
@@ -201,20 +201,6 @@ def scene_intervals(
         names = model.output_labels[i * per_target : (i + 1) * per_target]
         centre, lower, upper = (pred.sel(c=names[k]).data for k in (0, lo_k, hi_k))
         yield i, centre, lower, upper, _target(image, label, model).rechunk(centre.chunks)
-
-
-def _sampling(model: Model, sampler: str | None, steps: int | None) -> dict[str, Any] | None:
-    """The sampler settings of a sampled model, checked (None for deterministic models)."""
-    if not model.spec.stochastic:
-        if sampler is not None or steps is not None:
-            raise ParameterError(
-                f"model {model.name} is not sampled; drop "
-                + option("sampler=/steps=", "--sampler/--steps")
-            )
-        return None
-    given = {"sampler": sampler, "steps": steps}
-    o = model.spec.configure(model.kwargs, {k: v for k, v in given.items() if v is not None})
-    return {"sampler": o["sampler"], "steps": int(o["steps"])}
 
 
 def target_scale(model: Model, i: int) -> float:

@@ -36,14 +36,11 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from .io.blockwrite import compute, gather
 from .io.integrity import ChunkReader
 from .io.metadata import DIMS
-from .models.architecture import Architecture
-from .models.cache import ModelHandle
-from .models.heads import OutputHead
 from .normalize import normalization_stats, safe_scale, stats_in_memory
 from .planner import TilePlan
 from .predict import normalization_args
 from .progress import PREDICT_PREFIX, block_done
-from .tiling import forward_items
+from .tiling import Forward
 
 if TYPE_CHECKING:
     from .pipeline import PredictionPlan
@@ -240,15 +237,7 @@ class StoreBlocks:
     norm_args: dict[str, Any]
     norm: tuple[np.ndarray, np.ndarray] | None  # offset and safe scale per (t, c); None: own
     clip: bool
-    handle: ModelHandle
-    spec: Architecture
-    spatial_dims: int
-    device: str
-    precision: str
-    batch: int
-    seed: int
-    head: OutputHead | None
-    options: dict[str, Any]
+    forward: Forward  # the model's one pass
     affine: tuple[np.ndarray, np.ndarray] | None  # to the target's units, per output channel
     rescale: tuple[float, float] | None  # (offset, scale) onto an integer dtype
     resources: dict[str, float] | None = None
@@ -303,11 +292,7 @@ class StoreBlocks:
             if self.clip:
                 x = np.clip(x, 0.0, 1.0)
         x = x.astype(np.float32, copy=False)
-        out = forward_items(
-            x, self.handle, self.spec, self.spatial_dims, self.device, self.precision,
-            self.batch, (t_lo, *origin), (sum(plan.chunks[0]), *plan.padded), self.seed, 0,
-            self.head, self.options,
-        )  # fmt: skip
+        out = self.forward(x, (t_lo, *origin), (sum(plan.chunks[0]), *plan.padded))
         block_done()
         out = out[(slice(None), slice(None), *crops)]
         if self.affine is not None:

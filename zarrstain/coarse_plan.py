@@ -24,12 +24,11 @@ from .coarse import (
 )
 from .io.metadata import DIMS
 from .io.read import source_token
-from .models.cache import ModelHandle
 from .normalize import stats_params
 from .predict import normalization_args, output_affine, prepare
 from .progress import PREDICT_PREFIX
 from .provenance import prediction_fingerprint, prediction_provenance
-from .tiling import block_options
+from .tiling import Forward
 from .units import rescale_map, rescale_record
 
 if TYPE_CHECKING:
@@ -64,10 +63,10 @@ def plan_scene(plan: PredictionPlan, scene: str, source: xr.DataArray) -> Planne
     units = "target" if opts["denormalize"] and model.output_intensity else "normalized"
     affine = output_affine(model) if units == "target" else None
     blocks = StoreBlocks(
-        inputs, prep.plan, method, args, None, clip, ModelHandle(model), model.spec,
-        model.spatial_dims, opts["device"], opts["precision"], opts["batch_size"] or 0,
-        opts["seed"], model.head, block_options(model.run_options), affine,
-        rescale_map(plan.write.dtype) if plan.rescale else None, opts["resources"],
+        inputs, prep.plan, method, args, None, clip,
+        Forward.of(model, device=opts["device"], precision=opts["precision"],
+                   batch=opts["batch_size"] or 0, seed=opts["seed"]),
+        affine, rescale_map(plan.write.dtype) if plan.rescale else None, opts["resources"],
     )  # fmt: skip
     record = prediction_provenance(
         prep.scene, model, prep.chosen, method, stats, prep.plan, opts["precision"], units,

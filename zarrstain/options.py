@@ -1,9 +1,10 @@
 """Validated, frozen option objects for predicting and writing.
 
 ``PredictOptions`` holds how a model runs over a scene (halo, normalization, inputs, blocks,
-device, precision, seed ...), ``WriteOptions`` where and how its channels are written (new store
-or in place, overwrite, dtypes, copied channels). Both are checked once, when built, with
-messages that name the Python argument or, under the CLI, the flag. The CLI builds them from
+device, precision, seed, and the model family's own run options), ``WriteOptions`` where and
+how its channels are written (new store or in place, overwrite, dtypes, copied channels).
+Both are checked once, when built, with messages that name the Python argument or, under the
+CLI, the flag. The CLI builds them from
 its flags; Python users build them directly and pass them to
 :func:`zarrstain.pipeline.plan_prediction` (``zarrstain.predict`` and ``write_channels``
 accept the same fields as keyword arguments).
@@ -109,25 +110,8 @@ class PredictOptions(_Options):
     resources: Mapping[str, float] | None = None
     seed: int = 0
     scratch: str | None = None
-    # samplers (diffusion models); None: the model's defaults
-    sampler: str | None = None
-    steps: int | None = None
-    eta: float | None = None
-    samples: int | None = None
-    keep_samples: bool | None = None
-    classes: Any = None
-    class_key: str | None = None
-    cfg_scale: float | None = None
-    guidance: Any = None
-    guidance_scale: float | None = None
-    guidance_class: str | None = None
-    scratch_every: int | None = None
-
-    def sampling(self) -> dict[str, Any]:
-        """The sampler fields given (not None), less the scene-dependent classes."""
-        names = ("sampler", "steps", "eta", "samples", "keep_samples", "cfg_scale",
-                 "guidance", "guidance_scale", "guidance_class", "scratch_every")  # fmt: skip
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+    #: the model family's run options (``predict(options=...)``), checked against its schema
+    options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         halo = self.halo
@@ -170,6 +154,11 @@ class PredictOptions(_Options):
             object.__setattr__(self, "input_channels", (channels,))
         elif channels is not None and not isinstance(channels, Mapping):
             object.__setattr__(self, "input_channels", tuple(str(c) for c in channels) or None)
+        if self.options is not None and not isinstance(self.options, Mapping):
+            raise ParameterError(
+                f"options must be a mapping of the model's run options like {{'steps': 20}}, "
+                f"not {self.options!r}"
+            )
         if self.resources is not None and not isinstance(self.resources, Mapping):
             raise ParameterError(
                 f"resources must be a mapping like {{'GPU': 1}}, not {self.resources!r}"

@@ -33,7 +33,7 @@ from .io.write import BATCH, list_complete, write_channels, write_predictions
 from .models import Model, load_model, relabel
 from .options import PredictOptions, WriteOptions, merge_options
 from .plan_format import format_plan
-from .predict import normalization_method, predict, run_model
+from .predict import model_options, normalization_method, predict, run_model
 from .progress import BlockProgress, ProgressCallback, cluster_progress
 from .scene_plan import ScenePlan, ScenePlanner
 from .timepoints import parse_time, time_range
@@ -233,10 +233,10 @@ class PredictionPlan:
 
 
 def _options_summary(model: Model) -> dict[str, Any]:
-    """The run options a user set or would want to see (not the schedule's internals)."""
-    keep = ("sampler", "steps", "eta", "samples", "keep_samples", "cfg_scale",
-            "guidance_scale")  # fmt: skip
-    return {k: model.options[k] for k in keep if k in model.options}
+    """The run options a user sets, as configured (not derived internals, models, or values
+    that differ per scene)."""
+    keep = [o.name for o in model.spec.run_schema if o.type != "model" and not o.scene]
+    return {k: model.options[k] for k in keep if model.options.get(k) is not None}
 
 
 def _refuse_nonfinite(scene: ScenePlan, counts: Any) -> None:
@@ -288,6 +288,7 @@ def plan_prediction(
     allow_constant_frames: bool = False,
     rescale: bool = False,
     storage_options: dict[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
     predict_options: PredictOptions | None = None,
     write_options: WriteOptions | None = None,
 ) -> PredictionPlan:
@@ -326,6 +327,9 @@ def plan_prediction(
         in the provenance (:func:`zarrstain.units.rescale`), instead of rounding them.
     storage_options
         fsspec options for URLs.
+    options
+        The model family's run options, as in :func:`zarrstain.predict`; checked once, and
+        resolved for each scene (a class map gives each its class).
     predict_options, write_options
         The same settings as validated objects (:mod:`zarrstain.options`), e.g. built once and
         reused for several stores; the keyword arguments they hold must then stay at their
@@ -344,7 +348,7 @@ def plan_prediction(
     options = merge_options(predict_options, PredictOptions, "predict_options", halo=halo,
                      normalize=normalization, input_channels=input_channels, device=device,
                      precision=precision, chunks=chunks, block_memory=block_memory,
-                     resources=resources)  # fmt: skip
+                     resources=resources, options=options)  # fmt: skip
     write = merge_options(
         write_options, WriteOptions, "write_options", out=out, overwrite=overwrite,
         dtype=dtype, copy_channels=copy_channels, storage_options=storage_options,
@@ -366,12 +370,11 @@ def plan_prediction(
         kinds = (np.dtype(meta_of(sid).levels[0].dtype) for sid in ids)
         dtype = next((d for d in kinds if d.kind in "iu"), None)
         write = write.replace(dtype=dtype)
-    if isinstance(options.guidance, str | os.PathLike):  # loaded once for every scene
-        options = options.replace(guidance=load_model(options.guidance))
-    # run options (a sampler's settings, each scene's class), checked for every scene
-    sampling = {**options.sampling(), "classes": options.classes, "class_key": options.class_key}
+    # the family's run options checked once (models they name loaded once for every scene)
+    run_options = model_options(model, options.options)
+    options = options.replace(options=run_options)
     # the model with the run options, as the first scene's (each scene's are checked below)
-    first_model = run_model(model, open_scene(source, ids[0]), **sampling) if ids else model
+    first_model = run_model(model, open_scene(source, ids[0]), run_options) if ids else model
     plan = PredictionPlan(
         store, first_model, [], method, options, write, times, allow_constant_frames,
         rescale=rescale, opened=source,
@@ -381,7 +384,7 @@ def plan_prediction(
     # In batches, each scene's arrays built, checked and (on plates) released: the plan of a
     # plate holds one batch's arrays at a time; fields whose metadata equal a field planned
     # already are planned like it, building nothing (see zarrstain.scene_plan).
-    planner = ScenePlanner(plan, model, time, sampling)
+    planner = ScenePlanner(plan, model, time, run_options)
     for first in range(0, len(ids), BATCH):
         part = ids[first : first + BATCH]
         # the batch's metadata first, concurrently (round trips to an object store)

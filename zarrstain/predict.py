@@ -15,7 +15,9 @@ import xarray as xr
 from .errors import ChannelError, ParameterError, ShapeMismatchError, option
 from .io.metadata import DIMS
 from .models.cache import resolve_device
+from .models.format import load_model
 from .models.model import Model
+from .models.schema import check_options
 from .normalize import METHODS, normalization_stats
 from .normalize import normalize as apply_normalization
 from .options import PredictOptions
@@ -25,7 +27,9 @@ from .tiling import TilePlan, plan_tiles, run_tiled
 __all__ = [
     "as_scene",
     "denormalize_outputs",
+    "model_options",
     "normalization_method",
+    "per_scene",
     "predict",
     "prepare",
     "run_model",
@@ -78,8 +82,8 @@ def select_inputs(
     need = model.in_channels
     if need == 0:
         raise ChannelError(
-            f"model {model.name} is an unconditional diffusion backbone: it reads no channels, "
-            "so it cannot predict from a scene; use a model conditioned on input channels"
+            f"model {model.name} reads no input channels (an unconditional model), so it "
+            "cannot predict from a scene; use a model conditioned on input channels"
         )
     if isinstance(input_channels, str):
         input_channels = [input_channels]
@@ -222,18 +226,7 @@ def predict(
     resources: dict[str, float] | None = None,
     seed: int = 0,
     scratch: str | os.PathLike | None = None,
-    sampler: str | None = None,
-    steps: int | None = None,
-    eta: float | None = None,
-    samples: int | None = None,
-    keep_samples: bool | None = None,
-    classes: Any = None,
-    class_key: str | None = None,
-    cfg_scale: float | None = None,
-    guidance: Any = None,
-    guidance_scale: float | None = None,
-    guidance_class: str | None = None,
-    scratch_every: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> xr.DataArray:
     """Predict the model's output channels for (t, c, z, y, x) data, lazily.
 
@@ -283,30 +276,17 @@ def predict(
         Memory budget of one block's forward pass (bytes or ``"4GiB"``); default
         :func:`zarrstain.planner.default_block_memory`.
     seed
-        Seed of stochastic models (samplers): their random numbers are a function of the
+        Seed of stochastic models: their random numbers are a function of the
         seed, the pass and global coordinates, never of the blocks. Ignored by deterministic
         models.
     scratch
         Folder for the intermediate passes of multi-pass models: they are then computed now,
         one pass at a time, and reused by a rerun after an interruption. Without it the passes
         chain lazily in one graph. Single-pass models never use it.
-    sampler, steps, eta, samples, keep_samples
-        Diffusion models: ``"ddim"`` (deterministic at ``eta=0``) or ``"ddpm"`` (ancestral),
-        the number of sampling steps (one pass each), and ``samples`` per field: written as
-        their mean (the output label) and ``"<label> std"``, plus ``"<label> sample k"``
-        with ``keep_samples``. None: the model's defaults.
-    classes, class_key
-        The scene's class for class-conditional models: a label, a mapping scene/well →
-        label, a :class:`zarrstain.classes.ClassMap` or a CSV/TSV table path; or
-        ``class_key``, an attribute of the field's or well's group.
-    cfg_scale
-        Classifier-free guidance weight w (ε_c + w·(ε_c − ε_∅)); models with a null class.
-    guidance, guidance_scale, guidance_class
-        A noise-conditioned classifier (:func:`zarrstain.load_model` or a path), the scale s
-        of classifier guidance (s = 0 samples exactly as without it), and the class it steers
-        towards (default: the scene's class).
-    scratch_every
-        Sampling steps chained between two states stored in ``scratch`` (default 5).
+    options
+        The model family's run options (its :attr:`~zarrstain.models.Architecture.run_schema`;
+        ``zarrstain predict --help`` lists every installed family's), e.g. a sampler's number
+        of steps. None: the model's defaults. A name the family does not declare is refused.
 
     Returns
     -------
@@ -320,15 +300,12 @@ def predict(
         halo=halo, normalize=normalize, input_channels=input_channels, chunks=chunks,
         device=device, batch_size=batch_size, precision=precision, block_memory=block_memory,
         denormalize=denormalize, resources=resources, seed=seed,
-        scratch=None if scratch is None else os.fspath(scratch),
+        scratch=None if scratch is None else os.fspath(scratch), options=options,
     )  # fmt: skip
     prep = prepare(
         data, model, halo=halo, normalize=normalize, input_channels=input_channels,
-        chunks=chunks, device=device, block_memory=block_memory, sampler=sampler, steps=steps,
-        eta=eta, samples=samples, keep_samples=keep_samples, classes=classes,
-        class_key=class_key, cfg_scale=cfg_scale, guidance=guidance,
-        guidance_scale=guidance_scale, guidance_class=guidance_class,
-        scratch_every=scratch_every,
+        chunks=chunks, device=device, block_memory=block_memory,
+        options=model_options(model, options),
     )  # fmt: skip
     scene, model, chosen, method, inputs, plan = (
         prep.scene, prep.model, prep.chosen, prep.method, prep.inputs, prep.plan
@@ -400,15 +377,16 @@ def prepare(
     chunks: Mapping[str, int] | Sequence[int | None] | None = None,
     device: str = "auto",
     block_memory: int | str | None = None,
-    **sampling: Any,
+    options: Mapping[str, Any] | None = None,
 ) -> Prepared:
-    """The checks and choices of :func:`predict` (same parameters); reads and computes nothing.
+    """The checks and choices of :func:`predict` (same parameters, ``options`` checked by
+    :func:`model_options`); reads and computes nothing.
 
     ``PredictionPlan.run`` uses it to compute blocks straight from a store, exactly as
     :func:`predict` tiles them.
     """
     scene = as_scene(data)
-    model = run_model(model, scene, **sampling)
+    model = run_model(model, scene, options or {})
     if not isinstance(data, xr.DataArray) and input_channels is None:
         input_channels = list(scene.coords["c"].values)  # unlabeled arrays: by position
     chosen = select_inputs(scene.coords["c"].values, model, input_channels)
@@ -430,10 +408,30 @@ def prepare(
     return Prepared(scene, model, chosen, method, inputs, plan)
 
 
-def run_model(model: Model, scene: xr.DataArray, **sampling: Any) -> Model:
-    """``model`` with the run options of this scene (sampler settings, the scene's class).
+def model_options(model: Model, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run options given for ``model``, checked against its family's schema once: names
+    it declares, values of their types, models given by path loaded.
 
-    Models that take no run options are returned as they are (and refuse any given).
+    Raises
+    ------
+    ParameterError
+        An option the family does not declare, or a bad value.
+    """
+    spec = model.spec
+    owner = f"architecture {spec.name!r} (model {model.name})"
+    return check_options(spec.run_schema, options, owner=owner, load_model=load_model)
+
+
+def per_scene(model: Model, options: Mapping[str, Any]) -> bool:
+    """Whether the options given may resolve differently per scene (a class map)."""
+    return any(o.scene and o.name in options for o in model.spec.run_schema)
+
+
+def run_model(model: Model, scene: xr.DataArray, options: Mapping[str, Any]) -> Model:
+    """``model`` with the run options of this scene (:func:`model_options`, then the
+    family's :meth:`~zarrstain.models.Architecture.scene_options`: the scene's class).
+
+    Models that take no run options are returned as they are.
 
     Raises
     ------
@@ -441,20 +439,11 @@ def run_model(model: Model, scene: xr.DataArray, **sampling: Any) -> Model:
         An option the model cannot use; a class-conditional model's missing or unknown class
         names the scene.
     """
-    from .classes import scene_class
-
-    classes, key = sampling.pop("classes", None), sampling.pop("class_key", None)
-    given = {k: v for k, v in sampling.items() if v is not None}
-    if isinstance(given.get("guidance"), str | os.PathLike):
-        from .models import load_model
-
-        given["guidance"] = load_model(given["guidance"])
-    if classes is not None or key is not None:
-        given["class_label"] = scene_class(classes, scene, key)
-    if not given and not model.spec.stochastic:
-        return model
+    name = scene.attrs.get("scene")
     try:
+        given = model.spec.scene_options(options, scene)
+        if not given and not model.spec.stochastic:
+            return model
         return model.with_options(**given)
     except ParameterError as e:
-        name = scene.attrs.get("scene")
         raise ParameterError(f"scene {name!r}: {e}" if name else str(e)) from None

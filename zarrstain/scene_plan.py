@@ -27,7 +27,7 @@ from .io.outstore import existing_out
 from .io.read import open_scene
 from .models import Model, renamable
 from .normalize import normalization_stats
-from .predict import normalization_args, run_model, select_inputs
+from .predict import normalization_args, per_scene, run_model, select_inputs
 from .timepoints import parse_time
 
 if TYPE_CHECKING:
@@ -225,19 +225,18 @@ class ScenePlanner:
 
     A plate's fields usually share shape, chunks, dtype, channels and scale: the first is
     planned in full and the others cost a comparison of parsed metadata. A field is planned
-    in full when the run options may differ per scene (classes), when zarrstain wrote into it
+    in full when the run options may differ per scene (a class map), when zarrstain wrote into it
     before (its provenance may refuse or skip it), or when its target already holds an
     output label (whether it is done then depends on its fingerprint).
     """
 
     def __init__(
-        self, plan: PredictionPlan, model: Model, time: Any, sampling: dict[str, Any]
+        self, plan: PredictionPlan, model: Model, time: Any, options: dict[str, Any]
     ) -> None:
-        self.plan, self.model, self.time, self.sampling = plan, model, time, sampling
+        self.plan, self.model, self.time, self.options = plan, model, time, options
         #: metadata key → the scene planned in full, and a builder for scenes like it
         self.seen: dict[Hashable, tuple[ScenePlan, Callable[[str], Any]]] = {}
-        per_scene = sampling.get("classes") is not None or sampling.get("class_key") is not None
-        self.enabled = plan.opened is not None and not per_scene
+        self.enabled = plan.opened is not None and not per_scene(model, options)
         write = plan.write
         self.out = existing_out(write.out, "r", write.storage_options) if write.out else None
 
@@ -252,7 +251,7 @@ class ScenePlanner:
             return ScenePlan.like(like[0], sid, like[1](sid))
         build = functools.partial(build_scene, self.plan, sid)
         arrays = build()
-        scene_model = run_model(self.model, arrays.source, **self.sampling)  # checked per scene
+        scene_model = run_model(self.model, arrays.source, self.options)  # checked per scene
         if self.plan.write.out is None:
             protect_acquired(arrays.source, scene_model, sid)
         planned = ScenePlan(sid, "to write", build, arrays)

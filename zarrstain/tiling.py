@@ -24,6 +24,8 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
 
 import dask
 import dask.array as da
@@ -47,12 +49,12 @@ from .progress import PREDICT_PREFIX, block_done
 
 __all__ = [
     "PRECISIONS",
+    "Forward",
     "TilePlan",
     "auto_halo",
     "block_options",
     "bytes_per_voxel",
     "default_block_memory",
-    "forward_items",
     "plan_tiles",
     "predict_whole",
     "run_tiled",
@@ -105,72 +107,91 @@ def _origins(
     return [(t0 + i, z0 + j, y0, x0) for i in range(t) for j in range(z)]
 
 
-def forward_items(
-    x: np.ndarray,
-    handle: ModelHandle,
-    spec: Architecture,
-    spatial_dims: int,
-    device: str,
-    precision: str,
-    batch: int,
-    origin: tuple[int, int, int, int] = (0, 0, 0, 0),
-    volume: tuple[int, int, int, int] | None = None,
-    seed: int = 0,
-    step: int = 0,
-    head: OutputHead | None = None,
-    options: dict | None = None,
-) -> np.ndarray:
-    """Run one pass of the model on (t, c, z, y, x), as 3D volumes or (y, x) planes, in batches.
+@dataclass(frozen=True)
+class Forward:
+    """How one pass of a model runs on blocks: what every block task of the pass carries.
 
-    ``origin`` is the global (t, z, y, x) of the first voxel in the padded volume ``volume``
-    (what the architecture's block context reports). ``head``: on the last pass, the output
-    head that turns raw outputs into written channels.
+    Attributes
+    ----------
+    handle, spec, spatial_dims
+        The model (a small handle tasks pickle), its architecture and its spatial dims.
+    device, precision, batch
+        Where and in what precision it runs, and items per forward (0: all in a block).
+    seed, step
+        The run's seed and the pass (both reach the architecture's block context).
+    head
+        On the last pass, the output head that turns raw outputs into written channels.
+    options
+        The model's run options as tasks carry them (:func:`block_options`).
     """
-    dev = resolve_device(device)
-    match_worker_threads()
-    module = placed_module(handle, dev)
-    t, c, z, y, xx = x.shape
-    items = x if spatial_dims == 3 else x.transpose(0, 2, 1, 3, 4).reshape(t * z, c, y, xx)
-    origins = _origins(origin, x.shape, spatial_dims)
-    volume = volume or (t, z, y, xx)
-    amp = PRECISIONS[precision]
-    size = batch or items.shape[0]
-    outs = []
-    with forward_lock(dev), torch.inference_mode(), _tf32(dev, precision == "tf32"):
-        for i in range(0, items.shape[0], size):
-            tensor = torch.from_numpy(np.ascontiguousarray(items[i : i + size]))
-            tensor = tensor.to(dev, dtype=torch.float32)
-            context = BlockContext(
-                tuple(origins[i : i + size]), volume, seed, step, dev, options or {}
-            )
-            ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else nullcontext()
-            with ctx:
-                result = spec.run(module, tensor, context)
-            if head is not None:  # per voxel, in float32 whatever the precision
-                result = head.reduce(result.float())
-            outs.append(result.float().cpu().numpy())
-    out = np.concatenate(outs)
-    if spatial_dims == 2:
-        out = out.reshape(t, z, -1, y, xx).transpose(0, 2, 1, 3, 4)
-    return out
+
+    handle: ModelHandle
+    spec: Architecture
+    spatial_dims: int
+    device: str = "cpu"
+    precision: str = "float32"
+    batch: int = 0
+    seed: int = 0
+    step: int = 0
+    head: OutputHead | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: Model, *, step: int = 0, last: bool = True, **run: Any) -> Forward:
+        """The forward of ``model``'s pass ``step`` (``run``: device, precision, batch, seed)."""
+        head = model.head if last else None
+        options = block_options(model.run_options)
+        return cls(ModelHandle(model), model.spec, model.spatial_dims, step=step, head=head,
+                   options=options, **run)  # fmt: skip
+
+    def __call__(
+        self,
+        x: np.ndarray,
+        origin: tuple[int, int, int, int] = (0, 0, 0, 0),
+        volume: tuple[int, int, int, int] | None = None,
+    ) -> np.ndarray:
+        """Run the pass on (t, c, z, y, x), as 3D volumes or (y, x) planes, in batches.
+
+        ``origin`` is the global (t, z, y, x) of the first voxel in the padded volume
+        ``volume`` (what the architecture's block context reports).
+        """
+        dev = resolve_device(self.device)
+        match_worker_threads()
+        module = placed_module(self.handle, dev)
+        t, c, z, y, xx = x.shape
+        flat = self.spatial_dims == 3
+        items = x if flat else x.transpose(0, 2, 1, 3, 4).reshape(t * z, c, y, xx)
+        origins = _origins(origin, x.shape, self.spatial_dims)
+        volume = volume or (t, z, y, xx)
+        amp = PRECISIONS[self.precision]
+        size = self.batch or items.shape[0]
+        outs = []
+        with forward_lock(dev), torch.inference_mode(), _tf32(dev, self.precision == "tf32"):
+            for i in range(0, items.shape[0], size):
+                tensor = torch.from_numpy(np.ascontiguousarray(items[i : i + size]))
+                tensor = tensor.to(dev, dtype=torch.float32)
+                context = BlockContext(
+                    tuple(origins[i : i + size]), volume, self.seed, self.step, dev, self.options
+                )
+                ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else nullcontext()
+                with ctx:
+                    result = self.spec.run(module, tensor, context)
+                if self.head is not None:  # per voxel, in float32 whatever the precision
+                    result = self.head.reduce(result.float())
+                outs.append(result.float().cpu().numpy())
+        out = np.concatenate(outs)
+        if not flat:
+            out = out.reshape(t, z, -1, y, xx).transpose(0, 2, 1, 3, 4)
+        return out
 
 
 def _block(
     block: np.ndarray,
     *,
-    handle: ModelHandle,
-    spec: Architecture,
-    spatial_dims: int,
+    forward: Forward,
     halo: tuple[int, int, int],
     starts: tuple[tuple[int, ...], ...],
     volume: tuple[int, int, int, int],
-    device: str,
-    precision: str,
-    batch: int,
-    seed: int,
-    step: int,
-    head: OutputHead | None = None,
-    options: dict | None = None,
     block_info: dict | None = None,
 ) -> np.ndarray:
     info = block_info[None]
@@ -181,10 +202,7 @@ def _block(
         starts[0][loc[0]],
         *(starts[i][loc[i + 1]] - lows[i - 1] for i in (1, 2, 3)),
     )
-    out = forward_items(
-        block, handle, spec, spatial_dims, device, precision, batch, origin, volume, seed, step,
-        head, options,
-    )  # fmt: skip
+    out = forward(block, origin, volume)
     block_done()
     index: list[slice] = [slice(None), slice(None)]
     for axis, h in enumerate(halo, start=2):
@@ -217,9 +235,9 @@ def run_tiled(
         The run's seed (passed to the architecture in each block's context), and a folder
         (a zarr store) where the intermediate passes of a multi-pass model are computed and
         kept: then this call computes them (bounded memory: one pass at a time, or the
-        ``scratch_every`` run option's number of passes chained), and a call after an
-        interruption resumes from the last stored pass. Without a scratch store the
-        passes chain lazily in one graph.
+        architecture's :meth:`~zarrstain.models.Architecture.stored_every` passes chained),
+        and a call after an interruption resumes from the last stored pass. Without a
+        scratch store the passes chain lazily in one graph.
 
     Returns
     -------
@@ -234,7 +252,7 @@ def run_tiled(
     out = padded.rechunk((tc, -1, zc, yc, xc))
     last = len(plan.halos) - 1
     n_in, n_out = int(data.shape[1]), len(model.output_labels)
-    every = int(model.run_options.get("scratch_every", 1))  # passes chained between stored states
+    every = model.spec.stored_every(model.config)  # passes chained between stored states
     stored = {s for s in range(last) if (s + 1) % every == 0} if scratch is not None else set()
     channels = [
         n_out if s == last else model.spec.pass_channels(model.config, s, n_in, n_out)
@@ -257,8 +275,9 @@ def run_tiled(
         # dask.distributed runs tasks annotated with resources only on workers that have them
         annotate = dask.annotate(resources=resources) if resources else nullcontext()
         with annotate:
-            out = _map_pass(out, model, plan, plan.halos[step], step, channels[step], device,
-                            precision, batch_size, seed, names[step])  # fmt: skip
+            forward = Forward.of(model, step=step, last=step == last, device=device,
+                                 precision=precision, batch=batch_size or 0, seed=seed)  # fmt: skip
+            out = _map_pass(out, forward, plan, plan.halos[step], channels[step], names[step])
         if step in stored:
             out = persist_pass(out, scratch, step)
     z, y, x = plan.shape
@@ -288,15 +307,10 @@ def _pass_name(
 
 def _map_pass(
     arr: da.Array,
-    model: Model,
+    forward: Forward,
     plan: TilePlan,
     halo: tuple[int, int, int],
-    step: int,
     channels: int,
-    device: str,
-    precision: str,
-    batch_size: int | None,
-    seed: int,
     name: str,
 ) -> da.Array:
     tc, zc, yc, xc = plan.chunks
@@ -312,24 +326,15 @@ def _map_pass(
         dtype=np.float32,
         meta=np.empty((0, 0, 0, 0, 0), np.float32),
         name=name,
-        handle=ModelHandle(model),
-        spec=model.spec,
-        spatial_dims=model.spatial_dims,
+        forward=forward,
         halo=halo,
         starts=starts,
         volume=(sum(tc), *plan.padded),
-        device=device,
-        precision=precision,
-        batch=batch_size or 0,
-        seed=seed,
-        step=step,
-        head=model.head if step == len(plan.halos) - 1 else None,
-        options=block_options(model.run_options),
     )
 
 
 def block_options(options: dict) -> dict:
-    """Run options as tasks carry them: models (a guidance classifier) as small handles."""
+    """Run options as tasks carry them: models among them as small handles."""
     return {k: ModelHandle(v) if isinstance(v, Model) else v for k, v in options.items()}
 
 
@@ -348,12 +353,11 @@ def predict_whole(
     """
     plan = plan_tiles((data.shape[0], *data.shape[2:]), model, halo=0)
     out = np.pad(np.asarray(data, np.float32), _pad_width(plan), mode="reflect")
-    handle, volume = ModelHandle(model), (out.shape[0], *out.shape[2:])
+    volume = (out.shape[0], *out.shape[2:])
     last = len(plan.halos) - 1
     for step in range(last + 1):
-        out = forward_items(out, handle, model.spec, model.spatial_dims, device, precision, 1,
-                       volume=volume, seed=seed, step=step,
-                       head=model.head if step == last else None,
-                       options=model.run_options)  # fmt: skip
+        forward = Forward.of(model, step=step, last=step == last, device=device,
+                             precision=precision, batch=1, seed=seed)  # fmt: skip
+        out = forward(out, volume=volume)
     z, y, x = plan.shape
     return out[:, :, :z, :y, :x]

@@ -23,10 +23,12 @@ architecture for
   :class:`BlockContext` with the block's global position, the seed and the pass: so
   position-dependent or seeded models (diffusion samplers) get numbers that depend on global
   coordinates, never on the chunking;
-- its **run options** (:meth:`Architecture.configure`): settings of one prediction that are
-  not part of the trained model (a sampler's steps, samples and class), checked and completed
-  with defaults; they may change the passes and the channels written, and reach
-  :meth:`Architecture.run` in the block context;
+- its **run options**: settings of one prediction that are not part of the trained model (a
+  sampler's steps, samples and class), declared as a schema (:attr:`Architecture.run_schema`,
+  :mod:`zarrstain.models.schema`: the engine checks names and types, the CLI makes flags),
+  completed with defaults (:meth:`Architecture.configure`) and resolved per scene
+  (:meth:`Architecture.scene_options`); they may change the passes and the channels written,
+  and reach :meth:`Architecture.run` in the block context;
 - its **training loss** (:meth:`Architecture.loss`, or a whole :meth:`Architecture.training_step`
   for models that train on something other than a forward of the inputs, such as a denoiser)
   and the keyword arguments a :class:`~zarrstain.training.TrainConfig` implies
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ParameterError
+from .schema import Option, declared
 
 if TYPE_CHECKING:  # torch is imported by the modules that run models, not by the protocol
     import torch
@@ -202,6 +205,20 @@ class Architecture:
     #: ``{"fnet3d": {"ndim": 3}}`` (``zarrstain train --model fnet3d``)
     aliases: Mapping[str, Mapping[str, Any]] = {}  # read only, never mutated
 
+    @property
+    def run_schema(self) -> tuple[Option, ...]:
+        """The run options a prediction may set (:mod:`zarrstain.models.schema`): ``predict
+        (options=...)`` refuses others, and the CLI makes a flag of each. Default: those the
+        family declares as an entry point of ``zarrstain.options``; a family registered in
+        code may set this as a class attribute instead."""
+        return declared(self.name).run
+
+    @property
+    def train_schema(self) -> tuple[Option, ...]:
+        """The training settings of this family beyond :class:`~zarrstain.training.TrainConfig`'s
+        common ones; declared like :attr:`run_schema`."""
+        return declared(self.name).train
+
     def build(self, **kwargs: Any) -> nn.Module:
         """The module, constructed from a model card's keyword arguments."""
         raise NotImplementedError
@@ -231,10 +248,40 @@ class Architecture:
         if given:
             raise ParameterError(
                 f"architecture {self.name!r} takes no run options, so "
-                f"{', '.join(sorted(given))} cannot apply; they are for diffusion models "
-                "(samplers)"
+                f"{', '.join(sorted(given))} cannot apply"
             )
         return {}
+
+    def scene_options(self, options: Mapping[str, Any], scene: Any) -> dict[str, Any]:
+        """The run options of one scene, from those given (checked against :attr:`run_schema`).
+
+        Options declared with ``scene=True`` (a class map) are resolved here for ``scene``, a
+        (t, c, z, y, x) DataArray whose attrs carry its name and its groups' attributes.
+        Default: the options as given.
+        """
+        return dict(options)
+
+    def fix_options(
+        self, kwargs: dict[str, Any], options: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Make run options part of the model (a calibration depends on them).
+
+        Returns the card's kwargs with ``options`` as the model's defaults, and the settings
+        that change what it predicts, for the record (None: a model without such settings).
+        Default: no run options, so any given is refused.
+
+        Raises
+        ------
+        ParameterError
+            Options this model cannot take.
+        """
+        self.configure(kwargs, options)  # refuses any option given
+        return kwargs, None
+
+    def stored_every(self, config: dict[str, Any]) -> int:
+        """Passes chained between two states kept in a scratch store (multi-pass models): more
+        passes per state, fewer writes, more recomputed after an interruption. Default 1."""
+        return 1
 
     def output_head(self, kwargs: dict[str, Any]) -> OutputHead:
         """The head between the module's raw output and the channels written.

@@ -35,10 +35,12 @@ import torch
 from torch import nn
 
 from .. import noise
+from ..classes import scene_class
 from ..errors import ParameterError, option
 from .architecture import Architecture, BlockContext, Geometry
 from .chains import CHAINS, SamplesHead, drive
 from .denoiser import ATTENTION, NORMS, Denoiser, denoiser_receptive_radius
+from .diffusion_options import SAMPLERS
 from .heads import OutputHead, _masked_mean
 from .schedules import OBJECTIVES, SCHEDULES, Schedule, make_schedule, timesteps
 
@@ -46,7 +48,6 @@ __all__ = ["SAMPLERS", "DiffusionArchitecture", "SamplesHead", "schedule_of"]
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("ddim", "ddpm")
 #: random-number purposes: the initial noise, and the noise each stochastic step adds
 _INIT, _STEP = 1, 2
 _MODULE_KEYS = ("ndim", "in_channels", "out_channels", "width", "mults", "blocks", "norm",
@@ -94,6 +95,26 @@ class DiffusionArchitecture(Architecture):
     loss_name = "MSE (diffusion objective)"
     default_ema = 0.999
     conditional = "optional"
+
+    def scene_options(self, options: Mapping[str, Any], scene: Any) -> dict[str, Any]:
+        """The scene's class, from ``class_label`` (every scene), or ``classes`` / ``class_key``
+        (:func:`zarrstain.classes.scene_class`: a table, a mapping or a group attribute)."""
+        out = dict(options)
+        classes, key = out.pop("classes", None), out.pop("class_key", None)
+        if out.get("class_label") is None and (classes is not None or key is not None):
+            out["class_label"] = scene_class(classes, scene, key)
+        return out
+
+    def fix_options(
+        self, kwargs: dict[str, Any], options: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The sampler and steps as the card's defaults (an interval's width depends on them)."""
+        o = self._configure(kwargs, options)
+        fixed = {**kwargs, "sampler": o["sampler"], "sample_steps": int(o["steps"])}
+        return fixed, {"sampler": o["sampler"], "steps": int(o["steps"])}
+
+    def stored_every(self, config: dict[str, Any]) -> int:
+        return int(self._options(config).get("scratch_every", 1))
 
     def build(self, **kwargs: Any) -> nn.Module:
         classes = len(kwargs.get("class_names") or ())

@@ -10,17 +10,27 @@ checkpoints, TorchScript, VisCy checkpoints, bioimage.io packages) are declared 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelError
+from ..errors import ModelError, option
 from .plugins import FORMAT_GROUP, PluginRegistry
 
 if TYPE_CHECKING:
     from .model import Model
 
-__all__ = ["FORMATS", "ModelFormat", "find_format", "formats"]
+__all__ = [
+    "FORMATS",
+    "ModelFormat",
+    "find_format",
+    "formats",
+    "load_model",
+    "relabel",
+    "renamable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +108,72 @@ def load_with(path: Path, card: dict[str, Any] | str | None) -> Model:
             f"{path!s} is {fmt.description}, which describes itself; card= is for {carded} only"
         )
     return fmt.load(path, card)
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    output_label: str | None = None,
+    card: dict[str, Any] | str | os.PathLike | None = None,
+) -> Model:
+    """Load a model from disk.
+
+    Parameters
+    ----------
+    path
+        A zarrstain model package folder (``card.json`` + ``weights.pt``), a pytorch_fnet
+        checkpoint (``model.p``, or the folder holding it, in either of pytorch_fnet's formats),
+        a TorchScript file, a VisCy Lightning checkpoint (``.ckpt``:
+        :mod:`zarrstain.models.viscy`) or a bioimage.io model package (a folder or zip with
+        ``rdf.yaml``: :mod:`zarrstain.models.bioimageio`); or any file an installed format
+        plug-in opens (:mod:`zarrstain.models.format`).
+    output_label
+        Label of the predicted channel (models of one target; a head's other channels follow
+        it: ``"Nuclei"``, ``"Nuclei lower"``, ...); pytorch_fnet checkpoints carry none and
+        default to ``"<folder> (predicted)"``.
+    card
+        TorchScript files without a card inside or beside them (``model.json``), and VisCy
+        checkpoints (channel labels, settings without weights): the card, a dict or a file
+        (see :mod:`zarrstain.models.torchscript`, :mod:`zarrstain.models.viscy`).
+
+    Raises
+    ------
+    ModelError
+        Nothing loadable at ``path``, or a file that is not a model zarrstain understands.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(
+            f"no model at {path!s}; pass a zarrstain model folder or a pytorch_fnet model.p"
+        )
+    model = load_with(p, None if card is None else card if isinstance(card, dict) else str(card))
+    if card is not None:  # dask workers reload the model from its source with the same card
+        model = dataclasses.replace(
+            model, source_card=card if isinstance(card, dict) else str(card)
+        )
+    return model if output_label is None else relabel(model, output_label)
+
+
+def renamable(model: Model) -> bool:
+    """Whether ``model`` predicts one target (its outputs are that target's heads)."""
+    return len(model.output_labels) == len(model.spec.heads(model.kwargs))
+
+
+def relabel(model: Model, output_label: str) -> Model:
+    """``model`` writing its one target as ``output_label`` (its other heads add their suffix).
+
+    Raises
+    ------
+    ModelError
+        The model predicts several targets.
+    """
+    if not renamable(model):
+        raise ModelError(
+            f"model {model.name} predicts {len(model.output_labels)} channels "
+            f"{list(model.output_labels)}; "
+            + option("output_label", "--output-label")
+            + " renames only models of one target"
+        )
+    heads = model.spec.heads(model.kwargs)
+    labels = tuple(output_label + h.suffix for h in heads)
+    return dataclasses.replace(model, output_labels=labels)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from .architecture import Architecture, BlockContext
+from .registry import get_architecture
+
 if TYPE_CHECKING:
-    from .architecture import Architecture, Geometry, Head
+    from .architecture import Geometry, Head
     from .heads import OutputHead
 
 __all__ = ["Model", "plain_options", "run_token", "state_dict_hash"]
@@ -155,8 +158,6 @@ class Model:
     @property
     def spec(self) -> Architecture:
         """The registered architecture (:mod:`zarrstain.models.architecture`) of the module."""
-        from .registry import get_architecture
-
         return get_architecture(self.architecture)
 
     @property
@@ -193,7 +194,6 @@ class Model:
         original module is used (prediction over a store uses the architecture's
         ``inference_module``, equal to float32 rounding).
         """
-        from .architecture import BlockContext
 
         for step in range(self.geometry.passes):
             context = BlockContext.whole(x, seed, step, self.run_options)
@@ -224,3 +224,55 @@ class Model:
             "source": self.source,
             **({"options": plain_options(self.options)} if self.options else {}),
         }
+
+
+def create_model(
+    architecture: str,
+    *,
+    input_labels: Sequence[str],
+    output_labels: Sequence[str],
+    normalization: str = "center",
+    name: str | None = None,
+    output_intensity: Sequence[tuple[float, float]] = (),
+    **kwargs: Any,
+) -> Model:
+    """A new (untrained) model of a registered architecture.
+
+    Parameters
+    ----------
+    architecture
+        Registry name, e.g. ``"fnet"``.
+    input_labels, output_labels
+        Channel labels the model reads and predicts.
+    normalization
+        Input normalization ``predict`` applies (``"center"``, ``"zscore"``, ``"percentile"``,
+        ``"none"``).
+    name
+        For provenance; default the architecture name.
+    output_intensity
+        ``(offset, scale)`` per output mapping predictions to the target's units.
+    **kwargs
+        The architecture's arguments (fnet: ``ndim``, ``depth``, ``mult_chan``); the
+        architecture fills in channel counts from the labels
+        (:meth:`~zarrstain.models.Architecture.channels`).
+    """
+    spec = get_architecture(architecture)
+    kwargs = spec.channels(kwargs, len(input_labels), len(output_labels))
+    module = spec.make_module(kwargs).eval()
+    geo = spec.geometry(kwargs)
+    model = Model(
+        name=name or architecture,
+        module=module,
+        spatial_dims=geo.spatial_dims,
+        input_labels=tuple(input_labels),
+        output_labels=tuple(output_labels),
+        divisor=geo.divisor,
+        receptive_radius=geo.receptive_radius,
+        normalization=normalization,
+        architecture=architecture,
+        kwargs=dict(kwargs),
+        content_hash=state_dict_hash(module, architecture, kwargs),
+        output_intensity=tuple((float(o), float(s)) for o, s in output_intensity),
+    )
+    model.outputs  # noqa: B018 - labels must match the heads; fail at creation, not at predict
+    return model

@@ -10,6 +10,9 @@ CLI, a notebook, a dask worker) with no ``register`` call and no ``--preload``::
     [project.entry-points."zarrstain.formats"]
     mean-std-json = "my_package.family:JsonFormat"  # a ModelFormat subclass or instance
 
+    [project.entry-points."zarrstain.options"]
+    mean-std = "my_package.options:OPTIONS"       # a FamilyOptions: its flags, read lightly
+
 The entry point's name is the plug-in's ``name`` (the architecture name model cards store).
 zarrstain's own families and formats are declared the same way in its ``pyproject.toml``.
 
@@ -29,7 +32,7 @@ from typing import Generic, TypeVar
 
 from ..errors import ModelError
 
-__all__ = ["ARCHITECTURE_GROUP", "FORMAT_GROUP", "PluginRegistry"]
+__all__ = ["ARCHITECTURE_GROUP", "FORMAT_GROUP", "OPTIONS_GROUP", "PluginRegistry"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,10 @@ logger = logging.getLogger(__name__)
 ARCHITECTURE_GROUP = "zarrstain.architectures"
 #: entry-point group of model file formats (:class:`~zarrstain.models.ModelFormat`)
 FORMAT_GROUP = "zarrstain.formats"
+#: entry-point group of model families' option schemas
+#: (:class:`~zarrstain.models.schema.FamilyOptions`, by family name): light modules, read
+#: without importing the families, so that ``zarrstain predict --help`` imports no torch
+OPTIONS_GROUP = "zarrstain.options"
 #: ours win a clash of names, so a stray plug-in cannot shadow a built-in family
 _OWN = "zarrstain"
 
@@ -54,10 +61,12 @@ class PluginRegistry(MutableMapping[str, T], Generic[T]):
         The base class every plug-in must be an instance of (a subclass is instantiated).
     what
         What a plug-in is, for messages (``"architecture"``).
+    named
+        Plug-ins carry a ``name`` that must be their entry point's.
     """
 
-    def __init__(self, group: str, kind: type, what: str) -> None:
-        self.group, self.kind, self.what = group, kind, what
+    def __init__(self, group: str, kind: type, what: str, *, named: bool = True) -> None:
+        self.group, self.kind, self.what, self.named = group, kind, what, named
         self._items: dict[str, T] = {}
         self._points: dict[str, EntryPoint] | None = None
         self._failed: set[str] = set()
@@ -112,7 +121,7 @@ class PluginRegistry(MutableMapping[str, T], Generic[T]):
                 f"{obj.__name__ if isinstance(obj, type) else type(obj).__name__}, not an "
                 f"instance or subclass of {self.kind.__name__}"
             )
-        if getattr(obj, "name", None) != name:
+        if self.named and getattr(obj, "name", None) != name:
             raise ModelError(
                 f"the {self.what} plug-in {ep.value} (from {dist}) is declared as {name!r} but "
                 f"is named {getattr(obj, 'name', None)!r}; the entry point's name must be its name"
@@ -131,6 +140,10 @@ class PluginRegistry(MutableMapping[str, T], Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._items or name in self.entry_points()
 
+    def loaded(self) -> dict[str, T]:
+        """The plug-ins registered or loaded so far (importing nothing more)."""
+        return dict(self._items)
+
     def load_all(self) -> dict[str, T]:
         """Every plug-in, those that fail to import skipped with a warning (once)."""
         for name in self.entry_points():
@@ -144,6 +157,8 @@ class PluginRegistry(MutableMapping[str, T], Generic[T]):
         return dict(self._items)
 
     def __iter__(self) -> Iterator[str]:
+        if not self.named:  # names are the entry points' own: listing them imports nothing
+            return iter(dict.fromkeys([*self._items, *self.entry_points()]))
         return iter(self.load_all())
 
     def __len__(self) -> int:

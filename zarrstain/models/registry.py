@@ -9,13 +9,14 @@ a cluster's workers need an entry point (or a ``--preload`` of the registering m
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
 from .architecture import Architecture
 from .plugins import ARCHITECTURE_GROUP, PluginRegistry
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["ARCHITECTURES", "aliases", "build", "get_architecture", "register", "resolve"]
 

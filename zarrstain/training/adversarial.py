@@ -27,13 +27,11 @@ from torch.nn import functional
 
 from ..errors import ParameterError, option
 from ..models.architecture import Architecture, BlockContext
+from .gan_options import GAN_LOSSES, RECONSTRUCTION_LOSSES
 
 __all__ = ["GAN_LOSSES", "RECONSTRUCTION_LOSSES", "Adversary", "GanSettings", "PatchDiscriminator"]
 
 logger = logging.getLogger(__name__)
-
-GAN_LOSSES = ("bce", "lsgan")
-RECONSTRUCTION_LOSSES = ("mse", "l1")
 
 
 @dataclass(frozen=True)

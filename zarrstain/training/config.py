@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from ..errors import ParameterError, option
 from ..models.architecture import Architecture, Geometry
 from ..models.heads import OutputHead, make_head
 from ..models.registry import ARCHITECTURES, aliases, resolve
+from ..models.schema import check_options, declared
 from ..normalize import METHODS
 
 __all__ = ["FREEZE", "TrainConfig", "build_config", "training_models"]
@@ -301,19 +303,46 @@ def _positive_int(name: str, value: Any) -> None:
         raise ParameterError(f"{_flag(name)} must be a whole number ≥ 1, not {value!r}")
 
 
+def family_settings(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the training settings of ``model``'s family (pix2pix: its
+    own and its generator's are refused alike when not declared).
+
+    Raises
+    ------
+    ParameterError
+        A setting the family does not declare (the message lists those it does), a bad value.
+    """
+    name = resolve(model)[0]
+    if model == PIX2PIX:
+        schema, owner = declared(PIX2PIX).train, "pix2pix training"
+    elif name in ARCHITECTURES:
+        schema, owner = ARCHITECTURES[name].train_schema, f"architecture {name!r}"
+    else:
+        return dict(options)  # an unknown model: TrainConfig names what exists
+    return check_options(schema, options, owner=owner)
+
+
 def build_config(
-    file: str | os.PathLike | None = None, *, paper: bool = False, **overrides: Any
+    file: str | os.PathLike | None = None,
+    *,
+    paper: bool = False,
+    options: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> TrainConfig:
     """A :class:`TrainConfig` from an experiment file, ``paper`` defaults and keyword overrides.
 
     The file is YAML or TOML, flat or in sections (:mod:`zarrstain.training.experiment`; its
-    stores are :func:`~zarrstain.training.experiment.read_experiment`'s). Unknown keys and
-    missing inputs/targets raise :class:`~zarrstain.errors.ParameterError`.
+    stores are :func:`~zarrstain.training.experiment.read_experiment`'s). ``options`` are the
+    model family's own training settings, checked against its
+    :attr:`~zarrstain.models.Architecture.train_schema` (what ``zarrstain train`` makes flags
+    of). Unknown keys and missing inputs/targets raise :class:`~zarrstain.errors.ParameterError`.
     """
     from .experiment import read_experiment
 
     values: dict[str, Any] = read_experiment(file)[1] if file is not None else {}
     values.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
+    if options:
+        values.update(family_settings(str(values.get("model") or "fnet3d"), options))
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -1,7 +1,8 @@
 """A plug-in model family: a local 2D convolution predicting a value and its std per target.
 
-Two entry points (see ``pyproject.toml``): the architecture ``mean-std`` (trained with
-``zarrstain train --model mean-std``, predicted with ``zarrstain predict``), and the format
+Three entry points (see ``pyproject.toml``): the architecture ``mean-std`` (trained with
+``zarrstain train --model mean-std``, predicted with ``zarrstain predict``); its run option
+``std_scale`` (``options.py``: ``zarrstain predict --std-scale 2``); and the format
 ``mean-std-json``: a JSON file of weights (``*.meanstd.json``) that ``zarrstain.load_model``
 opens like any model file.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,14 @@ class MeanStd(Architecture):
     def channels(self, kwargs: dict[str, Any], n_inputs: int, n_outputs: int) -> dict[str, Any]:
         return {"in_channels": n_inputs, "out_channels": n_outputs, **kwargs}
 
+    def configure(self, kwargs: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+        # the run options declared in options.py, checked by zarrstain, completed here
+        return {"std_scale": float(options.get("std_scale", 1.0))}
+
     def run(self, module: nn.Module, x: torch.Tensor, context: Any) -> torch.Tensor:
         out = module(x)
-        return torch.cat([out[:, 0::2], nn.functional.softplus(out[:, 1::2])], 1)
+        std = nn.functional.softplus(out[:, 1::2]) * context.options.get("std_scale", 1.0)
+        return torch.cat([out[:, 0::2], std], 1)
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.gaussian_nll_loss(prediction[:, 0::2], target, prediction[:, 1::2])
