@@ -27,6 +27,7 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check zarrstain cli tests examples benchmarks
 	$(VENV)/bin/ruff format --check zarrstain cli tests examples benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from zarrstain import datasets
-from zarrstain.report import markdown_table
+from zarrstain.evaluation.report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ZARRSTAIN_SHARED", ROOT.parent / "shared")) / "data"

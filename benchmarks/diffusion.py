@@ -38,9 +38,9 @@ import dask.array as da
 import numpy as np
 import torch
 
+from zarrstain.engine.tiling import plan_tiles, predict_whole, run_tiled
+from zarrstain.evaluation.report import markdown_table
 from zarrstain.models import create_model
-from zarrstain.report import markdown_table
-from zarrstain.tiling import plan_tiles, predict_whole, run_tiled
 
 
 def model(norm: str = "pixel", **options):

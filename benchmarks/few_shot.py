@@ -42,9 +42,10 @@ import numpy as np
 from common import PHASE, isl_well, run
 
 import zarrstain
-from zarrstain import datasets, metrics
-from zarrstain.calibrate import calibrate
+from zarrstain import datasets
+from zarrstain.evaluation import metrics
 from zarrstain.training import TrainConfig, train
+from zarrstain.uncertainty.calibrate import calibrate
 
 FULL = {"size": 96, "rows": "ABCDEFG", "backbone_steps": 1500, "steps": 400, "width": 16,
         "patch": 64, "batch": 8, "sample_steps": 10, "n": (5, 10, 30), "denoise_n": 10,

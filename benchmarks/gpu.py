@@ -10,7 +10,7 @@ tf32 (TensorFloat-32 convolutions), bfloat16 and float16:
   (and with blocks of ``--block`` in y and x, so the volume is really cut): time × raw
   forward, max |tiled − whole| (same precision) and max |tiled − whole float32| in standard
   deviations of the whole float32 prediction;
-- store → store (``zarrstain.pipeline``: read, normalize, predict, write a new OME-Zarr store
+- store → store (``zarrstain.engine.pipeline``: read, normalize, predict, write a new OME-Zarr store
   with pyramids) against the same prediction in memory;
 - peak GPU memory (``torch.cuda.max_memory_allocated``) against the planner's budget.
 
@@ -37,11 +37,11 @@ from scipy import ndimage
 
 import zarrstain
 from zarrstain import datasets
-from zarrstain.pipeline import plan_prediction
-from zarrstain.planner import default_block_memory
-from zarrstain.report import markdown_table
+from zarrstain.engine.pipeline import plan_prediction
+from zarrstain.engine.planner import default_block_memory
+from zarrstain.engine.tiling import predict_whole
+from zarrstain.evaluation.report import markdown_table
 from zarrstain.testing import random_model
-from zarrstain.tiling import predict_whole
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {

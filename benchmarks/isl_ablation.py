@@ -14,7 +14,7 @@ inputs only, no labels of the held-out half) or add weight decay (AdamW).
 The loop here is deliberately minimal (whole planes in memory, no dask) so that variants the
 library does not offer (affine augmentation, L1, In silico labeling's binned cross-entropy,
 EMA, cosine decay, downsampled models) can be compared on the same footing; the model is the
-library's :class:`~zarrstain.models.unet.FnetUNet`.
+library's :class:`~zarrstain.models.nets.unet.FnetUNet`.
 
 Writes ``<out>/isl_ablation.json`` and ``.md``. One variant takes about 7 minutes on one CPU
 thread (``--jobs 2`` runs two at once on a 2-core machine); the binned ones about 11, the
@@ -42,8 +42,8 @@ import torch
 from PIL import Image
 from torch.nn import functional
 
-from zarrstain.metrics import pearson
-from zarrstain.models.unet import FnetUNet
+from zarrstain.evaluation.metrics import pearson
+from zarrstain.models.nets.unet import FnetUNet
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ZARRSTAIN_SHARED", ROOT.parent / "shared")) / "data"

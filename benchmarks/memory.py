@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = r"""
 import json, resource, sys, time
 import zarrstain
-from zarrstain.cluster import connect
-from zarrstain.pipeline import plan_prediction
+from zarrstain.engine.cluster import connect
+from zarrstain.engine.pipeline import plan_prediction
 store, model, out, workers = sys.argv[1:5]
 workers = int(workers)
 with connect(workers=workers or None, threads_per_worker=1 if workers else None) as client:
@@ -73,7 +73,7 @@ def main() -> None:
 
     import zarrstain
     from zarrstain import datasets
-    from zarrstain.report import markdown_table
+    from zarrstain.evaluation.report import markdown_table
     from zarrstain.testing import random_model
 
     tmp = Path(tempfile.mkdtemp())

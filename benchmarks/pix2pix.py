@@ -21,8 +21,9 @@ Tasks:
   DAPI, 2D fnet with a learned projection (``examples/isl_phase_to_dapi.py``'s recipe),
   trained on the left half, scored on the right half.
 
-Scores: PCC, SSIM and ``sharpness`` (``zarrstain.metrics``: the prediction's share of power
-above half the Nyquist frequency over the target's; 1 = as much fine detail as the target).
+Scores: PCC, SSIM and ``sharpness`` (``zarrstain.evaluation.metrics``: the prediction's share
+of power above half the Nyquist frequency over the target's; 1 = as much fine detail as the
+target).
 Writes ``<out>/pix2pix.json`` and ``pix2pix.md``. About 30 minutes on 2 CPU cores;
 ``--quick`` runs the pipeline at toy sizes (a smoke test, numbers meaningless).
 
@@ -41,7 +42,8 @@ import numpy as np
 from common import PHASE, isl_well, run
 
 import zarrstain
-from zarrstain import datasets, metrics
+from zarrstain import datasets
+from zarrstain.evaluation import metrics
 from zarrstain.training import TrainConfig, train
 
 FULL = {"size": 128, "steps": 600, "isl_steps": 600, "batch": 8, "patch": 64,

@@ -164,7 +164,7 @@ def time_zarrstain(
     import dask
     import dask.local
 
-    from zarrstain.pipeline import plan_prediction
+    from zarrstain.engine.pipeline import plan_prediction
 
     tasks = [0]
     execute = dask.local.execute_task
@@ -190,7 +190,7 @@ def time_zarrstain(
     with contextlib.ExitStack() as stack:
         client = None
         if workers:
-            from zarrstain.cluster import connect
+            from zarrstain.engine.cluster import connect
 
             client = stack.enter_context(connect(workers=workers))
         else:
@@ -227,9 +227,6 @@ def _time_one(
     # the imports both sides pay before their clock starts (each then loads the model)
     import torch  # noqa: F401
     import zarr  # noqa: F401
-
-    import zarrstain.models
-    import zarrstain.pipeline  # noqa: F401
 
     plate, model = Path(store), Path(model_dir)
     if what == "zarrstain":
@@ -304,7 +301,7 @@ def main() -> None:
         _time_one(*args.time)
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    from zarrstain.report import markdown_table
+    from zarrstain.evaluation.report import markdown_table
 
     rows = []
     for fields in args.fields:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from zarrstain import datasets
-from zarrstain.report import markdown_table
+from zarrstain.evaluation.report import markdown_table
 
 PY = sys.executable
 CLI = [PY, "-c", "import sys; from zarrstain.cli.main import main; sys.exit(main())"]

@@ -9,7 +9,7 @@ Compares, on one volume that fits in memory and in one run:
   MMV_Im2Im label-free preset);
 - pytorch_fnet-style blending: 32×128×128 tiles overlapping by 16, each weighted by a
   separable triangular window (as ``Model.predict_piecewise``, without test-time augmentation);
-- store → store: ``zarrstain.pipeline`` on an OME-Zarr store holding the same volume, against
+- store → store: ``zarrstain.engine.pipeline`` on an OME-Zarr store holding the same volume, against
   the same prediction computed in memory.
 
 Errors are max and mean |tiled − whole| in units of the whole prediction's standard deviation.
@@ -45,10 +45,10 @@ from scipy import ndimage
 
 import zarrstain
 from zarrstain import datasets
-from zarrstain.pipeline import plan_prediction
-from zarrstain.report import markdown_table
+from zarrstain.engine.pipeline import plan_prediction
+from zarrstain.engine.tiling import predict_whole
+from zarrstain.evaluation.report import markdown_table
 from zarrstain.testing import random_model
-from zarrstain.tiling import predict_whole
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ZARRSTAIN_SHARED", ROOT.parent / "shared"))

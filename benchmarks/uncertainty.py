@@ -32,11 +32,11 @@ import numpy as np
 
 import zarrstain
 from zarrstain import datasets
-from zarrstain.coverage import calibration_curve
 from zarrstain.errors import ParameterError
-from zarrstain.report import markdown_table
+from zarrstain.evaluation.report import markdown_table
 from zarrstain.testing import random_model
 from zarrstain.training import TrainConfig, train
+from zarrstain.uncertainty.coverage import calibration_curve
 
 WELLS = [f"{r}/{c}/0" for r in "ABC" for c in "1234"]
 TRAIN, CAL, TEST = WELLS[:4], WELLS[4:8], WELLS[8:]

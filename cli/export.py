@@ -43,8 +43,9 @@ def export(
     scene: str | None,
 ) -> None:
     """Export the model MODEL_PATH (a zarrstain package or any model load_model reads)."""
-    from zarrstain.models import export_bioimageio, export_torchscript, load_model
-    from zarrstain.models.bioimageio_export import sample_from_store
+    from zarrstain.export import export_bioimageio, export_torchscript
+    from zarrstain.export.bioimageio import sample_from_store
+    from zarrstain.models import load_model
 
     model = load_model(model_path)
     if fmt == "torchscript":

@@ -17,9 +17,9 @@ from typing import Any
 import click
 
 import zarrstain
+from zarrstain.engine.normalize import METHODS
+from zarrstain.engine.options import NORMALIZATIONS
 from zarrstain.errors import ZarrstainError, cli_messages
-from zarrstain.normalize import METHODS
-from zarrstain.options import NORMALIZATIONS
 
 from .export import export
 from .family import FamilyCommand
@@ -217,9 +217,9 @@ def predict(
     with acquired channels, which predictions never replace. The flags after --json are the
     installed model families' run options (a family refuses the others').
     """
-    from zarrstain.cluster import connect
-    from zarrstain.options import PredictOptions, WriteOptions
-    from zarrstain.pipeline import format_plan, plan_prediction
+    from zarrstain.engine.cluster import connect
+    from zarrstain.engine.options import PredictOptions, WriteOptions
+    from zarrstain.engine.pipeline import format_plan, plan_prediction
 
     settings = dict(
         scenes=list(scenes) or None,
@@ -415,8 +415,8 @@ def evaluate(store, prediction, target, scenes, input_channel, out, as_json, cur
     With the prediction's interval or std channels beside it: coverage, interval width and
     the std's rank correlation with the error.
     """
-    from zarrstain.evaluate import evaluate as run_evaluation
-    from zarrstain.report import format_table
+    from zarrstain.evaluation.evaluate import evaluate as run_evaluation
+    from zarrstain.evaluation.report import format_table
 
     if prediction is None and not curve:
         raise click.UsageError("Missing option '--prediction'.")
@@ -452,7 +452,7 @@ def demo(directory: Path) -> None:
     DIRECTORY/model, and the held-out wells' evaluation.csv, evaluation.md and panels/.
     """
     from zarrstain.demo import DEMO_CONFIG, HELD_OUT, run_demo
-    from zarrstain.report import format_table
+    from zarrstain.evaluation.report import format_table
 
     stages = {"train": ("training", "step"), "predict": ("predicting blocks", "block")}
     progress = StageProgress(_quiet(), stages)

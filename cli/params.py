@@ -1,6 +1,6 @@
 """The CLI's own flag types and parsers: what a flag's text becomes before the library checks
 it (the library's rules stay the library's: ``--device`` is checked by
-:func:`zarrstain.options.check_device`)."""
+:func:`zarrstain.models.device.check_device`)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any
 import click
 
 from zarrstain.errors import ZarrstainError
-from zarrstain.options import check_device
+from zarrstain.models.device import check_device
 
 __all__ = ["DEVICE", "parse_dtypes", "parse_halo", "parse_size"]
 
 
 class _Device(click.ParamType):
-    """auto, cpu, cuda or cuda:N: the library's rule (:func:`zarrstain.options.check_device`)."""
+    """auto, cpu, cuda or cuda:N: the library's rule
+    (:func:`zarrstain.models.device.check_device`)."""
 
     name = "auto|cpu|cuda[:N]"
 

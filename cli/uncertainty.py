@@ -43,7 +43,7 @@ def calibrate(
     Sampled models are calibrated at the run options given after --overwrite (their
     defaults otherwise), which become the calibrated model's defaults.
     """
-    from zarrstain.calibrate import calibrate as run_calibration
+    from zarrstain.uncertainty.calibrate import calibrate as run_calibration
 
     model = run_calibration(
         store,
@@ -83,7 +83,7 @@ def calibration_curve(
     method: str,
 ) -> list[dict]:
     """``evaluate --calibration-curve``: checks its flags, then runs the library's curve."""
-    from zarrstain.coverage import calibration_curve as run_curve
+    from zarrstain.uncertainty.coverage import calibration_curve as run_curve
 
     missing = [
         flag

@@ -17,9 +17,9 @@ import numpy as np
 
 import zarrstain
 from zarrstain import datasets
-from zarrstain.models import export_bioimageio
-from zarrstain.models.bioimageio_export import sample_from_store
-from zarrstain.pipeline import plan_prediction
+from zarrstain.engine.pipeline import plan_prediction
+from zarrstain.export import export_bioimageio
+from zarrstain.export.bioimageio import sample_from_store
 from zarrstain.testing import random_model
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 import zarrstain
 from zarrstain import datasets
-from zarrstain.metrics import pearson, ssim
+from zarrstain.evaluation.metrics import pearson, ssim
 from zarrstain.training import TrainConfig
 
 OTHER = {"control": "translocated", "translocated": "control"}

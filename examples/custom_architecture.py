@@ -22,8 +22,8 @@ from torch import nn
 
 import zarrstain
 from zarrstain import datasets
+from zarrstain.engine.tiling import predict_whole
 from zarrstain.models import Architecture, Geometry, Head, register
-from zarrstain.tiling import predict_whole
 from zarrstain.training import TrainConfig
 
 

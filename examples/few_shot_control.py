@@ -24,12 +24,13 @@ import logging
 from pathlib import Path
 
 import zarrstain
-from zarrstain import datasets, metrics
-from zarrstain.calibrate import calibrate
-from zarrstain.evaluate import evaluate
-from zarrstain.pipeline import plan_prediction
-from zarrstain.report import format_table
+from zarrstain import datasets
+from zarrstain.engine.pipeline import plan_prediction
+from zarrstain.evaluation import metrics
+from zarrstain.evaluation.evaluate import evaluate
+from zarrstain.evaluation.report import format_table
 from zarrstain.training import TrainConfig, train
+from zarrstain.uncertainty.calibrate import calibrate
 
 WELLS = {row: [f"{row}/{c}/{f}" for c in "1234" for f in "01"] for row in "ABC"}
 

@@ -26,9 +26,9 @@ from PIL import Image
 
 import zarrstain
 from zarrstain import datasets
-from zarrstain.evaluate import evaluate
-from zarrstain.pipeline import plan_prediction
-from zarrstain.report import format_table
+from zarrstain.engine.pipeline import plan_prediction
+from zarrstain.evaluation.evaluate import evaluate
+from zarrstain.evaluation.report import format_table
 from zarrstain.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def main(
     print(format_table(rows))
     (out / "isl-evaluation.md").write_text(
         "Right half of the well (held out), 2D fnet on 13 phase planes:\n\n"
-        + zarrstain.report.markdown_table(rows)
+        + zarrstain.evaluation.report.markdown_table(rows)
         + "\n"
     )
     return rows

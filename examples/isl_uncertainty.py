@@ -28,12 +28,12 @@ import sys
 from pathlib import Path
 
 import zarrstain
-from zarrstain.calibrate import calibrate
-from zarrstain.coverage import ALPHAS, calibration_curve
-from zarrstain.evaluate import evaluate
-from zarrstain.pipeline import plan_prediction
-from zarrstain.report import format_table, markdown_table
+from zarrstain.engine.pipeline import plan_prediction
+from zarrstain.evaluation.evaluate import evaluate
+from zarrstain.evaluation.report import format_table, markdown_table
 from zarrstain.training import TrainConfig, train
+from zarrstain.uncertainty.calibrate import calibrate
+from zarrstain.uncertainty.coverage import ALPHAS, calibration_curve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from isl_phase_to_dapi import DATA, PHASE, STAINS, convert

@@ -18,10 +18,10 @@ import numpy as np
 
 import zarrstain
 from zarrstain import datasets
-from zarrstain.pipeline import format_plan, plan_prediction
+from zarrstain.engine.pipeline import format_plan, plan_prediction
+from zarrstain.engine.tiling import predict_whole
 from zarrstain.progress import ProgressEvent
 from zarrstain.testing import random_model
-from zarrstain.tiling import predict_whole
 
 
 def main(out_dir: str = "example-output", model_path: str | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""Run the README top to bottom, as a user who ran ``make demo`` would, in one folder.
+"""Run the README and then the documentation's pages (in the site's order, ``mkdocs.yml``) top
+to bottom, as a user who ran ``make demo`` would, in one folder: one story, told in pages.
 
 Every fenced block has a kind. ``python`` blocks run in one namespace, in order (a later block
 may use what an earlier one defined, as in a notebook); ``console`` blocks run their ``$ ...``
@@ -6,6 +7,7 @@ commands (continuation lines joined; the lines after a command are its output, n
 ``bash`` blocks run every line; ``text``, ``json`` and ``toml`` blocks are output, listings and file
 contents, and must hold no ``$ zarrstain`` command. The README's setup block (``make demo``,
 ``make test``) is what CI itself runs, so it is checked against the Makefile, not run again.
+Blocks marked ``exec="on"`` run while the site builds (markdown-exec: ``tests/test_docs.py``).
 
 What a test machine lacks is provided, and each provision is listed here:
 
@@ -62,6 +64,12 @@ class Block:
     kind: str
     body: str
     line: int  # of the opening fence, 1-based
+    page: str = "README.md"  # relative to the repository
+    site: bool = False  # ``exec="on"``: run by the site's build (markdown-exec), not here
+
+    @property
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
 
     def commands(self) -> list[str]:
         """The commands a console or bash block runs, continuation lines joined."""
@@ -81,22 +89,47 @@ class Block:
         return out
 
 
-def readme_blocks(text: str | None = None) -> list[Block]:
-    """Every fenced block of the README, in order."""
-    text = README.read_text() if text is None else text
-    blocks, kind, start, body = [], None, 0, []
+def readme_blocks(text: str | None = None, page: str = "README.md") -> list[Block]:
+    """Every fenced block of the README (or of ``text``, from ``page``), in order."""
+    text = (ROOT / page).read_text() if text is None else text
+    blocks, info, start, body = [], None, 0, []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.lstrip().startswith("```"):
-            if kind is not None:
+            if info is not None:
                 body.append(line)
             continue
-        if kind is None:
-            kind, start, body = line.strip()[3:].strip(), i, []
+        if info is None:
+            info, start, body = line.strip()[3:].strip(), i, []
             indent = len(line) - len(line.lstrip())
         else:
-            blocks.append(Block(kind, "\n".join(b[indent:] for b in body), start))
-            kind = None
+            kind = info.split()[0] if info else ""
+            site = 'exec="on"' in info
+            blocks.append(Block(kind, "\n".join(b[indent:] for b in body), start, page, site))
+            info = None
     return blocks
+
+
+def doc_pages() -> list[str]:
+    """The README, then the documentation's pages in the site's order (``mkdocs.yml``), less
+    the generated API reference."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+
+    def walk(nav: Any) -> Iterator[str]:
+        for entry in nav:
+            value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+            if isinstance(value, list):
+                yield from walk(value)
+            elif not value.startswith("reference/"):
+                yield f"docs/{value}"
+
+    return ["README.md", *walk(config["nav"])]
+
+
+def all_blocks() -> list[Block]:
+    """Every block of :func:`doc_pages`, page after page: one story, run in one folder."""
+    return [b for page in doc_pages() for b in readme_blocks(page=page)]
 
 
 def is_setup(block: Block) -> bool:
@@ -186,18 +219,21 @@ image = zarrstain.open_image("plate.zarr", "A/1/0")
 def run_readme(
     folder: Path,
     blocks: list[Block] | None = None,
-    start: int = 0,
+    start: str = "",
     report: Callable[[str], None] = lambda done: None,
 ) -> list[str]:
-    """Run the README's blocks in ``folder`` (holding ``zarrstain-demo/``); what ran, in order.
+    """Run the README's and the documentation's blocks in ``folder`` (holding
+    ``zarrstain-demo/``); what ran, in order.
 
-    ``start``: skip the blocks before this README line (by hand, after fixing one);
+    ``start``: ``PAGE:LINE``, skip the blocks before it (by hand, after fixing one);
     ``report`` is called with each block or command that ran.
     """
     folder = Path(folder).resolve()
-    blocks = readme_blocks() if blocks is None else blocks
+    blocks = all_blocks() if blocks is None else blocks
     if start:
-        blocks = [Block("python", _PRELUDE, 0)] + [b for b in blocks if b.line >= start]
+        page, line = start.rsplit(":", 1)
+        first = next(i for i, b in enumerate(blocks) if b.page == page and b.line >= int(line))
+        blocks = [Block("python", _PRELUDE, 0), *blocks[first:]]
     _provide(folder)
     ran: list[str] = []
     bin_dir = str(Path(sys.executable).parent)
@@ -211,20 +247,20 @@ def run_readme(
         os.chdir(folder)
         try:
             for block in blocks:
-                if block.kind not in ("python", "console", "bash") or is_setup(block):
+                if block.kind not in ("python", "console", "bash") or is_setup(block) or block.site:
                     continue
                 body = block.body
                 for a, b in substitute.items():
                     body = body.replace(a, b)
                 if "pytorch_fnet/" in body and not FNET.is_dir():
                     continue  # the fixture checkpoint lives in ../shared
-                where = f"README.md:{block.line}"
+                where = block.where
                 if block.kind == "python":
                     exec(compile(body, where, "exec"), namespace)
                     ran.append(where)
                     report(where)
                     continue
-                for command in Block(block.kind, body, block.line).commands():
+                for command in Block(block.kind, body, block.line, block.page).commands():
                     _run_command(command, folder, env, where)
                     ran.append(command)
                     report(command)
@@ -244,22 +280,18 @@ def run_readme(
 
 def stray_commands(blocks: list[Block]) -> list[str]:
     """Commands outside runnable blocks: ``$ zarrstain`` in text/json, untyped fences."""
-    bad = [f"README.md:{b.line} has no kind ({'/'.join(KINDS)})" for b in blocks if not b.kind]
+    bad = [f"{b.where} has no kind ({'/'.join(KINDS)})" for b in blocks if not b.kind]
+    bad += [f"{b.where}: unknown kind {b.kind!r}" for b in blocks if b.kind and b.kind not in KINDS]
     bad += [
-        f"README.md:{b.line}: unknown kind {b.kind!r}"
-        for b in blocks
-        if b.kind and b.kind not in KINDS
-    ]
-    bad += [
-        f"README.md:{b.line}: a command in a {b.kind} block"
+        f"{b.where}: a command in a {b.kind} block"
         for b in blocks
         if b.kind in ("text", "json", "toml") and re.search(r"^\s*\$ ", b.body, flags=re.M)
     ]
     return bad
 
 
-if __name__ == "__main__":  # pragma: no cover - by hand: readme_runner.py FOLDER [--from LINE]
-    first = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[2] == "--from" else 0
+if __name__ == "__main__":  # pragma: no cover - by hand: readme_runner.py FOLDER [--from PAGE:LINE]
+    first = sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--from" else ""
     import time
 
     t0 = time.monotonic()

@@ -13,6 +13,8 @@ from torch import nn
 
 import zarrstain
 from zarrstain import datasets
+from zarrstain.engine.normalize import normalization_stats, normalize
+from zarrstain.engine.tiling import plan_tiles, predict_whole, run_tiled
 from zarrstain.models import (
     ARCHITECTURES,
     Architecture,
@@ -23,8 +25,6 @@ from zarrstain.models import (
     get_architecture,
     register,
 )
-from zarrstain.normalize import normalization_stats, normalize
-from zarrstain.tiling import plan_tiles, predict_whole, run_tiled
 
 
 class MeanStd(Architecture):
@@ -294,7 +294,7 @@ def test_normalize_then_tile_with_the_plug_in_matches_predict(tmp_path):
 
 def test_store_to_store_multi_pass_keeps_a_scratch_store_until_it_succeeds(tmp_path):
     """plan_prediction/run: passes persisted beside the output, reused after a crash, removed."""
-    from zarrstain.pipeline import plan_prediction
+    from zarrstain.engine.pipeline import plan_prediction
 
     model = _model("test-twice", output_labels=["twice"], normalization="none")
     store = datasets.make_image(tmp_path / "in.zarr", shape=(1, 3, 40, 44), seed=6)

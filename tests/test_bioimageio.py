@@ -13,10 +13,11 @@ import yaml
 
 import zarrstain
 from zarrstain import datasets
+from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.errors import ModelError, ParameterError
-from zarrstain.models import create_model, export_bioimageio, load_model, save_model
+from zarrstain.export import export_bioimageio
+from zarrstain.models import create_model, load_model, save_model
 from zarrstain.models.model import state_dict_hash
-from zarrstain.pipeline import plan_prediction
 
 bioimageio_core = pytest.importorskip("bioimageio.core")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")

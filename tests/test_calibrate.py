@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 import zarrstain
-from zarrstain import conformal, datasets
-from zarrstain.calibrate import calibrate
+from zarrstain import datasets
 from zarrstain.errors import ChannelError, ParameterError
 from zarrstain.models import ARCHITECTURES, Architecture, Geometry, create_model, register
+from zarrstain.uncertainty import conformal
+from zarrstain.uncertainty.calibrate import calibrate
 
 
 class PixelQuantiles(Architecture):
@@ -175,7 +176,7 @@ def test_a_region_of_a_scene_calibrates_and_the_rest_evaluates(stores):
     top, bottom = {"y": slice(0, 32)}, {"y": slice(32, 64)}
     model = calibrate(cal, quantile_model(0.2), alpha=0.1, region=top)
     assert model.head.calibration.units == 6 * 32 * 64
-    from zarrstain.coverage import calibration_curve
+    from zarrstain.uncertainty.coverage import calibration_curve
 
     rows = calibration_curve(
         cal, quantile_model(0.2, alpha=0.2), calibration_scenes=[""], scenes=[""],

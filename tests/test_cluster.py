@@ -9,10 +9,10 @@ import pytest
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream
 
 import zarrstain
-from zarrstain.cluster import connect, gpu_workers
+from zarrstain.engine.cluster import connect, gpu_workers
+from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.errors import ParameterError
 from zarrstain.models import cache
-from zarrstain.pipeline import plan_prediction
 from zarrstain.progress import PREDICT_PREFIX
 from zarrstain.testing import random_model
 
@@ -159,7 +159,7 @@ def test_a_worker_lost_while_the_model_is_sent_does_not_fail_the_run(monkeypatch
     """The broadcast is sent again to the survivors; a cluster that keeps failing still raises."""
     from distributed.comm.core import CommClosedError
 
-    from zarrstain import cluster
+    from zarrstain.engine import cluster
 
     monkeypatch.setattr(cluster.time, "sleep", lambda seconds: None)
 

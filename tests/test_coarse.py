@@ -1,4 +1,4 @@
-"""Coarse tasks (zarrstain.coarse, zarrstain.io.blockwrite): one task per model block.
+"""Coarse tasks (zarrstain.engine.coarse, zarrstain.io.blockwrite): one task per model block.
 
 ``PredictionPlan.run`` computes each block from the store and writes it with the pyramid
 levels it covers; ``predict`` → ``write_channels`` builds the same prediction lazily, chunk by
@@ -14,9 +14,10 @@ import zarr
 from dask.callbacks import Callback
 
 import zarrstain
-from zarrstain import coarse, datasets
+from zarrstain import datasets
+from zarrstain.engine import coarse
+from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.io.write import write_channels
-from zarrstain.pipeline import plan_prediction
 from zarrstain.testing import random_model
 
 
@@ -156,7 +157,7 @@ def test_a_threaded_run_does_not_import_distributed(tmp_path):
                                 shape=(1, 1, 32, 32), levels=2)  # fmt: skip
     script = f"""
 import sys
-from zarrstain.pipeline import plan_prediction
+from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.testing import random_model
 plan = plan_prediction({str(store)!r}, random_model(ndim=2, depth=1, mult_chan=2),
                        out={str(tmp_path / "out.zarr")!r}, input_channels=["BF"])

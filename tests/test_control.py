@@ -11,10 +11,10 @@ import torch
 
 import zarrstain
 from zarrstain import datasets
+from zarrstain.engine.tiling import plan_tiles, predict_whole, run_tiled
 from zarrstain.errors import ModelError, ParameterError
 from zarrstain.models import create_model
-from zarrstain.models.control import backbone_kwargs
-from zarrstain.tiling import plan_tiles, predict_whole, run_tiled
+from zarrstain.models.diffusion.control import backbone_kwargs
 from zarrstain.training import TrainConfig
 
 

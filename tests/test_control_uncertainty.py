@@ -10,14 +10,15 @@ import pytest
 import torch
 
 import zarrstain
-from zarrstain import conformal, datasets
-from zarrstain.calibrate import calibrate, target_scale
+from zarrstain import datasets
+from zarrstain.engine.tiling import plan_tiles, predict_whole, run_tiled
 from zarrstain.errors import ParameterError
 from zarrstain.models import create_model
-from zarrstain.models.chains import DRIVERS, QuantileChainsHead
-from zarrstain.models.control import backbone_kwargs
-from zarrstain.tiling import plan_tiles, predict_whole, run_tiled
+from zarrstain.models.diffusion.chains import DRIVERS, QuantileChainsHead
+from zarrstain.models.diffusion.control import backbone_kwargs
 from zarrstain.training import TrainConfig
+from zarrstain.uncertainty import conformal
+from zarrstain.uncertainty.calibrate import calibrate, target_scale
 
 # about 2.5 minutes on 2 cores (a branch trained once per module): CI runs them, the default
 # suite (-m 'not slow') does not
@@ -148,7 +149,7 @@ def test_cqr_covers_one_minus_alpha_on_held_out_scenes(trained, raw, caplog):
     np.testing.assert_allclose(lower, want[0], atol=1e-3)
     np.testing.assert_allclose(upper, want[1], atol=1e-3)
     np.testing.assert_array_equal(median, raw[TEST[0]][0])
-    with caplog.at_level(logging.WARNING, logger="zarrstain.models.diffusion"):
+    with caplog.at_level(logging.WARNING, logger="zarrstain.models.diffusion.family"):
         zarrstain.predict(image, calibrated, options={"steps": 4})
     assert "calibrated with" in caplog.text
 

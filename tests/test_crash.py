@@ -165,7 +165,7 @@ def _counting(pred, calls, crash_at=None):
 
 @pytest.mark.parametrize("out", [False, True], ids=["in-place", "out"])
 def test_rerun_computes_only_missing_chunks(tmp_path, validate, out):
-    from zarrstain.io.stream import stored_keys
+    from zarrstain.io.chunkgrid import stored_keys
 
     path = zarrstain.datasets.make_image(
         tmp_path / "img.zarr", shape=(2, 4, 40, 40), chunks=(1, 4, 16, 16), seed=5
@@ -261,7 +261,7 @@ def test_images_finished_before_a_crash_are_listed_by_the_rerun(
     (which has nothing, or less, to compute) lists them all."""
     import zarrstain.io.create as create_mod
     import zarrstain.io.write as write_mod
-    from zarrstain.pipeline import plan_prediction
+    from zarrstain.engine.pipeline import plan_prediction
     from zarrstain.testing import random_model
 
     src = make_store("plate", "0.5")

@@ -9,10 +9,10 @@ import torch
 
 import zarrstain
 from zarrstain import datasets
+from zarrstain.engine.tiling import plan_tiles, predict_whole, run_tiled
 from zarrstain.errors import ParameterError
 from zarrstain.models import create_model
-from zarrstain.models.denoiser import Denoiser, denoiser_receptive_radius
-from zarrstain.tiling import plan_tiles, predict_whole, run_tiled
+from zarrstain.models.nets.denoiser import Denoiser, denoiser_receptive_radius
 
 
 def _jitter(model, scale=0.05, seed=0):

@@ -219,7 +219,7 @@ def test_cli_messages_name_flags_python_messages_keywords(make_store, model_dir,
     line = refused(run(*args, "--halo", "exact"), "already exists", "--overwrite")
     assert "overwrite=True" not in line and "--output-label" in line
     with pytest.raises(ChannelExistsError, match=r"overwrite=True"):
-        zarrstain.pipeline.plan_prediction(
+        zarrstain.engine.pipeline.plan_prediction(
             src, model_dir, scenes="A/1/0", halo="exact", dtype="uint16", rescale=True
         )
     unnamed = zarrstain.save_model(random_model(seed=2, input_labels=("a",)), tmp_path / "unnamed")

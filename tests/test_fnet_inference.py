@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zarrstain.models.cache import ModelHandle, placed_module
-from zarrstain.models.fnet_inference import lean_fnet
+from zarrstain.models.fnet.inference import lean_fnet
 from zarrstain.testing import random_model
 
 

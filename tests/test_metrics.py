@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from zarrstain import metrics
+from zarrstain.evaluation import metrics
 
 
 def test_pearson_by_hand():
@@ -50,7 +50,7 @@ def test_shapes_must_match():
 
 
 def test_interval_and_spread_metrics():
-    from zarrstain.metrics import coverage, interval_width, spread_error_spearman
+    from zarrstain.evaluation.metrics import coverage, interval_width, spread_error_spearman
 
     rng = np.random.default_rng(0)
     target = rng.normal(size=(4, 32, 32))

@@ -10,10 +10,10 @@ import torch
 from conftest import assert_same
 
 import zarrstain
+from zarrstain.engine.tiling import predict_whole
 from zarrstain.errors import ModelError
 from zarrstain.models import ARCHITECTURES, BlockContext
 from zarrstain.testing import random_model
-from zarrstain.tiling import predict_whole
 
 SMALL = {
     "fnet": {"depth": 2, "mult_chan": 3},

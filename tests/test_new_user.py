@@ -104,7 +104,7 @@ def test_a_quantile_branch_trains_on_two_targets(backbone, tmp_path):
 
 def test_quantile_heads_train_with_the_pinball_loss(backbone, tmp_path, monkeypatch):
     """With one target, all three outputs used to train on the median's MSE, silently."""
-    from zarrstain.models import control
+    from zarrstain.models.diffusion import control
 
     image, _, common = backbone
     one = TrainConfig(inputs=[], targets=["DNA"], unconditional=True, **common)
@@ -199,7 +199,7 @@ def test_messages_under_the_cli_name_flags_and_only_working_ones(tmp_path):
     done = run("predict", plate, "--model", two, "--dtype", "uint16")
     assert done.exit_code != 0 and "--output-label" not in done.output and "--out" in done.output
     with pytest.raises(ChannelExistsError, match="output_label='DNA .predicted.'"):
-        zarrstain.pipeline.plan_prediction(plate, one, dtype="uint16")
+        zarrstain.engine.pipeline.plan_prediction(plate, one, dtype="uint16")
 
 
 def test_the_package_metadata_uses_an_spdx_license_string():

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 from conftest import SHARED
 
-from zarrstain.normalize import normalization_stats, normalize
+from zarrstain.engine.normalize import normalization_stats, normalize
 from zarrstain.testing import raise_if_dask_computes
 
 FIXTURE = SHARED / "fixtures" / "pytorch_fnet" / "input_norm_raw_40x48x56_uint16.npy"
@@ -83,7 +83,7 @@ def test_statistics_are_global_per_t_and_c():
 
 def test_few_slices_use_all_and_say_so(caplog):
     arr = np.arange(6 * 8 * 8, dtype=np.float64).reshape(1, 1, 6, 8, 8)
-    with caplog.at_level(logging.INFO, logger="zarrstain.normalize"):
+    with caplog.at_level(logging.INFO, logger="zarrstain.engine.normalize"):
         out = normalize(_wrap(arr, chunks=-1), "center").values
     assert "only 6 z-slices" in caplog.text
     np.testing.assert_allclose(out, (arr - arr.mean()) / arr.std(), atol=1e-5)
@@ -93,7 +93,7 @@ def test_few_slices_use_all_and_say_so(caplog):
 def test_constant_frames_warn_and_stay_finite(method, caplog):
     arr = np.full((1, 2, 4, 16, 16), 7, dtype=np.uint16)
     arr[0, 1] = np.arange(4 * 16 * 16).reshape(4, 16, 16)
-    with caplog.at_level(logging.WARNING, logger="zarrstain.normalize"):
+    with caplog.at_level(logging.WARNING, logger="zarrstain.engine.normalize"):
         out = normalize(_wrap(arr, chunks=(1, 1, 2, 8, 8)), method).values
     assert np.isfinite(out).all()
     assert "constant or empty" in caplog.text

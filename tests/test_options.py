@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from zarrstain import errors
+from zarrstain.engine.options import PredictOptions, WriteOptions
+from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.errors import ParameterError
-from zarrstain.options import PredictOptions, WriteOptions
-from zarrstain.pipeline import plan_prediction
 from zarrstain.testing import random_model
 
 

@@ -1,4 +1,4 @@
-"""Store-level prediction (zarrstain.pipeline): time ranges, plans, runs and their progress.
+"""Store-level prediction (zarrstain.engine.pipeline): time ranges, plans, runs and their progress.
 
 The CLI's ``predict`` is a thin layer over these (tests/test_cli_predict.py drives it end to
 end); here the Python API is held to the same behaviour directly.
@@ -14,8 +14,8 @@ from conftest import tree_digest
 
 import zarrstain
 from zarrstain import datasets
+from zarrstain.engine.pipeline import parse_time, plan_prediction
 from zarrstain.errors import ChannelExistsError, DataError, ParameterError
-from zarrstain.pipeline import parse_time, plan_prediction
 from zarrstain.progress import ProgressEvent
 from zarrstain.testing import raise_if_dask_computes, random_model
 

@@ -14,7 +14,7 @@ from zarrstain.cli.main import cli
 import zarrstain
 from zarrstain import datasets
 from zarrstain.errors import ParameterError
-from zarrstain.metrics import pearson
+from zarrstain.evaluation.metrics import pearson
 from zarrstain.training import TrainConfig, build_config
 from zarrstain.training import train as run_training
 from zarrstain.training.adversarial import PatchDiscriminator

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from zarrstain.engine.planner import auto_halo, plan_tiles
 from zarrstain.errors import ShapeMismatchError
-from zarrstain.planner import auto_halo, plan_tiles
 from zarrstain.testing import random_model
 
 

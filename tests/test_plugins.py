@@ -46,11 +46,11 @@ def test_a_plugin_module_is_imported_only_when_its_name_is_asked_for():
         """
         import sys
         from zarrstain.models import get_architecture
-        assert "zarrstain.models.diffusion" not in sys.modules
+        assert "zarrstain.models.diffusion.family" not in sys.modules
         assert get_architecture("fnet").name == "fnet"
-        assert "zarrstain.models.diffusion" not in sys.modules
+        assert "zarrstain.models.diffusion.family" not in sys.modules
         assert get_architecture("diffusion").name == "diffusion"
-        assert "zarrstain.models.diffusion" in sys.modules
+        assert "zarrstain.models.diffusion.family" in sys.modules
         """
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -78,13 +78,13 @@ def test_a_plugin_must_be_what_its_group_holds_and_named_as_declared(monkeypatch
         monkeypatch,
         ARCHITECTURES,
         "wrong-kind",
-        "zarrstain.models.fnet_compat:FnetCheckpointFormat",
+        "zarrstain.models.fnet.checkpoint:FnetCheckpointFormat",
     )
     with pytest.raises(
         ModelError, match="is FnetCheckpointFormat, not an instance or subclass of Architecture"
     ):
         get_architecture("wrong-kind")
-    _fake(monkeypatch, ARCHITECTURES, "alias", "zarrstain.models.fnet:FnetArchitecture")
+    _fake(monkeypatch, ARCHITECTURES, "alias", "zarrstain.models.fnet.family:FnetArchitecture")
     with pytest.raises(ModelError, match="declared as 'alias' but is named 'fnet'"):
         get_architecture("alias")
 

@@ -8,10 +8,10 @@ import torch
 import xarray as xr
 
 import zarrstain
+from zarrstain.engine.pipeline import plan_prediction
+from zarrstain.engine.tiling import predict_whole
 from zarrstain.errors import ChannelError, ModelError
-from zarrstain.pipeline import plan_prediction
 from zarrstain.testing import raise_if_dask_computes, random_model
-from zarrstain.tiling import predict_whole
 
 
 @pytest.fixture(scope="module")

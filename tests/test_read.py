@@ -168,8 +168,8 @@ def test_an_open_store_is_parsed_once_and_reused(make_store, tmp_path):
     """plan_prediction opens and parses the store once for reading, dry-run and chunk checks."""
     from unittest import mock
 
+    from zarrstain.engine.pipeline import plan_prediction
     from zarrstain.io import layout, opened
-    from zarrstain.pipeline import plan_prediction
     from zarrstain.testing import random_model
 
     src = make_store("plate", "0.5")

@@ -14,7 +14,16 @@ import re
 
 import pytest
 from conftest import ROOT
-from readme_runner import FNET, README, is_setup, readme_blocks, run_readme, stray_commands
+from readme_runner import (
+    FNET,
+    README,
+    all_blocks,
+    doc_pages,
+    is_setup,
+    readme_blocks,
+    run_readme,
+    stray_commands,
+)
 
 #: how far a fresh demo may land from the README's table: the same seed on another CPU rounds
 #: float sums differently and 300 training steps amplify it (measured: PCC 0.962 to 0.973 on
@@ -23,13 +32,16 @@ TOLERANCE = 0.015
 
 
 def test_every_block_has_a_kind_and_every_command_runs():
-    blocks = readme_blocks()
+    pages = doc_pages()
+    assert pages[0] == "README.md" and "docs/predicting.md" in pages
+    assert all((ROOT / p).is_file() for p in pages)
+    blocks = all_blocks()
     assert stray_commands(blocks) == []
     kinds = [b.kind for b in blocks]
     assert kinds.count("python") >= 18 and kinds.count("console") >= 12, kinds
     # the setup block is what CI runs: `make demo` is `zarrstain demo` (the demo fixture
     # below), and `.ci/run` runs `make test`
-    assert sum(is_setup(b) for b in blocks) == 1
+    assert sum(is_setup(b) for b in readme_blocks()) == 1  # the README's, and only there
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^demo: .*\n\t\$\(VENV\)/bin/zarrstain demo ", makefile, flags=re.M)
     assert re.search(r"^test: .*\n\t\$\(PY\) -m pytest ", makefile, flags=re.M)
@@ -62,13 +74,14 @@ def test_the_readme_runs_top_to_bottom(demo_run):
     result, folder = demo_run
     assert result.exit_code == 0, result.output
     cwd = folder.parent
-    blocks = readme_blocks()
+    blocks = all_blocks()
     ran = run_readme(cwd, blocks)
     expected = sum(
         1 if b.kind == "python" else len(b.commands())
         for b in blocks
         if b.kind in ("python", "console", "bash")
         and not is_setup(b)
+        and not b.site
         and (FNET.is_dir() or "pytorch_fnet/" not in b.body)
     )
     assert len(ran) == expected

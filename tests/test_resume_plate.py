@@ -15,8 +15,8 @@ import pytest
 import zarr
 
 import zarrstain
-from zarrstain.io.stream import stored_keys
-from zarrstain.pipeline import plan_prediction
+from zarrstain.engine.pipeline import plan_prediction
+from zarrstain.io.chunkgrid import stored_keys
 from zarrstain.testing import random_model
 
 CLI = [sys.executable, "-c", "from zarrstain.cli.main import main; main()"]

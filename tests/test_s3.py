@@ -15,7 +15,7 @@ import pytest
 import zarr
 
 import zarrstain
-from zarrstain.pipeline import plan_prediction
+from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.testing import random_model
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is a test dependency")

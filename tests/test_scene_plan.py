@@ -1,4 +1,4 @@
-"""Plans of plates hold one batch of scenes' arrays at a time (zarrstain.scene_plan).
+"""Plans of plates hold one batch of scenes' arrays at a time (zarrstain.engine.scene_plan).
 
 A planned scene's arrays (source, prediction, statistics, block source) are built when used
 and released after each batch, so the driver's memory is flat in the number of fields. What a
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import zarr
 
+import zarrstain.engine.pipeline
+import zarrstain.engine.scene_plan
 import zarrstain.io.recent
 import zarrstain.io.write
-import zarrstain.pipeline
-import zarrstain.scene_plan
 from zarrstain import datasets
-from zarrstain.pipeline import plan_prediction
+from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.testing import random_model
 
 
@@ -47,17 +47,17 @@ def _arrays(path) -> dict[str, np.ndarray]:
 def batches_of_two(monkeypatch):
     """BATCH = 2, 3 images' metadata held, and a record of how many scenes hold arrays
     whenever one is built."""
-    monkeypatch.setattr(zarrstain.pipeline, "BATCH", 2)
+    monkeypatch.setattr(zarrstain.engine.pipeline, "BATCH", 2)
     monkeypatch.setattr(zarrstain.io.write, "BATCH", 2)
     monkeypatch.setattr(zarrstain.io.recent, "HELD", 3)
     held: list[int] = []
-    build = zarrstain.scene_plan.build_scene
+    build = zarrstain.engine.scene_plan.build_scene
 
     def counting(plan, scene):
         held.append(sum(s.held for s in plan.scenes))
         return build(plan, scene)
 
-    monkeypatch.setattr(zarrstain.scene_plan, "build_scene", counting)
+    monkeypatch.setattr(zarrstain.engine.scene_plan, "build_scene", counting)
     return held
 
 
@@ -84,7 +84,7 @@ def test_a_plate_in_batches_holds_one_batch_and_writes_what_one_batch_writes(
     assert max(batches_of_two) <= 2
 
     with pytest.MonkeyPatch.context() as m:  # one batch: every scene held throughout
-        m.setattr(zarrstain.pipeline, "BATCH", 64)
+        m.setattr(zarrstain.engine.pipeline, "BATCH", 64)
         m.setattr(zarrstain.io.write, "BATCH", 64)
         m.setattr(zarrstain.io.recent, "HELD", 1024)
         reference = plan_prediction(ref_store, model, out=ref_out, **kwargs)
@@ -109,10 +109,10 @@ def test_the_next_batch_is_prepared_while_one_is_written(
     import threading
     import time
 
-    import zarrstain.coarse
+    import zarrstain.engine.coarse
 
     events: list[tuple[str, float, float, threading.Thread]] = []
-    write, statistics = zarrstain.io.write.write_pyramids, zarrstain.coarse.statistics
+    write, statistics = zarrstain.io.write.write_pyramids, zarrstain.engine.coarse.statistics
 
     def slow_write(jobs):
         start = time.perf_counter()
@@ -127,7 +127,7 @@ def test_the_next_batch_is_prepared_while_one_is_written(
         return out
 
     monkeypatch.setattr(zarrstain.io.write, "write_pyramids", slow_write)
-    monkeypatch.setattr(zarrstain.coarse, "statistics", timed_statistics)
+    monkeypatch.setattr(zarrstain.engine.coarse, "statistics", timed_statistics)
     model = random_model(seed=3, ndim=2, depth=1, mult_chan=4, normalization="zscore")
     kwargs = dict(input_channels=["BF"], dtype="uint16" if in_place else "float32")
     store = _plate(tmp_path / "plate.zarr")
@@ -195,7 +195,7 @@ def test_fields_planned_like_the_first_are_what_planning_each_in_full_gives(
     for scene in plan.scenes[1:]:
         assert scene.fingerprint is None  # not built while planning
         derived = scene.arrays
-        full = zarrstain.scene_plan.build_scene(plan, scene.scene)
+        full = zarrstain.engine.scene_plan.build_scene(plan, scene.scene)
         assert derived.planned is not None and full.planned is not None
         got, want = derived.prediction, full.prediction
         assert got.attrs["zarrstain"]["fingerprint"] == want.attrs["zarrstain"]["fingerprint"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zarrstain.errors import ParameterError
-from zarrstain.models.schedules import OBJECTIVES, make_schedule, timesteps
+from zarrstain.models.diffusion.schedules import OBJECTIVES, make_schedule, timesteps
 
 
 def test_linear_cosine_and_zero_terminal_snr():

@@ -18,7 +18,7 @@ def _modules_after(code: str) -> set[str]:
 def test_import_zarrstain_loads_no_torch():
     loaded = _modules_after("import zarrstain")
     assert "torch" not in loaded and "scipy" not in loaded and "PIL" not in loaded
-    assert "zarrstain.predict" not in loaded
+    assert "zarrstain.engine.predict" not in loaded
 
 
 def test_help_and_info_load_no_torch(tmp_path):
@@ -30,14 +30,14 @@ def test_help_and_info_load_no_torch(tmp_path):
 
 
 def test_lazy_names_are_the_same_objects():
+    from zarrstain.engine.normalize import normalize
+    from zarrstain.engine.predict import predict
     from zarrstain.io import write_channels
-    from zarrstain.normalize import normalize
-    from zarrstain.predict import predict
 
     assert zarrstain.predict is predict and zarrstain.normalize is normalize
     assert zarrstain.write_channels is write_channels
     assert set(zarrstain.__all__) <= set(dir(zarrstain))
-    import zarrstain.predict as module  # noqa: F401 - loading the module keeps the function
+    import zarrstain.engine.predict as module  # noqa: F401 - loading the module keeps the function
 
     assert callable(zarrstain.predict) and zarrstain.predict is predict
 

@@ -14,15 +14,9 @@ import pytest
 import zarr
 
 from zarrstain.errors import UnsupportedError
+from zarrstain.io.chunkgrid import delete_chunks, keys_in, stored_keys
 from zarrstain.io.pyramid import downsample_to
-from zarrstain.io.stream import (
-    PyramidWrite,
-    delete_chunks,
-    keys_in,
-    region,
-    stored_keys,
-    write_pyramids,
-)
+from zarrstain.io.stream import PyramidWrite, region, write_pyramids
 
 
 def _array(tmp_path, name, shape, chunks, shards=None, dtype="uint16", fill=0):

@@ -8,8 +8,8 @@ from conftest import SHARED, assert_same
 from scipy import ndimage
 
 import zarrstain
+from zarrstain.engine.tiling import predict_whole
 from zarrstain.testing import random_model
-from zarrstain.tiling import predict_whole
 
 FNET = SHARED / "fixtures" / "pytorch_fnet"
 

@@ -11,9 +11,9 @@ from torch import nn
 
 import zarrstain
 from zarrstain import datasets
+from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.errors import ModelError, ParameterError
 from zarrstain.models import create_model, export_torchscript, load_model
-from zarrstain.pipeline import plan_prediction
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 

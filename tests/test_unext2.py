@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from zarrstain.models.unext2 import UNeXt2, unext2_config
+from zarrstain.models.nets.unext2 import UNeXt2, unext2_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "viscy"
 

@@ -18,10 +18,10 @@ import torch
 
 import zarrstain
 from zarrstain.datasets import save_image
+from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.errors import ModelError, ParameterError, ShapeMismatchError
 from zarrstain.models import cache, create_model, load_model, save_model
-from zarrstain.models.fcmae import FullyConvolutionalMAE, fcmae_config
-from zarrstain.pipeline import plan_prediction
+from zarrstain.models.nets.fcmae import FullyConvolutionalMAE, fcmae_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "viscy"
 LABELS = {

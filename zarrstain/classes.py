@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ParameterError, option
+from zarrstain.errors import ParameterError, option
 
 __all__ = ["ClassMap", "is_class_map_path", "read_class_map", "scene_class"]
 

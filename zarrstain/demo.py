@@ -13,12 +13,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import datasets
-from .errors import ParameterError
-from .evaluate import Evaluation, evaluate
-from .pipeline import plan_prediction
-from .progress import ProgressCallback
-from .training import TrainConfig, train
+from zarrstain import datasets
+from zarrstain.engine.pipeline import plan_prediction
+from zarrstain.errors import ParameterError
+from zarrstain.evaluation.evaluate import Evaluation, evaluate
+from zarrstain.progress import ProgressCallback
+from zarrstain.training import TrainConfig, train
 
 __all__ = ["DEMO_CONFIG", "HELD_OUT", "DemoResult", "run_demo"]
 

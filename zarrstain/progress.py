@@ -6,7 +6,7 @@ Every long call of the library (:func:`zarrstain.train`, ``PredictionPlan.run``,
 argument, not several positional ones, so later fields never break a user's callback.
 
 Each model block reports itself when it finishes (:func:`block_done`, called by
-:func:`zarrstain.tiling.run_tiled`'s block function) rather than being recognised by its task
+:func:`zarrstain.engine.tiling.run_tiled`'s block function) rather than being recognised by its task
 key: dask's graph optimization fuses the model layer into its neighbours and renames the keys.
 In the calling process the report goes to the active :class:`BlockProgress`; on a
 ``dask.distributed`` worker it is logged as an event on the ``zarrstain-blocks`` topic, which
@@ -32,7 +32,7 @@ __all__ = [
     "cluster_progress",
 ]
 
-#: dask key prefix of the tasks that run the model (see :func:`zarrstain.tiling.run_tiled`)
+#: dask key prefix of the tasks that run the model (see :func:`zarrstain.engine.tiling.run_tiled`)
 PREDICT_PREFIX = "zarrstain-predict-"
 #: the distributed event topic of finished model blocks
 TOPIC = "zarrstain-blocks"

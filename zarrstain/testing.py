@@ -29,8 +29,9 @@ if TYPE_CHECKING:  # annotations only: zarr's buffer types are not public API
     from zarr.abc.store import ByteRequest
     from zarr.core.buffer import Buffer, BufferPrototype
 
-from .models import create_model
-from .models.model import Model, state_dict_hash
+from zarrstain.models import create_model
+from zarrstain.models.heads import head_from_kwargs
+from zarrstain.models.model import Model, state_dict_hash
 
 __all__ = [
     "RecordingStore",
@@ -197,8 +198,6 @@ def random_model(
     if architecture == "fnet":
         kwargs = {"ndim": 3, "depth": 2, "mult_chan": 4, **kwargs}
     if kwargs.get("head"):  # one label per target given: one channel per head output
-        from .models.heads import head_from_kwargs
-
         outputs = head_from_kwargs(kwargs).outputs
         if len(output_labels) != len(outputs):
             output_labels = tuple(base + h.suffix for base in output_labels for h in outputs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import ParameterError, option
+from zarrstain.errors import ParameterError, option
 
 __all__ = ["parse_time", "time_range"]
 

@@ -20,7 +20,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from .errors import ParameterError, option
+from zarrstain.errors import ParameterError, option
 
 __all__ = [
     "RESCALE_RANGE",

@@ -28,8 +28,9 @@ import zarr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from ._zarr_compat import write_regions
-from .pyramid import downsample_block, level_factor
+from zarrstain.io._zarr_compat import write_regions
+from zarrstain.io.chunkgrid import keys_in
+from zarrstain.io.pyramid import downsample_block, level_factor
 
 __all__ = [
     "BlockSource",
@@ -205,8 +206,6 @@ def _write_block(
 
     Returns None when an interrupted run already wrote all of it (nothing computed).
     """
-    from .stream import keys_in
-
     if done is not None and all(
         key in done[k] for k, level in enumerate(where) for w in level
         for key, _ in keys_in(arrays[k], w)

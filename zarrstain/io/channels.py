@@ -31,12 +31,13 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from ..errors import UnsupportedError, option
-from ._zarr_compat import grown_view
-from .blockwrite import fused_blocks
-from .metadata import DIMS, Axis, ImageMeta, canonical_dims, ome_attrs
-from .pending import KEY, PendingRecord, begin, now
-from .stream import PyramidWrite, delete_chunks, region, stored_keys
+from zarrstain.errors import UnsupportedError, option
+from zarrstain.io._zarr_compat import grown_view
+from zarrstain.io.blockwrite import fused_blocks
+from zarrstain.io.chunkgrid import delete_chunks, stored_keys
+from zarrstain.io.metadata import DIMS, Axis, ImageMeta, canonical_dims, ome_attrs
+from zarrstain.io.pending import KEY, PendingRecord, begin, now
+from zarrstain.io.stream import PyramidWrite, region
 
 __all__ = [
     "INCOMPLETE_SUFFIX",

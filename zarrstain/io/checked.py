@@ -14,13 +14,13 @@ import dask
 import numpy as np
 import xarray as xr
 
-from .._version import __version__
-from ..errors import ChannelError, ParameterError, ShapeMismatchError
-from .channels import INCOMPLETE_SUFFIX
-from .dtypes import array_dtype, channel_dtypes, convert_channels
-from .metadata import DIMS
-from .opened import OpenStore
-from .repeat import WritePlan
+from zarrstain._version import __version__
+from zarrstain.errors import ChannelError, ParameterError, ShapeMismatchError
+from zarrstain.io.channels import INCOMPLETE_SUFFIX
+from zarrstain.io.dtypes import array_dtype, channel_dtypes, convert_channels
+from zarrstain.io.metadata import DIMS
+from zarrstain.io.opened import OpenStore
+from zarrstain.io.repeat import WritePlan
 
 __all__ = ["plan_write", "time_of"]
 

@@ -15,19 +15,20 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from ._zarr_compat import create_image, grown_view, image_array_kwargs
-from .blockwrite import fused_blocks
-from .channels import (
+from zarrstain.io._zarr_compat import create_image, grown_view, image_array_kwargs
+from zarrstain.io.blockwrite import fused_blocks
+from zarrstain.io.channels import (
     channel_entry,
     rdefs_with_defaults,
     time_region,
     to_store_axes,
     with_time_points,
 )
-from .layout import Layout
-from .metadata import DIMS, ImageMeta, ome_attrs
-from .pending import KEY, PendingRecord, begin, fresh
-from .stream import PyramidWrite, region, stored_keys
+from zarrstain.io.chunkgrid import stored_keys
+from zarrstain.io.layout import Layout
+from zarrstain.io.metadata import DIMS, ImageMeta, ome_attrs
+from zarrstain.io.pending import KEY, PendingRecord, begin, fresh
+from zarrstain.io.stream import PyramidWrite, region
 
 __all__ = ["begin_create", "write_collection_metadata"]
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import ChannelError, ParameterError, UnsupportedError, option
-from ..units import as_dtype, float_into_integer_advice
+from zarrstain.errors import ChannelError, ParameterError, UnsupportedError, option
+from zarrstain.units import as_dtype, float_into_integer_advice
 
 __all__ = ["array_dtype", "cast", "channel_dtypes", "convert_channels"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .layout import find_layout
-from .metadata import parse_image
-from .store import StoreLike, describe_store, open_root
+from zarrstain.io.layout import find_layout
+from zarrstain.io.metadata import parse_image
+from zarrstain.io.store import StoreLike, describe_store, open_root
 
 __all__ = ["describe", "format_description"]
 

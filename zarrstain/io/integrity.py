@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..errors import DataError, option
-from ._zarr_compat import can_list
-from .stream import keys_in, stored_keys
+from zarrstain.errors import DataError, option
+from zarrstain.io._zarr_compat import can_list
+from zarrstain.io.chunkgrid import keys_in, stored_keys
 
 __all__ = ["ChunkReader", "missing_chunks"]
 

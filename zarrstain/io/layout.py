@@ -13,10 +13,10 @@ from typing import Any, Literal
 import pydantic
 import zarr
 
-from ..errors import MetadataError, NotOmeZarrError, SceneNotFoundError
-from ._zarr_compat import map_io
-from .metadata import ome_attrs, ome_version
-from .recent import Recent
+from zarrstain.errors import MetadataError, NotOmeZarrError, SceneNotFoundError
+from zarrstain.io._zarr_compat import map_io
+from zarrstain.io.metadata import ome_attrs, ome_version
+from zarrstain.io.recent import Recent
 
 __all__ = ["Layout", "find_layout", "select_scenes"]
 

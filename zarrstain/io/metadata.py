@@ -16,7 +16,7 @@ from typing import Any
 import pydantic
 import zarr
 
-from ..errors import MetadataError, NotOmeZarrError, UnsupportedError
+from zarrstain.errors import MetadataError, NotOmeZarrError, UnsupportedError
 
 __all__ = [
     "SUPPORTED_VERSIONS",

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import zarr
 
-from .layout import Layout, find_layout
-from .metadata import ImageMeta, parse_image
-from .recent import Recent
-from .store import describe_store, open_root, store_location
+from zarrstain.io.layout import Layout, find_layout
+from zarrstain.io.metadata import ImageMeta, parse_image
+from zarrstain.io.recent import Recent
+from zarrstain.io.store import describe_store, open_root, store_location
 
 __all__ = ["OpenStore", "open_store"]
 

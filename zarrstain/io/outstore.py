@@ -15,10 +15,16 @@ import zarr
 import zarr.storage
 from zarr.abc.store import Store
 
-from ..errors import NotOmeZarrError, ParameterError, ReadOnlyStoreError, UnsupportedError, option
-from .metadata import ome_attrs, parse_image
-from .repeat import WritePlan, existing_state
-from .store import StoreLike, describe_store, is_remote, open_root
+from zarrstain.errors import (
+    NotOmeZarrError,
+    ParameterError,
+    ReadOnlyStoreError,
+    UnsupportedError,
+    option,
+)
+from zarrstain.io.metadata import ome_attrs, parse_image
+from zarrstain.io.repeat import WritePlan, existing_state
+from zarrstain.io.store import StoreLike, describe_store, is_remote, open_root
 
 __all__ = ["check_out", "existing_out", "open_or_create_out", "open_out"]
 

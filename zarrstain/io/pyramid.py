@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
-from ..errors import UnsupportedError, option
+from zarrstain.errors import UnsupportedError, option
 
 __all__ = ["downsample_block", "downsample_to", "halving_shapes", "level_factor"]
 

@@ -11,13 +11,13 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 
-from ..errors import SceneNotFoundError, UnsupportedError, option
-from ._zarr_compat import map_io
-from .integrity import ChunkReader, missing_chunks
-from .layout import select_scenes
-from .metadata import DIMS, ImageMeta
-from .opened import OpenStore, open_store
-from .store import StoreLike, store_location
+from zarrstain.errors import SceneNotFoundError, UnsupportedError, option
+from zarrstain.io._zarr_compat import map_io
+from zarrstain.io.integrity import ChunkReader, missing_chunks
+from zarrstain.io.layout import select_scenes
+from zarrstain.io.metadata import DIMS, ImageMeta
+from zarrstain.io.opened import OpenStore, open_store
+from zarrstain.io.store import StoreLike, store_location
 
 __all__ = ["check_chunks", "open_image", "open_scenes", "source_token"]
 

@@ -16,9 +16,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ..errors import ChannelExistsError, option
-from .channels import to_store_axes
-from .metadata import ImageMeta
+from zarrstain.errors import ChannelExistsError, option
+from zarrstain.io.channels import to_store_axes
+from zarrstain.io.metadata import ImageMeta
 
 __all__ = ["Pending", "WritePlan", "existing_state", "new_time_points", "same_content"]
 

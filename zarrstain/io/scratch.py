@@ -21,8 +21,8 @@ from typing import Any
 import dask.array as da
 import zarr
 
-from ..errors import ParameterError, option
-from .store import is_remote, store_location
+from zarrstain.errors import ParameterError, option
+from zarrstain.io.store import is_remote, store_location
 
 __all__ = ["STORED", "persist_pass", "scratch_beside", "stored_pass"]
 

@@ -13,7 +13,7 @@ import zarr.storage
 from zarr.abc.store import Store
 from zarr.errors import GroupNotFoundError
 
-from ..errors import NotOmeZarrError, ReadOnlyStoreError, StoreNotFoundError, option
+from zarrstain.errors import NotOmeZarrError, ReadOnlyStoreError, StoreNotFoundError, option
 
 __all__ = [
     "StoreLike",

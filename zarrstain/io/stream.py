@@ -14,7 +14,6 @@ and computes only the missing chunks, level by level.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,10 +25,9 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from ..errors import UnsupportedError
-from ..progress import PREDICT_PREFIX
-from ._zarr_compat import chunk_key, delete_keys, list_keys, map_io
-from .blockwrite import (
+from zarrstain.errors import UnsupportedError
+from zarrstain.io._zarr_compat import map_io
+from zarrstain.io.blockwrite import (
     FusedBlocks,
     block_tasks,
     combine_ranges,
@@ -37,9 +35,11 @@ from .blockwrite import (
     covered_levels,
     gather,
 )
-from .pyramid import downsample_to
+from zarrstain.io.chunkgrid import keys_in, write_grid
+from zarrstain.io.pyramid import downsample_to
+from zarrstain.progress import PREDICT_PREFIX
 
-__all__ = ["PyramidWrite", "delete_chunks", "keys_in", "region", "stored_keys", "write_pyramids"]
+__all__ = ["PyramidWrite", "region", "write_pyramids"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +115,6 @@ class PyramidWrite:
             yield data, region(arr.ndim, self.cax, start, data.shape[self.cax], self.time)
 
 
-def write_grid(arr: zarr.Array) -> tuple[int, ...]:
-    """The unit one write task covers: a shard when sharded, else a chunk."""
-    return tuple(arr.shards or arr.chunks)
-
-
 def region(
     ndim: int, cax: int, start: int, n: int, time: tuple[int, slice] | None = None
 ) -> tuple[slice, ...]:
@@ -128,39 +123,6 @@ def region(
     if time is not None:
         out[time[0]] = time[1]
     return tuple(out)
-
-
-#: the metadata documents beside an array's chunks (zarr v3, v2)
-_METADATA = frozenset({"zarr.json", ".zarray", ".zattrs"})
-
-
-def stored_keys(arr: zarr.Array) -> set[str]:
-    """Keys (relative to ``arr``) of the chunks or shards present in the store."""
-    return list_keys(arr) - _METADATA
-
-
-def keys_in(arr: zarr.Array, where: tuple[slice, ...]) -> Iterator[tuple[str, tuple[slice, ...]]]:
-    """(key, array region) of every write unit that ``where`` touches."""
-    grid = write_grid(arr)
-    ranges = []
-    for sel, size, step in zip(where, arr.shape, grid, strict=True):
-        lo, hi, _ = sel.indices(size)
-        ranges.append(range(lo // step, -(-hi // step)) if hi > lo else range(0))
-    for coords in itertools.product(*ranges):
-        key = chunk_key(arr, coords)
-        unit = tuple(
-            slice(c * step, min((c + 1) * step, size))
-            for c, step, size in zip(coords, grid, arr.shape, strict=True)
-        )
-        yield key, unit
-
-
-def delete_chunks(arr: zarr.Array, regions: list[tuple[slice, ...]]) -> int:
-    """Delete the stored chunks (shards) that ``regions`` touch; returns how many there were."""
-    present = stored_keys(arr)
-    doomed = {key for where in regions for key, _ in keys_in(arr, where) if key in present}
-    delete_keys(arr, doomed)
-    return len(doomed)
 
 
 def _missing(

@@ -15,29 +15,29 @@ import zarr
 import zarr.storage
 from zarr.core.group import GroupMetadata
 
-from ..errors import (
+from zarrstain.errors import (
     ChannelError,
     UnsupportedError,
     option,
 )
-from ._zarr_compat import map_io, write_nodes
-from .channels import begin_append
-from .checked import plan_write, time_of
-from .create import begin_create, write_collection_metadata
-from .dtypes import cast
-from .layout import Layout, select_scenes
-from .lock import group_lock, lock_path
-from .metadata import ome_attrs, parse_image
-from .opened import OpenStore, open_store
-from .outstore import check_out, open_or_create_out, open_out
-from .repeat import Pending, WritePlan, existing_state
-from .store import (
+from zarrstain.io._zarr_compat import map_io, write_nodes
+from zarrstain.io.channels import begin_append
+from zarrstain.io.checked import plan_write, time_of
+from zarrstain.io.create import begin_create, write_collection_metadata
+from zarrstain.io.dtypes import cast
+from zarrstain.io.layout import Layout, select_scenes
+from zarrstain.io.lock import group_lock, lock_path
+from zarrstain.io.metadata import ome_attrs, parse_image
+from zarrstain.io.opened import OpenStore, open_store
+from zarrstain.io.outstore import check_out, open_or_create_out, open_out
+from zarrstain.io.repeat import Pending, WritePlan, existing_state
+from zarrstain.io.store import (
     StoreLike,
     describe_store,
     has_consolidated,
     refresh_consolidated,
 )
-from .stream import PyramidWrite, write_pyramids
+from zarrstain.io.stream import PyramidWrite, write_pyramids
 
 __all__ = ["write_channels"]
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .architecture import KINDS, Architecture, BlockContext, Geometry, Head
-from .format import FORMATS, ModelFormat, load_model, relabel, renamable
-from .registry import ARCHITECTURES, build, get_architecture, register
+from zarrstain.models.architecture import KINDS, Architecture, BlockContext, Geometry, Head
+from zarrstain.models.format import FORMATS, ModelFormat, load_model, relabel, renamable
+from zarrstain.models.registry import ARCHITECTURES, build, get_architecture, register
 
 #: public name → the module defining it, imported when the name is first used (torch)
 _LAZY = {
-    "FnetUNet": ".unet",
+    "FnetUNet": ".nets.unet",
     "Model": ".model",
     "create_model": ".model",
-    "export_bioimageio": ".bioimageio_export",
-    "export_torchscript": ".torchscript",
-    "fnet_receptive_radius": ".unet",
-    "load_fnet_checkpoint": ".fnet_compat",
+    "export_torchscript": ".formats.torchscript",
+    "fnet_receptive_radius": ".nets.unet",
+    "load_fnet_checkpoint": ".fnet.checkpoint",
     "save_model": ".card",
     "state_dict_hash": ".model",
 }

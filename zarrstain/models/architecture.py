@@ -41,14 +41,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ParameterError
-from .schema import Option, declared
+from zarrstain.errors import ParameterError
+from zarrstain.models.schema import Option, declared
 
 if TYPE_CHECKING:  # torch is imported by the modules that run models, not by the protocol
     import torch
     from torch import nn
 
-    from .heads import OutputHead
+    from zarrstain.models.heads import OutputHead
 
 __all__ = ["KINDS", "Architecture", "BlockContext", "Geometry", "Head", "output_label"]
 
@@ -289,7 +289,7 @@ class Architecture:
         Default: the one ``kwargs["head"]`` describes (:mod:`zarrstain.models.heads`), a value
         head when absent. The engine applies its ``reduce`` to the last pass of every block.
         """
-        from .heads import head_from_kwargs
+        from zarrstain.models.heads import head_from_kwargs  # torch: only once a model runs
 
         return head_from_kwargs(kwargs)
 

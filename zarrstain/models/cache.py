@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, option
-from ..options import check_device
-from .model import Model
+from zarrstain.errors import ModelError, option
+from zarrstain.models.device import check_device
+from zarrstain.models.format import load_model
+from zarrstain.models.model import Model
 
 __all__ = [
     "ModelHandle",
@@ -68,8 +69,6 @@ def mark_published(content_hash: str) -> None:
 
 
 def _load_from_source(content_hash: str, source: str, card: Any = None) -> Model:
-    from . import load_model
-
     with _LOCK:
         if content_hash in _MODELS:
             return _MODELS[content_hash]

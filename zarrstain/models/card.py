@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from .._version import __version__
-from ..errors import ModelError
-from .format import ModelFormat
-from .model import Model, state_dict_hash
-from .registry import get_architecture
+from zarrstain._version import __version__
+from zarrstain.errors import ModelError
+from zarrstain.models.format import ModelFormat
+from zarrstain.models.model import Model, state_dict_hash
+from zarrstain.models.registry import get_architecture
 
 __all__ = ["CARD", "WEIGHTS", "is_package", "load_package", "save_model"]
 

@@ -16,11 +16,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelError, option
-from .plugins import FORMAT_GROUP, PluginRegistry
+from zarrstain.errors import ModelError, option
+from zarrstain.models.plugins import FORMAT_GROUP, PluginRegistry
 
 if TYPE_CHECKING:
-    from .model import Model
+    from zarrstain.models.model import Model
 
 __all__ = [
     "FORMATS",
@@ -124,8 +124,8 @@ def load_model(
         A zarrstain model package folder (``card.json`` + ``weights.pt``), a pytorch_fnet
         checkpoint (``model.p``, or the folder holding it, in either of pytorch_fnet's formats),
         a TorchScript file, a VisCy Lightning checkpoint (``.ckpt``:
-        :mod:`zarrstain.models.viscy`) or a bioimage.io model package (a folder or zip with
-        ``rdf.yaml``: :mod:`zarrstain.models.bioimageio`); or any file an installed format
+        :mod:`zarrstain.models.viscy.family`) or a bioimage.io model package (a folder or zip with
+        ``rdf.yaml``: :mod:`zarrstain.models.formats.bioimageio`); or any file an installed format
         plug-in opens (:mod:`zarrstain.models.format`).
     output_label
         Label of the predicted channel (models of one target; a head's other channels follow
@@ -134,7 +134,7 @@ def load_model(
     card
         TorchScript files without a card inside or beside them (``model.json``), and VisCy
         checkpoints (channel labels, settings without weights): the card, a dict or a file
-        (see :mod:`zarrstain.models.torchscript`, :mod:`zarrstain.models.viscy`).
+        (see :mod:`zarrstain.models.formats.torchscript`, :mod:`zarrstain.models.viscy.family`).
 
     Raises
     ------

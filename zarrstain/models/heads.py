@@ -15,7 +15,7 @@ each block**, per voxel, so exact tiling still holds.
 
 A head is stored as ``kwargs["head"]`` of a model card (absent for a value head, so cards of
 earlier models are unchanged) and may carry a :class:`Calibration` (see
-:mod:`zarrstain.calibrate`), applied to its interval in :meth:`OutputHead.reduce`.
+:mod:`zarrstain.uncertainty.calibrate`), applied to its interval in :meth:`OutputHead.reduce`.
 
 Channel labels are the model's output label per target followed by the output's suffix:
 ``"DNA (predicted)"``, ``"DNA (predicted) std"``, ``"DNA (predicted) lower"``.
@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ParameterError, option
-from .architecture import Head
+from zarrstain.errors import ParameterError, option
+from zarrstain.models.architecture import Head
 
 if TYPE_CHECKING:
     import torch

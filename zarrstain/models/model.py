@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .architecture import Architecture, BlockContext
-from .registry import get_architecture
+from zarrstain.models.architecture import Architecture, BlockContext
+from zarrstain.models.registry import get_architecture
 
 if TYPE_CHECKING:
-    from .architecture import Geometry, Head
-    from .heads import OutputHead
+    from zarrstain.models.architecture import Geometry, Head
+    from zarrstain.models.heads import OutputHead
 
 __all__ = ["Model", "plain_options", "run_token", "state_dict_hash"]
 

@@ -30,7 +30,7 @@ from collections.abc import Iterator, MutableMapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
-from ..errors import ModelError
+from zarrstain.errors import ModelError
 
 __all__ = ["ARCHITECTURE_GROUP", "FORMAT_GROUP", "OPTIONS_GROUP", "PluginRegistry"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelError
-from .architecture import Architecture
-from .plugins import ARCHITECTURE_GROUP, PluginRegistry
+from zarrstain.errors import ModelError
+from zarrstain.models.architecture import Architecture
+from zarrstain.models.plugins import ARCHITECTURE_GROUP, PluginRegistry
 
 if TYPE_CHECKING:
     from torch import nn

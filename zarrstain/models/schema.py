@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ParameterError, option
-from .plugins import OPTIONS_GROUP, PluginRegistry
+from zarrstain.errors import ParameterError, option
+from zarrstain.models.plugins import OPTIONS_GROUP, PluginRegistry
 
 __all__ = [
     "FAMILY_OPTIONS",

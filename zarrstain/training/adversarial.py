@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from ..errors import ParameterError, option
-from ..models.architecture import Architecture, BlockContext
-from .gan_options import GAN_LOSSES, RECONSTRUCTION_LOSSES
+from zarrstain.errors import ParameterError, option
+from zarrstain.models.architecture import Architecture, BlockContext
+from zarrstain.training.gan_options import GAN_LOSSES, RECONSTRUCTION_LOSSES
 
 __all__ = ["GAN_LOSSES", "RECONSTRUCTION_LOSSES", "Adversary", "GanSettings", "PatchDiscriminator"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..classes import scene_class
-from ..errors import ParameterError, option
+from zarrstain.classes import scene_class
+from zarrstain.errors import ParameterError, option
 
 __all__ = ["scene_classes"]
 

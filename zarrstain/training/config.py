@@ -8,12 +8,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ParameterError, option
-from ..models.architecture import Architecture, Geometry
-from ..models.heads import OutputHead, make_head
-from ..models.registry import ARCHITECTURES, aliases, resolve
-from ..models.schema import check_options, declared
-from ..normalize import METHODS
+from zarrstain.engine.normalize import METHODS
+from zarrstain.errors import ParameterError, option
+from zarrstain.models.architecture import Architecture, Geometry
+from zarrstain.models.heads import OutputHead, make_head
+from zarrstain.models.registry import ARCHITECTURES, aliases, resolve
+from zarrstain.models.schema import check_options, declared
+from zarrstain.training.adversarial import (
+    GAN_LOSSES,
+    RECONSTRUCTION_LOSSES,
+    GanSettings,
+    check_generator,
+)
+from zarrstain.training.experiment import read_experiment
 
 __all__ = ["FREEZE", "TrainConfig", "build_config", "training_models"]
 
@@ -130,8 +137,6 @@ class TrainConfig:
         """The pix2pix settings (:class:`~zarrstain.training.adversarial.GanSettings`) or None."""
         if self.model != PIX2PIX:
             return None
-        from .adversarial import GanSettings
-
         return GanSettings(
             loss=self.gan_loss,
             weight=self.gan_weight,
@@ -231,8 +236,6 @@ class TrainConfig:
                     f"{option('model=', '--model')} pix2pix, or drop it"
                 )
             return
-        from .adversarial import GAN_LOSSES, RECONSTRUCTION_LOSSES, check_generator
-
         if self.gan_loss not in GAN_LOSSES:
             raise ParameterError(
                 f"{_flag('gan_loss')} {self.gan_loss!r} is not one of {', '.join(GAN_LOSSES)}"
@@ -337,8 +340,6 @@ def build_config(
     :attr:`~zarrstain.models.Architecture.train_schema` (what ``zarrstain train`` makes flags
     of). Unknown keys and missing inputs/targets raise :class:`~zarrstain.errors.ParameterError`.
     """
-    from .experiment import read_experiment
-
     values: dict[str, Any] = read_experiment(file)[1] if file is not None else {}
     values.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
     if options:

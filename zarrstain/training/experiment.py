@@ -35,7 +35,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..errors import ParameterError
+from zarrstain.errors import ParameterError
 
 __all__ = ["SECTIONS", "read_experiment"]
 

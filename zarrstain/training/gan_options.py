@@ -7,7 +7,7 @@ An entry point of ``zarrstain.options`` under the name ``pix2pix``: the CLI make
 
 from __future__ import annotations
 
-from ..models.schema import FamilyOptions, Option
+from zarrstain.models.schema import FamilyOptions, Option
 
 __all__ = ["GAN_LOSSES", "OPTIONS", "RECONSTRUCTION_LOSSES"]
 

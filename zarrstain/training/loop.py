@@ -27,20 +27,21 @@ import numpy as np
 import torch
 import zarr
 
-from ..errors import ParameterError, option
-from ..io.read import open_scenes
-from ..io.store import store_location
-from ..metrics import pearson
-from ..models import Model, create_model, load_model, save_model
-from ..models.cache import resolve_device
-from ..models.card import is_package
-from ..models.model import state_dict_hash
-from ..progress import ProgressCallback, ProgressEvent
-from .conditioning import scene_classes
-from .config import TrainConfig, build_config, training_models
-from .ema import EMA
-from .sampler import PatchSampler, bins_range, split_regions
-from .transfer import start_from, train_mode
+from zarrstain.errors import ParameterError, option
+from zarrstain.evaluation.metrics import pearson
+from zarrstain.io.read import open_scenes
+from zarrstain.io.store import store_location
+from zarrstain.models import Model, create_model, load_model, save_model
+from zarrstain.models.cache import resolve_device
+from zarrstain.models.card import is_package
+from zarrstain.models.model import state_dict_hash
+from zarrstain.progress import ProgressCallback, ProgressEvent
+from zarrstain.training.adversarial import Adversary
+from zarrstain.training.conditioning import scene_classes
+from zarrstain.training.config import TrainConfig, build_config, training_models
+from zarrstain.training.ema import EMA
+from zarrstain.training.sampler import PatchSampler, bins_range, split_regions
+from zarrstain.training.transfer import start_from, train_mode
 
 __all__ = ["TrainConfig", "TrainResult", "build_config", "train", "training_models"]
 
@@ -193,8 +194,6 @@ def train(
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
     adversary = None
     if config.gan is not None:  # pix2pix: a critic beside the generator, trained in turn
-        from .adversarial import Adversary
-
         n_critic = len(config.inputs) + len(config.targets)  # it sees (input, target) pairs
         adversary = Adversary(config.gan, len(patch), n_critic, patch, device)
         record["gan"] = dataclasses.asdict(config.gan)

@@ -22,10 +22,10 @@ import dask
 import numpy as np
 import xarray as xr
 
-from ..errors import ChannelError, ParameterError, ShapeMismatchError, option
-from ..normalize import normalization_stats
-from .augment import augment
-from .blocks import BlockCache
+from zarrstain.engine.normalize import normalization_stats
+from zarrstain.errors import ChannelError, ParameterError, ShapeMismatchError, option
+from zarrstain.training.augment import augment
+from zarrstain.training.blocks import BlockCache
 
 __all__ = ["PatchSampler", "Region", "bins_range", "split_regions"]
 

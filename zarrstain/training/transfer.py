@@ -16,9 +16,9 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ParameterError, option
-from ..models import load_model
-from ..models.architecture import Architecture
+from zarrstain.errors import ParameterError, option
+from zarrstain.models import load_model
+from zarrstain.models.architecture import Architecture
 
 __all__ = ["start_from", "train_mode"]
 

@@ -1,0 +1,3 @@
+"""Uncertainty: conformal calibration of interval heads (:mod:`.calibrate`, :mod:`.conformal`)
+and coverage curves (:mod:`.coverage`).
+"""
