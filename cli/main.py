@@ -18,13 +18,22 @@ import click
 
 import zarrstain
 from zarrstain.engine.normalize import METHODS
-from zarrstain.engine.options import NORMALIZATIONS
+from zarrstain.engine.options import NORMALIZATIONS, PRECISION_NAMES
 from zarrstain.errors import ZarrstainError, cli_messages
 
 from .export import export
 from .family import FamilyCommand
 from .output import _quiet, _say
-from .params import DEVICE, parse_dtypes, parse_halo, parse_size
+from .params import (
+    DEVICE,
+    json_option,
+    model_option,
+    out_option,
+    overwrite_option,
+    parse_dtypes,
+    parse_size,
+    scenes_option,
+)
 from .progress import Progress, StageProgress
 from .uncertainty import calibrate, calibration_curve
 
@@ -82,7 +91,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 @cli.command()
 @click.argument("store")
-@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@json_option("Print the description as JSON.")
 def info(store: str, as_json: bool) -> None:
     """Show the scenes of STORE: shape, dtype, chunks, channels, pyramid, scale, NGFF version.
 
@@ -99,13 +108,9 @@ def info(store: str, as_json: bool) -> None:
 
 @cli.command(cls=FamilyCommand)
 @click.argument("store")
-@click.option(
-    "--model",
-    "-m",
-    "model_path",
-    required=True,
-    help="Model: a zarrstain package, pytorch_fnet model.p, TorchScript file, VisCy .ckpt, "
-    "bioimage.io package or a plug-in format's file.",
+@model_option(
+    "Model: a zarrstain package, pytorch_fnet model.p, TorchScript file, VisCy .ckpt, "
+    "bioimage.io package or a plug-in format's file."
 )
 @click.option(
     "--input-channel",
@@ -113,14 +118,10 @@ def info(store: str, as_json: bool) -> None:
     multiple=True,
     help="Input channel label, in the model's order (repeat for several).",
 )
-@click.option(
-    "--scene", "scenes", multiple=True, help="Scene id, e.g. A/1/0 (repeat; default all)."
-)
+@scenes_option()
 @click.option("--time", "time", default=None, help="Time points T0:T1 or T (default all).")
-@click.option("--out", default=None, help="Write into this new store instead of in place.")
-@click.option(
-    "--overwrite", is_flag=True, help="Replace an earlier prediction with the same label."
-)
+@out_option("Write into this new store instead of in place.")
+@overwrite_option("Replace an earlier prediction with the same label.")
 @click.option(
     "--halo", default="auto", show_default=True, help="auto, exact or a number of voxels."
 )
@@ -143,7 +144,7 @@ def info(store: str, as_json: bool) -> None:
     "--precision",
     default="float32",
     show_default=True,
-    type=click.Choice(["float32", "tf32", "bfloat16", "float16"]),
+    type=click.Choice(PRECISION_NAMES),
     help="Mixed precision on GPUs.",
 )
 @click.option(
@@ -181,7 +182,7 @@ def info(store: str, as_json: bool) -> None:
     is_flag=True,
     help="Predict time points whose input is constant (blank) instead of refusing them.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the plan / result as JSON.")
+@json_option("Print the plan / result as JSON.")
 def predict(
     store: str,
     model_path: str,
@@ -229,7 +230,7 @@ def predict(
         allow_missing_chunks=allow_missing_chunks,
         allow_constant_frames=allow_constant_frames,
         predict_options=PredictOptions(
-            halo=parse_halo(halo),
+            halo=halo,
             normalize=normalization,
             input_channels=list(input_channels) or None,
             device=device,
@@ -269,7 +270,7 @@ def predict(
 @click.argument("stores", nargs=-1)
 @click.option("--input", "inputs", multiple=True, help="Input channel label (repeat for several).")
 @click.option("--target", "targets", multiple=True, help="Target channel label (repeat).")
-@click.option("--out", required=True, help="Model package folder to write.")
+@out_option("Model package folder to write.", required=True)
 @click.option(
     "--model",
     "arch",
@@ -296,7 +297,7 @@ def predict(
     help="Of inputs and targets [center]; samplers train best on zscore.",
 )
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
-@click.option("--scene", "scenes", multiple=True, help="Train on these scenes only (repeat).")
+@scenes_option("Train on these scenes only (repeat).")
 @click.option("--val-scene", "val_scenes", multiple=True, help="Hold out this scene (repeat).")
 @click.option(
     "--val-fraction",
@@ -340,7 +341,7 @@ def predict(
     "sections (flags override it; its data.stores when no STORES are given).",
 )
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
-@click.option("--overwrite", is_flag=True, help="Replace the model package in --out.")
+@overwrite_option("Replace the model package in --out.")
 @click.option(
     "--ema", type=float, default=None, help="Weight average decay [the architecture's: 0 or 0.999]."
 )
@@ -356,8 +357,9 @@ def train(
     from zarrstain.training import train as run_training
     from zarrstain.training.experiment import read_experiment
 
-    if not stores and config_file:
-        stores = read_experiment(config_file)[0]
+    # the experiment file read once: its stores (when none are given) and its settings
+    file_stores, settings = read_experiment(config_file) if config_file else ((), {})
+    stores = stores or file_stores
     if not stores:
         raise click.UsageError("give the training STORES, or data.stores in a --config file")
 
@@ -365,7 +367,7 @@ def train(
     flags["model"] = flags.pop("arch", None) or None
     flags["patch"] = parse_size(flags.get("patch"))
     config = build_config(
-        config_file,
+        settings=settings,
         paper=paper,
         inputs=list(inputs),
         targets=list(targets),
@@ -392,10 +394,10 @@ def train(
 @click.argument("store")
 @click.option("--prediction", default=None, help="Label of the predicted channel.")
 @click.option("--target", required=True, help="Label of the acquired channel.")
-@click.option("--scene", "scenes", multiple=True, help="Scene id (repeat; default all).")
+@scenes_option()
 @click.option("--input-channel", default=None, help="Shown beside them in the panels.")
-@click.option("--out", default=None, help="Folder for evaluation.csv / .md and panels/.")
-@click.option("--json", "as_json", is_flag=True, help="Print rows and summary as JSON.")
+@out_option("Folder for evaluation.csv / .md and panels/.")
+@json_option("Print rows and summary as JSON.")
 @click.option(
     "--calibration-curve",
     "curve",
@@ -403,7 +405,7 @@ def train(
     help="Also: nominal vs empirical coverage over several alpha (needs --model, "
     "--calibration-scene, --scene, --out).",
 )
-@click.option("--model", "model_path", default=None, help="Calibration curve: the model.")
+@model_option("Calibration curve: the model.", required=False)
 @click.option(
     "--calibration-scene", "calibration_scenes", multiple=True, help="Curve: calibrate here."
 )

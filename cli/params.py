@@ -4,6 +4,7 @@ it (the library's rules stay the library's: ``--device`` is checked by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -11,7 +12,16 @@ import click
 from zarrstain.errors import ZarrstainError
 from zarrstain.models.device import check_device
 
-__all__ = ["DEVICE", "parse_dtypes", "parse_halo", "parse_size"]
+__all__ = [
+    "DEVICE",
+    "json_option",
+    "model_option",
+    "out_option",
+    "overwrite_option",
+    "parse_dtypes",
+    "parse_size",
+    "scenes_option",
+]
 
 
 class _Device(click.ParamType):
@@ -28,16 +38,6 @@ class _Device(click.ParamType):
 
 
 DEVICE = _Device()
-
-
-def parse_halo(value: str) -> str | int:
-    """``--halo``: ``auto``, ``exact`` or voxels."""
-    if value in ("auto", "exact"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not auto, exact or an integer") from None
 
 
 def parse_dtypes(values: tuple[str, ...]) -> str | dict[str, str] | None:
@@ -61,3 +61,32 @@ def parse_size(value: str | None) -> list[int] | None:
         return [int(v) for v in value.lower().replace("x", ",").split(",") if v]
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a size like 32x64x64") from None
+
+
+# The flags several commands share, declared once (as iohub's cli/parsing.py does): each
+# command words its own help, the name, destination and kind are the same everywhere.
+
+
+def scenes_option(help: str = "Scene id, e.g. A/1/0 (repeat; default all).") -> Callable:
+    """``--scene`` (repeatable) → ``scenes``."""
+    return click.option("--scene", "scenes", multiple=True, help=help)
+
+
+def out_option(help: str, *, required: bool = False) -> Callable:
+    """``--out`` → ``out``."""
+    return click.option("--out", required=required, default=None, help=help)
+
+
+def overwrite_option(help: str) -> Callable:
+    """``--overwrite`` → ``overwrite``."""
+    return click.option("--overwrite", is_flag=True, help=help)
+
+
+def model_option(help: str, *, required: bool = True) -> Callable:
+    """``--model`` / ``-m``, a model file or package → ``model_path``."""
+    return click.option("--model", "-m", "model_path", required=required, default=None, help=help)
+
+
+def json_option(help: str) -> Callable:
+    """``--json`` → ``as_json``."""
+    return click.option("--json", "as_json", is_flag=True, help=help)

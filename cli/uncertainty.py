@@ -6,20 +6,21 @@ import click
 
 from .family import FamilyCommand
 from .output import _say
+from .params import model_option, out_option, overwrite_option, scenes_option
 
 __all__ = ["calibrate", "calibration_curve"]
 
 
 @click.command(cls=FamilyCommand)
 @click.argument("store")
-@click.option("--model", "model_path", required=True, help="Model with a quantiles or bins head.")
+@model_option("Model with a quantiles or bins head.")
 @click.option(
     "--target",
     "targets",
     multiple=True,
     help="Acquired channel of each model target (repeat) [the output labels' names].",
 )
-@click.option("--scene", "scenes", multiple=True, help="Calibration scene (repeat; default all).")
+@scenes_option("Calibration scene (repeat; default all).")
 @click.option("--alpha", type=float, default=0.1, show_default=True, help="Miscoverage.")
 @click.option(
     "--method",
@@ -31,8 +32,8 @@ __all__ = ["calibrate", "calibration_curve"]
 @click.option(
     "--max-pixels", type=int, default=2_000_000, show_default=True, help="CQR: pixels sampled."
 )
-@click.option("--out", required=True, help="Folder for the calibrated model package.")
-@click.option("--overwrite", is_flag=True, help="Replace a model package in --out.")
+@out_option("Folder for the calibrated model package.", required=True)
+@overwrite_option("Replace a model package in --out.")
 def calibrate(
     store, model_path, targets, scenes, alpha, method, delta, max_pixels, out, overwrite,
     options,

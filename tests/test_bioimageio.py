@@ -349,3 +349,20 @@ def test_a_smaller_halo_makes_smaller_packages_that_still_pass(tmp_path):
     assert load_model(path).content_hash == model.content_hash
     with pytest.raises(ParameterError, match="halo must be a non-negative integer"):
         export_bioimageio(model, tmp_path / "bad.zip", halo=-1)
+
+
+def test_a_package_cites_its_familys_paper_or_what_it_is_given(tmp_path, monkeypatch):
+    model = _fnet()
+    path = export_bioimageio(model, tmp_path / "fnet.zip", authors=["A. Tester"])
+    with zipfile.ZipFile(path) as z:
+        cited = yaml.safe_load(z.read("rdf.yaml"))["cite"]
+    assert cited[0]["doi"] == "10.1038/s41592-018-0111-2"  # fnet's: pytorch_fnet's paper
+    # a family that declares no paper is not given pytorch_fnet's: the user names one
+    monkeypatch.setattr(type(model.spec), "citation", ())
+    with pytest.raises(ParameterError, match="'fnet' family declares no paper to cite"):
+        export_bioimageio(model, tmp_path / "none.zip")
+    paper = ("Doe et al. 2026, a model", "https://example.org/paper")
+    path = export_bioimageio(model, tmp_path / "own.zip", authors=["A. Tester"], cite=[paper])
+    with zipfile.ZipFile(path) as z:
+        cited = yaml.safe_load(z.read("rdf.yaml"))["cite"]
+    assert cited == [{"text": paper[0], "url": paper[1]}]

@@ -136,7 +136,7 @@ def test_time_points(make_store, model_dir):
         (["--scene", "C/9/0"], "scene 'C/9/0' is not in"),
         (["--output-label", "DNA"], "acquired channel 'DNA'"),
         ([], "cannot hold float32 predictions"),
-        (["--halo", "wide"], "'wide' is not auto, exact or an integer"),
+        (["--halo", "wide"], "--halo must be 'auto', 'exact' or an integer ≥ 0 (voxels)"),
     ],
 )
 def test_bad_input_fails_before_writing(make_store, model_dir, extra, message):

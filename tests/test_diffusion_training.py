@@ -187,3 +187,13 @@ def test_unconditional_backbones_model_the_targets_alone(plate, tmp_path):
     )
     with pytest.raises(ParameterError, match="pretrains a diffusion backbone"):
         _config(None, model="fnet2d", unconditional=True).check()
+
+
+def test_paper_gives_each_family_its_published_recipe_and_network():
+    fnet = TrainConfig.paper(inputs=["BF"], targets=["DNA"])
+    assert (fnet.mult_chan, fnet.batch_size, fnet.betas) == (32, 24, (0.5, 0.999))
+    diffusion = TrainConfig.paper(inputs=["BF"], targets=["DNA"], model="diffusion2d")
+    assert (diffusion.batch_size, diffusion.lr, diffusion.mult_chan) == (2, 8e-5, 8)
+    spec, kwargs = diffusion.architecture()
+    assert (kwargs["width"], kwargs["norm"], kwargs["attention"]) == (64, "group", "global")
+    assert not spec.geometry(spec.channels(kwargs, 1, 1)).local  # one whole field per block

@@ -87,3 +87,17 @@ def test_sharpness_is_below_one_for_a_blurred_prediction():
     sharper = target + 0.5 * target.std() * rng.normal(size=target.shape)
     assert metrics.sharpness(target, sharper) > 1.5
     assert set(metrics.score(target, blurred)) == set(metrics.METRICS)
+
+
+def test_error_maps_show_false_positives_orange_and_false_negatives_blue():
+    from zarrstain.evaluation.report import error_map
+
+    target = np.zeros((4, 4))
+    target[0, 0] = 10.0  # signal the prediction misses
+    prediction = np.zeros((4, 4))
+    prediction[3, 3] = 10.0  # signal the target lacks
+    rgb = error_map(target, prediction).astype(int)
+    r, g, b = rgb[3, 3]
+    assert r > g > b  # orange
+    r, g, b = rgb[0, 0]
+    assert b > g > r  # blue

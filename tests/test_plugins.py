@@ -78,10 +78,10 @@ def test_a_plugin_must_be_what_its_group_holds_and_named_as_declared(monkeypatch
         monkeypatch,
         ARCHITECTURES,
         "wrong-kind",
-        "zarrstain.models.fnet.checkpoint:FnetCheckpointFormat",
+        "zarrstain.models.fnet.checkpoint:CHECKPOINT",
     )
     with pytest.raises(
-        ModelError, match="is FnetCheckpointFormat, not an instance or subclass of Architecture"
+        ModelError, match="is FileFormat, not an instance or subclass of Architecture"
     ):
         get_architecture("wrong-kind")
     _fake(monkeypatch, ARCHITECTURES, "alias", "zarrstain.models.fnet.family:FnetArchitecture")

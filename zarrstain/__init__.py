@@ -6,10 +6,8 @@ torch, so a command that only reads metadata starts as fast as dask, zarr and xa
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from zarrstain import errors
+from zarrstain._lazy import attach
 from zarrstain._version import __version__
 from zarrstain.errors import ZarrstainError
 
@@ -33,19 +31,4 @@ _LAZY = {
 __all__ = ["ZarrstainError", "__version__", "errors", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:  # a submodule, as ``zarrstain.training.TrainConfig`` reads it
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-        raise AttributeError(f"module 'zarrstain' has no attribute {name!r}")
-    module = importlib.import_module(_LAZY[name], __name__)
-    value = module if name == "datasets" else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = attach(__name__, _LAZY, submodules=True)

@@ -3,13 +3,14 @@
 Never per block: statistics are dask reductions over each (t, c) volume, and the result is an
 affine map ``(x - offset) / scale`` applied blockwise, so tiles cannot drift apart.
 
-Methods (pytorch_fnet and MMV_Im2Im conventions):
+Methods (pytorch_fnet's and VisCy's conventions, and percentile clipping):
 
 - ``"center"``: pytorch_fnet's ``norm_around_center``: mean and population std of the 32
   z-slices around the middle (start ``Z//2 - 16``, clamped inside the stack), in float64.
   With fewer than 32 slices all are used (logged; pytorch_fnet would raise).
 - ``"zscore"``: whole-volume mean and population std (pytorch_fnet's ``normalize``).
-- ``"percentile"``: clip to the ``p_low``/``p_high`` percentiles and rescale to [0, 1].
+- ``"percentile"``: clip to the ``p_low``/``p_high`` percentiles and rescale to [0, 1] (common
+  practice; MMV_Im2Im's percentile normalization rescales to [-1, 1] instead).
 - ``"median_iqr"``: subtract the median and divide by the interquartile range (VisCy's
   ``NormalizeSampled(subtrahend="median", divisor="iqr")``, which its published models use).
   VisCy estimates the statistics on a 32-pixel grid (``viscy preprocess``), per field of view

@@ -35,7 +35,10 @@ __all__ = [
     "PRECISION_NAMES",
     "PredictOptions",
     "WriteOptions",
+    "check_block_memory",
     "check_device",
+    "check_halo",
+    "check_precision",
     "merge_options",
 ]
 
@@ -44,6 +47,61 @@ PRECISION_NAMES = ("float32", "tf32", "bfloat16", "float16")
 #: what ``normalize`` takes: the model's own method, none, or a method of
 #: :mod:`zarrstain.engine.normalize`
 NORMALIZATIONS = ("model", "none", *METHODS)
+
+
+def check_halo(halo: Any) -> str | int:
+    """``halo`` as the engine takes it: ``"auto"``, ``"exact"`` or an overlap in voxels ≥ 0
+    (a string of digits, as flags give it, becomes that integer).
+
+    Raises
+    ------
+    ParameterError
+        Anything else, naming the option.
+    """
+    if isinstance(halo, str) and halo.isdigit():
+        halo = int(halo)
+    if halo in ("auto", "exact"):
+        return halo
+    if isinstance(halo, bool) or not isinstance(halo, int | np.integer) or halo < 0:
+        raise ParameterError(
+            f"{_flag('halo')} must be 'auto', 'exact' or an integer ≥ 0 (voxels), not {halo!r}"
+        )
+    return int(halo)
+
+
+def check_block_memory(value: Any) -> int:
+    """A block's memory budget in bytes, from a number or a size (``"4GiB"``, ``"500MB"``).
+
+    Raises
+    ------
+    ParameterError
+        Not a positive size, naming the option.
+    """
+    try:
+        budget = parse_bytes(value)
+    except (ValueError, TypeError):
+        budget = 0
+    if budget <= 0:
+        raise ParameterError(
+            f"block memory {value!r} is not a size; use bytes or a unit, e.g. 4GiB or 500MB "
+            f"({option('block_memory=', '--block-memory')})"
+        )
+    return int(budget)
+
+
+def check_precision(precision: Any) -> str:
+    """``precision`` when it is one of :data:`PRECISION_NAMES`.
+
+    Raises
+    ------
+    ParameterError
+        Anything else, naming the option and the choices.
+    """
+    if precision not in PRECISION_NAMES:
+        raise ParameterError(
+            f"{_flag('precision')} must be one of {', '.join(PRECISION_NAMES)}, not {precision!r}"
+        )
+    return str(precision)
 
 
 def _flag(name: str) -> str:
@@ -100,14 +158,7 @@ class PredictOptions(_Options):
     options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        halo = self.halo
-        if isinstance(halo, str) and halo.isdigit():
-            object.__setattr__(self, "halo", halo := int(halo))
-        bad_int = isinstance(halo, bool) or not isinstance(halo, int | np.integer) or halo < 0
-        if halo not in ("auto", "exact") and bad_int:
-            raise ParameterError(
-                f"{_flag('halo')} must be 'auto', 'exact' or an integer ≥ 0 (voxels), not {halo!r}"
-            )
+        object.__setattr__(self, "halo", check_halo(self.halo))
         if self.normalize is not None and self.normalize not in NORMALIZATIONS:
             raise ParameterError(
                 f"unknown normalization {self.normalize!r}; choose one of "
@@ -115,24 +166,12 @@ class PredictOptions(_Options):
                 + f" ({option('normalize=', '--normalization')})"
             )
         check_device(self.device)
-        if self.precision not in PRECISION_NAMES:
-            raise ParameterError(
-                f"{_flag('precision')} must be one of {', '.join(PRECISION_NAMES)}, "
-                f"not {self.precision!r}"
-            )
+        check_precision(self.precision)
         size = self.batch_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ParameterError(f"{_flag('batch_size')} must be a whole number ≥ 1, not {size!r}")
         if self.block_memory is not None:
-            try:
-                ok = parse_bytes(self.block_memory) > 0
-            except (ValueError, TypeError):
-                ok = False
-            if not ok:
-                raise ParameterError(
-                    f"block memory {self.block_memory!r} is not a size; use bytes or a unit, "
-                    f"e.g. 4GiB or 500MB ({option('block_memory=', '--block-memory')})"
-                )
+            check_block_memory(self.block_memory)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
             raise ParameterError(f"{_flag('seed')} must be a whole number, not {self.seed!r}")
         channels = self.input_channels

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
-import numpy as np
-from dask.utils import format_bytes, parse_bytes
+from dask.utils import format_bytes
 
 from zarrstain.engine.block_search import axis_chunks, extent, planar_blocks, round_up
-from zarrstain.errors import ParameterError, ShapeMismatchError, option
+from zarrstain.engine.options import check_block_memory, check_halo
+from zarrstain.errors import ParameterError, ShapeMismatchError
 from zarrstain.models.model import Model
 
 __all__ = ["TilePlan", "auto_halo", "bytes_per_voxel", "default_block_memory", "plan_tiles"]
@@ -150,7 +150,7 @@ def default_block_memory() -> int:
     """
     configured = dask.config.get("zarrstain.block-memory", None)
     if configured:
-        return _budget(configured)
+        return check_block_memory(configured)
     import torch  # only here: planning needs no torch otherwise
 
     if torch.cuda.is_available():
@@ -158,20 +158,6 @@ def default_block_memory() -> int:
     import psutil
 
     return psutil.virtual_memory().total // 4
-
-
-def _budget(value: int | str) -> int:
-    """A memory budget in bytes from ``4GiB``, ``500MB`` or a number."""
-    try:
-        budget = parse_bytes(value)
-    except (ValueError, TypeError):
-        budget = 0
-    if budget <= 0:
-        raise ParameterError(
-            f"block memory {value!r} is not a size; use bytes or a unit, e.g. 4GiB or 500MB "
-            f"({option('block_memory=', '--block-memory')})"
-        )
-    return budget
 
 
 def auto_halo(model: Model, radius: tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -190,16 +176,15 @@ def _halos(model: Model, halo: str | int) -> tuple[str, list[dict[str, int]]]:
     """The halo mode and, per pass, the overlap per model axis."""
     axes = SPATIAL[-model.spatial_dims :]
     radii = model.geometry.radii if model.geometry.passes > 1 else (model.receptive_radius,)
+    halo = check_halo(halo)
     if halo == "exact":
         values = [[round_up(r, model.divisor) for r in radius] for radius in radii]
     elif halo == "auto":
         values = [list(auto_halo(model, radius)) for radius in radii]
-    elif isinstance(halo, int | np.integer) and not isinstance(halo, bool) and halo >= 0:
-        values = [[round_up(int(halo), model.divisor)] * model.spatial_dims] * len(radii)
+    else:
+        values = [[round_up(halo, model.divisor)] * model.spatial_dims] * len(radii)
         if values[0][0] != halo:
             logger.info("halo %d rounded up to %d, a multiple of the divisor", halo, values[0][0])
-    else:
-        raise ParameterError(f"halo must be 'auto', 'exact' or an integer ≥ 0, not {halo!r}")
     mode = halo if isinstance(halo, str) else "fixed"
     return mode, [dict(zip(axes, v, strict=True)) for v in values]
 
@@ -243,7 +228,7 @@ def plan_tiles(
     halos = {a: max(h[a] for h in per_pass) for a in model_axes}
     t, *zyx = shape
     axes = _Axes(model_axes, _padded(model, zyx), halos, div, dict(align or {}))
-    budget = _budget(block_memory) if block_memory else default_block_memory()
+    budget = check_block_memory(block_memory) if block_memory else default_block_memory()
     bpv = bytes_per_voxel(model)
     chunks = _requested(model, axes, chunks, mode)
     sizes = _block_sizes(axes, chunks, budget, bpv)

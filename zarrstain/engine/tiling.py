@@ -32,6 +32,7 @@ import dask.array as da
 import numpy as np
 import torch
 
+from zarrstain.engine.options import PRECISION_NAMES, check_precision
 from zarrstain.engine.planner import (
     TilePlan,
     auto_halo,
@@ -39,7 +40,6 @@ from zarrstain.engine.planner import (
     default_block_memory,
     plan_tiles,
 )
-from zarrstain.errors import ParameterError
 from zarrstain.io.scratch import STORED, persist_pass, stored_pass
 from zarrstain.models.architecture import Architecture, BlockContext
 from zarrstain.models.cache import (
@@ -70,12 +70,9 @@ logger = logging.getLogger(__name__)
 
 # "float32" is IEEE float32 everywhere; "tf32" lets CUDA convolutions use TensorFloat-32
 # (float32 storage, 10-bit mantissa products: faster on Ampere and newer, ~1e-3 relative error)
-PRECISIONS = {
-    "float32": None,
-    "tf32": None,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+# (the names are engine.options.PRECISION_NAMES; here each one's autocast dtype, or None)
+_AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+PRECISIONS = {name: _AUTOCAST.get(name) for name in PRECISION_NAMES}
 
 
 @contextmanager
@@ -251,8 +248,7 @@ def run_tiled(
         (t, c_out, z, y, x) float32 whose chunks are the plan's block cores (cropped to the
         data's shape).
     """
-    if precision not in PRECISIONS:
-        raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_precision(precision)
     padded = da.pad(data, _pad_width(plan), mode="reflect") if plan.padded != plan.shape else data
     tc, zc, yc, xc = plan.chunks
     out = padded.rechunk((tc, -1, zc, yc, xc))

@@ -164,7 +164,7 @@ def _panel(frame, sid, tgt, pred, input_channel, out_dir: Path, row, channels=No
     images += [
         ("target", gray(tgt[z], lo, hi)),
         ("prediction", gray(pred[z], lo, hi)),
-        ("error: FP magenta, FN green", error_map(tgt[z], pred[z])),
+        ("error: FP orange, FN blue", error_map(tgt[z], pred[z])),
     ]
     if channels and "lower" in channels:  # wide = bright, on the target's intensity range
         width = channels["upper"][z] - channels["lower"][z]

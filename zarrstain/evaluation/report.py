@@ -52,6 +52,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
+#: error-map colours (RGB) of false positives and false negatives
+ORANGE, BLUE = (255.0, 140.0, 0.0), (0.0, 110.0, 255.0)
+
+
 def gray(image: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     """RGB uint8 of a 2D image scaled from lo to hi (default: its 0.5 and 99.8 percentiles)."""
     image = np.asarray(image, np.float64)
@@ -64,16 +68,17 @@ def gray(image: np.ndarray, lo: float | None = None, hi: float | None = None) ->
 def error_map(target: np.ndarray, prediction: np.ndarray, scale: float = 2.0) -> np.ndarray:
     """RGB map of prediction − target (in target standard deviations) over the dimmed target.
 
-    Magenta: false positives (predicted signal the target lacks); green: false negatives
-    (target signal the prediction misses), full colour at ``scale`` standard deviations.
+    Orange: false positives (predicted signal the target lacks); blue: false negatives
+    (target signal the prediction misses), as In silico labeling's error images show them;
+    full colour at ``scale`` standard deviations.
     """
     t = np.asarray(target, np.float64)
     p = np.asarray(prediction, np.float64)
     std = t.std() or 1.0
     diff = (p - t) / std
     base = gray(t).astype(np.float64) * 0.35
-    fp = np.clip(diff / scale, 0, 1)[..., None] * np.array([255.0, 0.0, 255.0])
-    fn = np.clip(-diff / scale, 0, 1)[..., None] * np.array([0.0, 255.0, 0.0])
+    fp = np.clip(diff / scale, 0, 1)[..., None] * np.array(ORANGE)
+    fn = np.clip(-diff / scale, 0, 1)[..., None] * np.array(BLUE)
     return np.clip(base + fp + fn, 0, 255).astype(np.uint8)
 
 

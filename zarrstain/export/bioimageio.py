@@ -49,14 +49,12 @@ __all__ = ["export_bioimageio", "sample_from_store"]
 
 logger = logging.getLogger(__name__)
 
-#: what packages cite: zarrstain's method papers by architecture
-CITATIONS = {
-    "fnet": (
-        "Ounkomol et al. 2018, label-free prediction of 3D fluorescence images (pytorch_fnet)",
-        "10.1038/s41592-018-0111-2",
-    ),
-}
-DEFAULT_CITATION = CITATIONS["fnet"]
+
+def _cite_entry(bio: Any, text: str, ref: str) -> Any:
+    """A bioimage.io citation: a DOI (``10.…``) or a URL."""
+    if ref.startswith(("http://", "https://")):
+        return bio.CiteEntry(text=text, url=bio.HttpUrl(ref))
+    return bio.CiteEntry(text=text, doi=bio.Doi(ref.removeprefix("https://doi.org/")))
 
 
 def _sample(model: Model, sample: np.ndarray | None, halos: tuple[int, ...]) -> np.ndarray:
@@ -258,6 +256,7 @@ def export_bioimageio(
     license: str = "CC-BY-4.0",
     description: str | None = None,
     halo: int | None = None,
+    cite: Sequence[tuple[str, str]] = (),
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` as a bioimage.io model package (a zip) at ``out``.
@@ -280,13 +279,17 @@ def export_bioimageio(
         The outputs' halo in voxels, when smaller than the receptive radius (the default):
         the smallest input is twice the halo plus the divisor, so deep 3D models need a
         smaller one to run on thin stacks; tiles a consumer cuts with it are approximate.
+    cite
+        What the package cites, as (text, DOI or URL) pairs; default: the method paper its
+        family declares (:attr:`~zarrstain.models.Architecture.citation`).
     overwrite
         Replace ``out`` if it exists.
 
     Raises
     ------
     ParameterError
-        ``out`` exists, a model that cannot export (sampled, multi-pass, ``median_iqr``), a bad
+        ``out`` exists, nothing to cite (a family that declares no paper and no ``cite``), a
+        model that cannot export (sampled, multi-pass, ``median_iqr``), a bad
         sample, or a description bioimage.io refuses (its message names the field).
     """
     import torch
@@ -303,6 +306,12 @@ def export_bioimageio(
         raise ParameterError(
             f"model {model.name} ({model.architecture}) samples; only single-pass deterministic "
             "models export to bioimage.io"
+        )
+    cite = list(cite) or ([model.spec.citation] if model.spec.citation else [])
+    if not cite:
+        raise ParameterError(
+            f"the {model.architecture!r} family declares no paper to cite; name the model's: "
+            + option('cite=[("Author et al. 2024, title", "10.1234/doi")]', '--cite "TEXT|DOI"')
         )
     if not authors:
         logger.warning("no authors given: the package names 'zarrstain user' (the zoo needs yours)")
@@ -329,14 +338,13 @@ def export_bioimageio(
         }
         (d / "environment.yaml").write_text(json.dumps(env, indent=2))  # JSON is YAML
         version = bio.Version(torch.__version__.split("+")[0])
-        cite, doi = CITATIONS.get(model.architecture, DEFAULT_CITATION)
         try:
             descr = bio.ModelDescr(
                 name=_name(model),
                 description=description
                 or f"Predicts {', '.join(model.output_labels)} from {', '.join(inputs)}",
                 authors=[bio.Author(name=a) for a in (authors or ["zarrstain user"])],
-                cite=[bio.CiteEntry(text=cite, doi=bio.Doi(doi))],
+                cite=[_cite_entry(bio, text, ref) for text, ref in cite],
                 license=bio.LicenseId(license),
                 documentation=bio.FileDescr(source=d / "README.md"),
                 covers=[bio.FileDescr(source=d / "cover.png")],

@@ -98,8 +98,6 @@ def check_out(
         if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
             where = f"{describe_store(out)}/{plan.gpath}" if plan.gpath else describe_store(out)
             meta = parse_image(existing, where)
-            done = existing_state(
-                existing, WritePlan(**{**plan.__dict__, "meta": meta}), overwrite, where
-            )
+            done = existing_state(existing, plan.with_meta(meta), overwrite, where)
         result[plan.scene] = "unchanged" if done else "to write"
     return result

@@ -7,6 +7,7 @@ not replacing it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,10 @@ class WritePlan:
     source: Any = None
     #: predictions (numpy or dask, t, c, z, y, x) → the stored dtype; ``data`` is its result
     convert: Any = None
+
+    def with_meta(self, meta: ImageMeta) -> WritePlan:
+        """This plan with the target's metadata (parsed when its batch is prepared)."""
+        return dataclasses.replace(self, meta=meta)
 
 
 @dataclass(frozen=True)

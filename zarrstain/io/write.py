@@ -275,7 +275,7 @@ def _write_in_place(
             for (group, _, swhere), plan in zip(batch, final, strict=True):
                 # re-read under the lock: another process may have added channels meanwhile
                 group = stack.enter_context(group_lock(group))
-                fresh = WritePlan(**{**plan.__dict__, "meta": parse_image(group, swhere)})
+                fresh = plan.with_meta(parse_image(group, swhere))
                 if existing_state(group, fresh, overwrite, swhere):
                     result[plan.scene] = "unchanged"
                     continue
@@ -324,7 +324,7 @@ def _with_meta(src: OpenStore, plan: WritePlan) -> WritePlan:
     """``plan`` with its image's metadata (a Pending plan holds none until prepared)."""
     if plan.meta is not None:
         return plan
-    return WritePlan(**{**plan.__dict__, "meta": src.meta(plan.gpath)})
+    return plan.with_meta(src.meta(plan.gpath))
 
 
 def _blocks(plan: WritePlan, dtype: np.dtype | None = None) -> tuple[Any, Any] | None:
@@ -402,7 +402,7 @@ def _write_new_store(
             existing = root.get(plan.gpath) if plan.gpath else root
         if isinstance(existing, zarr.Group) and "multiscales" in ome_attrs(existing)[1]:
             meta = parse_image(existing, swhere)
-            plan = WritePlan(**{**plan.__dict__, "meta": meta})
+            plan = plan.with_meta(meta)
             if existing_state(existing, plan, overwrite, swhere):
                 return "unchanged", None
             dtype = np.dtype(meta.levels[0].dtype)

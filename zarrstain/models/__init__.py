@@ -7,11 +7,9 @@ process that only reads option schemas or metadata (``zarrstain predict --help``
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from zarrstain._lazy import attach
 from zarrstain.models.architecture import KINDS, Architecture, BlockContext, Geometry, Head
-from zarrstain.models.format import FORMATS, ModelFormat, load_model, relabel, renamable
+from zarrstain.models.format import FORMATS, FileFormat, ModelFormat, load_model, relabel, renamable
 from zarrstain.models.registry import ARCHITECTURES, build, get_architecture, register
 
 #: public name → the module defining it, imported when the name is first used (torch)
@@ -34,6 +32,7 @@ __all__ = [
     "BlockContext",
     "Geometry",
     "Head",
+    "FileFormat",
     "ModelFormat",
     "build",
     "get_architecture",
@@ -45,13 +44,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:  # submodules load through the import system
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -201,6 +201,11 @@ class Architecture:
     #: class labels: "" (none), "optional" (a class embedding when trained with a class map),
     #: "required" (a classifier of the targets: learns the classes, reads the target channels)
     conditional: str = ""
+    #: the method paper exported packages cite: (text, DOI or URL); empty: none declared
+    citation: tuple[str, str] = ()
+    #: the published training recipe, as :class:`~zarrstain.training.TrainConfig` settings
+    #: (``--paper``, which also sets ``published`` for :meth:`train_kwargs`' network)
+    paper_recipe: Mapping[str, Any] = {}  # read only, never mutated
     #: training names that stand for this architecture with fixed arguments, e.g. fnet's
     #: ``{"fnet3d": {"ndim": 3}}`` (``zarrstain train --model fnet3d``)
     aliases: Mapping[str, Mapping[str, Any]] = {}  # read only, never mutated

@@ -27,7 +27,7 @@ import torch
 
 from zarrstain._version import __version__
 from zarrstain.errors import ModelError
-from zarrstain.models.format import ModelFormat
+from zarrstain.models.format import FileFormat
 from zarrstain.models.model import Model, state_dict_hash
 from zarrstain.models.registry import get_architecture
 
@@ -200,16 +200,11 @@ def load_package(path: str | os.PathLike) -> Model:
     )
 
 
-class PackageFormat(ModelFormat):
-    """A zarrstain model folder (card.json + weights.pt), for :func:`zarrstain.load_model`."""
-
-    name = "zarrstain"
-    description = "a zarrstain model folder (card.json + weights.pt)"
-    priority = 10
-    takes_card = False
-
-    def guess_can_open(self, path: Path) -> bool:
-        return is_package(path)
-
-    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
-        return load_package(path)
+#: the format :func:`zarrstain.load_model` reads this with (entry point ``zarrstain.formats``)
+PACKAGE = FileFormat(
+    name="zarrstain",
+    description="a zarrstain model folder (card.json + weights.pt)",
+    guess=is_package,
+    reader=load_package,
+    priority=10,
+)

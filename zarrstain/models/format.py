@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS",
+    "FileFormat",
     "ModelFormat",
     "find_format",
     "formats",
@@ -64,6 +67,29 @@ class ModelFormat:
             The file looks like this format but cannot be loaded.
         """
         raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileFormat(ModelFormat):
+    """A format made of two functions: whether a path looks like it, and its loader
+    (``reader(path)``, or ``reader(path, card)`` when it ``takes_card``).
+
+    >>> JSON = FileFormat(name="my-json", description="a weights file (*.my.json)",
+    ...                   guess=is_mine, reader=read_mine)  # doctest: +SKIP
+    """
+
+    name: str
+    description: str
+    guess: Callable[[Path], bool]
+    reader: Callable[..., Model]
+    priority: int = 50
+    takes_card: bool = False
+
+    def guess_can_open(self, path: Path) -> bool:
+        return self.guess(path)
+
+    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
+        return self.reader(path, card) if self.takes_card else self.reader(path)
 
 
 #: name → format: entry points of ``zarrstain.formats``, loaded when asked for

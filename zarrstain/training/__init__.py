@@ -6,8 +6,7 @@ the CLI reads, :mod:`.gan_options`) import without them.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zarrstain._lazy import attach
 
 #: public name → the module defining it
 _LAZY = {
@@ -23,13 +22,4 @@ _LAZY = {
 __all__ = [*_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:  # submodules load through the import system
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -98,19 +98,15 @@ class TrainConfig:
 
     @classmethod
     def paper(cls, **kwargs: Any) -> TrainConfig:
-        """pytorch_fnet's published settings: 32 channels, batch 24, 50,000 steps, β1 0.5."""
-        return cls(
-            **{
-                "mult_chan": 32,
-                "batch_size": 24,
-                "steps": 50_000,
-                "betas": (0.5, 0.999),
-                "validate_every": 1000,
-                "checkpoint_every": 5000,
-                "published": True,
-                **kwargs,
-            }
-        )
+        """The published training recipe of the model's family
+        (:attr:`~zarrstain.models.Architecture.paper_recipe`; pytorch_fnet's: 32 channels,
+        batch 24, 50,000 steps, β1 0.5), and its published network (``published``)."""
+        model = str(kwargs.get("model") or cls.model)
+        if model == PIX2PIX:
+            model = str(kwargs.get("generator") or "fnet3d")
+        name = resolve(model)[0]
+        recipe = dict(ARCHITECTURES[name].paper_recipe) if name in ARCHITECTURES else {}
+        return cls(**{**recipe, "published": True, **kwargs})
 
     def architecture(self) -> tuple[Architecture, dict[str, Any]]:
         """The registered architecture ``model`` names, and the module arguments it implies."""
@@ -328,6 +324,7 @@ def family_settings(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
 def build_config(
     file: str | os.PathLike | None = None,
     *,
+    settings: Mapping[str, Any] | None = None,
     paper: bool = False,
     options: Mapping[str, Any] | None = None,
     **overrides: Any,
@@ -335,12 +332,15 @@ def build_config(
     """A :class:`TrainConfig` from an experiment file, ``paper`` defaults and keyword overrides.
 
     The file is YAML or TOML, flat or in sections (:mod:`zarrstain.training.experiment`; its
-    stores are :func:`~zarrstain.training.experiment.read_experiment`'s). ``options`` are the
+    stores are :func:`~zarrstain.training.experiment.read_experiment`'s); ``settings``: a file's
+    settings read already (``read_experiment(file)[1]``), instead of ``file``. ``options`` are the
     model family's own training settings, checked against its
     :attr:`~zarrstain.models.Architecture.train_schema` (what ``zarrstain train`` makes flags
     of). Unknown keys and missing inputs/targets raise :class:`~zarrstain.errors.ParameterError`.
     """
-    values: dict[str, Any] = read_experiment(file)[1] if file is not None else {}
+    if file is not None and settings is not None:
+        raise ParameterError("give an experiment file or its settings, not both")
+    values: dict[str, Any] = dict(read_experiment(file)[1] if file is not None else settings or {})
     values.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
     if options:
         values.update(family_settings(str(values.get("model") or "fnet3d"), options))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from zarrstain.errors import ModelError
-from zarrstain.models.format import ModelFormat
+from zarrstain.models.format import FileFormat
 from zarrstain.models.model import Model, state_dict_hash
 from zarrstain.models.nets.unet import FnetUNet, fnet_receptive_radius
 
@@ -153,16 +153,11 @@ def load_fnet_checkpoint(path: str | os.PathLike, *, output_label: str | None = 
     )
 
 
-class FnetCheckpointFormat(ModelFormat):
-    """A pytorch_fnet model.p (or a folder holding one), for :func:`zarrstain.load_model`."""
-
-    name = "pytorch_fnet"
-    description = "a pytorch_fnet model.p (or a folder holding one)"
-    priority = 20
-    takes_card = False
-
-    def guess_can_open(self, path: Path) -> bool:
-        return is_fnet_checkpoint(path)
-
-    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
-        return load_fnet_checkpoint(path)
+#: the format :func:`zarrstain.load_model` reads this with (entry point ``zarrstain.formats``)
+CHECKPOINT = FileFormat(
+    name="pytorch_fnet",
+    description="a pytorch_fnet model.p (or a folder holding one)",
+    guess=is_fnet_checkpoint,
+    reader=load_fnet_checkpoint,
+    priority=20,
+)

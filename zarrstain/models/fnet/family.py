@@ -22,6 +22,18 @@ class FnetArchitecture(Architecture):
     """
 
     name = "fnet"
+    paper_recipe = {  # noqa: RUF012 - read only
+        "mult_chan": 32,
+        "batch_size": 24,
+        "steps": 50_000,
+        "betas": (0.5, 0.999),
+        "validate_every": 1000,
+        "checkpoint_every": 5000,
+    }
+    citation = (
+        "Ounkomol et al. 2018, label-free prediction of 3D fluorescence images (pytorch_fnet)",
+        "10.1038/s41592-018-0111-2",
+    )
     aliases = {"fnet3d": {"ndim": 3}, "fnet2d": {"ndim": 2}}  # noqa: RUF012
 
     def build(self, **kwargs: Any) -> nn.Module:

@@ -43,7 +43,7 @@ from torch import nn
 
 from zarrstain.errors import ModelError, ParameterError
 from zarrstain.models.architecture import Architecture, Geometry
-from zarrstain.models.format import ModelFormat
+from zarrstain.models.format import FileFormat
 from zarrstain.models.model import Model, state_dict_hash
 from zarrstain.models.registry import get_architecture
 
@@ -389,16 +389,11 @@ def _network(descr: Any, where: str) -> tuple[nn.Module, str]:
     )
 
 
-class BioimageioFormat(ModelFormat):
-    """A bioimage.io package (rdf.yaml, folder or zip), for :func:`zarrstain.load_model`."""
-
-    name = "bioimageio"
-    description = "a bioimage.io package (rdf.yaml, folder or zip)"
-    priority = 50
-    takes_card = False
-
-    def guess_can_open(self, path: Path) -> bool:
-        return is_bioimageio(path)
-
-    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
-        return load_bioimageio(path)
+#: the format :func:`zarrstain.load_model` reads this with (entry point ``zarrstain.formats``)
+PACKAGE = FileFormat(
+    name="bioimageio",
+    description="a bioimage.io package (rdf.yaml, folder or zip)",
+    guess=is_bioimageio,
+    reader=load_bioimageio,
+    priority=50,
+)

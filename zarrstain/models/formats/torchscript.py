@@ -36,7 +36,7 @@ from torch import nn
 
 from zarrstain.errors import ModelError, ParameterError, option
 from zarrstain.models.architecture import Architecture, BlockContext, Geometry
-from zarrstain.models.format import ModelFormat
+from zarrstain.models.format import FileFormat
 from zarrstain.models.model import Model, state_dict_hash
 
 __all__ = ["TorchScriptArchitecture", "export_torchscript", "is_torchscript", "load_torchscript"]
@@ -230,16 +230,12 @@ def _card(path: Path, given: Any, embedded: str) -> dict[str, Any]:
     return given
 
 
-class TorchScriptFormat(ModelFormat):
-    """A TorchScript file, for :func:`zarrstain.load_model`."""
-
-    name = "torchscript"
-    description = "a TorchScript file"
-    priority = 30
-    takes_card = True
-
-    def guess_can_open(self, path: Path) -> bool:
-        return is_torchscript(path)
-
-    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
-        return load_torchscript(path, card)
+#: the format :func:`zarrstain.load_model` reads this with (entry point ``zarrstain.formats``)
+TORCHSCRIPT = FileFormat(
+    name="torchscript",
+    description="a TorchScript file",
+    guess=is_torchscript,
+    reader=load_torchscript,
+    priority=30,
+    takes_card=True,
+)

@@ -52,7 +52,7 @@ from torch.nn import functional
 
 from zarrstain.errors import ModelError, ParameterError
 from zarrstain.models.architecture import Architecture, Geometry
-from zarrstain.models.format import ModelFormat
+from zarrstain.models.format import FileFormat
 from zarrstain.models.model import Model, state_dict_hash
 from zarrstain.models.nets.fcmae import FullyConvolutionalMAE, fcmae_config
 from zarrstain.models.nets.unext2 import UNeXt2, unext2_config
@@ -347,16 +347,12 @@ def load_viscy_checkpoint(
     )
 
 
-class VisCyCheckpointFormat(ModelFormat):
-    """A VisCy .ckpt, for :func:`zarrstain.load_model`."""
-
-    name = "viscy"
-    description = "a VisCy .ckpt"
-    priority = 40
-    takes_card = True
-
-    def guess_can_open(self, path: Path) -> bool:
-        return is_viscy_checkpoint(path)
-
-    def load(self, path: Path, card: dict[str, Any] | str | None = None) -> Model:
-        return load_viscy_checkpoint(path, card)
+#: the format :func:`zarrstain.load_model` reads this with (entry point ``zarrstain.formats``)
+CHECKPOINT = FileFormat(
+    name="viscy",
+    description="a VisCy .ckpt",
+    guess=is_viscy_checkpoint,
+    reader=load_viscy_checkpoint,
+    priority=40,
+    takes_card=True,
+)
