@@ -2,7 +2,8 @@
 
 Measures, as the median of ``--repeat`` fresh interpreter starts each:
 
-- ``baseline``: ``import dask.array, zarr, xarray`` (what reading a store needs at least);
+- ``baseline``: ``import dask, zarr, xarray``; and with ``dask.array`` (what reading a store
+  needs at least);
 - ``import zarrstain``;
 - ``zarrstain --help``;
 - ``zarrstain info <store>`` on a small generated image;
@@ -62,7 +63,10 @@ def main() -> None:
         info += f"sys.argv = ['zarrstain', 'info', {str(store)!r}]\n"
         info += "try:\n    main()\nexcept SystemExit:\n    pass"
         cases = {
-            "baseline: import dask.array, zarr, xarray": (
+            "baseline: import dask, zarr, xarray": (
+                [PY, "-c", "import dask, zarr, xarray"], "import dask, zarr, xarray"
+            ),
+            "import dask.array, zarr, xarray": (
                 [PY, "-c", "import dask.array, zarr, xarray"], "import dask.array, zarr, xarray"
             ),
             "import zarrstain": ([PY, "-c", "import zarrstain"], "import zarrstain"),

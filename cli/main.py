@@ -17,8 +17,7 @@ from typing import Any
 import click
 
 import zarrstain
-from zarrstain.engine.normalize import METHODS
-from zarrstain.engine.options import NORMALIZATIONS, PRECISION_NAMES
+from zarrstain.engine.options import METHODS, NORMALIZATIONS, PRECISION_NAMES
 from zarrstain.errors import ZarrstainError, cli_messages
 
 from .export import export

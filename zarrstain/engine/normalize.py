@@ -35,6 +35,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from zarrstain.engine.options import METHODS
 from zarrstain.errors import ParameterError
 from zarrstain.io.read import source_token
 
@@ -50,7 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Method = Literal["center", "zscore", "percentile", "median_iqr"]
-METHODS = ("center", "zscore", "percentile", "median_iqr")
 CENTER_SLICES = 32
 
 

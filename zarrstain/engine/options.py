@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 from dask.utils import parse_bytes
 
-from zarrstain.engine.normalize import METHODS
 from zarrstain.errors import ParameterError, option
 from zarrstain.models.device import check_device
 from zarrstain.units import as_dtype
 
 __all__ = [
+    "METHODS",
     "NORMALIZATIONS",
     "PRECISION_NAMES",
     "PredictOptions",
@@ -42,6 +42,9 @@ __all__ = [
     "merge_options",
 ]
 
+#: normalization methods of :mod:`zarrstain.engine.normalize` (named here, where options are
+#: checked, so that checking them imports no dask.array)
+METHODS = ("center", "zscore", "percentile", "median_iqr")
 #: the numeric precisions a forward can run in (see :data:`zarrstain.engine.tiling.PRECISIONS`)
 PRECISION_NAMES = ("float32", "tf32", "bfloat16", "float16")
 #: what ``normalize`` takes: the model's own method, none, or a method of
