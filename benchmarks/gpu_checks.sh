@@ -33,8 +33,8 @@ variants=(
 timeout 330 python3 benchmarks/isl_ablation.py --device cuda --jobs 6 --out "$out" \
     --variants "${variants[@]}" >"$out/ablation.log" 2>&1 &
 timeout 300 python3 -m pytest -v -p no:cacheprovider -m "not slow" --durations=15 \
-    tests/test_training.py tests/test_predict.py tests/test_tiling.py tests/test_models.py \
-    tests/test_cli_predict.py tests/test_cluster.py tests/test_model_package.py \
+    tests/training/test_training.py tests/engine/test_predict.py tests/engine/test_tiling.py tests/models/test_models.py \
+    tests/cli/test_cli_predict.py tests/engine/test_cluster.py tests/models/test_model_package.py \
     >"$out/pytest.log" 2>&1 &
 timeout 300 python3 examples/isl_phase_to_dapi.py "$out/isl" --steps 3000 --device cuda \
     >"$out/example.log" 2>&1

@@ -17,6 +17,9 @@ from zarrstain import datasets
 from zarrstain.testing import assert_valid_store
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the test tree (its folders mirror the package's: io/, models/<family>/, engine/, cli/, e2e/)
+TESTS = Path(__file__).resolve().parent
+FIXTURES = TESTS / "fixtures"
 SHARED = Path(os.environ.get("ZARRSTAIN_SHARED", ROOT.parent / "shared"))
 SCHEMAS = SHARED / "ngff-schemas"
 

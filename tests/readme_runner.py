@@ -7,7 +7,7 @@ commands (continuation lines joined; the lines after a command are its output, n
 ``bash`` blocks run every line; ``text``, ``json`` and ``toml`` blocks are output, listings and file
 contents, and must hold no ``$ zarrstain`` command. The README's setup block (``make demo``,
 ``make test``) is what CI itself runs, so it is checked against the Makefile, not run again.
-Blocks marked ``exec="on"`` run while the site builds (markdown-exec: ``tests/test_docs.py``).
+Blocks marked ``exec="on"`` run while the site builds (markdown-exec: ``tests/e2e/test_docs.py``).
 
 What a test machine lacks is provided, and each provision is listed here:
 

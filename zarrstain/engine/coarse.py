@@ -10,7 +10,7 @@ and hands the block to :mod:`zarrstain.io.blockwrite`, which casts it and writes
 pyramid level it covers.
 
 The values are the lazy route's, voxel for voxel (the same tiling, padding, block context and
-casts; ``tests/test_coarse.py``), except that a field's means and standard deviations are
+casts; ``tests/engine/test_coarse.py``), except that a field's means and standard deviations are
 reduced in one piece rather than per chunk (float64 rounding). Multi-pass models (samplers)
 keep the lazy route, as do fields whose inputs exceed :data:`FIELD_BYTES` (statistics only).
 """

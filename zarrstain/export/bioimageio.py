@@ -2,7 +2,7 @@
 
 The description is built with ``bioimageio.spec`` (format 0.5), never written by hand, and the
 package is what the zoo's CI checks: ``bioimageio.core.test_model`` passes on it
-(``tests/test_bioimageio.py``). It holds
+(``tests/models/formats/test_bioimageio.py``). It holds
 
 - **both weight formats**: ``pytorch_state_dict`` whose architecture is
   :class:`~zarrstain.models.formats.bioimageio_net.ZarrstainNetwork` from the zarrstain

@@ -23,7 +23,7 @@ zarrstain needs four things zarr does not expose publicly:
 
 :func:`map_io` (public API only) runs metadata requests of many images concurrently.
 
-``tests/test_zarr_compat.py`` checks each against the installed zarr; the cap on zarr in
+``tests/io/test_zarr_compat.py`` checks each against the installed zarr; the cap on zarr in
 ``pyproject.toml`` is the newest minor release those tests passed on. When zarr changes one of
 these, the contract test names it, and only this module needs to follow.
 """

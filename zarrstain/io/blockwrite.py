@@ -9,7 +9,7 @@ as the lazy route would, writes its full-resolution chunks in one zarr call and,
 the lower levels whose chunks it covers entirely. Levels below those (blocks too small to
 cover their chunks) are then derived from the store as before.
 
-The result is identical to the lazy route's, chunk for chunk (``tests/test_coarse.py``).
+The result is identical to the lazy route's, chunk for chunk (``tests/engine/test_coarse.py``).
 Resuming works as before: a block whose chunks are all stored is skipped.
 """
 

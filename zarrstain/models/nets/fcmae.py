@@ -7,8 +7,8 @@ VisCy's ``MaskedConvNeXtV2Block`` (depthwise 7 × 7 without bias, LayerNorm and 
 with GRN on channels-last features); the UNeXt2 decoder; and a head that pixel-shuffles by
 the stem's stride with MONAI's pad-pool and unfolds the channels into planes (or, with
 ``head_conv``, UNeXt2's :class:`~zarrstain.models.nets.unext2.VoxelHead`). Parameter names are
-VisCy's, so a VisCy state dict loads unchanged; ``tests/test_viscy.py`` checks the forward
-against VisCy's own (``tests/fixtures/viscy/make_fixtures.py``).
+VisCy's, so a VisCy state dict loads unchanged; ``tests/models/viscy/test_viscy.py`` checks the
+forward against VisCy's own (``tests/fixtures/viscy/make_fixtures.py``).
 
 Not local, like UNeXt2: GRN normalises over the whole (y, x) map.
 """

@@ -4,8 +4,8 @@ VisCy builds UNeXt2 from timm (a ConvNeXt-V2 encoder) and MONAI (pixel-shuffle u
 convolution block in the head). timm imports torchvision, which cannot be installed beside
 every torch build (PyPI's torchvision does not import beside a local CPU torch), so zarrstain
 rebuilds the same network here, with the same parameter names: a VisCy state dict loads
-unchanged, and ``tests/test_unext2.py`` checks the forward against VisCy's own on a fixture
-made with VisCy (``tests/fixtures/viscy/make_fixtures.py``).
+unchanged, and ``tests/models/viscy/test_unext2.py`` checks the forward against VisCy's own on a
+fixture made with VisCy (``tests/fixtures/viscy/make_fixtures.py``).
 
 Architecture (VisCy 0.4): a 3D stem convolution whose kernel spans ``kernel[0]`` planes with
 stride = kernel folds the z stack into channels (2.5D); ConvNeXt-V2 stages (depthwise 7×7,

@@ -1,8 +1,9 @@
 """VisCy's older 2D and 2.5D U-Nets (``VSUNet`` architectures ``"2D"`` and ``"2.5D"``), plain torch.
 
 Rebuilt with VisCy's parameter names (``down_conv_block_0.Conv2d_0``, ``batch_norm_0``,
-``resid_conv`` ...), so a VisCy state dict loads unchanged; ``tests/test_viscy.py`` checks the
-forward against VisCy 0.4.1's on fixtures VisCy made. VisCy's ``ConvBlock2D/3D`` with their
+``resid_conv`` ...), so a VisCy state dict loads unchanged;
+``tests/models/viscy/test_viscy.py`` checks the forward against VisCy 0.4.1's on fixtures VisCy
+made. VisCy's ``ConvBlock2D/3D`` with their
 defaults: ``filter_steps="first"``, ``layer_order="can"`` (convolution, activation, batch
 norm), zero "same" padding, ReLU, a residual sum (a 1 × 1 convolution when channels shrink,
 zero channels prepended when they grow); average pooling down, bilinear (trilinear) upsampling

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 
 from zarrstain.models.nets.unext2 import UNeXt2, unext2_config
 
-FIXTURES = Path(__file__).parent / "fixtures" / "viscy"
+FIXTURES = FIXTURES / "viscy"
 
 
 @pytest.fixture(scope="module")

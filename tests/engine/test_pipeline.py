@@ -1,6 +1,6 @@
 """Store-level prediction (zarrstain.engine.pipeline): time ranges, plans, runs and their progress.
 
-The CLI's ``predict`` is a thin layer over these (tests/test_cli_predict.py drives it end to
+The CLI's ``predict`` is a thin layer over these (tests/cli/test_cli_predict.py drives it end to
 end); here the Python API is held to the same behaviour directly.
 """
 

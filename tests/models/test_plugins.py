@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TESTS
 
 import zarrstain
 from zarrstain.datasets import make_plate
@@ -28,7 +29,7 @@ from zarrstain.errors import ModelError
 from zarrstain.models import ARCHITECTURES, FORMATS, ModelFormat, get_architecture, load_model
 from zarrstain.models.plugins import PluginRegistry
 
-PLUGIN = Path(__file__).parent / "plugin_package"
+PLUGIN = TESTS / "plugin_package"
 ZARRSTAIN = Path(sys.executable).with_name("zarrstain")
 
 
@@ -66,7 +67,7 @@ def test_a_broken_plugin_names_itself_and_does_not_hide_the_others(monkeypatch, 
     _fake(monkeypatch, ARCHITECTURES, "broken", "no_such_module_anywhere:Family")
     with pytest.raises(ModelError, match=r"plug-in 'broken' \(no_such_module_anywhere:Family.*"):
         get_architecture("broken")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="zarrstain"):
         listed = list(ARCHITECTURES)
     assert "fnet" in listed and "broken" not in listed
     assert "ModuleNotFoundError" in caplog.text
@@ -106,7 +107,7 @@ class _Raises(ModelFormat):
 def test_a_format_whose_guess_fails_is_passed_over(monkeypatch, tmp_path, caplog):
     monkeypatch.setitem(FORMATS._items, "raises", _Raises())
     folder = zarrstain.save_model(zarrstain.testing.random_model(seed=1), tmp_path / "m")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="zarrstain"):
         assert load_model(folder).architecture == "fnet"
     assert "model format raises failed to inspect" in caplog.text
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from zarrstain import datasets
 from zarrstain.errors import ParameterError
 from zarrstain.training import build_config
 from zarrstain.training.experiment import read_experiment
 
-CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+CONFIGS = ROOT / "examples" / "configs"
 
 YAML = """
 data:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 
 import zarrstain
 from zarrstain.datasets import save_image
@@ -23,7 +24,7 @@ from zarrstain.errors import ModelError, ParameterError, ShapeMismatchError
 from zarrstain.models import cache, create_model, load_model, save_model
 from zarrstain.models.nets.fcmae import FullyConvolutionalMAE, fcmae_config
 
-FIXTURES = Path(__file__).parent / "fixtures" / "viscy"
+FIXTURES = FIXTURES / "viscy"
 LABELS = {
     "input_labels": ["Phase3D"],
     "output_labels": ["Nuclei (predicted)", "Membrane (predicted)"],

@@ -5,14 +5,14 @@ from __future__ import annotations
 import ast
 import runpy
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import zarrstain
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = ROOT / "examples"
 
 
 def test_read_and_write_channels_example(tmp_path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from conftest import ROOT
 
 from zarrstain.io import _zarr_compat as compat
 
@@ -146,9 +147,8 @@ def test_write_nodes_bounds_the_writes_in_flight(tmp_path, monkeypatch):
 
 def test_pyproject_caps_zarr_at_a_tested_minor_release():
     import re
-    from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    text = (ROOT / "pyproject.toml").read_text()
     cap = re.search(r'"zarr>=[\d.]+,<(\d+)\.(\d+)"', text)
     assert cap, "zarr must be capped: these contract tests justify the cap"
     major, minor = map(int, zarr.__version__.split(".")[:2])

@@ -27,10 +27,10 @@ OWN_OUTPUTS = {"diffusion", "classifier"}
 #: from a file only (TorchScript, VisCy, bioimage.io): their contract (shapes, radius, exact
 #: tiling, package round trip) is tested in these files
 CONTRACT_ELSEWHERE = {
-    "control": "tests/test_control.py",
-    "torchscript": "tests/test_torchscript.py",
-    "viscy": "tests/test_viscy.py",
-    "bioimageio": "tests/test_bioimageio.py",
+    "control": "tests/models/diffusion/test_control.py",
+    "torchscript": "tests/models/formats/test_torchscript.py",
+    "viscy": "tests/models/viscy/test_viscy.py",
+    "bioimageio": "tests/models/formats/test_bioimageio.py",
 }
 assert set(ARCHITECTURES) <= set(SMALL) | set(CONTRACT_ELSEWHERE), "add new architectures"
 

@@ -6,14 +6,12 @@ import importlib.util
 import math
 import runpy
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import SHARED
+from conftest import ROOT, SHARED
 
 import zarrstain
 
-ROOT = Path(__file__).resolve().parents[1]
 ISL = SHARED / "data" / "isl_condition_blue"
 pytestmark = pytest.mark.skipif(not ISL.is_dir(), reason=f"the ISL data ({ISL}) is absent")
 
