@@ -22,6 +22,7 @@ from torch import nn
 
 import zarrstain
 from zarrstain import datasets
+from zarrstain.engine.options import PredictOptions
 from zarrstain.engine.tiling import predict_whole
 from zarrstain.models import Architecture, Geometry, Head, register
 from zarrstain.training import TrainConfig
@@ -75,9 +76,9 @@ def main(folder: Path) -> None:
     scene = zarrstain.open_image(store)
     pred = zarrstain.predict(scene, model, halo="exact", chunks={"y": 16, "x": 16})
     blocks = {"y": 16, "x": 16}
-    raw = zarrstain.predict(
-        scene, model, denormalize=False, normalize="none", halo="exact", chunks=blocks
-    )
+    # in normalized units (no denormalization), exactly tiled: the settings as one object
+    run = PredictOptions(denormalize=False, normalize="none", halo="exact", chunks=blocks)
+    raw = zarrstain.predict(scene, model, predict_options=run)
     whole = predict_whole(scene.sel(c=["BF"]).values.astype(np.float32), model)
     print(f"max |tiled - whole volume| = {np.abs(raw.values - whole).max():.2e}")
 

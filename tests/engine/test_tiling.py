@@ -8,6 +8,7 @@ from conftest import SHARED, assert_same
 from scipy import ndimage
 
 import zarrstain
+from zarrstain.engine.options import PredictOptions
 from zarrstain.engine.tiling import predict_whole
 from zarrstain.testing import random_model
 
@@ -44,7 +45,11 @@ def test_exact_equals_whole_volume_3d(model3d, shape, chunks):
     x = smooth_noise(shape)
     ref = predict_whole(x, model3d)
     # one volume per forward, as the reference runs them
-    pred = zarrstain.predict(x, model3d, halo="exact", normalize=None, chunks=chunks, batch_size=1)
+    pred = zarrstain.predict(
+        x,
+        model3d,
+        predict_options=PredictOptions(halo="exact", normalize=None, chunks=chunks, batch_size=1),
+    )
     assert pred.attrs["zarrstain"]["tiling"]["blocks"] > 1
     assert_same(pred.values, ref)
 
@@ -73,7 +78,11 @@ def test_exact_equals_whole_2d_plane_by_plane(model2d, chunks):
     # each plane is the model's own 2D forward
     single = predict_whole(x[:1, :, 2:3], model2d)
     np.testing.assert_array_equal(ref[:1, :, 2:3], single)
-    pred = zarrstain.predict(x, model2d, halo="exact", normalize=None, chunks=chunks, batch_size=1)
+    pred = zarrstain.predict(
+        x,
+        model2d,
+        predict_options=PredictOptions(halo="exact", normalize=None, chunks=chunks, batch_size=1),
+    )
     assert pred.attrs["zarrstain"]["tiling"]["halo_zyx"][0] == 0
     assert_same(pred.values, ref)
 

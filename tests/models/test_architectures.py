@@ -14,6 +14,7 @@ from torch import nn
 import zarrstain
 from zarrstain import datasets
 from zarrstain.engine.normalize import normalization_stats, normalize
+from zarrstain.engine.options import PredictOptions
 from zarrstain.engine.tiling import plan_tiles, predict_whole, run_tiled
 from zarrstain.models import (
     ARCHITECTURES,
@@ -166,7 +167,9 @@ def test_two_output_model_tiles_exactly_denormalizes_each_kind_and_writes_own_dt
     store = datasets.make_image(tmp_path / "in.zarr", shape=(2, 6, 37, 42), seed=3)
     scene = zarrstain.open_image(store)
     pred = zarrstain.predict(scene, model, halo="exact", chunks={"z": 2, "y": 16, "x": 16})
-    raw = zarrstain.predict(scene, model, halo="exact", denormalize=False)
+    raw = zarrstain.predict(
+        scene, model, predict_options=PredictOptions(halo="exact", denormalize=False)
+    )
     assert pred.attrs["zarrstain"]["output_kinds"] == ["value", "std"]
     p, r = pred.values, raw.values
     np.testing.assert_allclose(p[:, 0], r[:, 0] * 10 + 100, rtol=1e-5)  # value: offset, scale

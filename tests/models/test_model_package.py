@@ -10,6 +10,7 @@ import torch
 from conftest import assert_same
 
 import zarrstain
+from zarrstain.engine.options import PredictOptions
 from zarrstain.engine.tiling import predict_whole
 from zarrstain.errors import ModelError
 from zarrstain.models import ARCHITECTURES, BlockContext
@@ -84,7 +85,11 @@ def test_architecture_contract(architecture, ndim, head, tmp_path):
     shape = (1, model.in_channels, 1 if ndim == 2 else 2 * model.divisor + 3, 61, 70)
     data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     chunks = {"y": 2 * model.divisor, "x": 2 * model.divisor}
-    pred = zarrstain.predict(data, model, halo="exact", normalize=None, chunks=chunks, batch_size=1)
+    pred = zarrstain.predict(
+        data,
+        model,
+        predict_options=PredictOptions(halo="exact", normalize=None, chunks=chunks, batch_size=1),
+    )
     assert_same(pred.values, predict_whole(data, model))
     # 4. a package round trip keeps the weights, labels and hash
     loaded = zarrstain.load_model(zarrstain.save_model(model, tmp_path / "pkg"))

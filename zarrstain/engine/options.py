@@ -137,7 +137,30 @@ class _Options:
 
 @dataclass(frozen=True)
 class PredictOptions(_Options):
-    """How a model runs over a scene; see :func:`zarrstain.predict` for each field.
+    """How a model runs over a scene: :func:`zarrstain.predict`'s settings as one object.
+
+    ``halo``, ``normalize``, ``input_channels``, ``chunks``, ``device``, ``precision``,
+    ``seed`` and ``options`` are described with :func:`zarrstain.predict`; the others are set
+    here only:
+
+    Attributes
+    ----------
+    batch_size
+        Items (time points, or planes for 2D models) per forward pass; default all in a block.
+    block_memory
+        Memory budget of one block's forward pass (bytes or ``"4GiB"``); default
+        :func:`zarrstain.engine.planner.default_block_memory`. Sizes the default ``chunks``.
+    denormalize
+        Map predictions to the target channel's units with the model's ``output_intensity``
+        (models trained by zarrstain carry it); otherwise, or when False, predictions stay in
+        the normalized units the model computes in.
+    resources
+        dask.distributed resources the model's tasks need, e.g. ``{"GPU": 1}``: they then run
+        only on workers that have them (reading, normalization and writing run anywhere).
+    scratch
+        Folder for the intermediate passes of multi-pass models: they are then computed now,
+        one pass at a time, and reused by a rerun after an interruption. Without it the passes
+        chain lazily in one graph. Single-pass models never use it.
 
     Raises
     ------

@@ -224,10 +224,9 @@ class PredictionPlan:
         With ``scratch`` (a multi-pass model, during :meth:`run`) its passes but the last are
         computed into ``scratch/<scene>`` now; planning chains them lazily and computes nothing.
         """
-        kwargs = {**self.options.kwargs(), "scratch": None}
-        if scratch is not None:
-            kwargs["scratch"] = scratch / scene if scene else scratch
-        pred = predict(source, self.model, stats=stats, **kwargs)
+        where = None if scratch is None else str(scratch / scene if scene else scratch)
+        pred = predict(source, self.model, stats=stats,
+                       predict_options=self.options.replace(scratch=where))  # fmt: skip
         if self.rescale:
             pred = rescale_units(pred, self.write.dtype)
         return pred

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +13,7 @@ import xarray as xr
 
 from zarrstain.engine.normalize import METHODS, normalization_stats
 from zarrstain.engine.normalize import normalize as apply_normalization
-from zarrstain.engine.options import PredictOptions
+from zarrstain.engine.options import PredictOptions, merge_options
 from zarrstain.engine.provenance import prediction_provenance
 from zarrstain.engine.tiling import TilePlan, plan_tiles, run_tiled
 from zarrstain.errors import ChannelError, ParameterError, ShapeMismatchError, option
@@ -217,15 +216,11 @@ def predict(
     input_channels: Sequence[str] | Mapping[str, str] | str | None = None,
     chunks: Mapping[str, int] | Sequence[int | None] | None = None,
     device: str = "auto",
-    batch_size: int | None = None,
     precision: str = "float32",
-    stats: xr.Dataset | None = None,
-    block_memory: int | str | None = None,
-    denormalize: bool = True,
-    resources: dict[str, float] | None = None,
     seed: int = 0,
-    scratch: str | os.PathLike | None = None,
     options: Mapping[str, Any] | None = None,
+    stats: xr.Dataset | None = None,
+    predict_options: PredictOptions | None = None,
 ) -> xr.DataArray:
     """Predict the model's output channels for (t, c, z, y, x) data, lazily.
 
@@ -249,43 +244,33 @@ def predict(
         (pytorch_fnet), the data's only channel.
     chunks
         Block cores per axis (``{"z": 32, "y": 256, "x": 256}``), multiples of the divisor;
-        default: the largest blocks that fit ``block_memory``, aligned with the data's chunks.
-        A dask-style tuple (z, y, x) or (t, c, z, y, x) says the same; its t and c entries are
-        ignored (a block holds every input channel; ``batch_size`` caps its time points), and
-        -1 or None means the whole axis.
+        default: the largest blocks that fit the block memory (``predict_options``), aligned
+        with the data's chunks. A dask-style tuple (z, y, x) or (t, c, z, y, x) says the same;
+        its t and c entries are ignored (a block holds every input channel), and -1 or None
+        means the whole axis.
     device
-        ``"auto"`` (CUDA when the process running a block sees a GPU), ``"cpu"`` or ``"cuda"``.
-    batch_size
-        Items (time points, or planes for 2D models) per forward pass; default all in a block.
+        ``"auto"`` (CUDA when the process running a block sees a GPU), ``"cpu"``, ``"cuda"`` or
+        ``"cuda:N"``.
     precision
         ``"float32"`` (IEEE, also on a GPU), ``"tf32"`` (float32 with TensorFloat-32
         convolutions on CUDA GPUs of the Ampere generation and newer: faster, ~1e-3 relative
         error), or ``"bfloat16"``/``"float16"`` mixed precision (autocast).
-    stats
-        Precomputed :func:`zarrstain.normalization_stats` of the selected channels (computed
-        from the data, lazily, otherwise).
-    denormalize
-        Map predictions to the target channel's units with the model's ``output_intensity``
-        (models trained by zarrstain carry it); otherwise, or when False, predictions stay in
-        the normalized units the model computes in.
-    resources
-        dask.distributed resources the model's tasks need, e.g. ``{"GPU": 1}``: they then run
-        only on workers that have them (reading, normalization and writing run anywhere).
-    block_memory
-        Memory budget of one block's forward pass (bytes or ``"4GiB"``); default
-        :func:`zarrstain.engine.planner.default_block_memory`.
     seed
         Seed of stochastic models: their random numbers are a function of the
         seed, the pass and global coordinates, never of the blocks. Ignored by deterministic
         models.
-    scratch
-        Folder for the intermediate passes of multi-pass models: they are then computed now,
-        one pass at a time, and reused by a rerun after an interruption. Without it the passes
-        chain lazily in one graph. Single-pass models never use it.
     options
         The model family's run options (its :attr:`~zarrstain.models.Architecture.run_schema`;
         ``zarrstain predict --help`` lists every installed family's), e.g. a sampler's number
         of steps. None: the model's defaults. A name the family does not declare is refused.
+    stats
+        Precomputed :func:`zarrstain.normalization_stats` of the selected channels (computed
+        from the data, lazily, otherwise).
+    predict_options
+        The settings above and the rarer ones (``batch_size``, ``block_memory``,
+        ``denormalize``, ``resources``, ``scratch``) as one validated
+        :class:`~zarrstain.engine.options.PredictOptions`, e.g. reused across calls; the
+        keyword arguments above must then stay at their defaults.
 
     Returns
     -------
@@ -295,16 +280,18 @@ def predict(
         :func:`zarrstain.write_channels` stores, including a fingerprint of everything that
         determines the result. Nothing is computed until you compute or write it.
     """
-    PredictOptions(  # every option checked once, before anything is read
-        halo=halo, normalize=normalize, input_channels=input_channels, chunks=chunks,
-        device=device, batch_size=batch_size, precision=precision, block_memory=block_memory,
-        denormalize=denormalize, resources=resources, seed=seed,
-        scratch=None if scratch is None else os.fspath(scratch), options=options,
+    o = merge_options(  # every option checked once, before anything is read
+        predict_options, PredictOptions, "predict_options", halo=halo, normalize=normalize,
+        input_channels=input_channels, chunks=chunks, device=device, precision=precision,
+        seed=seed, options=options,
     )  # fmt: skip
+    input_channels = (
+        list(o.input_channels) if isinstance(o.input_channels, tuple) else o.input_channels
+    )
     prep = prepare(
-        data, model, halo=halo, normalize=normalize, input_channels=input_channels,
-        chunks=chunks, device=device, block_memory=block_memory,
-        options=model_options(model, options),
+        data, model, halo=o.halo, normalize=o.normalize, input_channels=input_channels,
+        chunks=o.chunks, device=o.device, block_memory=o.block_memory,
+        options=model_options(model, o.options),
     )  # fmt: skip
     scene, model, chosen, method, inputs, plan = (
         prep.scene, prep.model, prep.chosen, prep.method, prep.inputs, prep.plan
@@ -318,15 +305,15 @@ def predict(
         arr,
         model,
         plan,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        resources=resources,
-        seed=seed,
-        scratch=scratch,
+        device=o.device,
+        precision=o.precision,
+        batch_size=o.batch_size,
+        resources=dict(o.resources) if o.resources else None,
+        seed=o.seed,
+        scratch=o.scratch,
     )
     units = "normalized"
-    if denormalize and model.output_intensity:
+    if o.denormalize and model.output_intensity:
         out = denormalize_outputs(out, model)
         units = "target"
     coords = {d: scene.coords[d] for d in ("t", "z", "y", "x") if d in scene.coords}
@@ -334,9 +321,9 @@ def predict(
     skip = ("normalization", "zarrstain", "provenance")
     result.attrs = {k: v for k, v in scene.attrs.items() if k not in skip}
     result.attrs["zarrstain"] = prediction_provenance(
-        scene, model, chosen, method, stats, plan, precision, units, seed
+        scene, model, chosen, method, stats, plan, o.precision, units, o.seed
     )
-    result.attrs["zarrstain"]["device"] = device
+    result.attrs["zarrstain"]["device"] = o.device
     return result
 
 

@@ -19,6 +19,7 @@ from conftest import FIXTURES
 
 import zarrstain
 from zarrstain.datasets import save_image
+from zarrstain.engine.options import PredictOptions
 from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.errors import ModelError, ParameterError, ShapeMismatchError
 from zarrstain.models import cache, create_model, load_model, save_model
@@ -110,7 +111,9 @@ def test_tiled_exact_equals_whole_forward_and_tiling_is_labelled_approximate(tmp
     io = np.load(FIXTURES / "unext2_predict.npz")
     x = _normalized(io["raw"], io["median"], io["iqr"]).numpy()[None, None]
     whole = model.forward(torch.from_numpy(x))[0].numpy()
-    exact = zarrstain.predict(x, model, halo="exact", normalize=None, block_memory="1MiB")
+    exact = zarrstain.predict(
+        x, model, predict_options=PredictOptions(halo="exact", normalize=None, block_memory="1MiB")
+    )
     np.testing.assert_allclose(exact.values[0], whole, atol=1e-5)
     with pytest.raises(ParameterError, match="is not local"):
         zarrstain.predict(x, model, halo="exact", normalize=None, chunks={"x": 32})
