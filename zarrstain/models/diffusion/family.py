@@ -25,7 +25,6 @@ Run options (:meth:`DiffusionArchitecture.configure`, set by ``predict``): ``sam
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +39,7 @@ from zarrstain.models.architecture import Architecture, BlockContext, Geometry
 from zarrstain.models.diffusion.chains import CHAINS, SamplesHead, drive
 from zarrstain.models.diffusion.classifier import check_guidance, guidance_gradient
 from zarrstain.models.diffusion.options import SAMPLERS
+from zarrstain.models.diffusion.samplers import STEPS, Step
 from zarrstain.models.diffusion.schedules import (
     OBJECTIVES,
     SCHEDULES,
@@ -298,18 +298,8 @@ class DiffusionArchitecture(Architecture):
         stochastic = o["sampler"] == "ddpm" or o["eta"] > 0
         if stochastic and prev >= 0:
             step_noise = _per_sample(_noise(context, o, n_targets, x.shape[2:], ("step", t)), k)
-        if o["sampler"] == "ddpm":
-            mean = schedule.posterior_mean(x0, flat, t, prev)
-            if grad is not None:  # guided-diffusion: μ + s·Σ·∇ log p(class | x_t)
-                mean = mean + o["guidance_scale"] * schedule.posterior_variance(t, prev) * grad
-            new = mean
-            if step_noise is not None:
-                new = mean + math.sqrt(schedule.posterior_variance(t, prev)) * step_noise
-        else:
-            if grad is not None:  # DDIM's score form: ε − sqrt(1 − ᾱ)·s·∇, x0 from it
-                eps = eps - math.sqrt(1 - schedule._ab(t)) * o["guidance_scale"] * grad
-                x0 = (flat - math.sqrt(1 - schedule._ab(t)) * eps) / math.sqrt(schedule._ab(t))
-            new = schedule.ddim_step(x0, eps, t, prev, o["eta"], step_noise)
+        # the sampler's own step (samplers/: one module each)
+        new = STEPS[o["sampler"]](Step(schedule, o, flat, x0, eps, t, prev, grad, step_noise))
         new = new.reshape(len(x), k * n_targets, *x.shape[2:])
         if prev < 0:  # the last step: the samples, for the head
             return new
