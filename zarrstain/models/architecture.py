@@ -201,6 +201,9 @@ class Architecture:
     #: class labels: "" (none), "optional" (a class embedding when trained with a class map),
     #: "required" (a classifier of the targets: learns the classes, reads the target channels)
     conditional: str = ""
+    #: module arguments :class:`~zarrstain.training.TrainConfig` holds as fields of its own
+    #: (fnet's ``depth``, ``mult_chan``, ``projection``): experiment files set them there
+    config_fields: tuple[str, ...] = ()
     #: the method paper exported packages cite: (text, DOI or URL); empty: none declared
     citation: tuple[str, str] = ()
     #: the published training recipe, as :class:`~zarrstain.training.TrainConfig` settings

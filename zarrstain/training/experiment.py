@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from zarrstain.errors import ParameterError
+from zarrstain.models.registry import ARCHITECTURES, resolve
 
 __all__ = ["SECTIONS", "read_experiment"]
 
@@ -65,7 +66,6 @@ PIX2PIX_LOSS = {"gan": "gan_loss", "gan_weight": "gan_weight",
                 "reconstruction_weight": "reconstruction_weight"}  # fmt: skip
 DISCRIMINATOR = {"layers": "discriminator_layers", "width": "discriminator_width"}
 #: kwargs of the fnet architectures that are TrainConfig fields of their own
-_FNET_FIELDS = ("depth", "mult_chan", "projection")
 
 
 def read_experiment(path: str | os.PathLike) -> tuple[list[str], dict[str, Any]]:
@@ -156,11 +156,15 @@ def _strings(p: Path, key: str, value: Any) -> list[str]:
 
 
 def _model_kwargs(p: Path, value: Any, architecture: str) -> dict[str, Any]:
+    """``model.kwargs``: those the family takes from TrainConfig's own fields go there
+    (:attr:`~zarrstain.models.Architecture.config_fields`: fnet's depth, ...), the rest to
+    ``model_kwargs``."""
     if not isinstance(value, dict):
         raise ParameterError(f"{p}: model.kwargs must hold keys, not {value!r}")
-    own = {k: v for k, v in value.items() if k not in _FNET_FIELDS}
-    out = {k: v for k, v in value.items() if k in _FNET_FIELDS} if "fnet" in architecture else {}
-    rest = own if "fnet" in architecture else dict(value)
+    name = resolve(architecture)[0] if architecture else ""
+    fields = ARCHITECTURES[name].config_fields if name in ARCHITECTURES else ()
+    out = {k: v for k, v in value.items() if k in fields}
+    rest = {k: v for k, v in value.items() if k not in fields}
     if rest:
         out["model_kwargs"] = rest
     return out

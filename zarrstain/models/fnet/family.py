@@ -22,6 +22,7 @@ class FnetArchitecture(Architecture):
     """
 
     name = "fnet"
+    config_fields = ("depth", "mult_chan", "projection")
     paper_recipe = {  # noqa: RUF012 - read only
         "mult_chan": 32,
         "batch_size": 24,
