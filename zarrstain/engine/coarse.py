@@ -93,7 +93,6 @@ class _InputCache:
 _CACHE = _InputCache()
 
 #: what ``predict`` takes beyond ``prepare``'s parameters
-_PREDICT_ONLY = ("batch_size", "precision", "denormalize", "resources", "seed", "scratch")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import xarray as xr
 from dask.highlevelgraph import HighLevelGraph
 
 from zarrstain.engine.coarse import (
-    _PREDICT_ONLY,
     FieldInputs,
     StoreBlocks,
     _field_statistics,
@@ -48,8 +47,8 @@ def plan_scene(plan: PredictionPlan, scene: str, source: xr.DataArray) -> Planne
         return None
     if plan.rescale and not _single_integer(plan.write.dtype):
         return None  # the lazy route refuses it with the message for the user's case
-    opts = plan.options.kwargs()
-    prep = prepare(source, plan.model, **{k: v for k, v in opts.items() if k not in _PREDICT_ONLY})
+    o = plan.options
+    prep = prepare(source, plan.model, o)
     if len(prep.plan.halos) != 1:
         return None
     model, method = prep.model, prep.method
@@ -60,20 +59,20 @@ def plan_scene(plan: PredictionPlan, scene: str, source: xr.DataArray) -> Planne
         params = stats_params(prep.inputs, method, **args)  # type: ignore[arg-type]
         stats = _lazy_statistics(inputs, method, args, scene, prep.inputs, params)
     clip = method == "percentile" and args.get("clip", True)
-    units = "target" if opts["denormalize"] and model.output_intensity else "normalized"
+    units = "target" if o.denormalize and model.output_intensity else "normalized"
     affine = output_affine(model) if units == "target" else None
     blocks = StoreBlocks(
         inputs, prep.plan, method, args, None, clip,
-        Forward.of(model, device=opts["device"], precision=opts["precision"],
-                   batch=opts["batch_size"] or 0, seed=opts["seed"]),
-        affine, rescale_map(plan.write.dtype) if plan.rescale else None, opts["resources"],
+        Forward.of(model, device=o.device, precision=o.precision,
+                   batch=o.batch_size or 0, seed=o.seed),
+        affine, rescale_map(plan.write.dtype) if plan.rescale else None,
+        dict(o.resources) if o.resources else None,
     )  # fmt: skip
     record = prediction_provenance(
-        prep.scene, model, prep.chosen, method, stats, prep.plan, opts["precision"], units,
-        opts["seed"],
-    )  # fmt: skip
-    parts = (model, prep.chosen, method, prep.plan, opts["precision"], units, opts["seed"])
-    record["device"] = opts["device"]
+        prep.scene, model, prep.chosen, method, stats, prep.plan, o.precision, units, o.seed
+    )
+    parts = (model, prep.chosen, method, prep.plan, o.precision, units, o.seed)
+    record["device"] = o.device
     if plan.rescale:
         record = rescale_record(record, plan.write.dtype)
     skip = ("normalization", "zarrstain", "provenance")

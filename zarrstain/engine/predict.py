@@ -285,14 +285,7 @@ def predict(
         input_channels=input_channels, chunks=chunks, device=device, precision=precision,
         seed=seed, options=options,
     )  # fmt: skip
-    input_channels = (
-        list(o.input_channels) if isinstance(o.input_channels, tuple) else o.input_channels
-    )
-    prep = prepare(
-        data, model, halo=o.halo, normalize=o.normalize, input_channels=input_channels,
-        chunks=o.chunks, device=o.device, block_memory=o.block_memory,
-        options=model_options(model, o.options),
-    )  # fmt: skip
+    prep = prepare(data, model, o.replace(options=model_options(model, o.options)))
     scene, model, chosen, method, inputs, plan = (
         prep.scene, prep.model, prep.chosen, prep.method, prep.inputs, prep.plan
     )  # fmt: skip
@@ -353,32 +346,22 @@ class Prepared:
     plan: TilePlan
 
 
-def prepare(
-    data: Any,
-    model: Model,
-    *,
-    halo: str | int = "auto",
-    normalize: str | None = "model",
-    input_channels: Sequence[str] | Mapping[str, str] | str | None = None,
-    chunks: Mapping[str, int] | Sequence[int | None] | None = None,
-    device: str = "auto",
-    block_memory: int | str | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> Prepared:
-    """The checks and choices of :func:`predict` (same parameters, ``options`` checked by
-    :func:`model_options`); reads and computes nothing.
+def prepare(data: Any, model: Model, o: PredictOptions) -> Prepared:
+    """The checks and choices of :func:`predict` under the settings ``o`` (their ``options``
+    checked already by :func:`model_options`); reads and computes nothing.
 
     ``PredictionPlan.run`` uses it to compute blocks straight from a store, exactly as
     :func:`predict` tiles them.
     """
     scene = as_scene(data)
-    model = run_model(model, scene, options or {})
+    model = run_model(model, scene, o.options or {})
+    input_channels = o.input_channels
     if not isinstance(data, xr.DataArray) and input_channels is None:
         input_channels = list(scene.coords["c"].values)  # unlabeled arrays: by position
     chosen = select_inputs(scene.coords["c"].values, model, input_channels)
-    method = normalization_method(normalize, model)
-    if device != "auto":
-        resolve_device(device)  # fail now, not inside a task
+    method = normalization_method(o.normalize, model)
+    if o.device != "auto":
+        resolve_device(o.device)  # fail now, not inside a task
     inputs = scene.sel(c=chosen)
     if not isinstance(inputs.data, da.Array):
         inputs = inputs.copy(data=da.from_array(np.asarray(inputs.data), chunks=-1))
@@ -386,10 +369,10 @@ def prepare(
     plan = plan_tiles(
         shape,
         model,
-        halo=halo,
-        chunks=block_chunks(chunks, shape[1:], model.divisor),
+        halo=o.halo,
+        chunks=block_chunks(o.chunks, shape[1:], model.divisor),
         align=_align(inputs.data),
-        block_memory=block_memory,
+        block_memory=o.block_memory,
     )
     return Prepared(scene, model, chosen, method, inputs, plan)
 

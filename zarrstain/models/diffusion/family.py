@@ -38,7 +38,7 @@ from zarrstain.errors import ParameterError, option
 from zarrstain.models.architecture import Architecture, BlockContext, Geometry
 from zarrstain.models.diffusion.chains import CHAINS, SamplesHead, drive
 from zarrstain.models.diffusion.classifier import check_guidance, guidance_gradient
-from zarrstain.models.diffusion.options import SAMPLERS
+from zarrstain.models.diffusion.options import RUN_SCHEMA, SAMPLERS
 from zarrstain.models.diffusion.samplers import STEPS, Step
 from zarrstain.models.diffusion.schedules import (
     OBJECTIVES,
@@ -58,10 +58,9 @@ logger = logging.getLogger(__name__)
 _INIT, _STEP = 1, 2
 _MODULE_KEYS = ("ndim", "in_channels", "out_channels", "width", "mults", "blocks", "norm",
                 "attention")  # fmt: skip
-#: options the user sets (the rest of a configured dict is derived from them and the card)
-USER_OPTIONS = ("sampler", "steps", "eta", "samples", "keep_samples", "class_label",
-                "cfg_scale", "guidance", "guidance_scale", "guidance_class",
-                "scratch_every")  # fmt: skip
+#: options the user sets (the rest of a configured dict is derived from them and the card):
+#: the run schema's, less the class sources that scene_options turns into ``class_label``
+USER_OPTIONS = tuple(o.name for o in RUN_SCHEMA if not o.scene)
 
 
 def _number(name: str, value: Any, kind: type, low: float, flag: str) -> Any:
