@@ -52,7 +52,7 @@ def family_params(which: str) -> list[click.Option]:
             kwargs["type"] = click.Choice(spec.choices)
         else:
             kwargs["type"] = _TYPES.get(spec.type, click.STRING)
-            kwargs["metavar"] = {"model": "MODEL", "path": "PATH"}.get(spec.type)
+            kwargs["metavar"] = {"model": "MODEL", "path": "PATH", "floats": "A,B"}.get(spec.type)
         params.append(click.Option([spec.cli_flag, PREFIX + name], **kwargs))
     return params
 

@@ -29,8 +29,6 @@ from .params import (
     model_option,
     out_option,
     overwrite_option,
-    parse_dtypes,
-    parse_size,
     scenes_option,
 )
 from .progress import Progress, StageProgress
@@ -220,6 +218,7 @@ def predict(
     from zarrstain.engine.cluster import connect
     from zarrstain.engine.options import PredictOptions, WriteOptions
     from zarrstain.engine.pipeline import format_plan, plan_prediction
+    from zarrstain.io.dtypes import dtypes_from_text
 
     settings = dict(
         scenes=list(scenes) or None,
@@ -240,7 +239,10 @@ def predict(
             options=options,
         ),
         write_options=WriteOptions(
-            out=out, overwrite=overwrite, dtype=parse_dtypes(dtypes), copy_channels=copy_channels
+            out=out,
+            overwrite=overwrite,
+            dtype=dtypes_from_text(dtypes),
+            copy_channels=copy_channels,
         ),
     )
     if dry_run:
@@ -364,7 +366,6 @@ def train(
 
     flags = {k: v for k, v in flags.items() if v not in (None, ())}
     flags["model"] = flags.pop("arch", None) or None
-    flags["patch"] = parse_size(flags.get("patch"))
     config = build_config(
         settings=settings,
         paper=paper,

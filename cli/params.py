@@ -18,8 +18,6 @@ __all__ = [
     "model_option",
     "out_option",
     "overwrite_option",
-    "parse_dtypes",
-    "parse_size",
     "scenes_option",
 ]
 
@@ -38,29 +36,6 @@ class _Device(click.ParamType):
 
 
 DEVICE = _Device()
-
-
-def parse_dtypes(values: tuple[str, ...]) -> str | dict[str, str] | None:
-    """``--dtype uint16`` → "uint16"; ``--dtype "DNA (predicted std)=float32"`` → a mapping."""
-    if not values:
-        return None
-    if len(values) == 1 and "=" not in values[0]:
-        return values[0]
-    if not all("=" in v for v in values):
-        raise click.BadParameter(
-            "give one dtype, or LABEL=DTYPE for each channel", param_hint="--dtype"
-        )
-    return dict(v.rsplit("=", 1) for v in values)
-
-
-def parse_size(value: str | None) -> list[int] | None:
-    """``--patch 32x64x64`` (or ``32,64,64``) → ``[32, 64, 64]``."""
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.lower().replace("x", ",").split(",") if v]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a size like 32x64x64") from None
 
 
 # The flags several commands share, declared once (as iohub's cli/parsing.py does): each

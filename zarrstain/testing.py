@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # annotations only: zarr's buffer types are not public API
     from zarr.core.buffer import Buffer, BufferPrototype
 
 from zarrstain.models import create_model
+from zarrstain.models.architecture import channel_labels
 from zarrstain.models.heads import head_from_kwargs
 from zarrstain.models.model import Model, state_dict_hash
 
@@ -200,7 +201,7 @@ def random_model(
     if kwargs.get("head"):  # one label per target given: one channel per head output
         outputs = head_from_kwargs(kwargs).outputs
         if len(output_labels) != len(outputs):
-            output_labels = tuple(base + h.suffix for base in output_labels for h in outputs)
+            output_labels = channel_labels(output_labels, outputs)
     torch.manual_seed(seed)
     model = create_model(
         architecture,

@@ -180,6 +180,8 @@ def test_no_command_ends_in_a_traceback(make_store, model_dir, tmp_path):
             [*train, "--config", bad_toml],
             "--steps must be a whole number ≥ 1, not 'many'",
         ),
+        ([*train, "--patch", "32 by 64"], "--patch '32 by 64' is not a size like 32x64x64"),
+        ([*predict, "--dtype", "uint16", "--dtype", "x=uint8"], "--dtype LABEL=DTYPE"),
     ]
     for args, fragment in cases:
         refused(run(*args), fragment)

@@ -12,6 +12,7 @@ import zarrstain
 from zarrstain.errors import (
     ChannelError,
     ChannelExistsError,
+    ParameterError,
     ReadOnlyStoreError,
     ShapeMismatchError,
     UnsupportedError,
@@ -261,3 +262,17 @@ def test_floats_into_integers_are_rounded_and_clipped(make_store):
     zarrstain.write_channels(path, pred.assign_coords(c=["clipped"]), dtype="uint16")
     stored = zarrstain.open_image(path).sel(c="clipped").values[0, 0, 0, : values.size]
     np.testing.assert_array_equal(stored, [0, 0, 1, 65535, 65535])  # no wrap-around
+
+
+def test_dtype_texts_give_one_dtype_or_one_per_label():
+    from zarrstain.io.dtypes import dtypes_from_text
+
+    assert dtypes_from_text([]) is None
+    assert dtypes_from_text(["uint16"]) == "uint16"
+    # split at the last "=": a label may hold one
+    assert dtypes_from_text(["a=b=uint16", "DNA std=float32"]) == {
+        "a=b": "uint16",
+        "DNA std": "float32",
+    }
+    with pytest.raises(ParameterError, match="dtype 'uint16' among several"):
+        dtypes_from_text(["uint16", "x=uint8"])

@@ -196,3 +196,12 @@ def test_the_example_recipes_train_as_their_files_say(tmp_path, name):
     done = runner.invoke(cli, ["train", *args])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "model" / "card.json").is_file()
+
+
+def test_patch_sizes_read_from_text():
+    from zarrstain.training import TrainConfig
+
+    assert TrainConfig(["BF"], ["DNA"], patch="32x64X64").patch == [32, 64, 64]
+    assert TrainConfig(["BF"], ["DNA"], patch="256,256", model="fnet2d").patch == [256, 256]
+    with pytest.raises(ParameterError, match="'32 by 64' is not a size like 32x64x64"):
+        TrainConfig(["BF"], ["DNA"], patch="32 by 64")

@@ -117,11 +117,19 @@ def test_a_3d_generator_trains_against_a_3d_critic(plate, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(model="fnet2d", generator=None), "is a pix2pix setting"),
-        (dict(gan_loss="wgan"), "'wgan' is not one of bce, lsgan"),
-        (dict(reconstruction_loss="ssim"), "'ssim' is not one of mse, l1"),
+        (
+            dict(model="fnet2d", generator=None),
+            "is a pix2pix setting, not one of .fnet2d.; train with model= pix2pix",
+        ),
+        (dict(gan_loss="wgan"), "gan_loss must be one of bce, lsgan, not 'wgan'"),
+        (
+            dict(reconstruction_loss="ssim"),
+            "reconstruction_loss must be one of mse, l1, not 'ssim'",
+        ),
         (dict(gan_weight=-1.0), "must be a number ≥ 0"),
         (dict(discriminator_layers=0), "whole number ≥ 1"),
+        (dict(discriminator_lr=0), "discriminator_lr must be a positive number"),
+        (dict(discriminator_betas="0.5,high"), "must be numbers like 0.5,0.999"),
         (dict(generator="unet9"), "pix2pix's generator 'unet9' is not a registered"),
         (dict(generator="diffusion2d"), "one value per target in one forward"),
         (dict(head="bins"), "one value per target in one forward"),

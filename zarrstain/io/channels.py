@@ -34,9 +34,9 @@ import zarr
 from zarrstain.errors import UnsupportedError, option
 from zarrstain.io._zarr_compat import grown_view
 from zarrstain.io.blockwrite import fused_blocks
-from zarrstain.io.chunkgrid import delete_chunks, stored_keys
+from zarrstain.io.chunkgrid import delete_chunks
 from zarrstain.io.metadata import DIMS, Axis, ImageMeta, canonical_dims, ome_attrs
-from zarrstain.io.pending import KEY, PendingRecord, begin, now
+from zarrstain.io.pending import KEY, PendingRecord, now, start
 from zarrstain.io.stream import PyramidWrite, region
 
 __all__ = [
@@ -179,14 +179,8 @@ def begin_append(
     """
     cax = _channel_axis(meta, where)
     append = _Append.plan(group, meta, labels, cax, time, where)
-    pending = PendingRecord(
-        "append",
-        tuple(labels),
-        record.get("fingerprint"),
-        str(append.arrays[0].dtype),
-        (time.start, time.stop) if time is not None else None,
-        first_new_index=append.n0,
-    )
+    pending = PendingRecord.describe("append", labels, record, append.arrays[0].dtype, time,
+                                     first_new_index=append.n0)  # fmt: skip
 
     def store(prov: dict[str, Any]) -> None:
         set_image_attrs(group, omero=append.omero, zarrstain=prov)
@@ -196,10 +190,7 @@ def begin_append(
             delete_chunks(view, [region(view.ndim, cax, s, n, append.tregion)
                                  for s, n in append.slots])  # fmt: skip
 
-    done = None
-    if begin(group, pending, store, clear):
-        done = [stored_keys(v) for v in append.views]
-        logger.info("%s: resuming an interrupted write of %s", where, labels)
+    done = start(group, pending, store, clear, lambda: append.views, where)
     data = to_store_axes(data, meta.axis_names)
     take = lambda idx: da.take(data, idx, axis=cax)  # noqa: E731
     picks = [(append.new, append.n0)] if append.new else []

@@ -24,10 +24,9 @@ from zarrstain.io.channels import (
     to_store_axes,
     with_time_points,
 )
-from zarrstain.io.chunkgrid import stored_keys
 from zarrstain.io.layout import Layout
 from zarrstain.io.metadata import DIMS, ImageMeta, ome_attrs
-from zarrstain.io.pending import KEY, PendingRecord, begin, fresh
+from zarrstain.io.pending import KEY, PendingRecord, fresh, start
 from zarrstain.io.stream import PyramidWrite, region
 
 __all__ = ["begin_create", "write_collection_metadata"]
@@ -109,14 +108,9 @@ def begin_create(
         With ``new``: the caller has seen that nothing exists there and that its parents do
         (the metadata are written without reading any).
     """
-    pending = PendingRecord(
-        "create",
-        tuple(labels),
-        record.get("fingerprint"),
-        str(_dtype(data, src_meta, copy_labels)),
-        (time.start, time.stop) if time is not None else None,
-        copied=tuple(copy_labels),
-    )
+    pending = PendingRecord.describe("create", labels, record,
+                                     _dtype(data, src_meta, copy_labels), time,
+                                     copied=tuple(copy_labels))  # fmt: skip
     # one block per field along y and x: chunks need not follow the source's
     whole = blocks is not None and all(len(c) == 1 for c in blocks[0].grid[2:])
     if new and gpath:  # the group, its record and its arrays in one call
@@ -134,10 +128,8 @@ def begin_create(
     def clear() -> None:  # overwrite: removes the chunks of an earlier run
         arrays[:] = image.create_arrays(root.metadata.zarr_format)
 
-    resume = begin(image.group, pending, store, clear, all(a is not None for a in arrays))
-    done = [stored_keys(a) for a in arrays] if resume else None
-    if resume:
-        logger.info("%s: resuming an interrupted write", where)
+    done = start(image.group, pending, store, clear, lambda: arrays, where,
+                 all(a is not None for a in arrays))  # fmt: skip
     return _write(image, arrays, done, data, labels, src_meta, record, time, blocks)
 
 

@@ -9,7 +9,7 @@ channel's dtype (``channel_dtypes``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,32 @@ import xarray as xr
 from zarrstain.errors import ChannelError, ParameterError, UnsupportedError, option
 from zarrstain.units import as_dtype, float_into_integer_advice
 
-__all__ = ["array_dtype", "cast", "channel_dtypes", "convert_channels"]
+__all__ = ["array_dtype", "cast", "channel_dtypes", "convert_channels", "dtypes_from_text"]
+
+
+def dtypes_from_text(values: Sequence[str]) -> str | dict[str, str] | None:
+    """The ``dtype`` of repeated ``--dtype`` texts: one dtype for all channels, or per label.
+
+    ``["uint16"]`` → ``"uint16"``; ``["DNA (predicted)=uint16", "DNA (predicted) std=float32"]``
+    → a mapping label → dtype (split at the last ``=``: labels may hold one); ``[]`` → None.
+
+    Raises
+    ------
+    ParameterError
+        Several values that are not all ``LABEL=DTYPE``.
+    """
+    values = list(values)
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    plain = [v for v in values if "=" not in v]
+    if plain:
+        raise ParameterError(
+            f"dtype {plain[0]!r} among several: give one dtype for every channel, or "
+            f"LABEL=DTYPE for each ({option('dtype={LABEL: DTYPE}', '--dtype LABEL=DTYPE')})"
+        )
+    return dict(v.rsplit("=", 1) for v in values)
 
 
 def channel_dtypes(

@@ -20,14 +20,19 @@ the write starts over.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import zarr
 
-__all__ = ["KEY", "PendingRecord", "begin", "now"]
+from zarrstain.io.chunkgrid import stored_keys
+
+__all__ = ["KEY", "PendingRecord", "begin", "now", "start"]
+
+logger = logging.getLogger(__name__)
 
 KEY = "pending"
 
@@ -74,6 +79,20 @@ class PendingRecord:
 
     #: the fields that identify a write (a resume needs all of them equal)
     IDENTITY = ("kind", "labels", "fingerprint", "dtype", "time", "first_new_index", "copied")
+
+    @classmethod
+    def describe(
+        cls,
+        kind: str,
+        labels: Sequence[str],
+        record: dict[str, Any],
+        dtype: Any,
+        time: slice | None,
+        **extra: Any,
+    ) -> PendingRecord:
+        """The record of a write of ``labels`` with provenance ``record`` (its fingerprint)."""
+        span = (time.start, time.stop) if time is not None else None
+        return cls(kind, tuple(labels), record.get("fingerprint"), str(dtype), span, **extra)
 
     @classmethod
     def of(cls, group: zarr.Group) -> PendingRecord | None:
@@ -137,6 +156,26 @@ def begin(
     clear()
     store({**prov, KEY: dataclasses.replace(started, cleared=True).to_json()})
     return False
+
+
+def start(
+    group: zarr.Group,
+    record: PendingRecord,
+    store: Callable[[dict[str, Any]], None],
+    clear: Callable[[], None],
+    arrays: Callable[[], Sequence[zarr.Array]],
+    where: str,
+    can_resume: bool = True,
+) -> list[set[str]] | None:
+    """:func:`begin`, then what a resumed run keeps: the chunk keys of ``arrays()`` (else None).
+
+    ``arrays`` is called after ``clear`` (which may recreate them); ``where`` names the image in
+    the log line that says a write is resumed.
+    """
+    if not begin(group, record, store, clear, can_resume):
+        return None
+    logger.info("%s: resuming an interrupted write of %s", where, list(record.labels))
+    return [stored_keys(a) for a in arrays()]
 
 
 def fresh(record: PendingRecord) -> dict[str, Any]:

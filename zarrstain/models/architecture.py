@@ -37,7 +37,7 @@ architecture for
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,15 @@ if TYPE_CHECKING:  # torch is imported by the modules that run models, not by th
 
     from zarrstain.models.heads import OutputHead
 
-__all__ = ["KINDS", "Architecture", "BlockContext", "Geometry", "Head", "output_label"]
+__all__ = [
+    "KINDS",
+    "Architecture",
+    "BlockContext",
+    "Geometry",
+    "Head",
+    "channel_labels",
+    "output_label",
+]
 
 #: output kinds → (adds the target's offset, multiplies by the target's scale)
 KINDS: dict[str, tuple[bool, bool]] = {
@@ -97,6 +105,16 @@ class Head:
 def output_label(target: str) -> str:
     """The default output label of a target channel: ``"DNA"`` → ``"DNA (predicted)"``."""
     return f"{target} (predicted)"
+
+
+def channel_labels(bases: Sequence[str], heads: Sequence[Head]) -> tuple[str, ...]:
+    """The channels written for targets labeled ``bases``, target-major.
+
+    The one rule for output labels: each target's label followed by its heads' suffixes
+    (``"DNA (predicted)"``, ``"DNA (predicted) std"``, ...). Renaming a model's output, changing
+    its head or a run option that adds channels all relabel through it.
+    """
+    return tuple(base + h.suffix for base in bases for h in heads)
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ def load_model(
 
 def renamable(model: Model) -> bool:
     """Whether ``model`` predicts one target (its outputs are that target's heads)."""
-    return len(model.output_labels) == len(model.spec.heads(model.kwargs))
+    return len(model.targets) == 1
 
 
 def relabel(model: Model, output_label: str) -> Model:
@@ -200,6 +200,4 @@ def relabel(model: Model, output_label: str) -> Model:
             + option("output_label", "--output-label")
             + " renames only models of one target"
         )
-    heads = model.spec.heads(model.kwargs)
-    labels = tuple(output_label + h.suffix for h in heads)
-    return dataclasses.replace(model, output_labels=labels)
+    return model.relabeled([output_label])

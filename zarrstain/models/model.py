@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from zarrstain.models.architecture import Architecture, BlockContext
+from zarrstain.models.architecture import Architecture, BlockContext, channel_labels
 from zarrstain.models.registry import get_architecture
 
 if TYPE_CHECKING:
@@ -141,14 +141,37 @@ class Model:
             An option the architecture does not take, or a bad value.
         """
         configured = self.spec.configure(self.kwargs, {**self.options, **options})
-        values = [i for i, h in enumerate(self.outputs) if h.suffix == ""]
         model = dataclasses.replace(self, options=configured)
-        heads = model.spec.heads(model.config)
-        labels = tuple(self.output_labels[i] + h.suffix for i in values for h in heads)
-        intensity = tuple(
-            self.output_intensity[i] for i in values for _ in heads
-        ) if self.output_intensity else ()  # fmt: skip
-        return dataclasses.replace(model, output_labels=labels, output_intensity=intensity)
+        return model.relabeled(self.targets, self.target_intensity)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Each target's label: the label of its first channel, the value (heads' suffix none)."""
+        return self.output_labels[:: len(self.spec.heads(self.config))]
+
+    @property
+    def target_intensity(self) -> tuple[tuple[float, float], ...]:
+        """Each target's ``(offset, scale)`` (see :attr:`output_intensity`); empty if unknown."""
+        return self.output_intensity[:: len(self.spec.heads(self.config))]
+
+    def relabeled(
+        self,
+        targets: Sequence[str],
+        intensity: Sequence[tuple[float, float]] | None = None,
+    ) -> Model:
+        """This model writing ``targets``, each followed by its heads' channels.
+
+        Labels follow :func:`~zarrstain.models.architecture.channel_labels`. ``intensity``: each
+        target's ``(offset, scale)``, repeated over its channels (default: this model's, for a
+        model whose heads did not change).
+        """
+        heads = self.spec.heads(self.config)
+        per_target = self.target_intensity if intensity is None else intensity
+        return dataclasses.replace(
+            self,
+            output_labels=channel_labels(targets, heads),
+            output_intensity=tuple(v for v in per_target for _ in heads),
+        )
 
     @property
     def in_channels(self) -> int:

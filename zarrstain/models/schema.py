@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: option types: how a value is read (from Python, a file or a flag) and checked
-TYPES = ("str", "int", "float", "bool", "path", "model")
+TYPES = ("str", "int", "float", "floats", "bool", "path", "model")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class Option:
     name
         The keyword (``"steps"``); the flag is ``--steps`` unless :attr:`flag` says otherwise.
     type
-        One of :data:`TYPES`. ``"bool"`` is an on/off flag; ``"path"`` a file that must exist;
+        One of :data:`TYPES`. ``"bool"`` is an on/off flag; ``"floats"`` numbers (a sequence,
+        or text ``"0.5,0.999"``), a tuple; ``"path"`` a file that must exist;
         ``"model"`` a model (a loaded :class:`~zarrstain.models.Model`, or a path the engine
         loads once per run).
     help
@@ -99,6 +100,8 @@ class Option:
                 whole = "a whole number" if kind == "int" else "a number"
                 raise ParameterError(f"{name} must be {whole}{low}, not {value!r}")
             value = number
+        elif kind == "floats":
+            value = _numbers(value, self.minimum, name)
         elif kind == "bool":
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
                 value = value.lower() in ("true", "yes")
@@ -143,6 +146,19 @@ FAMILY_OPTIONS: PluginRegistry[FamilyOptions] = PluginRegistry(
 def declared(name: str) -> FamilyOptions:
     """The option schemas the family ``name`` declares (none declared: empty)."""
     return FAMILY_OPTIONS[name] if name in FAMILY_OPTIONS else FamilyOptions()
+
+
+def _numbers(value: Any, minimum: float | None, name: str) -> tuple[float, ...]:
+    """A ``"floats"`` option's value: numbers from a sequence or from ``"0.5,0.999"``."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        numbers = tuple(_number(v, False) for v in items)
+    except TypeError:  # not a sequence
+        numbers = (None,)
+    if not numbers or any(n is None or (minimum is not None and n < minimum) for n in numbers):
+        low = "" if minimum is None else f", each ≥ {minimum:g}"
+        raise ParameterError(f"{name} must be numbers like 0.5,0.999{low}, not {value!r}")
+    return numbers
 
 
 def _number(value: Any, whole: bool) -> int | float | None:

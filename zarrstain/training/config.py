@@ -13,10 +13,8 @@ from zarrstain.errors import ParameterError, option
 from zarrstain.models.architecture import Architecture, Geometry
 from zarrstain.models.heads import OutputHead, make_head
 from zarrstain.models.registry import ARCHITECTURES, aliases, resolve
-from zarrstain.models.schema import check_options, declared
+from zarrstain.models.schema import FAMILY_OPTIONS, Option, check_options, declared
 from zarrstain.training.adversarial import (
-    GAN_LOSSES,
-    RECONSTRUCTION_LOSSES,
     GanSettings,
     check_generator,
 )
@@ -51,7 +49,8 @@ class TrainConfig:
     projection: int = 0  # > 0: learned per-pixel projection of the inputs (In silico labeling)
     steps: int = 400
     batch_size: int = 4
-    patch: list[int] | None = None  # default 32×64×64 (3D) or 256×256 (2D), cut to fit
+    # default 32×64×64 (3D) or 256×256 (2D), cut to fit; text "32x64x64" (a flag, a file) too
+    patch: list[int] | None = None
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     seed: int = 0
@@ -95,6 +94,10 @@ class TrainConfig:
     discriminator_width: int = 64
     discriminator_lr: float = 2e-4
     discriminator_betas: tuple[float, float] = (0.5, 0.999)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.patch, str):
+            self.patch = size_from_text(self.patch, "patch")
 
     @classmethod
     def paper(cls, **kwargs: Any) -> TrainConfig:
@@ -208,13 +211,9 @@ class TrainConfig:
             raise ParameterError(
                 f"{_flag('class_dropout')} must be in [0, 1), not {self.class_dropout!r}"
             )
-        if self.unconditional and self.architecture()[0].name != "diffusion":
-            raise ParameterError(
-                f"{_flag('unconditional')} pretrains a diffusion backbone; use "
-                f"{option('model=', '--model')} diffusion2d or diffusion3d, not {self.model!r}"
-            )
         if self.ema is not None and not 0 <= self.ema < 1:
             raise ParameterError(f"{_flag('ema')} must be in [0, 1), not {self.ema!r}")
+        self._check_family_settings()
         self._check_gan()
         if self.freeze != "none" and not self.init:
             raise ParameterError(
@@ -222,31 +221,31 @@ class TrainConfig:
                 f"({option('init=', '--init')} MODEL)"
             )
 
+    def _check_family_settings(self) -> None:
+        """Settings a family declares (its train schema) are checked by it, and refused when
+        another family is trained: e.g. pix2pix's critic for fnet, a class map for a model
+        that takes no classes."""
+        schema = family_schema(self.model)
+        own = {o.name: o for o in (schema[0] if schema else ())}
+        owners = _setting_owners()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name not in owners or value == f.default:
+                continue
+            if f.name in own:  # as the schema reads it: "0.5,0.999" from a file is a pair too
+                setattr(self, f.name, own[f.name].convert(value))
+                continue
+            families, spec = owners[f.name]
+            raise ParameterError(
+                f"{option(f.name, spec.cli_flag)} is a {' / '.join(families)} setting, not one "
+                f"of {self.model!r}; train with {option('model=', '--model')} "
+                f"{' or '.join(families)}, or drop it"
+            )
+
     def _check_gan(self) -> None:
-        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in _GAN_FIELDS}
+        """What pix2pix's schema cannot say: a critic's lr above 0, a generator it can train."""
         if self.model != PIX2PIX:
-            given = [k for k, v in defaults.items() if getattr(self, k) != v]
-            if given:
-                raise ParameterError(
-                    f"{_flag(given[0])} is a pix2pix setting; train with "
-                    f"{option('model=', '--model')} pix2pix, or drop it"
-                )
             return
-        if self.gan_loss not in GAN_LOSSES:
-            raise ParameterError(
-                f"{_flag('gan_loss')} {self.gan_loss!r} is not one of {', '.join(GAN_LOSSES)}"
-            )
-        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
-            raise ParameterError(
-                f"{_flag('reconstruction_loss')} {self.reconstruction_loss!r} is not one of "
-                + ", ".join(RECONSTRUCTION_LOSSES)
-            )
-        for name in ("gan_weight", "reconstruction_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0:
-                raise ParameterError(f"{_flag(name)} must be a number ≥ 0, not {value!r}")
-        _positive_int("discriminator_layers", self.discriminator_layers)
-        _positive_int("discriminator_width", self.discriminator_width)
         if not isinstance(self.discriminator_lr, int | float) or not self.discriminator_lr > 0:
             raise ParameterError(
                 f"{_flag('discriminator_lr')} must be a positive number, not "
@@ -288,9 +287,29 @@ class TrainConfig:
 
 #: ``TrainConfig.model`` of adversarial training (the generator is ``TrainConfig.generator``)
 PIX2PIX = "pix2pix"
-_GAN_FIELDS = ("generator", "gan_loss", "gan_weight", "reconstruction_loss",
-               "reconstruction_weight", "discriminator_layers", "discriminator_width",
-               "discriminator_lr", "discriminator_betas")  # fmt: skip
+
+
+def _setting_owners() -> dict[str, tuple[list[str], Option]]:
+    """Training setting → (the installed families that declare it, its option)."""
+    owners: dict[str, tuple[list[str], Option]] = {}
+    for family in sorted(FAMILY_OPTIONS):  # messages in one order, however they loaded
+        for spec in declared(family).train:
+            owners.setdefault(spec.name, ([], spec))[0].append(family)
+    return owners
+
+
+def size_from_text(text: str, name: str) -> list[int]:
+    """``"32x64x64"`` (or ``"32,64,64"``) → ``[32, 64, 64]``.
+
+    Raises
+    ------
+    ParameterError
+        Text that is not whole numbers joined by ``x`` or ``,``.
+    """
+    try:
+        return [int(v) for v in text.lower().replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ParameterError(f"{_flag(name)} {text!r} is not a size like 32x64x64") from None
 
 
 def _flag(name: str) -> str:
@@ -302,6 +321,17 @@ def _positive_int(name: str, value: Any) -> None:
         raise ParameterError(f"{_flag(name)} must be a whole number ≥ 1, not {value!r}")
 
 
+def family_schema(model: str) -> tuple[tuple[Option, ...], str] | None:
+    """The training settings ``model``'s family declares, and who that is (for messages);
+    None for a model no architecture is registered for (``TrainConfig`` names what exists)."""
+    name = resolve(model)[0]
+    if model == PIX2PIX:
+        return declared(PIX2PIX).train, "pix2pix training"
+    if name in ARCHITECTURES:
+        return ARCHITECTURES[name].train_schema, f"architecture {name!r}"
+    return None
+
+
 def family_settings(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` checked against the training settings of ``model``'s family (pix2pix: its
     own and its generator's are refused alike when not declared).
@@ -311,14 +341,10 @@ def family_settings(model: str, options: Mapping[str, Any]) -> dict[str, Any]:
     ParameterError
         A setting the family does not declare (the message lists those it does), a bad value.
     """
-    name = resolve(model)[0]
-    if model == PIX2PIX:
-        schema, owner = declared(PIX2PIX).train, "pix2pix training"
-    elif name in ARCHITECTURES:
-        schema, owner = ARCHITECTURES[name].train_schema, f"architecture {name!r}"
-    else:
-        return dict(options)  # an unknown model: TrainConfig names what exists
-    return check_options(schema, options, owner=owner)
+    schema = family_schema(model)
+    if schema is None:
+        return dict(options)
+    return check_options(schema[0], options, owner=schema[1])
 
 
 def build_config(
@@ -361,7 +387,7 @@ def build_config(
         if isinstance(values[key], str):
             values[key] = [values[key]]
     for key in ("betas", "discriminator_betas"):
-        if key in values:
+        if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
     if "bins_range" in values:
         values["bins_range"] = list(values["bins_range"])

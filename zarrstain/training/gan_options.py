@@ -26,5 +26,6 @@ OPTIONS = FamilyOptions(
         Option("discriminator_layers", "int", minimum=1, help="PatchGAN stride-2 layers [4]."),
         Option("discriminator_width", "int", minimum=1, help="PatchGAN width [64]."),
         Option("discriminator_lr", "float", minimum=0, help="Its Adam lr [2e-4]."),
+        Option("discriminator_betas", "floats", minimum=0, help="Its Adam betas [0.5,0.999]."),
     )
 )

@@ -32,6 +32,7 @@ from zarrstain.evaluation.metrics import pearson
 from zarrstain.io.read import open_scenes
 from zarrstain.io.store import store_location
 from zarrstain.models import Model, create_model, load_model, save_model
+from zarrstain.models.architecture import channel_labels, output_label
 from zarrstain.models.cache import resolve_device
 from zarrstain.models.card import is_package
 from zarrstain.models.model import state_dict_hash
@@ -161,10 +162,10 @@ def train(
         raise ParameterError(
             f"model {config.model!r} takes no class labels; drop "
             + option("classes= / class_key=", "--class-map / --class-key")
-            + " or train a diffusion model (--model diffusion2d)"
+            + ", or train a class-conditional family"
         )
     heads = spec.heads(kwargs)
-    outputs = [h.label(t) for t in config.targets for h in heads]
+    outputs = channel_labels([output_label(t) for t in config.targets], heads)
     intensity = [i for i in sampler.target_intensity() for _ in heads]
     if spec.conditional == "required":  # a classifier: reads the targets, writes classes
         outputs, intensity = [f"{c} probability" for c in kwargs["class_names"]], []

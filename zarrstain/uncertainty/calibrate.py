@@ -243,23 +243,15 @@ def interval_model(model: Model, alpha: float) -> Model:
 
 def _with_head(model: Model, head: OutputHead) -> Model:
     """The same network with another head (labels and output intensity follow its outputs)."""
-    per_target = len(model.spec.heads(model.kwargs))
-    bases = model.output_labels[::per_target]
     kwargs = {**model.kwargs, "head": head.to_kwargs()}
-    outputs = head.outputs
-    intensity = model.output_intensity[::per_target]
-    return dataclasses.replace(
-        model,
-        kwargs=kwargs,
-        output_labels=tuple(b + h.suffix for b in bases for h in outputs),
-        output_intensity=tuple(v for v in intensity for _ in outputs),
-        content_hash=state_dict_hash(model.module, model.architecture, kwargs),
+    new = dataclasses.replace(
+        model, kwargs=kwargs, content_hash=state_dict_hash(model.module, model.architecture, kwargs)
     )
+    return new.relabeled(model.targets, model.target_intensity)
 
 
 def _targets(model: Model, target: str | Sequence[str] | None) -> list[str]:
-    per_target = len(model.head.outputs)
-    bases = model.output_labels[::per_target]
+    bases = model.targets
     if target is None:
         found = [b[: -len(" (predicted)")] for b in bases if b.endswith(" (predicted)")]
         if len(found) != len(bases):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -95,6 +97,19 @@ def test_samples_give_mean_std_and_kept_samples():
     assert np.abs(samples[0] - samples[1]).max() > 0  # each sample its own noise
     # one sample: just the value
     assert _model().with_options(samples=1).output_labels == ("DNA (predicted)",)
+
+
+def test_renaming_and_options_relabel_by_one_rule():
+    """A renamed model keeps its name and target intensity when options add channels."""
+    from zarrstain.models import relabel
+
+    model = dataclasses.replace(_model(), output_intensity=((100.0, 10.0),))
+    renamed = relabel(model, "Nuclei").with_options(samples=2)
+    assert renamed.output_labels == ("Nuclei", "Nuclei std")
+    assert renamed.output_intensity == ((100.0, 10.0), (100.0, 10.0))
+    assert renamed.targets == ("Nuclei",)
+    back = renamed.with_options(samples=1)  # the std channel goes, the name stays
+    assert back.output_labels == ("Nuclei",) and back.output_intensity == ((100.0, 10.0),)
 
 
 def test_run_options_are_checked():
