@@ -411,12 +411,41 @@ def train(
 )
 @click.option("--alphas", default="0.05,0.1,0.2,0.3,0.5", show_default=True, help="Curve: alphas.")
 @click.option("--method", default="cqr", show_default=True, help="Curve: cqr or rcps.")
-def evaluate(store, prediction, target, scenes, input_channel, out, as_json, curve, **opts) -> None:
+@click.option(
+    "--objects",
+    default=None,
+    help="Also segment both stains and compare objects: nuclei, cells or a segmenter plug-in "
+    "(F1 / mean AP over IoU 0.5-0.95, feature correlations, KID).",
+)
+@click.option(
+    "--labels/--no-labels",
+    default=None,
+    help="Write the objects as OME-Zarr labels [when the store is a local, writable folder].",
+)
+@click.option("--class-map", default=None, help="Assay: each well's class (a well,class table).")
+@click.option("--class-key", default=None, help="Assay: group attribute holding the class.")
+@click.option(
+    "--readout",
+    default="discriminant",
+    show_default=True,
+    help="Assay: a feature (mean_intensity, area, ...) or discriminant (all features).",
+)
+@click.option("--controls", default=None, help="Assay: NEG,POS classes [the two in the map].")
+@click.option(
+    "--second-target", default=None, help="A second acquisition of the target: PCC ceiling."
+)
+def evaluate(
+    store, prediction, target, scenes, input_channel, out, as_json, curve, objects, labels,
+    class_map, class_key, readout, controls, second_target, **opts
+) -> None:  # fmt: skip
     """Compare a predicted channel with its target: Pearson r, SSIM, MSE, MAE, NRMSE.
 
     With the prediction's interval or std channels beside it: coverage, interval width and
-    the std's rank correlation with the error.
+    the std's rank correlation with the error. With --objects: detection scores, feature
+    correlations and KID of the objects; with a --class-map too, the assay's Z' and effect
+    size on the real and the virtual stain.
     """
+    from zarrstain.evaluation.evaluate import Assay
     from zarrstain.evaluation.evaluate import evaluate as run_evaluation
     from zarrstain.evaluation.report import format_table
 
@@ -430,17 +459,26 @@ def evaluate(store, prediction, target, scenes, input_channel, out, as_json, cur
             else:
                 _say(format_table(curve_rows))
             return
+    assay = None
+    if class_map is not None or class_key is not None:
+        assay = Assay(class_map, class_key, readout=readout, controls=controls)
+    progress = StageProgress(_quiet(), {"evaluate": ("evaluating objects", "field")})
     result = run_evaluation(
-        store, prediction, target, scenes=list(scenes) or None, input_channel=input_channel, out=out
-    )
+        store, prediction, target, scenes=list(scenes) or None, input_channel=input_channel,
+        out=out, objects=objects, labels=labels, assay=assay, second_target=second_target,
+        progress=progress,
+    )  # fmt: skip
+    progress.finish()
     if as_json:
-        rows = {"rows": result.rows, "summary": result.summary}
+        rows = {"rows": result.rows, "summary": result.summary, "assay": result.assay}
         click.echo(json.dumps({**rows, **({"calibration_curve": curve_rows} if curve else {})}))
         return
     if curve:
         _say(format_table(curve_rows))
     mean = {"scene": "mean", "t": "", **result.summary, "voxels": ""}
     _say(format_table([*result.rows, mean]))
+    if result.assay:
+        _say(format_table([result.assay]))
     for path in result.files:
         _say(f"wrote {path}")
 

@@ -47,7 +47,8 @@ class ProgressEvent:
     Attributes
     ----------
     stage
-        What is counted: ``"train"`` (optimizer steps) or ``"predict"`` (model blocks).
+        What is counted: ``"train"`` (optimizer steps), ``"predict"`` (model blocks) or
+        ``"evaluate"`` (fields of an object-level evaluation).
     done
         Units finished so far in this stage (cumulative, 1 on the first report).
     total
@@ -104,6 +105,8 @@ class BlockProgress:
         scheduler thread (or, fed by :func:`cluster_progress`, the client's event loop).
     total
         The blocks planned (the events' ``total``).
+    stage
+        The events' stage: ``"predict"`` (model blocks), ``"evaluate"`` (fields evaluated).
 
     Examples
     --------
@@ -112,9 +115,12 @@ class BlockProgress:
     >>> blocks.done  # doctest: +SKIP
     """
 
-    def __init__(self, progress: ProgressCallback | None = None, total: int = 0) -> None:
+    def __init__(
+        self, progress: ProgressCallback | None = None, total: int = 0, stage: str = "predict"
+    ) -> None:
         self._progress = progress
         self.total = total
+        self.stage = stage
         self._lock = threading.Lock()
         self.done = 0
 
@@ -124,7 +130,7 @@ class BlockProgress:
             self.done += n
             done = self.done
         if self._progress is not None:
-            self._progress(ProgressEvent("predict", done, self.total))
+            self._progress(ProgressEvent(self.stage, done, self.total))
 
     def __enter__(self) -> BlockProgress:
         _listeners.append(self.add)

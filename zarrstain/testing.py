@@ -80,17 +80,20 @@ def chunk_keys(keys: list[str]) -> list[str]:
     return [k for k in keys if k.rsplit("/", 1)[-1] not in _METADATA_FILES]
 
 
-def _schema_for(attrs: dict[str, Any], version: str) -> str | None:
+def _schemas_for(attrs: dict[str, Any], version: str) -> list[str]:
+    """The NGFF schemas a group's attributes claim: a label image is an image too."""
     ome = attrs.get("ome", attrs) if version == "0.5" else attrs
+    names = []
     for key, name in (
         ("plate", "plate"),
         ("well", "well"),
+        ("image-label", "label"),
         ("multiscales", "image"),
         ("bioformats2raw.layout", "bf2raw"),
     ):
         if key in ome:
-            return name
-    return None
+            names.append(name)
+    return names
 
 
 def _schema_validators(schema_dir: Path, version: str) -> dict[str, Any]:
@@ -158,8 +161,7 @@ def assert_valid_store(path: str | os.PathLike, schema_dir: str | os.PathLike | 
             continue
         seen.add(gpath)
         attrs = group.attrs.asdict()
-        name = _schema_for(attrs, version)
-        if name is not None:
+        for name in _schemas_for(attrs, version):
             errors = sorted(validators[name].iter_errors(attrs), key=lambda e: list(e.path))
             if errors:
                 where = "/".join(str(p) for p in errors[0].absolute_path)

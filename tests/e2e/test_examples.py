@@ -110,6 +110,22 @@ def test_class_guided_diffusion_example_runs_quickly(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # about 30 s on 2 cores: CI runs it, the default suite not
+def test_assay_evaluation_example_runs_quickly(tmp_path, monkeypatch):
+    """Every stain of the README's assay table, a few training and sampling steps each."""
+    import json
+
+    monkeypatch.setattr(sys, "argv", ["example", "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(EXAMPLES / "assay_evaluation.py"), run_name="__main__")
+    result = json.loads((tmp_path / "assay_evaluation.json").read_text())
+    stains = [r["stain"] for r in result["rows"]]
+    assert stains == ["real", "fnet", "diffusion, right class", "diffusion, wrong class"]
+    real = result["rows"][0]
+    assert real["f1"] == 1.0 and real["kid"] == 0.0 and real["z_prime"] > 0
+    assert result["fields_evaluated"] == 24
+    assert (tmp_path / "assay_evaluation.md").read_text().startswith("| stain | Z′")
+
+
+@pytest.mark.slow  # about 30 s on 2 cores: CI runs it, the default suite not
 def test_few_shot_control_example(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         sys, "argv", ["example", str(tmp_path), "--steps", "3", "--backbone-steps", "3"]

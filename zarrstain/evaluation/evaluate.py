@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from zarrstain.errors import ChannelError, ParameterError, option
 from zarrstain.evaluation.metrics import (
@@ -17,25 +18,56 @@ from zarrstain.evaluation.metrics import (
     UNCERTAINTY,
     coverage,
     interval_width,
+    pcc_ceiling,
     score,
     spread_error_spearman,
 )
-from zarrstain.evaluation.report import error_map, gray, markdown_table, panel, write_csv
+from zarrstain.evaluation.plate import OBJECT_SCORES, Assay, run_objects
+from zarrstain.evaluation.report import error_map, gray, outlines, panel, write_reports
+from zarrstain.evaluation.segment import Segmenter
 from zarrstain.io.read import open_scenes
 from zarrstain.io.store import StoreLike
+from zarrstain.progress import ProgressCallback
 
-__all__ = ["Evaluation", "evaluate"]
+__all__ = ["Assay", "Evaluation", "evaluate"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Evaluation:
-    """Per (scene, time point) metrics, their means, and the files written."""
+    """Per (scene, time point) metrics, their means, and the files written.
+
+    Attributes
+    ----------
+    rows
+        One dict per scene and time point: pixel metrics, and with ``objects`` the field's
+        detection scores (``f1``, ``mean_ap``, ``count_error``, ...).
+    summary
+        Means of the rows' metrics; with ``objects`` also the plate's feature correlations
+        (``r_<feature>``), ``kid`` (with its bootstrap interval), ``profile_r`` and, for
+        generative models, ``kid_samples``.
+    files
+        Written into ``out``.
+    objects
+        With ``objects``: one row per object of either stain (tidy: ``scene``, ``well``,
+        ``t``, ``side``, ``label``, ``match``, ``iou``, features).
+    wells
+        With ``objects``: per well, object counts and feature medians, real and predicted.
+    assay
+        With ``assay``: Z′ and effect size of the readout on the real and the virtual stain.
+    """
 
     rows: list[dict[str, Any]]
     summary: dict[str, float]
     files: list[Path] = field(default_factory=list)
+    objects: pd.DataFrame | None = None
+    wells: pd.DataFrame | None = None
+    assay: dict[str, Any] | None = None
+
+    def table(self) -> pd.DataFrame:
+        """The rows as a tidy table (one row per scene and time point)."""
+        return pd.DataFrame(self.rows)
 
 
 def _label(image, label: str, scene: str) -> None:
@@ -55,6 +87,11 @@ def evaluate(
     y_range: slice | None = None,
     out: str | os.PathLike | None = None,
     panels: bool = True,
+    objects: str | Segmenter | Callable[..., Any] | None = None,
+    labels: bool | None = None,
+    assay: Assay | None = None,
+    second_target: str | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Evaluation:
     """Pearson r, SSIM, MSE, MAE and NRMSE of a predicted channel against its target.
 
@@ -80,6 +117,26 @@ def evaluate(
         Folder for ``evaluation.csv``, ``evaluation.md`` and ``panels/<scene>.png``.
     panels
         Write the PNG panels (input | target | prediction | error map) when ``out`` is given.
+    objects
+        Also evaluate objects: ``"nuclei"``, ``"cells"`` (:mod:`zarrstain.evaluation.segment`),
+        an installed segmenter plug-in's name, or a function ``f(image, spacing) -> labels``.
+        The target and the prediction are segmented alike, objects matched by IoU, and each
+        field scored (F1 and mean AP over IoU 0.5-0.95, count error), matched objects' features
+        correlated and the two populations compared (KID); see :attr:`Evaluation.objects`.
+    labels
+        Write both stains' objects into the store as OME-Zarr label images
+        (``labels/<channel> <objects>``), which also lets an interrupted evaluation resume.
+        Default: when the store is a writable local folder and no x/y range is given.
+    assay
+        With ``objects``: compare two classes (a class map) on a readout, on the real and the
+        virtual stain side by side (Z′-factor, effect size); see :class:`Assay`.
+    second_target
+        A second acquisition of the target (another channel): each row adds ``pcc_ceiling``,
+        the Pearson r a perfect model could reach against the target's noise (pytorch_fnet's
+        estimate, √r of the two acquisitions).
+    progress
+        Called with an ``"evaluate"`` :class:`~zarrstain.progress.ProgressEvent` per field
+        whose objects are evaluated.
 
     Returns
     -------
@@ -93,14 +150,24 @@ def evaluate(
     and SSIM never do. One (t) volume is in memory at a time.
     """
     images = open_scenes(store, scenes=list(scenes) if scenes else None)
+    needed = [prediction, target, input_channel, second_target]
     for sid, image in images.items():
-        for label in [prediction, target] + ([input_channel] if input_channel else []):
+        for label in (lab for lab in needed if lab):
             _label(image, label, sid)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ParameterError(
             f"{out_dir} is a file; choose a folder for the evaluation ({option('out=', '--out')})"
         )
+    if assay is not None and objects is None:
+        raise ParameterError(
+            f"an assay compares objects' features; give {option('objects=', '--objects')} "
+            "nuclei or cells"
+        )
+    found = None
+    if objects is not None:
+        found = run_objects(images, store, prediction, target, objects, labels, assay, progress,
+                            (y_range, x_range), keep=out_dir is not None and panels)  # fmt: skip
     rows, files = [], []
     for sid, image in images.items():
         if x_range is not None:
@@ -114,22 +181,27 @@ def evaluate(
             pred = frame.sel(c=prediction).values
             channels = {k: frame.sel(c=label).values for k, label in extra.items()}
             row = {"scene": sid, "t": t, **score(tgt, pred), **_uncertainty(tgt, pred, channels)}
+            if second_target:
+                row["pcc_ceiling"] = pcc_ceiling(tgt, frame.sel(c=second_target).values)
+            if found is not None:
+                row.update(found.scores.get((sid, t), {}))
             rows.append({**row, "voxels": int(tgt.size)})
             if out_dir is not None and panels and t == 0:
-                files.append(
-                    _panel(frame, sid, tgt, pred, input_channel, out_dir, rows[-1], channels)
-                )
-    names = [*METRICS, *(m for m in UNCERTAINTY if any(m in r for r in rows))]
+                outlines = found.labels.get(sid) if found is not None else None
+                files.append(_panel(frame, sid, tgt, pred, input_channel, out_dir, rows[-1],
+                                    channels, outlines))  # fmt: skip
+    optional = (*UNCERTAINTY, "pcc_ceiling", *OBJECT_SCORES)
+    names = [*METRICS, *(m for m in optional if any(m in r for r in rows))]
     summary = {name: float(np.nanmean([r.get(name, np.nan) for r in rows])) for name in names}
+    result = Evaluation(rows, summary, files)
+    if found is not None:
+        summary.update(found.results.summary)
+        result.objects, result.wells = found.results.objects, found.results.wells
+        result.assay = found.results.assay
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        files.insert(0, write_csv(rows, out_dir / "evaluation.csv"))
-        table = markdown_table(rows) + "\n\n" + markdown_table([{"scene": "mean", **summary}])
-        (out_dir / "evaluation.md").write_text(
-            f"Evaluation of {prediction!r} against {target!r}\n\n{table}\n"
-        )
-        files.insert(1, out_dir / "evaluation.md")
-    return Evaluation(rows, summary, files)
+        files[:0] = write_reports(result, out_dir, prediction, target)
+    return result
 
 
 def _uncertainty_channels(image, prediction: str) -> dict[str, str]:
@@ -154,7 +226,9 @@ def _uncertainty(tgt, pred, channels: dict[str, np.ndarray]) -> dict[str, float]
     return out
 
 
-def _panel(frame, sid, tgt, pred, input_channel, out_dir: Path, row, channels=None) -> Path:
+def _panel(
+    frame, sid, tgt, pred, input_channel, out_dir: Path, row, channels=None, objects=None
+) -> Path:
     z = tgt.shape[0] // 2  # the middle plane
     # target and prediction on one intensity scale (the target's)
     lo, hi = np.percentile(tgt[z], 0.5), np.percentile(tgt[z], 99.8)
@@ -169,8 +243,14 @@ def _panel(frame, sid, tgt, pred, input_channel, out_dir: Path, row, channels=No
     if channels and "lower" in channels:  # wide = bright, on the target's intensity range
         width = channels["upper"][z] - channels["lower"][z]
         images.append(("interval width", gray(width, 0, hi - lo)))
+    if objects is not None and objects[0].shape[1:] == tgt.shape[1:]:
+        zl = min(z, objects[0].shape[0] - 1)
+        drawn = outlines(gray(pred[z], lo, hi), objects[0][zl], objects[1][zl])
+        images.append(("objects: real green, predicted magenta", drawn))
     name = (sid or "image").replace("/", "_").replace(":", "_")
     title = f"{sid or 'image'}  z={z}  Pearson r {row['pcc']:.3f}  SSIM {row['ssim']:.3f}"
     if "coverage" in row:
         title += f"  coverage {row['coverage']:.3f}"
+    if "f1" in row:
+        title += f"  F1@0.5 {row['f1']:.3f}"
     return panel(images, out_dir / "panels" / f"{name}.png", title=title)

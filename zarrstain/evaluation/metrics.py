@@ -179,3 +179,14 @@ def spread_error_spearman(target: np.ndarray, prediction: np.ndarray, std: np.nd
 
 #: interval and spread metrics, added to a row when the prediction has those channels
 UNCERTAINTY = ("coverage", "interval_width", "std_error_spearman")
+
+
+def pcc_ceiling(target: np.ndarray, second: np.ndarray) -> float:
+    """The Pearson r a perfect model could reach against ``target``, given ``second``, another
+    acquisition of the same signal with independent noise: √r(target, second).
+
+    pytorch_fnet's estimate of the ceiling set by the target's own noise: if both acquisitions
+    are the signal plus independent noise of one level, r(target, signal) = √r(target, second).
+    Negative correlations give 0.
+    """
+    return float(np.sqrt(max(pearson(target, second), 0.0)))

@@ -11,7 +11,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["error_map", "format_table", "gray", "markdown_table", "panel", "write_csv"]
+from zarrstain.evaluation.figures import outlines, plate_heatmap
+
+__all__ = [
+    "error_map",
+    "format_table",
+    "gray",
+    "markdown_table",
+    "outlines",
+    "panel",
+    "write_csv",
+    "write_reports",
+]
 
 
 def _fmt(value: Any) -> str:
@@ -108,3 +119,40 @@ def panel(
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def write_reports(result: Any, out: Path, prediction: str, target: str) -> list[Path]:
+    """The evaluation's tables, plate heat map and Markdown report in ``out``.
+
+    ``evaluation.csv`` (per scene and time point), ``objects.csv`` (per object) and
+    ``wells.csv`` (per well) when objects were evaluated, ``plate_<metric>.png`` (the wells of
+    a plate coloured by F1 at IoU 0.5, else by Pearson r) and ``evaluation.md``, which shows
+    the summary, the assay, the heat map and each panel.
+    """
+    files = [write_csv(result.rows, out / "evaluation.csv")]
+    if result.objects is not None:
+        result.objects.to_csv(out / "objects.csv", index=False)
+        result.wells.to_csv(out / "wells.csv", index_label="well")
+        files += [out / "objects.csv", out / "wells.csv"]
+    metric = "f1" if result.objects is not None else "pcc"
+    by_well: dict[str, list[float]] = {}
+    for row in result.rows:
+        parts = str(row["scene"]).split("/")
+        if len(parts) == 3:
+            by_well.setdefault("/".join(parts[:2]), []).append(float(row.get(metric, math.nan)))
+    heat = plate_heatmap({w: float(np.nanmean(v)) for w, v in by_well.items()},
+                         out / f"plate_{metric}.png", metric=metric)  # fmt: skip
+    if heat is not None:
+        files.append(heat)
+    lines = [f"# Evaluation of {prediction!r} against {target!r}", ""]
+    lines += ["## Summary", "", markdown_table([{"scene": "mean", **result.summary}]), ""]
+    if result.assay:
+        lines += ["## Assay", "", markdown_table([result.assay]), ""]
+    if heat is not None:
+        lines += ["## Plate", "", f"![{metric} per well]({heat.name})", ""]
+    lines += ["## Per scene", "", markdown_table(result.rows), ""]
+    panels = sorted((out / "panels").glob("*.png")) if (out / "panels").is_dir() else []
+    if panels:
+        lines += ["## Panels", ""] + [f"![{p.stem}](panels/{p.name})" for p in panels]
+    (out / "evaluation.md").write_text("\n".join(lines) + "\n")
+    return [files[0], out / "evaluation.md", *files[1:]]

@@ -1,0 +1,280 @@
+"""Object-, phenotype- and assay-level evaluation over a whole store (``evaluate(objects=...)``).
+
+One task per scene (:func:`zarrstain.evaluation.fields.scene_objects`) runs on the active dask
+scheduler; this module plans them, follows their progress and turns the per-object tables they
+return into the plate's answers: detection scores, feature correlations between matched
+objects, the KID between the real and virtual populations (and between a generative model's
+samples), per-well profiles and, with a class map, the assay's Z′ and effect size on the real
+and the virtual stain side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+
+from zarrstain.evaluation.assay import DISCRIMINANT, assay_scores, profile_correlation, profiles
+from zarrstain.evaluation.distributions import kid
+from zarrstain.evaluation.fields import FieldObjects, SceneJob, scene_objects
+from zarrstain.evaluation.objects import pearson_r
+from zarrstain.progress import BlockProgress, ProgressCallback
+
+__all__ = [
+    "OBJECT_SCORES",
+    "Assay",
+    "Found",
+    "ObjectResults",
+    "evaluate_objects",
+    "run_objects",
+    "well_of",
+]
+
+logger = logging.getLogger(__name__)
+
+#: columns of the per-object table that are not features
+_ID_COLUMNS = ("scene", "well", "t", "side", "label", "match", "iou")
+
+
+@dataclass(frozen=True)
+class Assay:
+    """Which classes the assay compares, and on which readout.
+
+    Attributes
+    ----------
+    classes
+        Each scene's class: a class map table (``well,class``), a mapping scene/well →
+        class, or None with ``class_key`` (as for class-conditional diffusion).
+    class_key
+        An attribute of the field's or well's group holding the class.
+    readout
+        A feature (``"mean_intensity"``, ...) or ``"discriminant"`` (all features combined,
+        see :mod:`zarrstain.evaluation.assay`).
+    controls
+        ``(negative, positive)`` class names; default: the two classes present.
+    by
+        The unit of the profiles compared: ``"scene"`` (each field) or ``"well"``.
+    """
+
+    classes: Any = None
+    class_key: str | None = None
+    readout: str = DISCRIMINANT
+    controls: tuple[str, str] | None = None
+    by: str = "scene"
+
+    def __post_init__(self) -> None:
+        from zarrstain.errors import ParameterError, option
+
+        controls = self.controls
+        if isinstance(controls, str):  # "NEG,POS", as a flag gives it
+            controls = tuple(c.strip() for c in controls.split(","))
+        if controls is not None and (len(controls) != 2 or not all(controls)):
+            raise ParameterError(
+                f"controls {self.controls!r} must name two classes, negative then positive "
+                f"({option('controls=(NEG, POS)', '--controls NEG,POS')})"
+            )
+        object.__setattr__(self, "controls", tuple(controls) if controls else None)
+        if self.by not in ("scene", "well"):
+            raise ParameterError(f"assay profiles are per 'scene' or 'well', not {self.by!r}")
+
+
+@dataclass
+class ObjectResults:
+    """What an object-level evaluation found (see :class:`zarrstain.evaluation.Evaluation`)."""
+
+    fields: list[FieldObjects]
+    objects: pd.DataFrame
+    summary: dict[str, float]
+    wells: pd.DataFrame
+    assay: dict[str, Any] | None = None
+    labels: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+def well_of(scene: str) -> str:
+    """The well of a plate's field (``"A/1/0"`` → ``"A/1"``); other scenes are their own."""
+    parts = scene.split("/")
+    return "/".join(parts[:2]) if len(parts) == 3 else scene
+
+
+def evaluate_objects(
+    jobs: list[SceneJob],
+    images: Mapping[str, Any],
+    *,
+    assay: Assay | None = None,
+    progress: ProgressCallback | None = None,
+) -> ObjectResults:
+    """Run ``jobs`` (one per scene) and summarise them (see the module doc)."""
+    total = sum(int(images[j.scene].sizes["t"]) for j in jobs)
+    tasks = [dask.delayed(scene_objects, pure=False)(job) for job in jobs]
+    with BlockProgress(progress, total=total, stage="evaluate"):
+        done = dask.compute(*tasks)
+    fields = [f for scene in done for f in scene]
+    objects = pd.concat([f.objects for f in fields], ignore_index=True)
+    objects.insert(1, "well", [well_of(s) for s in objects["scene"]])
+    features = [c for c in objects.columns if c not in _ID_COLUMNS]
+    summary = _detection(fields)
+    summary.update(_correlations(objects, features))
+    real, pred = objects[objects.side == "real"], objects[objects.side == "pred"]
+    summary.update(_kid(real, pred, features).as_dict("kid"))
+    samples = sorted(s for s in objects.side.unique() if s.startswith("sample "))
+    if len(samples) >= 2:  # diversity: two samples of the same fields
+        a, b = (objects[objects.side == s] for s in samples[:2])
+        summary.update(_kid(a, b, features).as_dict("kid_samples"))
+    wells = _wells(real, pred, features)
+    if len(wells) >= 2:
+        summary["profile_r"] = profile_correlation(
+            profiles(real, features, "well"), profiles(pred, features, "well"), features
+        )
+    result = None
+    if assay is not None:
+        result = _assay(assay, real, pred, features, images)
+    labels = {f.scene: f.labels for f in fields if f.labels is not None and f.t == 0}
+    return ObjectResults(fields, objects, summary, wells, result, labels)
+
+
+def _kid(a: pd.DataFrame, b: pd.DataFrame, features: list[str]) -> Any:
+    """KID between two object tables, pairs within one field left out."""
+    field = lambda t: [f"{s}@{k}" for s, k in zip(t.scene, t.t, strict=True)]  # noqa: E731
+    return kid(a[features].to_numpy(), b[features].to_numpy(), real_groups=field(a),
+               pred_groups=field(b))  # fmt: skip
+
+
+def _detection(fields: list[FieldObjects]) -> dict[str, float]:
+    """Field means of the detection scores, and the plate's count error from the counts."""
+    keys = ("precision", "recall", "f1", "mean_ap", "mean_iou")
+    out = {k: float(np.nanmean([f.scores[k] for f in fields])) for k in keys}
+    n_true = sum(int(f.scores["n_true"]) for f in fields)
+    n_pred = sum(int(f.scores["n_pred"]) for f in fields)
+    out["count_error"] = (n_pred - n_true) / n_true if n_true else float(n_pred > 0)
+    out["n_true"], out["n_pred"] = float(n_true), float(n_pred)
+    return out
+
+
+def _correlations(objects: pd.DataFrame, features: list[str]) -> dict[str, float]:
+    """Pearson r of each feature between matched objects, pooled over the plate."""
+    real = objects[(objects.side == "real") & (objects.match > 0)]
+    pred = objects[objects.side == "pred"].set_index(["scene", "t", "label"])
+    keys = list(zip(real.scene, real.t, real.match, strict=True))
+    if not keys:
+        return {f"r_{name}": float("nan") for name in features}
+    matched = pred.loc[keys]
+    return {
+        f"r_{name}": pearson_r(real[name].to_numpy(np.float64), matched[name].to_numpy(np.float64))
+        for name in features
+    }
+
+
+def _wells(real: pd.DataFrame, pred: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """Per well: object counts and each feature's median, real and predicted side by side."""
+    a = profiles(real, features, "well").add_suffix(" (real)")
+    b = profiles(pred, features, "well").add_suffix(" (pred)")
+    return a.join(b, how="outer")
+
+
+def _assay(
+    assay: Assay, real: pd.DataFrame, pred: pd.DataFrame, features: list[str], images
+) -> dict[str, Any]:
+    from zarrstain.classes import scene_class
+    from zarrstain.errors import ParameterError, option
+
+    classes = {sid: scene_class(assay.classes, image, assay.class_key)
+               for sid, image in images.items()}  # fmt: skip
+    if all(c is None for c in classes.values()):
+        raise ParameterError(
+            "the assay needs each scene's class: give a class map "
+            f"({option('classes=', '--class-map FILE')}) or "
+            f"{option('class_key=', '--class-key ATTR')}"
+        )
+    if assay.by == "well":
+        classes = {well_of(s): c for s, c in classes.items()}
+    return assay_scores(
+        profiles(real, features, assay.by),
+        profiles(pred, features, assay.by),
+        pd.Series(classes, dtype=object),
+        readout=assay.readout,
+        controls=assay.controls,
+        features=features,
+    )
+
+
+#: the field scores an object-level evaluation adds to each row of the evaluation
+OBJECT_SCORES = ("f1", "precision", "recall", "mean_ap", "mean_iou", "count_error")
+
+
+@dataclass
+class Found:
+    """An object-level evaluation, keyed for the per-field rows."""
+
+    results: ObjectResults
+    scores: dict[tuple[str, int], dict[str, float]]
+    labels: dict[str, tuple[Any, Any]]
+
+
+def run_objects(
+    images: Mapping[str, Any],
+    store: Any,
+    prediction: str,
+    target: str,
+    objects: Any,
+    labels: bool | None,
+    assay: Assay | None,
+    progress: ProgressCallback | None,
+    region: tuple[slice | None, slice | None],
+    keep: bool,
+) -> Found:
+    """Plan one :class:`SceneJob` per scene of ``images`` and run them (see the module doc).
+
+    Raises
+    ------
+    ParameterError
+        ``labels=True`` with an x/y range (label images cover whole fields).
+    ReadOnlyStoreError
+        ``labels=True`` on a store that cannot be written.
+    """
+    from zarrstain.errors import ParameterError, option
+    from zarrstain.evaluation.segment import get_segmenter
+
+    segmenter = get_segmenter(objects)
+    cropped = region[0] is not None or region[1] is not None
+    if labels and cropped:
+        raise ParameterError(
+            "label images cover whole fields; drop the x/y range or "
+            + option("labels=False", "--no-labels")
+        )
+    write = bool(labels) if labels is not None else not cropped and _writable(store)
+    names = (f"{target} {segmenter.name}", f"{prediction} {segmenter.name}") if write else None
+    crop = (region[0] or slice(None), region[1] or slice(None)) if cropped else None
+    jobs = []
+    for sid, image in images.items():
+        present = {str(c) for c in image.coords["c"].values}
+        samples = tuple(sorted(c for c in present if c.startswith(f"{prediction} sample ")))
+        jobs.append(SceneJob(store, sid, target, prediction, segmenter, samples, crop, names, keep))
+    results = evaluate_objects(jobs, images, assay=assay, progress=progress)
+    if write:
+        _refresh(store)
+    scores = {(f.scene, f.t): {k: f.scores[k] for k in OBJECT_SCORES} for f in results.fields}
+    return Found(results, scores, results.labels)
+
+
+def _writable(store: Any) -> bool:
+    """A local folder this process may write (object stores and URLs: not by default)."""
+    import os
+    from pathlib import Path
+
+    if not isinstance(store, str | os.PathLike) or "://" in str(store):
+        return False
+    return os.access(Path(store), os.W_OK)
+
+
+def _refresh(store: Any) -> None:
+    """Rewrite a consolidated metadata snapshot, so readers that trust it see the labels."""
+    from zarrstain.io.store import has_consolidated, open_root, refresh_consolidated
+
+    root = open_root(store, mode="r+")
+    if has_consolidated(root):
+        refresh_consolidated(root, str(store))
