@@ -462,7 +462,8 @@ def evaluate(
     assay = None
     if class_map is not None or class_key is not None:
         assay = Assay(class_map, class_key, readout=readout, controls=controls)
-    progress = StageProgress(_quiet(), {"evaluate": ("evaluating objects", "field")})
+    # --json: the output is for a program; the bar would only interleave with it
+    progress = StageProgress(_quiet() or as_json, {"evaluate": ("evaluating", "field")})
     result = run_evaluation(
         store, prediction, target, scenes=list(scenes) or None, input_channel=input_channel,
         out=out, objects=objects, labels=labels, assay=assay, second_target=second_target,
@@ -504,10 +505,10 @@ def demo(directory: Path) -> None:
         )
     result = run_demo(directory, progress=progress)
     progress.finish()
-    rows = result.evaluation.rows
-    _say(
-        format_table([*rows, {"scene": "mean", "t": "", **result.evaluation.summary, "voxels": ""}])
-    )
+    mean = {"scene": "mean", "t": "", **result.evaluation.summary}
+    # the pixels' agreement and the nuclei's (all columns: evaluation.csv)
+    keys = ("scene", "t", "pcc", "ssim", "nrmse", "sharpness", "f1", "mean_ap", "count_error")
+    _say(format_table([{k: r.get(k, "") for k in keys} for r in [*result.evaluation.rows, mean]]))
     _say(f"\nplate (with 'DNA (predicted)'): {result.plate}\nmodel: {result.model}")
     for path in result.evaluation.files:
         _say(f"wrote {path}")

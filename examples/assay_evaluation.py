@@ -36,7 +36,10 @@ from zarrstain.training import TrainConfig
 OTHER = {"control": "translocated", "translocated": "control"}
 
 
-def _train(plate, out, model, steps, **kwargs):
+def _train(plate, out, model, steps, reuse=False, **kwargs):
+    if reuse and (out / model / "card.json").is_file():  # trained by an earlier run
+        card = json.loads((out / model / "card.json").read_text())
+        return zarrstain.load_model(out / model), card["training"].get("seconds", 0.0)
     config = TrainConfig(
         inputs=["BF"], targets=["Membrane"], model=model, steps=steps, batch_size=8,
         patch=[64, 64], device="cpu", normalization="zscore",
@@ -52,12 +55,12 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
-def main(out: Path, steps: int, sample_steps: int) -> dict:
+def main(out: Path, steps: int, sample_steps: int, reuse: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     plate, table = datasets.make_class_plate(out / "plate.zarr", fields=4, shape=(1, 1, 128, 128))
     classes = dict(line.split(",") for line in table.read_text().split()[1:])
-    fnet, t_fnet = _train(plate, out, "fnet2d", steps, depth=3, mult_chan=16)
-    diffusion, t_diff = _train(plate, out, "diffusion2d", steps, classes=str(table),
+    fnet, t_fnet = _train(plate, out, "fnet2d", steps, reuse, depth=3, mult_chan=16)
+    diffusion, t_diff = _train(plate, out, "diffusion2d", steps, reuse, classes=str(table),
                                class_dropout=0.1)  # fmt: skip
     held_out = [s for s in zarrstain.open_scenes(plate) if not s.endswith("/0")]
     sampling = {"steps": sample_steps, "sampler": "ddpm"}  # one sample: a sample, not a mean
@@ -89,6 +92,7 @@ def main(out: Path, steps: int, sample_steps: int) -> dict:
         z = ev.assay["z_prime_pred"]
         rows.append({
             "stain": name, "z_prime": z, "effect_size": ev.assay["effect_size_pred"],
+            "direction": ev.assay["direction"],
             "f1": ev.summary["f1"], "kid": ev.summary["kid"], "kid_low": ev.summary["kid_low"],
             "kid_high": ev.summary["kid_high"], "pcc": ev.summary["pcc"],
         })  # fmt: skip
@@ -99,13 +103,13 @@ def main(out: Path, steps: int, sample_steps: int) -> dict:
                           "predict": t_predict, "evaluate": t_evaluate},
               "rows": rows}  # fmt: skip
     (out / "assay_evaluation.json").write_text(json.dumps(result, indent=2))
-    lines = ["| stain | Z′ | effect size (d) | F1 @ IoU 0.5 | KID [95% CI] | PCC |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| stain | Z′ | effect size (d) | direction | F1 @ IoU 0.5 | KID [95% CI] | PCC |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
+        kid = f"{_fmt(r['kid'])} [{_fmt(r['kid_low'])}, {_fmt(r['kid_high'])}]"
         lines.append(
             f"| {r['stain']} | {_fmt(r['z_prime'])} | {_fmt(r['effect_size'])} | "
-            f"{_fmt(r['f1'])} | {_fmt(r['kid'])} [{_fmt(r['kid_low'])}, {_fmt(r['kid_high'])}]"
-            f" | {_fmt(r['pcc'])} |"
+            f"{r['direction']} | {_fmt(r['f1'])} | {kid} | {_fmt(r['pcc'])} |"
         )
     (out / "assay_evaluation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -118,8 +122,11 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=2000, help="training steps")
     parser.add_argument("--sample-steps", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="a few steps of everything")
+    parser.add_argument(
+        "--reuse", action="store_true", help="predict with the models an earlier run left in --out"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
         args.steps, args.sample_steps = 4, 2
-    main(args.out, args.steps, args.sample_steps)
+    main(args.out, args.steps, args.sample_steps, args.reuse)

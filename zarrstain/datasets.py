@@ -50,7 +50,7 @@ LOW_SNR = ("DNA lowSNR", "Membrane lowSNR")
 #: their exposure relative to the other channels', and the camera's read noise (counts)
 LOW_SNR_EXPOSURE, READ_NOISE = 0.01, 2.0
 #: physical pixel size in micrometers (z, y, x): anisotropic like a widefield z-stack
-VOXEL_UM = (1.0, 0.25, 0.25)
+VOXEL_UM = (2.0, 0.65, 0.65)
 _CAMERA_OFFSET = 100.0
 
 

@@ -25,7 +25,7 @@ def test_info_text(make_store):
     assert "'B/2/1'  t=1 c=3 z=4 y=33 x=30  uint16" in out
     assert "channels: BF, DNA, Membrane" in out
     assert "chunks:   t=1 c=1 z=4 y=32 x=30" in out
-    assert "z=1 micrometer, y=0.25 micrometer" in out
+    assert "z=2 micrometer, y=0.65 micrometer" in out
     assert "levels:   s0 1x3x4x33x30; s1 1x3x4x16x15" in out
 
 

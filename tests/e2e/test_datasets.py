@@ -22,7 +22,7 @@ def test_image_properties(make_store):
     image = zarrstain.open_image(make_store("image", "0.4"))
     assert image.shape == (2, 3, 6, 37, 42) and image.dtype == np.uint16
     assert list(image.c.values) == list(datasets.CHANNELS)
-    assert image.attrs["scale"]["z"] == 4 * image.attrs["scale"]["x"]  # anisotropic voxels
+    assert image.attrs["scale"]["z"] > 3 * image.attrs["scale"]["x"]  # anisotropic voxels
     assert not np.array_equal(image.isel(t=0).values, image.isel(t=1).values)  # cells move
 
 

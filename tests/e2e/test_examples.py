@@ -97,6 +97,22 @@ def test_scale_benchmark_runs_and_reports(tmp_path):
     assert (tmp_path / "scale.md").read_text().startswith("| fields")
 
 
+def test_evaluation_benchmark_runs_and_reports(tmp_path):
+    """benchmarks/evaluation.py at toy size: every step timed against the prediction."""
+    import json
+    import subprocess
+
+    bench = EXAMPLES.parent / "benchmarks" / "evaluation.py"
+    args = [sys.executable, str(bench), "--fields", "4", "--side", "64", "--out", str(tmp_path)]
+    subprocess.run(args, check=True, capture_output=True, text=True, timeout=300)
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    steps = [r["step"] for r in report["rows"]]
+    assert steps == ["predict", "pixels", "objects", "objects + labels"]
+    assert all(r["seconds"] > 0 and r["÷ predict"] > 0 for r in report["rows"])
+    assert report["rows"][2]["objects/field"] > 0
+    assert not (tmp_path / "work").exists()  # the plate is removed after the run
+
+
 @pytest.mark.slow  # about 30 s on 2 cores: CI runs it, the default suite not
 def test_class_guided_diffusion_example_runs_quickly(tmp_path, monkeypatch):
     """Every model and prediction of the README's diffusion table, a few steps each."""

@@ -152,10 +152,18 @@ def test_cli_evaluates_objects_and_the_assay(plate, tmp_path):
     done = CliRunner().invoke(cli, [*args, "--objects", "cells", "--class-map",
                                     str(table), "--out", str(out)])  # fmt: skip
     assert done.exit_code == 0, done.output
-    for name in ("evaluation.csv", "objects.csv", "wells.csv", "plate_f1.png", "evaluation.md"):
+    names = ("evaluation.csv", "summary.csv", "objects.csv", "wells.csv", "plate_f1.png")
+    for name in (*names, "evaluation.md"):
         assert (out / name).is_file(), name
     report = (out / "evaluation.md").read_text()
     assert "## Assay" in report and "![f1 per well](plate_f1.png)" in report
+    # each field's panel ends with the objects' outlines: green real, magenta predicted
+    from PIL import Image
+
+    panel = np.asarray(Image.open(out / "panels" / "A_1_0.png").convert("RGB"))
+    last = panel[:, -200:]
+    assert ((last == (0, 220, 0)).all(-1)).any() or ((last == (255, 0, 255)).all(-1)).any()
+    assert "![A_1_0](panels/A_1_0.png)" in report
     assert "z_prime_real" in done.output
     bad = CliRunner().invoke(cli, [*args, "--objects", "stardist"])
     assert bad.exit_code != 0 and "no segmenter 'stardist'; installed: cells, nuclei" in bad.output
@@ -190,3 +198,35 @@ def test_napari_opens_the_label_images(plate):
         labels = [layer for layer in found[path] if layer[0] == "labels"]
         assert len(labels) == 1 and labels[0][1].endswith("DNA nuclei"), found[path]
         assert labels[0][2] == [1, 1, 1, 96, 96]
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_label_images_validate_in_both_ngff_versions(make_store, validate, version):
+    """A plate of either version: ome-zarr-models reads each label image as one."""
+    from ome_zarr_models.v04.image_label import ImageLabel as ImageLabel04
+    from ome_zarr_models.v05.image_label import ImageLabel as ImageLabel05
+
+    store = make_store("plate", version)
+    evaluate(store, "DNA", "DNA", objects="nuclei", scenes=["A/1/0", "B/2/1"])
+    validate(store)
+    model = ImageLabel05 if version == "0.5" else ImageLabel04
+    for sid in ("A/1/0", "B/2/1"):
+        group = zarr.open_group(store / sid / "labels" / "DNA nuclei", mode="r")
+        label = model.from_zarr(group)
+        assert label.attributes  # parsed, image-label and multiscales included
+        levels = zarr.open_group(store / sid, mode="r")
+        assert label_names(levels) == ["DNA nuclei"]
+
+
+def test_a_second_acquisition_gives_the_pcc_ceiling(tmp_path):
+    from zarrstain.evaluation.metrics import pcc_ceiling
+
+    store = datasets.make_image(tmp_path / "snr.zarr", shape=(1, 2, 48, 48), low_snr=True)
+    result = evaluate(store, "DNA", "DNA lowSNR", second_target="DNA lowSNR")
+    image = zarrstain.open_image(store)
+    low = image.sel(c="DNA lowSNR").values[0]
+    assert result.rows[0]["pcc_ceiling"] == pcc_ceiling(low, low) == 1.0
+    noisy = evaluate(store, "DNA lowSNR", "DNA", second_target="DNA lowSNR")
+    expected = pcc_ceiling(image.sel(c="DNA").values[0], low)
+    assert noisy.rows[0]["pcc_ceiling"] == expected and 0 < expected < 1
+    assert noisy.summary["pcc_ceiling"] == expected

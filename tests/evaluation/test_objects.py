@@ -119,6 +119,11 @@ def test_z_prime_and_effect_size():
     classes = pd.Series(["on"] * 4 + ["off"] * 4, index=profiles.index)
     scores = assay_scores(profiles, profiles, classes, readout="x")
     assert (scores["negative"], scores["positive"]) == ("off", "on")
+    assert scores["direction"] == "same"
+    swapped = profiles.assign(x=profiles["x"].to_numpy()[::-1])  # the phenotypes exchanged
+    reversed_ = assay_scores(profiles, swapped, classes, readout="x")
+    assert reversed_["direction"] == "reversed"
+    assert reversed_["z_prime_pred"] == pytest.approx(scores["z_prime_real"])  # Z′ cannot tell
     assert scores["z_prime_real"] == scores["z_prime_pred"] == pytest.approx(z_prime(pos, neg))
     with pytest.raises(ParameterError, match="readout 'z' is not a feature"):
         assay_scores(profiles, profiles, classes, readout="z")

@@ -102,8 +102,8 @@ def test_timelapse_time_coordinates(make_store):
     assert image.sizes["t"] == 2
     np.testing.assert_allclose(image.t.values, [0.0, 60.0])
     assert image.attrs["units"]["t"] == "second"
-    np.testing.assert_allclose(image.z.values[:2], [0.0, 1.0])  # anisotropic: z 1 µm
-    np.testing.assert_allclose(image.x.values[:2], [0.0, 0.25])
+    np.testing.assert_allclose(image.z.values[:2], [0.0, 2.0])  # anisotropic: z 2 µm
+    np.testing.assert_allclose(image.x.values[:2], [0.0, 0.65])
 
 
 def test_open_lower_level(make_store):
@@ -112,8 +112,8 @@ def test_open_lower_level(make_store):
     low = zarrstain.open_image(path, level=1)
     assert low.shape == tuple(full.attrs["levels"][1]["shape"])
     # coordinates follow the level's own scale and translation (ome-zarr-py records 37 → 18
-    # as a pixel size of 0.25 * 37 / 18)
-    np.testing.assert_allclose(np.diff(low.y.values), 0.25 * 37 / 18)
+    # as a pixel size of 0.65 * 37 / 18)
+    np.testing.assert_allclose(np.diff(low.y.values), 0.65 * 37 / 18)
     assert low.y.values[0] > 0  # translation: level pixels are centred on the ones above
     with pytest.raises(UnsupportedError, match="levels 0..1, not 5"):
         zarrstain.open_image(path, level=5)

@@ -206,3 +206,8 @@ def test_a_family_from_another_package_trains_predicts_and_round_trips(plugin_en
     help_text = _run(plugin_env, ZARRSTAIN, "predict", "--help").stdout
     assert "--std-scale FLOAT" in help_text and "mean-std: Multiply the predicted std" in help_text
     assert "mean-std" not in ARCHITECTURES.entry_points()
+    # its segmenter, found by --objects through its entry point
+    scores = _run(plugin_env, ZARRSTAIN, "evaluate", store, "--prediction", "DNA (predicted)",
+                  "--target", "DNA", "--objects", "brightest", "--no-labels", "--json")  # fmt: skip
+    summary = json.loads(scores.stdout)["summary"]
+    assert summary["n_true"] > 0 and 0 <= summary["f1"] <= 1

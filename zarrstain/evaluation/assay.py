@@ -139,7 +139,9 @@ def assay_scores(
     -------
     dict
         ``readout``, ``negative``, ``positive``, ``z_prime_real``, ``z_prime_pred``,
-        ``effect_size_real``, ``effect_size_pred``, ``groups``.
+        ``effect_size_real``, ``effect_size_pred``, ``direction`` (``"same"`` when the virtual
+        stain moves the readout the way the real one does, else ``"reversed"``: Z′ alone
+        cannot tell), ``groups``.
     """
     classes = classes.dropna()
     found = sorted(set(classes))
@@ -169,13 +171,17 @@ def assay_scores(
             f"({option('readout=', '--readout')})"
         )
     neg, pos = (labels == controls[0]).to_numpy(), (labels == controls[1]).to_numpy()
+    d_real = effect_size(values_real[pos], values_real[neg])
+    d_pred = effect_size(values_pred[pos], values_pred[neg])
     return {
         "readout": readout,
         "negative": controls[0],
         "positive": controls[1],
         "z_prime_real": z_prime(values_real[pos], values_real[neg]),
         "z_prime_pred": z_prime(values_pred[pos], values_pred[neg]),
-        "effect_size_real": effect_size(values_real[pos], values_real[neg]),
-        "effect_size_pred": effect_size(values_pred[pos], values_pred[neg]),
+        "effect_size_real": d_real,
+        "effect_size_pred": d_pred,
+        # Z′ has no sign: a stain that swaps the phenotypes separates the classes as well
+        "direction": "same" if np.sign(d_real) == np.sign(d_pred) else "reversed",
         "groups": len(groups),
     }

@@ -13,17 +13,10 @@ import numpy as np
 import pandas as pd
 
 from zarrstain.errors import ChannelError, ParameterError, option
-from zarrstain.evaluation.metrics import (
-    METRICS,
-    UNCERTAINTY,
-    coverage,
-    interval_width,
-    pcc_ceiling,
-    score,
-    spread_error_spearman,
-)
-from zarrstain.evaluation.plate import OBJECT_SCORES, Assay, run_objects
-from zarrstain.evaluation.report import error_map, gray, outlines, panel, write_reports
+from zarrstain.evaluation.fields import OBJECT_SCORES
+from zarrstain.evaluation.metrics import METRICS, UNCERTAINTY
+from zarrstain.evaluation.plate import Assay, plan_scenes, run_scenes, summarise, wrote_labels
+from zarrstain.evaluation.report import write_reports
 from zarrstain.evaluation.segment import Segmenter
 from zarrstain.io.read import open_scenes
 from zarrstain.io.store import StoreLike
@@ -136,7 +129,7 @@ def evaluate(
         estimate, √r of the two acquisitions).
     progress
         Called with an ``"evaluate"`` :class:`~zarrstain.progress.ProgressEvent` per field
-        whose objects are evaluated.
+        evaluated.
 
     Returns
     -------
@@ -147,7 +140,9 @@ def evaluate(
     -----
     MSE and MAE are in units of the target's standard deviation (see
     :mod:`zarrstain.evaluation.metrics`), so they do not depend on intensity units; Pearson r
-    and SSIM never do. One (t) volume is in memory at a time.
+    and SSIM never do. One task per scene runs on the active dask scheduler (threads by
+    default, a ``dask.distributed`` client when one is active), each holding one time point of
+    its scene in memory.
     """
     images = open_scenes(store, scenes=list(scenes) if scenes else None)
     needed = [prediction, target, input_channel, second_target]
@@ -164,93 +159,27 @@ def evaluate(
             f"an assay compares objects' features; give {option('objects=', '--objects')} "
             "nuclei or cells"
         )
-    found = None
-    if objects is not None:
-        found = run_objects(images, store, prediction, target, objects, labels, assay, progress,
-                            (y_range, x_range), keep=out_dir is not None and panels)  # fmt: skip
-    rows, files = [], []
-    for sid, image in images.items():
-        if x_range is not None:
-            image = image.isel(x=x_range)
-        if y_range is not None:
-            image = image.isel(y=y_range)
-        extra = _uncertainty_channels(image, prediction)
-        for t in range(image.sizes["t"]):
-            frame = image.isel(t=t)
-            tgt = frame.sel(c=target).values
-            pred = frame.sel(c=prediction).values
-            channels = {k: frame.sel(c=label).values for k, label in extra.items()}
-            row = {"scene": sid, "t": t, **score(tgt, pred), **_uncertainty(tgt, pred, channels)}
-            if second_target:
-                row["pcc_ceiling"] = pcc_ceiling(tgt, frame.sel(c=second_target).values)
-            if found is not None:
-                row.update(found.scores.get((sid, t), {}))
-            rows.append({**row, "voxels": int(tgt.size)})
-            if out_dir is not None and panels and t == 0:
-                outlines = found.labels.get(sid) if found is not None else None
-                files.append(_panel(frame, sid, tgt, pred, input_channel, out_dir, rows[-1],
-                                    channels, outlines))  # fmt: skip
+    folder = out_dir / "panels" if out_dir is not None and panels else None
+    jobs = plan_scenes(
+        images, store, prediction, target, objects=objects, labels=labels,
+        region=(y_range, x_range), second_target=second_target, input_channel=input_channel,
+        panels=folder,
+    )  # fmt: skip
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    done = run_scenes(jobs, images, progress)
+    wrote_labels(jobs, store)
+    rows = [row for scene in done for row in scene.rows]
+    files = [scene.panel for scene in done if scene.panel is not None]
     optional = (*UNCERTAINTY, "pcc_ceiling", *OBJECT_SCORES)
     names = [*METRICS, *(m for m in optional if any(m in r for r in rows))]
     summary = {name: float(np.nanmean([r.get(name, np.nan) for r in rows])) for name in names}
     result = Evaluation(rows, summary, files)
-    if found is not None:
-        summary.update(found.results.summary)
-        result.objects, result.wells = found.results.objects, found.results.wells
-        result.assay = found.results.assay
+    if objects is not None:
+        found = summarise([f for scene in done for f in scene.fields], images, assay)
+        summary.update(found.summary)
+        result.objects, result.wells, result.assay = found.objects, found.wells, found.assay
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         files[:0] = write_reports(result, out_dir, prediction, target)
     return result
-
-
-def _uncertainty_channels(image, prediction: str) -> dict[str, str]:
-    """The prediction's ``std`` / ``lower`` / ``upper`` channels present in a scene."""
-    labels = {str(c) for c in image.coords["c"].values}
-    found = {k: f"{prediction} {k}" for k in ("std", "lower", "upper")}
-    found = {k: v for k, v in found.items() if v in labels}
-    if ("lower" in found) != ("upper" in found):
-        found.pop("lower", None)
-        found.pop("upper", None)
-    return found
-
-
-def _uncertainty(tgt, pred, channels: dict[str, np.ndarray]) -> dict[str, float]:
-    """Coverage and width of an interval, and how well a std ranks the errors."""
-    out = {}
-    if "lower" in channels:
-        out["coverage"] = coverage(tgt, channels["lower"], channels["upper"])
-        out["interval_width"] = interval_width(tgt, channels["lower"], channels["upper"])
-    if "std" in channels:
-        out["std_error_spearman"] = spread_error_spearman(tgt, pred, channels["std"])
-    return out
-
-
-def _panel(
-    frame, sid, tgt, pred, input_channel, out_dir: Path, row, channels=None, objects=None
-) -> Path:
-    z = tgt.shape[0] // 2  # the middle plane
-    # target and prediction on one intensity scale (the target's)
-    lo, hi = np.percentile(tgt[z], 0.5), np.percentile(tgt[z], 99.8)
-    images = []
-    if input_channel:
-        images.append((input_channel, frame.sel(c=input_channel).values[z]))
-    images += [
-        ("target", gray(tgt[z], lo, hi)),
-        ("prediction", gray(pred[z], lo, hi)),
-        ("error: FP orange, FN blue", error_map(tgt[z], pred[z])),
-    ]
-    if channels and "lower" in channels:  # wide = bright, on the target's intensity range
-        width = channels["upper"][z] - channels["lower"][z]
-        images.append(("interval width", gray(width, 0, hi - lo)))
-    if objects is not None and objects[0].shape[1:] == tgt.shape[1:]:
-        zl = min(z, objects[0].shape[0] - 1)
-        drawn = outlines(gray(pred[z], lo, hi), objects[0][zl], objects[1][zl])
-        images.append(("objects: real green, predicted magenta", drawn))
-    name = (sid or "image").replace("/", "_").replace(":", "_")
-    title = f"{sid or 'image'}  z={z}  Pearson r {row['pcc']:.3f}  SSIM {row['ssim']:.3f}"
-    if "coverage" in row:
-        title += f"  coverage {row['coverage']:.3f}"
-    if "f1" in row:
-        title += f"  F1@0.5 {row['f1']:.3f}"
-    return panel(images, out_dir / "panels" / f"{name}.png", title=title)

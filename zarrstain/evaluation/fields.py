@@ -19,17 +19,26 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dask
 import numpy as np
 import pandas as pd
 
+from zarrstain.evaluation.metrics import (
+    coverage,
+    interval_width,
+    pcc_ceiling,
+    score,
+    spread_error_spearman,
+)
 from zarrstain.evaluation.objects import match_objects, object_features, object_scores
+from zarrstain.evaluation.report import field_panel
 from zarrstain.evaluation.segment import Segmenter
 from zarrstain.progress import block_done
 
-__all__ = ["FieldObjects", "SceneJob", "scene_objects"]
+__all__ = ["FieldObjects", "Scene", "SceneJob", "SceneResult", "scene_evaluation"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,19 +62,28 @@ class SceneJob:
         ``(y slice, x slice)`` evaluated (None: the whole field).
     label_names
         ``(real, predicted)`` names of the label images to write, or None (write none).
-    keep_labels
-        Return the label images (for panels).
+    uncertainty
+        ``(kind, channel)`` of the prediction's ``std`` / ``lower`` / ``upper`` channels.
+    second_target
+        Another acquisition of the target (the PCC ceiling).
+    input_channel
+        Shown in the panel.
+    panels
+        The folder of the scene's panel (its first time point), or None for none.
     """
 
     store: Any
     scene: str
     target: str
     prediction: str
-    segmenter: Segmenter
+    segmenter: Segmenter | None = None
     samples: tuple[str, ...] = ()
     region: tuple[slice, slice] | None = None
     label_names: tuple[str, str] | None = None
-    keep_labels: bool = False
+    uncertainty: tuple[tuple[str, str], ...] = ()
+    second_target: str | None = None
+    input_channel: str | None = None
+    panels: Any = None
 
 
 @dataclass
@@ -82,59 +100,115 @@ class FieldObjects:
         One row per object of either stain: ``side`` (``"real"``, ``"pred"`` or ``"sample
         k"``), ``label``, ``match`` (the other side's matched object at IoU ≥ 0.5, or 0),
         ``iou`` and the features.
-    labels
-        (real, predicted) (z, y, x) label images, when kept.
     """
 
     scene: str
     t: int
     scores: dict[str, float | int]
     objects: pd.DataFrame
-    labels: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def scene_objects(job: SceneJob) -> list[FieldObjects]:
-    """Evaluate every time point of ``job``'s scene (see the module doc)."""
-    from zarrstain.io.read import open_image
+@dataclass
+class SceneResult:
+    """One scene evaluated: a row per time point, its fields' objects, its panel."""
 
-    image = open_image(job.store, job.scene)
+    rows: list[dict[str, Any]]
+    fields: list[FieldObjects]
+    panel: Path | None = None
+
+
+class Scene:
+    """A scene's lazy image, handed to its task as it is.
+
+    Not a dask collection (nor a dataclass, which dask traverses): the task reads the time
+    points it needs itself, instead of dask computing the whole scene before the task starts.
+    """
+
+    __slots__ = ("image",)
+
+    def __init__(self, image: Any) -> None:
+        self.image = image
+
+
+def scene_evaluation(job: SceneJob, scene: Scene | None = None) -> SceneResult:
+    """Evaluate every time point of ``job``'s scene: pixels, objects, the panel (module doc).
+
+    ``scene``: the scene as opened by the caller (else it is opened here).
+    """
+    if scene is None:
+        from zarrstain.io.read import open_image
+
+        scene = Scene(open_image(job.store, job.scene))
+    image = scene.image
     spacing = tuple(float(image.attrs["scale"][d]) for d in ("z", "y", "x"))
-    channels = [job.target, job.prediction, *job.samples]
+    extra = [c for _, c in job.uncertainty] + [c for c in (job.second_target, job.input_channel)
+                                               if c]  # fmt: skip
+    channels = list(dict.fromkeys([job.target, job.prediction, *job.samples, *extra]))
     n_t = image.sizes["t"]
+    read: dict[int, dict[str, np.ndarray]] = {}
 
-    read: dict[int, np.ndarray] = {}
-
-    def frames(t: int) -> np.ndarray:  # (channel, z, y, x), read here without a nested graph
+    def frames(t: int) -> dict[str, np.ndarray]:  # read here, without a nested dask graph
         if t in read:
             return read[t]
         sub = image.isel(t=t).sel(c=channels)
         if job.region is not None:
             sub = sub.isel(y=job.region[0], x=job.region[1])
         with dask.config.set(scheduler="sync"):
-            data = np.asarray(sub.values, dtype=np.float32)
+            values = np.asarray(sub.values, dtype=np.float64)
+        data = dict(zip(channels, values, strict=True))
         if n_t == 1:  # read once for the fingerprint and the evaluation
             read[t] = data
         return data
 
-    stored = _Stored.open(job, image, n_t) if job.label_names and job.region is None else None
+    stored = None
+    if job.segmenter is not None and job.label_names and job.region is None:
+        stored = _Stored.open(job, image, n_t)
     fingerprints = [_fingerprint(frames(t), job) for t in range(n_t)] if stored else []
     reuse = stored is not None and stored.matches(fingerprints)
     writer = stored.begin() if stored is not None and not reuse else None
-    out = []
+    rows, fields, panel = [], [], None
     for t in range(n_t):
         data = frames(t)
-        if reuse:
-            real, pred = stored.read(t)
-        else:
-            real = _segment(job.segmenter, data[0], spacing)
-            pred = _segment(job.segmenter, data[1], spacing)
-        if writer is not None:
-            writer.write(t, real, pred)
-        out.append(_field(job, t, data, real, pred, spacing))
+        tgt, pred = data[job.target], data[job.prediction]
+        row = {"scene": job.scene, "t": t, **_pixels(job, data)}
+        labels = None
+        if job.segmenter is not None:
+            if reuse:
+                labels = stored.read(t)
+            else:
+                labels = (_segment(job.segmenter, tgt, spacing),
+                          _segment(job.segmenter, pred, spacing))  # fmt: skip
+            if writer is not None:
+                writer.write(t, *labels)
+            field = _field(job, t, data, *labels, spacing)
+            fields.append(field)
+            row.update({k: field.scores[k] for k in OBJECT_SCORES})
+        rows.append({**row, "voxels": int(tgt.size)})
+        if job.panels is not None and t == 0:
+            panel = field_panel(job.scene, data, job, rows[-1], labels, Path(job.panels))
         block_done()  # one field evaluated (progress)
     if writer is not None:
         writer.finish(fingerprints, job)
+    return SceneResult(rows, fields, panel)
+
+
+def _pixels(job: SceneJob, data: dict[str, np.ndarray]) -> dict[str, float]:
+    """Pixel metrics of a field, and those of the prediction's uncertainty channels."""
+    tgt, pred = data[job.target], data[job.prediction]
+    out = score(tgt, pred)
+    channels = {kind: data[label] for kind, label in job.uncertainty}
+    if "lower" in channels:
+        out["coverage"] = coverage(tgt, channels["lower"], channels["upper"])
+        out["interval_width"] = interval_width(tgt, channels["lower"], channels["upper"])
+    if "std" in channels:
+        out["std_error_spearman"] = spread_error_spearman(tgt, pred, channels["std"])
+    if job.second_target:
+        out["pcc_ceiling"] = pcc_ceiling(tgt, data[job.second_target])
     return out
+
+
+#: the field scores an object-level evaluation adds to each row of the evaluation
+OBJECT_SCORES = ("f1", "precision", "recall", "mean_ap", "mean_iou", "count_error")
 
 
 def _field(job: SceneJob, t, data, real, pred, spacing) -> FieldObjects:
@@ -143,17 +217,16 @@ def _field(job: SceneJob, t, data, real, pred, spacing) -> FieldObjects:
     to_pred = {a: (b, iou) for a, b, iou in pairs}
     to_real = {b: (a, iou) for a, b, iou in pairs}
     frames = [
-        _table(_measure(real, data[0], spacing), "real", to_pred),
-        _table(_measure(pred, data[1], spacing), "pred", to_real),
+        _table(_measure(real, data[job.target], spacing), "real", to_pred),
+        _table(_measure(pred, data[job.prediction], spacing), "pred", to_real),
     ]
-    for k in range(len(job.samples)):
-        labels = _segment(job.segmenter, data[2 + k], spacing)
-        frames.append(_table(_measure(labels, data[2 + k], spacing), f"sample {k}", {}))
+    for k, channel in enumerate(job.samples):
+        labels = _segment(job.segmenter, data[channel], spacing)
+        frames.append(_table(_measure(labels, data[channel], spacing), f"sample {k}", {}))
     objects = pd.concat(frames, ignore_index=True)
     objects.insert(0, "scene", job.scene)
     objects.insert(1, "t", t)
-    kept = (real, pred) if job.keep_labels else None
-    return FieldObjects(job.scene, t, object_scores(matches), objects, kept)
+    return FieldObjects(job.scene, t, object_scores(matches), objects)
 
 
 def _segment(segmenter: Segmenter, image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -179,9 +252,10 @@ def _table(
     return table
 
 
-def _fingerprint(data: np.ndarray, job: SceneJob) -> str:
+def _fingerprint(data: dict[str, np.ndarray], job: SceneJob) -> str:
     """The pixels of both stains and the segmenter that makes labels of them."""
-    digest = hashlib.sha256(np.ascontiguousarray(data[:2]).tobytes())
+    digest = hashlib.sha256(np.ascontiguousarray(data[job.target]).tobytes())
+    digest.update(np.ascontiguousarray(data[job.prediction]).tobytes())
     digest.update(repr(job.segmenter).encode())
     return digest.hexdigest()[:32]
 

@@ -18,6 +18,7 @@ evaluation gives exactly 1.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -168,8 +169,12 @@ def object_features(
     props = ["label", "area", "solidity", "mean_intensity"]
     if two_d:
         props += ["perimeter", "eccentricity"]
-    table = regionprops_table(labels, intensity, properties=props, spacing=px)
+    with warnings.catch_warnings():  # flat objects of a stack have no 3D convex hull: NaN
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table = regionprops_table(labels, intensity, properties=props, spacing=px)
     df = pd.DataFrame(table).set_index("label")
+    df["solidity"] = df["solidity"].where(np.isfinite(df["solidity"]) & (df["solidity"] <= 1))
     ids = df.index.to_numpy()
     voxel = float(np.prod(px))
     counts = df["area"].to_numpy() / voxel  # regionprops gives physical area with spacing
@@ -193,7 +198,8 @@ def object_features(
 def _per_object(labels: np.ndarray, values: np.ndarray, ids: np.ndarray, func) -> np.ndarray:
     if not len(ids):
         return np.zeros(0)
-    return np.asarray(func(values, labels, ids), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):  # scipy also visits absent labels
+        return np.asarray(func(values, labels, ids), dtype=np.float64)
 
 
 def feature_correlations(

@@ -1,6 +1,6 @@
 """Object-, phenotype- and assay-level evaluation over a whole store (``evaluate(objects=...)``).
 
-One task per scene (:func:`zarrstain.evaluation.fields.scene_objects`) runs on the active dask
+One task per scene (:func:`zarrstain.evaluation.fields.scene_evaluation`) runs on the active dask
 scheduler; this module plans them, follows their progress and turns the per-object tables they
 return into the plate's answers: detection scores, feature correlations between matched
 objects, the KID between the real and virtual populations (and between a generative model's
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -21,18 +21,24 @@ import pandas as pd
 
 from zarrstain.evaluation.assay import DISCRIMINANT, assay_scores, profile_correlation, profiles
 from zarrstain.evaluation.distributions import kid
-from zarrstain.evaluation.fields import FieldObjects, SceneJob, scene_objects
+from zarrstain.evaluation.fields import (
+    FieldObjects,
+    Scene,
+    SceneJob,
+    SceneResult,
+    scene_evaluation,
+)
 from zarrstain.evaluation.objects import pearson_r
 from zarrstain.progress import BlockProgress, ProgressCallback
 
 __all__ = [
-    "OBJECT_SCORES",
     "Assay",
-    "Found",
     "ObjectResults",
-    "evaluate_objects",
-    "run_objects",
+    "plan_scenes",
+    "run_scenes",
+    "summarise",
     "well_of",
+    "wrote_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,7 +98,6 @@ class ObjectResults:
     summary: dict[str, float]
     wells: pd.DataFrame
     assay: dict[str, Any] | None = None
-    labels: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def well_of(scene: str) -> str:
@@ -101,19 +106,22 @@ def well_of(scene: str) -> str:
     return "/".join(parts[:2]) if len(parts) == 3 else scene
 
 
-def evaluate_objects(
-    jobs: list[SceneJob],
-    images: Mapping[str, Any],
-    *,
-    assay: Assay | None = None,
-    progress: ProgressCallback | None = None,
-) -> ObjectResults:
-    """Run ``jobs`` (one per scene) and summarise them (see the module doc)."""
+def run_scenes(
+    jobs: list[SceneJob], images: Mapping[str, Any], progress: ProgressCallback | None = None
+) -> list[SceneResult]:
+    """One task per scene on the active dask scheduler, in the order of ``jobs``."""
     total = sum(int(images[j.scene].sizes["t"]) for j in jobs)
-    tasks = [dask.delayed(scene_objects, pure=False)(job) for job in jobs]
+    tasks = [
+        dask.delayed(scene_evaluation, pure=False)(job, Scene(images[job.scene])) for job in jobs
+    ]
     with BlockProgress(progress, total=total, stage="evaluate"):
-        done = dask.compute(*tasks)
-    fields = [f for scene in done for f in scene]
+        return list(dask.compute(*tasks))
+
+
+def summarise(
+    fields: list[FieldObjects], images: Mapping[str, Any], assay: Assay | None = None
+) -> ObjectResults:
+    """The plate's answers from its fields' objects (see the module doc)."""
     objects = pd.concat([f.objects for f in fields], ignore_index=True)
     objects.insert(1, "well", [well_of(s) for s in objects["scene"]])
     features = [c for c in objects.columns if c not in _ID_COLUMNS]
@@ -130,17 +138,16 @@ def evaluate_objects(
         summary["profile_r"] = profile_correlation(
             profiles(real, features, "well"), profiles(pred, features, "well"), features
         )
-    result = None
-    if assay is not None:
-        result = _assay(assay, real, pred, features, images)
-    labels = {f.scene: f.labels for f in fields if f.labels is not None and f.t == 0}
-    return ObjectResults(fields, objects, summary, wells, result, labels)
+    result = _assay(assay, real, pred, features, images) if assay is not None else None
+    return ObjectResults(fields, objects, summary, wells, result)
 
 
 def _kid(a: pd.DataFrame, b: pd.DataFrame, features: list[str]) -> Any:
-    """KID between two object tables, pairs within one field left out."""
+    """KID between two object tables, pairs within one field left out; features some objects
+    lack (the solidity of a flat object in a stack) are left out rather than the objects."""
     field = lambda t: [f"{s}@{k}" for s, k in zip(t.scene, t.t, strict=True)]  # noqa: E731
-    return kid(a[features].to_numpy(), b[features].to_numpy(), real_groups=field(a),
+    usable = [f for f in features if np.isfinite(pd.concat([a[f], b[f]]).to_numpy(float)).all()]
+    return kid(a[usable].to_numpy(), b[usable].to_numpy(), real_groups=field(a),
                pred_groups=field(b))  # fmt: skip
 
 
@@ -202,63 +209,70 @@ def _assay(
     )
 
 
-#: the field scores an object-level evaluation adds to each row of the evaluation
-OBJECT_SCORES = ("f1", "precision", "recall", "mean_ap", "mean_iou", "count_error")
-
-
-@dataclass
-class Found:
-    """An object-level evaluation, keyed for the per-field rows."""
-
-    results: ObjectResults
-    scores: dict[tuple[str, int], dict[str, float]]
-    labels: dict[str, tuple[Any, Any]]
-
-
-def run_objects(
+def plan_scenes(
     images: Mapping[str, Any],
     store: Any,
     prediction: str,
     target: str,
-    objects: Any,
-    labels: bool | None,
-    assay: Assay | None,
-    progress: ProgressCallback | None,
-    region: tuple[slice | None, slice | None],
-    keep: bool,
-) -> Found:
-    """Plan one :class:`SceneJob` per scene of ``images`` and run them (see the module doc).
+    *,
+    objects: Any = None,
+    labels: bool | None = None,
+    region: tuple[slice | None, slice | None] = (None, None),
+    second_target: str | None = None,
+    input_channel: str | None = None,
+    panels: Any = None,
+) -> list[SceneJob]:
+    """One :class:`SceneJob` per scene of ``images`` (see :func:`zarrstain.evaluate`).
 
     Raises
     ------
     ParameterError
-        ``labels=True`` with an x/y range (label images cover whole fields).
-    ReadOnlyStoreError
-        ``labels=True`` on a store that cannot be written.
+        ``labels=True`` with an x/y range (label images cover whole fields), an unknown
+        segmenter.
     """
     from zarrstain.errors import ParameterError, option
     from zarrstain.evaluation.segment import get_segmenter
 
-    segmenter = get_segmenter(objects)
+    segmenter = get_segmenter(objects) if objects is not None else None
     cropped = region[0] is not None or region[1] is not None
-    if labels and cropped:
+    if labels and cropped and segmenter is not None:
         raise ParameterError(
             "label images cover whole fields; drop the x/y range or "
             + option("labels=False", "--no-labels")
         )
-    write = bool(labels) if labels is not None else not cropped and _writable(store)
+    write = segmenter is not None and (
+        bool(labels) if labels is not None else not cropped and _writable(store)
+    )
     names = (f"{target} {segmenter.name}", f"{prediction} {segmenter.name}") if write else None
     crop = (region[0] or slice(None), region[1] or slice(None)) if cropped else None
     jobs = []
     for sid, image in images.items():
-        present = {str(c) for c in image.coords["c"].values}
-        samples = tuple(sorted(c for c in present if c.startswith(f"{prediction} sample ")))
-        jobs.append(SceneJob(store, sid, target, prediction, segmenter, samples, crop, names, keep))
-    results = evaluate_objects(jobs, images, assay=assay, progress=progress)
-    if write:
+        present = [str(c) for c in image.coords["c"].values]
+        samples = ()
+        if segmenter is not None:
+            samples = tuple(sorted(c for c in present if c.startswith(f"{prediction} sample ")))
+        jobs.append(SceneJob(
+            store, sid, target, prediction, segmenter, samples, crop, names,
+            uncertainty=_uncertainty_channels(present, prediction),
+            second_target=second_target, input_channel=input_channel, panels=panels,
+        ))  # fmt: skip
+    return jobs
+
+
+def _uncertainty_channels(labels: list[str], prediction: str) -> tuple[tuple[str, str], ...]:
+    """The prediction's ``std`` / ``lower`` / ``upper`` channels present (bounds in pairs)."""
+    found = {k: f"{prediction} {k}" for k in ("std", "lower", "upper")}
+    found = {k: v for k, v in found.items() if v in labels}
+    if ("lower" in found) != ("upper" in found):
+        found.pop("lower", None)
+        found.pop("upper", None)
+    return tuple(found.items())
+
+
+def wrote_labels(jobs: list[SceneJob], store: Any) -> None:
+    """After label images were written: a consolidated metadata snapshot is rewritten."""
+    if any(j.label_names for j in jobs):
         _refresh(store)
-    scores = {(f.scene, f.t): {k: f.scores[k] for k in OBJECT_SCORES} for f in results.fields}
-    return Found(results, scores, results.labels)
 
 
 def _writable(store: Any) -> bool:

@@ -15,6 +15,7 @@ from zarrstain.evaluation.figures import outlines, plate_heatmap
 
 __all__ = [
     "error_map",
+    "field_panel",
     "format_table",
     "gray",
     "markdown_table",
@@ -124,12 +125,15 @@ def panel(
 def write_reports(result: Any, out: Path, prediction: str, target: str) -> list[Path]:
     """The evaluation's tables, plate heat map and Markdown report in ``out``.
 
-    ``evaluation.csv`` (per scene and time point), ``objects.csv`` (per object) and
-    ``wells.csv`` (per well) when objects were evaluated, ``plate_<metric>.png`` (the wells of
+    ``evaluation.csv`` (per scene and time point), ``summary.csv`` (the plate: the summary and
+    the assay), ``objects.csv`` (per object) and ``wells.csv`` (per well) when objects were
+    evaluated, ``plate_<metric>.png`` (the wells of
     a plate coloured by F1 at IoU 0.5, else by Pearson r) and ``evaluation.md``, which shows
     the summary, the assay, the heat map and each panel.
     """
     files = [write_csv(result.rows, out / "evaluation.csv")]
+    plate = {**result.summary, **{f"assay_{k}": v for k, v in (result.assay or {}).items()}}
+    files.append(write_csv([plate], out / "summary.csv"))
     if result.objects is not None:
         result.objects.to_csv(out / "objects.csv", index=False)
         result.wells.to_csv(out / "wells.csv", index_label="well")
@@ -156,3 +160,42 @@ def write_reports(result: Any, out: Path, prediction: str, target: str) -> list[
         lines += ["## Panels", ""] + [f"![{p.stem}](panels/{p.name})" for p in panels]
     (out / "evaluation.md").write_text("\n".join(lines) + "\n")
     return [files[0], out / "evaluation.md", *files[1:]]
+
+
+def field_panel(
+    scene: str,
+    data: dict[str, np.ndarray],
+    job: Any,
+    row: dict[str, Any],
+    labels: tuple[np.ndarray, np.ndarray] | None,
+    folder: Path,
+) -> Path:
+    """``folder/<scene>.png``: input | target | prediction | error map (| interval width |
+    objects) of the middle z-plane of one field (``data``: channel → (z, y, x))."""
+    tgt, pred = data[job.target], data[job.prediction]
+    z = tgt.shape[0] // 2
+    # target and prediction on one intensity scale (the target's)
+    lo, hi = np.percentile(tgt[z], 0.5), np.percentile(tgt[z], 99.8)
+    images = []
+    if job.input_channel:
+        images.append((job.input_channel, data[job.input_channel][z]))
+    images += [
+        ("target", gray(tgt[z], lo, hi)),
+        ("prediction", gray(pred[z], lo, hi)),
+        ("error: FP orange, FN blue", error_map(tgt[z], pred[z])),
+    ]
+    bounds = dict(job.uncertainty)
+    if "lower" in bounds and "upper" in bounds:  # wide = bright, on the target's range
+        width = data[bounds["upper"]][z] - data[bounds["lower"]][z]
+        images.append(("interval width", gray(width, 0, hi - lo)))
+    if labels is not None:
+        zl = min(z, labels[0].shape[0] - 1)
+        drawn = outlines(gray(pred[z], lo, hi), labels[0][zl], labels[1][zl])
+        images.append(("objects: real green, predicted magenta", drawn))
+    name = (scene or "image").replace("/", "_").replace(":", "_")
+    title = f"{scene or 'image'}  z={z}  Pearson r {row['pcc']:.3f}  SSIM {row['ssim']:.3f}"
+    if "coverage" in row:
+        title += f"  coverage {row['coverage']:.3f}"
+    if "f1" in row:
+        title += f"  F1@0.5 {row['f1']:.3f}"
+    return panel(images, folder / f"{name}.png", title=title)
