@@ -25,6 +25,7 @@ from .family import FamilyCommand
 from .output import _quiet, _say
 from .params import (
     DEVICE,
+    cluster_options,
     json_option,
     model_option,
     out_option,
@@ -164,10 +165,7 @@ def info(store: str, as_json: bool) -> None:
 )
 @click.option("--copy-channels", is_flag=True, help="With --out: copy the source channels too.")
 @click.option("--block-memory", default=None, help="Memory budget per block, e.g. 4GiB.")
-@click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
-@click.option("--scheduler-file", default=None, help="Scheduler file of a running dask cluster.")
-@click.option("--workers", type=int, default=None, help="Start a LocalCluster of N processes.")
-@click.option("--threads-per-worker", type=int, default=None, help="Threads per local worker.")
+@cluster_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; compute and write nothing.")
 @click.option(
     "--allow-missing-chunks",
@@ -434,9 +432,11 @@ def train(
 @click.option(
     "--second-target", default=None, help="A second acquisition of the target: PCC ceiling."
 )
+@cluster_options
 def evaluate(
     store, prediction, target, scenes, input_channel, out, as_json, curve, objects, labels,
-    class_map, class_key, readout, controls, second_target, **opts
+    class_map, class_key, readout, controls, second_target, scheduler, scheduler_file,
+    workers, threads_per_worker, **opts
 ) -> None:  # fmt: skip
     """Compare a predicted channel with its target: Pearson r, SSIM, MSE, MAE, NRMSE.
 
@@ -464,11 +464,14 @@ def evaluate(
         assay = Assay(class_map, class_key, readout=readout, controls=controls)
     # --json: the output is for a program; the bar would only interleave with it
     progress = StageProgress(_quiet() or as_json, {"evaluate": ("evaluating", "field")})
-    result = run_evaluation(
-        store, prediction, target, scenes=list(scenes) or None, input_channel=input_channel,
-        out=out, objects=objects, labels=labels, assay=assay, second_target=second_target,
-        progress=progress,
-    )  # fmt: skip
+    from zarrstain.engine.cluster import connect
+
+    with connect(scheduler, scheduler_file, workers, threads_per_worker, gpus="none"):
+        result = run_evaluation(
+            store, prediction, target, scenes=list(scenes) or None, input_channel=input_channel,
+            out=out, objects=objects, labels=labels, assay=assay, second_target=second_target,
+            progress=progress,
+        )  # fmt: skip
     progress.finish()
     if as_json:
         rows = {"rows": result.rows, "summary": result.summary, "assay": result.assay}

@@ -14,6 +14,7 @@ from zarrstain.models.device import check_device
 
 __all__ = [
     "DEVICE",
+    "cluster_options",
     "json_option",
     "model_option",
     "out_option",
@@ -60,6 +61,22 @@ def overwrite_option(help: str) -> Callable:
 def model_option(help: str, *, required: bool = True) -> Callable:
     """``--model`` / ``-m``, a model file or package → ``model_path``."""
     return click.option("--model", "-m", "model_path", required=required, default=None, help=help)
+
+
+def cluster_options(command: Callable) -> Callable:
+    """``--scheduler``, ``--scheduler-file``, ``--workers``, ``--threads-per-worker``: where the
+    command's dask tasks run (:func:`zarrstain.engine.cluster.connect`)."""
+    for decorator in reversed((
+        click.option("--scheduler", default=None, help="Address of a running dask scheduler."),
+        click.option("--scheduler-file", default=None,
+                     help="Scheduler file of a running dask cluster."),
+        click.option("--workers", type=int, default=None,
+                     help="Start a LocalCluster of N processes."),
+        click.option("--threads-per-worker", type=int, default=None,
+                     help="Threads per local worker."),
+    )):  # fmt: skip
+        command = decorator(command)
+    return command
 
 
 def json_option(help: str) -> Callable:

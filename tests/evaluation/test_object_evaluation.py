@@ -230,3 +230,20 @@ def test_a_second_acquisition_gives_the_pcc_ceiling(tmp_path):
     expected = pcc_ceiling(image.sel(c="DNA").values[0], low)
     assert noisy.rows[0]["pcc_ceiling"] == expected and 0 < expected < 1
     assert noisy.summary["pcc_ceiling"] == expected
+
+
+def test_cli_evaluates_on_worker_processes(plate):
+    """--workers 2: the fields' tasks run in other processes; the scores are the same."""
+    from zarrstain.cli.main import cli
+
+    store, _ = plate
+    args = ["-q", "evaluate", str(store), "--prediction", "DNA", "--target", "DNA",
+            "--objects", "nuclei", "--no-labels", "--json", "--scene", "A/1/0",
+            "--scene", "B/4/1"]  # fmt: skip
+    here = CliRunner().invoke(cli, args)
+    there = CliRunner().invoke(cli, [*args, "--workers", "2"])
+    assert here.exit_code == 0 and there.exit_code == 0, there.output
+    import json
+
+    rows = [json.loads(r.output)["rows"] for r in (here, there)]
+    assert rows[0] == rows[1] and rows[1][0]["f1"] == 1.0

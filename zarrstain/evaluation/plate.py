@@ -11,7 +11,9 @@ and the virtual stain side by side.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,7 @@ from zarrstain.evaluation.fields import (
     scene_evaluation,
 )
 from zarrstain.evaluation.objects import pearson_r
-from zarrstain.progress import BlockProgress, ProgressCallback
+from zarrstain.progress import BlockProgress, ProgressCallback, cluster_progress
 
 __all__ = [
     "Assay",
@@ -114,8 +116,23 @@ def run_scenes(
     tasks = [
         dask.delayed(scene_evaluation, pure=False)(job, Scene(images[job.scene])) for job in jobs
     ]
-    with BlockProgress(progress, total=total, stage="evaluate"):
-        return list(dask.compute(*tasks))
+    with BlockProgress(progress, total=total, stage="evaluate") as fields:
+        client = _client()
+        follow = cluster_progress(client, fields.add) if client is not None else nullcontext()
+        with follow:  # on a cluster, each worker's finished fields reach the bar as events
+            return list(dask.compute(*tasks))
+
+
+def _client() -> Any:
+    """The active ``dask.distributed`` client (the default scheduler), or None."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
 
 
 def summarise(
