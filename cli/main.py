@@ -19,6 +19,7 @@ import click
 import zarrstain
 from zarrstain.engine.options import METHODS, NORMALIZATIONS, PRECISION_NAMES
 from zarrstain.errors import ZarrstainError, cli_messages
+from zarrstain.training.recipe import OPTIMIZERS, SCHEDULES
 
 from .export import export
 from .family import FamilyCommand
@@ -288,7 +289,18 @@ def predict(
 @click.option("--steps", type=int, default=None, help="Optimizer steps [400].")
 @click.option("--batch-size", type=int, default=None, help="Patches per step [4].")
 @click.option("--patch", default=None, help="Patch size, e.g. 32x64x64 (3D) or 256x256 (2D).")
-@click.option("--lr", type=float, default=None, help="Adam learning rate [1e-3].")
+@click.option("--lr", type=float, default=None, help="Learning rate [1e-3].")
+@click.option("--optimizer", default=None, type=click.Choice(OPTIMIZERS), help="Optimizer [adam].")
+@click.option("--weight-decay", type=float, default=None, help="Weight decay [0].")
+@click.option("--momentum", type=float, default=None, help="SGD's momentum [0.9].")
+@click.option(
+    "--schedule", default=None, type=click.Choice(SCHEDULES), help="Learning rate [constant]."
+)
+@click.option("--warmup-steps", type=int, default=None, help="Linear warm-up steps [0].")
+@click.option("--decay-every", type=int, default=None, help="step/exponential: steps [1000].")
+@click.option("--lr-gamma", type=float, default=None, help="step/exponential: factor [0.1].")
+@click.option("--min-lr", type=float, default=None, help="cosine: final learning rate [0].")
+@click.option("--clip-grad-norm", type=float, default=None, help="Clip gradients' L2 norm.")
 @click.option(
     "--normalization",
     default=None,

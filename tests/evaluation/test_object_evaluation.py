@@ -247,3 +247,18 @@ def test_cli_evaluates_on_worker_processes(plate):
 
     rows = [json.loads(r.output)["rows"] for r in (here, there)]
     assert rows[0] == rows[1] and rows[1][0]["f1"] == 1.0
+
+
+def test_a_time_lapse_gets_one_label_image_over_its_time_points(make_store, validate):
+    store = make_store("image", "0.5")  # t=2, z=6: 3D objects, one label image for both
+    first = evaluate(store, "DNA", "DNA", objects="nuclei")
+    assert [(r["scene"], r["t"]) for r in first.rows] == [("", 0), ("", 1)]
+    assert all(r["f1"] == 1.0 for r in first.rows)
+    group = zarr.open_group(store, mode="r")
+    assert label_names(group) == ["DNA nuclei"]
+    labels = zarr.open_array(store / "labels" / "DNA nuclei" / "s0", mode="r")
+    assert labels.shape[:2] == (2, 1) and labels[0].max() > 0 and labels[1].max() > 0
+    assert len(stored_labels(group, "DNA nuclei")["fingerprints"]) == 2
+    validate(store)
+    again = evaluate(store, "DNA", "DNA", objects="nuclei")  # read back, same answers
+    assert again.rows == first.rows

@@ -28,6 +28,7 @@ from torch.nn import functional
 from zarrstain.errors import ParameterError, option
 from zarrstain.models.architecture import Architecture, BlockContext
 from zarrstain.training.gan_options import GAN_LOSSES, RECONSTRUCTION_LOSSES
+from zarrstain.training.recipe import clip
 
 __all__ = ["GAN_LOSSES", "RECONSTRUCTION_LOSSES", "Adversary", "GanSettings", "PatchDiscriminator"]
 
@@ -46,6 +47,7 @@ class GanSettings:
     width: int
     lr: float
     betas: tuple[float, float]
+    weight_decay: float = 0.0  # the generator's (TrainConfig.weight_decay), as MMV_Im2Im's
 
     def label(self) -> str:
         """Names the loss in provenance: ``"pix2pix: BCE ×1 + MSE ×1000"``."""
@@ -158,7 +160,10 @@ class Adversary:
             spatial_dims, in_channels, tuple(patch), settings.width, settings.layers
         ).to(device)
         self.optimizer = torch.optim.Adam(
-            self.discriminator.parameters(), lr=settings.lr, betas=settings.betas
+            self.discriminator.parameters(),
+            lr=settings.lr,
+            betas=settings.betas,
+            weight_decay=settings.weight_decay,
         )
 
     def _reconstruction(self, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -172,6 +177,7 @@ class Adversary:
         module: nn.Module,
         optimizer: torch.optim.Optimizer,
         batch: tuple[torch.Tensor, ...],
+        clip_grad_norm: float | None = None,
     ) -> dict[str, float]:
         """One discriminator update, then one generator update; the losses of both.
 
@@ -194,6 +200,7 @@ class Adversary:
             + gan_loss(s.loss, critic(torch.cat([x, fake.detach()], 1)), False)
         )
         d_loss.backward()
+        clip(critic.parameters(), clip_grad_norm)
         self.optimizer.step()
         critic.requires_grad_(False)  # the generator's update leaves the critic's weights be
         optimizer.zero_grad(set_to_none=True)
@@ -201,6 +208,7 @@ class Adversary:
         reconstruction = self._reconstruction(fake, y)
         loss = s.weight * adversarial + s.reconstruction_weight * reconstruction
         loss.backward()
+        clip(module.parameters(), clip_grad_norm)
         optimizer.step()
         return {
             "loss": float(loss.detach()),

@@ -19,6 +19,7 @@ from zarrstain.training.adversarial import (
     check_generator,
 )
 from zarrstain.training.experiment import read_experiment
+from zarrstain.training.recipe import OPTIMIZERS, SCHEDULES
 
 __all__ = ["FREEZE", "TrainConfig", "build_config", "training_models"]
 
@@ -53,6 +54,16 @@ class TrainConfig:
     patch: list[int] | None = None
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
+    # the recipe (zarrstain.training.recipe): optimizer, weight decay, schedule, clipping
+    optimizer: str = "adam"  # or "adamw", "sgd"
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD's
+    schedule: str = "constant"  # or "step", "exponential", "cosine"
+    warmup_steps: int = 0  # linear warm-up before the schedule
+    decay_every: int = 1000  # "step" / "exponential": × lr_gamma per this many steps
+    lr_gamma: float = 0.1
+    min_lr: float = 0.0  # "cosine": where it ends
+    clip_grad_norm: float | None = None  # bound on the gradients' global L2 norm
     seed: int = 0
     normalization: str = "center"
     scenes: list[str] | None = None
@@ -145,6 +156,7 @@ class TrainConfig:
             width=self.discriminator_width,
             lr=self.discriminator_lr,
             betas=tuple(self.discriminator_betas),
+            weight_decay=self.weight_decay,
         )
 
     def output_head(self, bins_range: tuple[float, float] | None = None) -> OutputHead:
@@ -203,6 +215,7 @@ class TrainConfig:
         if self.patch is not None:
             self._check_patch(ndim)
         self._check_head()
+        self._check_recipe()
         if self.freeze not in FREEZE:
             raise ParameterError(
                 f"{_flag('freeze')} {self.freeze!r} is not one of {', '.join(FREEZE)}"
@@ -253,6 +266,45 @@ class TrainConfig:
             )
         spec, kwargs = self.architecture()
         check_generator(spec, kwargs, self.generator or "fnet3d")
+
+    def _check_recipe(self) -> None:
+        """The optimizer and schedule (:mod:`zarrstain.training.recipe`)."""
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in allowed:
+                raise ParameterError(
+                    f"{_flag(name)} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
+        for name in ("weight_decay", "min_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ParameterError(f"{_flag(name)} must be a number ≥ 0, not {value!r}")
+        if (
+            isinstance(self.warmup_steps, bool)
+            or not isinstance(self.warmup_steps, int)
+            or (self.warmup_steps < 0)
+        ):
+            raise ParameterError(
+                f"{_flag('warmup_steps')} must be a whole number ≥ 0, not {self.warmup_steps!r}"
+            )
+        _positive_int("decay_every", self.decay_every)
+        if not isinstance(self.lr_gamma, int | float) or not 0 < self.lr_gamma <= 1:
+            raise ParameterError(f"{_flag('lr_gamma')} must be in (0, 1], not {self.lr_gamma!r}")
+        if self.schedule == "cosine" and self.min_lr >= self.lr:
+            raise ParameterError(
+                f"{_flag('min_lr')} {self.min_lr} must be below lr ({self.lr}): the cosine "
+                "schedule falls from lr to it"
+            )
+        if self.clip_grad_norm is not None and (
+            not isinstance(self.clip_grad_norm, int | float) or not self.clip_grad_norm > 0
+        ):
+            raise ParameterError(
+                f"{_flag('clip_grad_norm')} must be a positive number, not {self.clip_grad_norm!r}"
+            )
+        if self.momentum != 0.9 and self.optimizer != "sgd":
+            raise ParameterError(
+                f"{_flag('momentum')} is a setting of SGD; add "
+                f"{option('optimizer=', '--optimizer')} sgd, or drop it (Adam's are its betas)"
+            )
 
     def _check_head(self) -> None:
         if self.head != "bins" and (self.bins_range or self.head_outputs):

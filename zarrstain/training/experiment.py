@@ -18,8 +18,10 @@ Two layouts are read. *Flat*: :class:`~zarrstain.training.TrainConfig`'s keys at
       loss: auto                # the model's own (MSE, pinball, cross-entropy, diffusion)
                                 # or pix2pix's: {name: pix2pix, gan: bce, gan_weight: 1,
                                 #   reconstruction: mse, reconstruction_weight: 1000}
-      optimizer: {name: adam, lr: 0.001, betas: [0.9, 0.999]}
-      schedule: {name: constant}
+      optimizer: {name: adam, lr: 0.001, betas: [0.9, 0.999]}   # adamw, sgd; weight_decay
+      schedule: {name: constant}   # step, exponential (decay_every, gamma), cosine (min_lr);
+                                   # each: warmup_steps
+      clip_grad_norm: 1.0          # optional
       steps: 5000
       batch_size: 24
 
@@ -55,10 +57,23 @@ SECTIONS: dict[str, dict[str, str | None]] = {
     "training": {"loss": None, "optimizer": None, "schedule": None, "steps": "steps",
                  "discriminator_optimizer": None,
                  "batch_size": "batch_size", "seed": "seed", "device": "device",
-                 "validate_every": "validate_every", "checkpoint_every": "checkpoint_every"},
+                 "validate_every": "validate_every", "checkpoint_every": "checkpoint_every",
+                 "clip_grad_norm": "clip_grad_norm"},
 }  # fmt: skip
-OPTIMIZERS = {"adam": ("lr", "betas")}
-SCHEDULES = ("constant",)
+#: per optimizer (zarrstain.training.recipe), the keys training.optimizer takes
+OPTIMIZERS = {
+    "adam": ("lr", "betas", "weight_decay"),
+    "adamw": ("lr", "betas", "weight_decay"),
+    "sgd": ("lr", "momentum", "weight_decay"),
+}
+#: per schedule, the keys training.schedule takes → the TrainConfig field each sets
+SCHEDULES = {
+    "constant": {"warmup_steps": "warmup_steps"},
+    "step": {"decay_every": "decay_every", "gamma": "lr_gamma", "warmup_steps": "warmup_steps"},
+    "exponential": {"decay_every": "decay_every", "gamma": "lr_gamma",
+                    "warmup_steps": "warmup_steps"},
+    "cosine": {"warmup_steps": "warmup_steps", "min_lr": "min_lr"},
+}  # fmt: skip
 LOSSES = ("auto", "pix2pix")
 #: pix2pix's training.loss keys and model.discriminator keys → TrainConfig fields
 PIX2PIX_LOSS = {"gan": "gan_loss", "gan_weight": "gan_weight",
@@ -198,20 +213,29 @@ def _training_extra(p: Path, key: str, value: Any) -> dict[str, Any]:
         raise ParameterError(f"{p}: training.{key} needs a name, e.g. {{name: ...}}, not {value!r}")
     name = spec["name"]
     if key == "schedule":
-        if name not in SCHEDULES or len(spec) > 1:
+        if name not in SCHEDULES:
             raise ParameterError(
-                f"{p}: training.schedule {spec!r}: allowed {', '.join(SCHEDULES)} (no options)"
+                f"{p}: training.schedule.name {name!r} is not one of {', '.join(SCHEDULES)}"
             )
-        return {}
-    if name not in OPTIMIZERS:
+        extra = sorted(set(spec) - {"name", *SCHEDULES[name]})
+        if extra:
+            raise ParameterError(
+                f"{p}: training.schedule.{extra[0]}: the {name} schedule takes "
+                + (", ".join(SCHEDULES[name]) or "no options")
+            )
+        fields = SCHEDULES[name]
+        return {"schedule": name, **{fields[k]: v for k, v in spec.items() if k != "name"}}
+    allowed = {"adam": OPTIMIZERS["adam"][:2]} if key == "discriminator_optimizer" else OPTIMIZERS
+    if name not in allowed:
         raise ParameterError(
-            f"{p}: training.{key}.name {name!r} is not one of {', '.join(OPTIMIZERS)}"
+            f"{p}: training.{key}.name {name!r} is not one of {', '.join(allowed)}"
         )
-    extra = sorted(set(spec) - {"name", *OPTIMIZERS[name]})
+    extra = sorted(set(spec) - {"name", *allowed[name]})
     if extra:
         raise ParameterError(
             f"{p}: unknown key training.{key}.{extra[0]}; allowed: name, "
-            + ", ".join(OPTIMIZERS[name])
+            + ", ".join(allowed[name])
         )
     prefix = "discriminator_" if key == "discriminator_optimizer" else ""
-    return {prefix + k: (tuple(v) if k == "betas" else v) for k, v in spec.items() if k != "name"}
+    out = {prefix + k: (tuple(v) if k == "betas" else v) for k, v in spec.items() if k != "name"}
+    return out if prefix else {"optimizer": name, **out}

@@ -41,6 +41,7 @@ from zarrstain.training.adversarial import Adversary
 from zarrstain.training.conditioning import scene_classes
 from zarrstain.training.config import TrainConfig, build_config, training_models
 from zarrstain.training.ema import EMA
+from zarrstain.training.recipe import clip, make_optimizer, recipe_label, schedule_factor, set_lr
 from zarrstain.training.sampler import PatchSampler, bins_range, split_regions
 from zarrstain.training.transfer import start_from, train_mode
 
@@ -192,7 +193,7 @@ def train(
     if trainable is None:  # the architecture's own choice (a control branch: the branch)
         trainable = spec.trainable(module)
     params = [p for n, p in module.named_parameters() if trainable is None or n in trainable]
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+    optimizer = make_optimizer(params, config)
     adversary = None
     if config.gan is not None:  # pix2pix: a critic beside the generator, trained in turn
         n_critic = len(config.inputs) + len(config.targets)  # it sees (input, target) pairs
@@ -210,19 +211,28 @@ def train(
     t0 = time.perf_counter()
     for step in range(start + 1, config.steps + 1):
         train_mode(module, trainable)
+        factor = schedule_factor(config, step)  # a function of the step: resumes exactly
+        set_lr(optimizer, config.lr * factor)
+        if adversary is not None:  # the critic follows the same schedule (MMV_Im2Im's does)
+            set_lr(adversary.optimizer, config.discriminator_lr * factor)
         batch = tuple(torch.from_numpy(a).to(device) for a in sampler.sample_with_mask(
             config.batch_size
         ))  # fmt: skip
         if index:
             batch += (torch.tensor([index[s] for s in sampler.last_scenes], device=device),)
         if adversary is not None:
-            entry = {"step": step, **adversary.step(spec, module, optimizer, batch)}
+            entry = {"step": step, **adversary.step(spec, module, optimizer, batch,
+                                                    config.clip_grad_norm)}  # fmt: skip
         else:
             optimizer.zero_grad(set_to_none=True)
             loss = spec.training_step(kwargs, module, batch)
             loss.backward()
+            norm = clip(params, config.clip_grad_norm)
             optimizer.step()
             entry = {"step": step, "loss": float(loss.detach())}
+            if norm is not None:
+                entry["grad_norm"] = norm
+        entry["lr"] = config.lr * factor
         if ema is not None:
             ema.update(module)
         if val is not None and (step % config.validate_every == 0 or step == config.steps):
@@ -332,7 +342,7 @@ def _provenance(stores, config, patch, scenes, train_regions, val_regions) -> di
         "config": {**dataclasses.asdict(config), "patch": list(patch)},
         "train_regions": [_region_name(r) for r in train_regions],
         "val_regions": [_region_name(r) for r in val_regions],
-        "optimizer": "Adam",
+        "optimizer": recipe_label(config),
         "loss": "MSE",
     }
 

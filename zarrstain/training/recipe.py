@@ -1,0 +1,141 @@
+"""The optimizer and learning-rate schedule of a training run (``TrainConfig``'s recipe).
+
+Optimizers: ``"adam"`` (pytorch_fnet's), ``"adamw"`` (decoupled weight decay, VisCy's) and
+``"sgd"`` (with momentum). Schedules multiply the base learning rate by a factor that is a
+pure function of the step (:func:`lr_factor`), so a resumed run continues on exactly the
+curve it left, with nothing to store:
+
+- ``"constant"``;
+- ``"step"``: × ``gamma`` every ``decay_every`` steps (torch's ``StepLR``);
+- ``"exponential"``: × ``gamma`` per ``decay_every`` steps, smoothly (torch's
+  ``ExponentialLR`` when ``decay_every`` is one step; MMV_Im2Im decays by 0.98 or 0.999 per
+  epoch);
+- ``"cosine"``: from the learning rate down to ``min_lr`` over the run, half a cosine
+  (torch's ``CosineAnnealingLR``).
+
+Each may start with ``warmup_steps`` of linear warm-up from ``lr / warmup_steps`` (VisCy and
+most transformer recipes warm up). Gradient clipping (``clip_grad_norm``) bounds the global
+L2 norm of the gradients before each step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "clip",
+    "lr_factor",
+    "make_optimizer",
+    "recipe_label",
+    "schedule_factor",
+    "set_lr",
+]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "step", "exponential", "cosine")
+
+
+def lr_factor(
+    step: int,
+    *,
+    schedule: str = "constant",
+    steps: int = 1,
+    warmup_steps: int = 0,
+    decay_every: int = 1000,
+    gamma: float = 0.1,
+    min_factor: float = 0.0,
+) -> float:
+    """The factor of the base learning rate at optimizer step ``step`` (1 is the first).
+
+    Parameters
+    ----------
+    step
+        The step about to be taken, counting from 1.
+    schedule
+        One of :data:`SCHEDULES`.
+    steps
+        Steps of the whole run (the cosine's length).
+    warmup_steps
+        Linear warm-up: step ``k ≤ warmup_steps`` uses ``k / warmup_steps``.
+    decay_every, gamma
+        ``"step"``: × gamma every ``decay_every`` steps; ``"exponential"``: × gamma per
+        ``decay_every`` steps, continuously.
+    min_factor
+        ``"cosine"``: the factor it ends at (``min_lr / lr``).
+    """
+    if warmup_steps and step <= warmup_steps:
+        return step / warmup_steps
+    k = step - warmup_steps - 1  # steps taken since the warm-up (0 at the first)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "step":
+        return gamma ** (k // decay_every)
+    if schedule == "exponential":
+        return gamma ** (k / decay_every)
+    if schedule == "cosine":
+        span = max(1, steps - warmup_steps - 1)
+        return min_factor + (1.0 - min_factor) * 0.5 * (
+            1.0 + math.cos(math.pi * min(k, span) / span)
+        )
+    raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
+
+
+def make_optimizer(params: Iterable[Any], config: Any, lr: float | None = None) -> Any:
+    """The optimizer ``config`` names over ``params`` (``lr``: instead of ``config.lr``)."""
+    import torch
+
+    lr = config.lr if lr is None else lr
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+
+
+def set_lr(optimizer: Any, lr: float) -> None:
+    """Every parameter group's learning rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def schedule_factor(config: Any, step: int) -> float:
+    """:func:`lr_factor` of a :class:`~zarrstain.training.TrainConfig` at ``step``."""
+    return lr_factor(
+        step,
+        schedule=config.schedule,
+        steps=config.steps,
+        warmup_steps=config.warmup_steps,
+        decay_every=config.decay_every,
+        gamma=config.lr_gamma,
+        min_factor=config.min_lr / config.lr,
+    )
+
+
+def clip(params: Iterable[Any], max_norm: float | None) -> float | None:
+    """Clip the gradients' global L2 norm to ``max_norm``; the norm before (None: no clip)."""
+    if max_norm is None:
+        return None
+    import torch
+
+    grads = [p for p in params if p.grad is not None]
+    return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
+
+
+def recipe_label(config: Any) -> str:
+    """``"AdamW (weight decay 0.01), cosine schedule, 100 warm-up steps"``, for the card."""
+    names = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+    text = names[config.optimizer]
+    if config.weight_decay:
+        text += f" (weight decay {config.weight_decay:g})"
+    if config.schedule != "constant":
+        text += f", {config.schedule} schedule"
+    if config.warmup_steps:
+        text += f", {config.warmup_steps} warm-up steps"
+    if config.clip_grad_norm is not None:
+        text += f", gradients clipped to norm {config.clip_grad_norm:g}"
+    return text
