@@ -1,11 +1,12 @@
-"""One scene's object evaluation: segment the real and the virtual stain, match, measure.
+"""One scene's evaluation: its pixels' metrics, its objects (segmented in the real and the
+virtual stain, matched, measured) and its panel.
 
-:func:`scene_objects` is the unit of work of an object-level evaluation: one task per scene
+:func:`scene_evaluation` is the unit of work of :func:`zarrstain.evaluate`: one task per scene
 (a plate's field), like the plate-scale prediction engine's one task per field, so a
 384-field plate runs in parallel on the active dask scheduler with one field in memory per
 worker. The task reads its pixels itself (no graph of chunks per field to schedule) and writes
-its label images itself, so no mask travels back to the driver: what returns is a small table
-per object and the field's scores.
+its label images and panel itself, so no image travels back to the driver: what returns is a
+row per time point and a small table per object.
 
 Label images double as the evaluation's checkpoint: when a scene's two label images are
 complete and were made by the same segmenter from the same pixels (a fingerprint of both), they
