@@ -134,12 +134,10 @@ def kid(
     if len(real) < 2 or len(pred) < 2:
         return Distance(nan, nan, nan, len(real), len(pred))
     rng = np.random.default_rng(seed)
+    gx, gy = _groups(len(real), len(pred), gr, gp)  # each object's group, then subsampled
     keep_r = _subsample(len(real), max_objects, rng)
     keep_p = _subsample(len(pred), max_objects, rng)
-    real, pred = real[keep_r], pred[keep_p]
-    gx, gy = _groups(len(real), len(pred), gr, gp)
-    if gr is not None and gp is not None:
-        gx, gy = gx[keep_r], gy[keep_p]
+    real, pred, gx, gy = real[keep_r], pred[keep_p], gx[keep_r], gy[keep_p]
     sd = real.std(0)
     keep = sd > 0
     if not keep.any():

@@ -148,23 +148,26 @@ def scene_evaluation(job: SceneJob, scene: Scene | None = None) -> SceneResult:
     n_t = image.sizes["t"]
     read: dict[int, dict[str, np.ndarray]] = {}
 
-    def frames(t: int) -> dict[str, np.ndarray]:  # read here, without a nested dask graph
+    def frames(t: int, names: list[str] = channels) -> dict[str, np.ndarray]:
+        """Channels ``names`` of time point ``t``, read here without a nested dask graph."""
         if t in read:
             return read[t]
-        sub = image.isel(t=t).sel(c=channels)
+        sub = image.isel(t=t).sel(c=names)
         if job.region is not None:
             sub = sub.isel(y=job.region[0], x=job.region[1])
         with dask.config.set(scheduler="sync"):
             values = np.asarray(sub.values, dtype=np.float64)
-        data = dict(zip(channels, values, strict=True))
-        if n_t == 1:  # read once for the fingerprint and the evaluation
+        data = dict(zip(names, values, strict=True))
+        if n_t == 1 and names is channels:  # read once for the fingerprint and the evaluation
             read[t] = data
         return data
 
     stored = None
     if job.segmenter is not None and job.label_names and job.region is None:
         stored = _Stored.open(job, image, n_t)
-    fingerprints = [_fingerprint(frames(t), job) for t in range(n_t)] if stored else []
+    # a single field is read once; a time-lapse's first pass reads the two stains only
+    stains = channels if n_t == 1 else [job.target, job.prediction]
+    fingerprints = [_fingerprint(frames(t, stains), job) for t in range(n_t)] if stored else []
     reuse = stored is not None and stored.matches(fingerprints)
     writer = stored.begin() if stored is not None and not reuse else None
     rows, fields, panel = [], [], None

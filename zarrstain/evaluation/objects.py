@@ -205,7 +205,8 @@ def _per_object(labels: np.ndarray, values: np.ndarray, ids: np.ndarray, func) -
 def feature_correlations(
     true: pd.DataFrame, pred: pd.DataFrame, pairs: Sequence[tuple[int, int, float]]
 ) -> dict[str, float]:
-    """Pearson r of each feature between matched objects (true id, predicted id, IoU).
+    """Pearson r of each feature between matched objects (true id, predicted id, IoU; ids
+    index the two tables: labels, or tuples for a table of several fields).
 
     NaN for a feature with fewer than 3 pairs or no spread; identical values give exactly 1.
     """

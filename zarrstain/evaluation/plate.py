@@ -30,7 +30,7 @@ from zarrstain.evaluation.fields import (
     SceneResult,
     scene_evaluation,
 )
-from zarrstain.evaluation.objects import pearson_r
+from zarrstain.evaluation.objects import feature_correlations
 from zarrstain.progress import BlockProgress, ProgressCallback, cluster_progress
 
 __all__ = [
@@ -180,17 +180,15 @@ def _detection(fields: list[FieldObjects]) -> dict[str, float]:
 
 
 def _correlations(objects: pd.DataFrame, features: list[str]) -> dict[str, float]:
-    """Pearson r of each feature between matched objects, pooled over the plate."""
-    real = objects[(objects.side == "real") & (objects.match > 0)]
-    pred = objects[objects.side == "pred"].set_index(["scene", "t", "label"])
-    keys = list(zip(real.scene, real.t, real.match, strict=True))
-    if not keys:
-        return {f"r_{name}": float("nan") for name in features}
-    matched = pred.loc[keys]
-    return {
-        f"r_{name}": pearson_r(real[name].to_numpy(np.float64), matched[name].to_numpy(np.float64))
-        for name in features
-    }
+    """Pearson r of each feature between matched objects, pooled over the plate (objects
+    keyed by scene, time point and label)."""
+    key = ["scene", "t", "label"]
+    real = objects[objects.side == "real"].set_index(key)[features]
+    pred = objects[objects.side == "pred"].set_index(key)[features]
+    matched = objects[(objects.side == "real") & (objects.match > 0)]
+    columns = (matched.scene, matched.t, matched.label, matched.match, matched.iou)
+    pairs = [((s, t, a), (s, t, b), iou) for s, t, a, b, iou in zip(*columns, strict=True)]
+    return {f"r_{k}": v for k, v in feature_correlations(real, pred, pairs).items()}
 
 
 def _wells(real: pd.DataFrame, pred: pd.DataFrame, features: list[str]) -> pd.DataFrame:
@@ -295,11 +293,12 @@ def wrote_labels(jobs: list[SceneJob], store: Any) -> None:
 def _writable(store: Any) -> bool:
     """A local folder this process may write (object stores and URLs: not by default)."""
     import os
-    from pathlib import Path
 
-    if not isinstance(store, str | os.PathLike) or "://" in str(store):
+    from zarrstain.io.store import is_remote
+
+    if not isinstance(store, str | os.PathLike) or is_remote(store):
         return False
-    return os.access(Path(store), os.W_OK)
+    return os.access(store, os.W_OK)
 
 
 def _refresh(store: Any) -> None:

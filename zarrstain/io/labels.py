@@ -28,6 +28,7 @@ from zarrstain.io._zarr_compat import create_image
 from zarrstain.io.lock import group_lock
 from zarrstain.io.metadata import ImageMeta, ome_attrs
 from zarrstain.io.pending import KEY, now
+from zarrstain.io.pyramid import level_factor
 
 __all__ = ["label_names", "write_labels"]
 
@@ -167,14 +168,10 @@ def _to_image_axes(labels: np.ndarray, dims: tuple[str, ...], shape: tuple[int, 
 
 
 def _subsample(full: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Nearest-neighbour level of ``full``: every f-th voxel, f the level's integer factor."""
-    index = []
-    for n, m in zip(full.shape, shape, strict=True):
-        f = max(1, round(n / m))
-        index.append(slice(0, m * f, f))
-    out = full[tuple(index)]
-    pad = [(0, m - k) for k, m in zip(out.shape, shape, strict=True)]
-    return np.pad(out, pad, mode="edge") if any(p for _, p in pad) else out
+    """Nearest-neighbour level of ``full``: every f-th voxel, f the level's integer factor
+    (:func:`~zarrstain.io.pyramid.level_factor`, the image's own levels' rule)."""
+    factors = level_factor(full.shape, shape)
+    return full[tuple(slice(0, m * f, f) for m, f in zip(shape, factors, strict=True))]
 
 
 def _label_attrs(
