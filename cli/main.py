@@ -17,9 +17,8 @@ from typing import Any
 import click
 
 import zarrstain
-from zarrstain.engine.options import METHODS, NORMALIZATIONS, PRECISION_NAMES
+from zarrstain.engine.options import NORMALIZATIONS, PRECISION_NAMES
 from zarrstain.errors import ZarrstainError, cli_messages
-from zarrstain.training.recipe import OPTIMIZERS, SCHEDULES
 
 from .evaluate import evaluate
 from .export import export
@@ -35,6 +34,7 @@ from .params import (
     scenes_option,
 )
 from .progress import Progress, StageProgress
+from .train import train
 from .uncertainty import calibrate
 
 logger = logging.getLogger("zarrstain.cli")
@@ -267,140 +267,6 @@ def predict(
             _say(f"{scene or '(image)'}: {status}")
 
 
-@cli.command(cls=FamilyCommand, family="train")
-@click.argument("stores", nargs=-1)
-@click.option("--input", "inputs", multiple=True, help="Input channel label (repeat for several).")
-@click.option("--target", "targets", multiple=True, help="Target channel label (repeat).")
-@out_option("Model package folder to write.", required=True)
-@click.option(
-    "--model",
-    "arch",
-    default=None,
-    metavar="NAME",
-    help="fnet3d, fnet2d, pix2pix or another installed architecture [default: fnet3d].",
-)
-@click.option("--depth", type=int, default=None, help="U-Net depth [default: 4].")
-@click.option("--mult-chan", type=int, default=None, help="Channels of the top level [8].")
-@click.option(
-    "--projection",
-    type=int,
-    default=None,
-    help="Learned per-pixel projection of the inputs to N channels (In silico labeling).",
-)
-@click.option("--steps", type=int, default=None, help="Optimizer steps [400].")
-@click.option("--batch-size", type=int, default=None, help="Patches per step [4].")
-@click.option("--patch", default=None, help="Patch size, e.g. 32x64x64 (3D) or 256x256 (2D).")
-@click.option("--lr", type=float, default=None, help="Learning rate [1e-3].")
-@click.option("--optimizer", default=None, type=click.Choice(OPTIMIZERS), help="Optimizer [adam].")
-@click.option("--weight-decay", type=float, default=None, help="Weight decay [0].")
-@click.option("--momentum", type=float, default=None, help="SGD's momentum [0.9].")
-@click.option(
-    "--schedule", default=None, type=click.Choice(SCHEDULES), help="Learning rate [constant]."
-)
-@click.option("--warmup-steps", type=int, default=None, help="Linear warm-up steps [0].")
-@click.option("--decay-every", type=int, default=None, help="step/exponential: steps [1000].")
-@click.option("--lr-gamma", type=float, default=None, help="step/exponential: factor [0.1].")
-@click.option("--min-lr", type=float, default=None, help="cosine: final learning rate [0].")
-@click.option("--clip-grad-norm", type=float, default=None, help="Clip gradients' L2 norm.")
-@click.option(
-    "--normalization",
-    default=None,
-    type=click.Choice(METHODS),
-    help="Of inputs and targets [center]; samplers train best on zscore.",
-)
-@click.option("--seed", type=int, default=None, help="Random seed [0].")
-@scenes_option("Train on these scenes only (repeat).")
-@click.option("--val-scene", "val_scenes", multiple=True, help="Hold out this scene (repeat).")
-@click.option(
-    "--val-fraction",
-    type=float,
-    default=None,
-    help="Hold out the right fraction of every scene instead.",
-)
-@click.option(
-    "--device",
-    default=None,
-    type=DEVICE,
-    metavar=DEVICE.name,
-    help="Where the model trains [auto].",
-)
-@click.option(
-    "--head",
-    default=None,
-    metavar="KIND",
-    help="Output head: value, bins (In silico labeling's distribution) or quantiles [value].",
-)
-@click.option("--bins", type=int, default=None, help="Intensity bins of a bins head [256].")
-@click.option(
-    "--alpha", type=float, default=None, help="Quantiles head: bounds at alpha/2, 1-alpha/2 [0.1]."
-)
-@click.option(
-    "--init", default=None, metavar="MODEL", help="Start from this trained model's weights."
-)
-@click.option(
-    "--freeze",
-    default=None,
-    metavar="PART",
-    help="With --init: all-but-projection, all-but-head or none [none].",
-)
-@click.option("--paper", is_flag=True, help="pytorch_fnet's published settings (slow on CPU).")
-@click.option(
-    "--config",
-    "config_file",
-    default=None,
-    type=click.Path(exists=True),
-    help="Experiment file, YAML or TOML: these settings, flat or in data/model/training "
-    "sections (flags override it; its data.stores when no STORES are given).",
-)
-@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
-@overwrite_option("Replace the model package in --out.")
-@click.option(
-    "--ema", type=float, default=None, help="Weight average decay [the architecture's: 0 or 0.999]."
-)
-def train(
-    stores, inputs, targets, out, config_file, paper, resume, overwrite, options, **flags
-) -> None:
-    """Train a model on paired channels of STORES (OME-Zarr) and save it as a model package.
-
-    The flags after --ema are the installed model families' own training settings (a family
-    refuses the others').
-    """
-    from zarrstain.training import TrainConfig, build_config
-    from zarrstain.training import train as run_training
-    from zarrstain.training.experiment import read_experiment
-
-    # the experiment file read once: its stores (when none are given) and its settings
-    file_stores, settings = read_experiment(config_file) if config_file else ((), {})
-    stores = stores or file_stores
-    if not stores:
-        raise click.UsageError("give the training STORES, or data.stores in a --config file")
-
-    flags = {k: v for k, v in flags.items() if v not in (None, ())}
-    flags["model"] = flags.pop("arch", None) or None
-    config = build_config(
-        settings=settings,
-        paper=paper,
-        inputs=list(inputs),
-        targets=list(targets),
-        options=options,
-        **{k: v for k, v in flags.items() if v is not None},
-    )
-    assert isinstance(config, TrainConfig)
-    bar = Progress("training", config.steps, "step", quiet=_quiet())
-    result = run_training(
-        list(stores), config, out, resume=resume, overwrite=overwrite, progress=bar
-    )
-    bar.finish()
-    vals = [h["val_pcc"] for h in result.history if "val_pcc" in h]
-    last = result.history[-1] if result.history else {}
-    _say(f"model: {result.package}")
-    if last:
-        _say(
-            f"final loss {last['loss']:.4f}"
-            + (f", validation Pearson r {vals[-1]:.3f}" if vals else "")
-        )
-
-
 @cli.command()
 @click.argument("directory", default="zarrstain-demo", type=click.Path(path_type=Path))
 def demo(directory: Path) -> None:
@@ -433,6 +299,7 @@ def demo(directory: Path) -> None:
 
 cli.add_command(calibrate)
 cli.add_command(evaluate)
+cli.add_command(train)
 cli.add_command(export)
 
 

@@ -76,7 +76,10 @@ class Progress:
         self.bar.update(done - self.bar.pos)
 
     def __call__(self, event: ProgressEvent) -> None:
-        """Show an event of the library's ``progress=`` callbacks."""
+        """Show an event of the library's ``progress=`` callbacks (its total: known only once
+        the work is planned, e.g. a run counted in epochs)."""
+        if self.bar is None:
+            self.total = max(int(event.total), 1)
         self.to(event.done, dict(event.info))
 
     def _line(self, done: int, item: dict | None) -> None:

@@ -158,3 +158,89 @@ def test_experiment_files_hold_the_recipe(tmp_path):
     path.write_text(path.read_text().replace("min_lr: 0.00001", "gamma: 0.5"))
     with pytest.raises(ParameterError, match="training.schedule.gamma: the cosine schedule takes"):
         build_config(path)
+
+
+def test_the_pix2pix_preset_is_mmv_im2ims_published_recipe():
+    """MMV_Im2Im's paper_configs/labelfree_3d_pix2pix_train.yaml, setting by setting."""
+    config = TrainConfig.paper(model="pix2pix", inputs=["BF"], targets=["DNA"])
+    config.check()
+    assert (config.generator, config.depth, config.mult_chan) == ("fnet3d", 4, 32)
+    assert (config.optimizer, config.lr, config.betas, config.weight_decay) == (
+        "adam", 2e-4, (0.5, 0.999), 5e-4
+    )  # fmt: skip
+    gan = config.gan  # the critic: the same Adam, weight decay and schedule
+    assert (gan.lr, gan.betas, gan.weight_decay) == (2e-4, (0.5, 0.999), 5e-4)
+    assert (gan.loss, gan.weight, gan.reconstruction, gan.reconstruction_weight) == (
+        "bce", 1.0, "mse", 1000.0
+    )  # fmt: skip
+    assert (gan.layers, gan.width) == (4, 64)
+    # ExponentialLR(0.999) stepped once an epoch; 2 images x 4 crops of 32x256x256 per device
+    assert (config.schedule, config.lr_gamma, config.decay_every) == ("step", 0.999, "epoch")
+    assert (config.batch_size, config.patches_per_scene, config.patch) == (8, 4, [32, 256, 256])
+    assert (config.epochs, config.normalization) == (10_000, "center")
+    # a generator of another family keeps the recipe, not fnet's network
+    other = TrainConfig.paper(model="pix2pix", generator="fnet2d", inputs=["BF"], targets=["DNA"])
+    assert (other.generator, other.lr, other.patch) == ("fnet2d", 2e-4, None)
+
+
+def test_the_diffusion_preset_is_guided_i2is():
+    """guided-I2I's config/Target2.json: Adam 8e-5, no weight decay, batch 2, EMA 0.9999."""
+    config = TrainConfig.paper(model="diffusion2d", inputs=["BF"], targets=["DNA"])
+    assert (config.optimizer, config.lr, config.weight_decay, config.betas) == (
+        "adam", 8e-5, 0.0, (0.9, 0.999)
+    )  # fmt: skip
+    assert (config.batch_size, config.ema, config.steps) == (2, 0.9999, 250_000)
+    assert config.architecture()[1]["timesteps"] == 2000
+
+
+def test_epochs_count_as_mmv_im2im_counts_them_and_decay_like_lightning(plate, tmp_path):
+    from zarrstain.training.recipe import in_steps
+
+    # 2 training scenes x 3 patches each / batch 2 = 3 steps per epoch
+    config = _config(epochs=3, steps=400, patches_per_scene=3, schedule="step", lr_gamma=0.5,
+                     decay_every="epoch", warmup_steps=0, min_lr=0.0,
+                     clip_grad_norm=None)  # fmt: skip
+    counted = in_steps(config, 2)
+    assert (counted.steps, counted.decay_every, counted.epochs) == (9, 3, None)
+    assert in_steps(counted, 2) is counted  # counted in steps already
+    result = run_training(plate, config, tmp_path / "epochs")
+    assert len(result.history) == 9
+    # Lightning steps ExponentialLR(0.5) at each epoch's end: constant within an epoch
+    theirs = _torch_factors(lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.5), 3)
+    np.testing.assert_allclose([h["lr"] for h in result.history],
+                               [1e-3 * f for f in theirs for _ in range(3)])  # fmt: skip
+    card = json.loads((tmp_path / "epochs" / "card.json").read_text())
+    assert (card["training"]["epochs"], card["training"]["epoch_steps"]) == (3, 3)
+    assert card["training"]["steps"] == 9
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(epochs=0), "epochs must be a whole number ≥ 1"),
+        (dict(decay_every="week"), 'decay_every must be a whole number ≥ 1 or "epoch"'),
+        (dict(patches_per_scene=0), "patches_per_scene must be a whole number ≥ 1"),
+    ],
+)
+def test_bad_epoch_settings_are_refused(change, message):
+    with pytest.raises(ParameterError, match=message):
+        TrainConfig(["BF"], ["DNA"], model="fnet2d", **change).check()
+
+
+def test_the_cli_trains_in_epochs(plate, tmp_path):
+    from click.testing import CliRunner
+
+    from zarrstain.cli.main import cli
+
+    out = tmp_path / "m"
+    args = ["train", str(plate), "--input", "BF", "--target", "DNA", "--out", str(out),
+            "--model", "fnet2d", "--depth", "2", "--mult-chan", "4", "--patch", "16x16",
+            "--batch-size", "2", "--epochs", "2", "--patches-per-scene", "2",
+            "--schedule", "step", "--decay-every", "epoch", "--lr-gamma", "0.5",
+            "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["steps"] == 4 and card["training"]["config"]["decay_every"] == 2
+    bad = CliRunner().invoke(cli, [*args[:-2], "--decay-every", "weekly", "--overwrite"])
+    assert bad.exit_code == 2 and "neither a number of steps nor 'epoch'" in bad.output

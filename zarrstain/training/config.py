@@ -19,7 +19,8 @@ from zarrstain.training.adversarial import (
     check_generator,
 )
 from zarrstain.training.experiment import read_experiment
-from zarrstain.training.recipe import OPTIMIZERS, SCHEDULES
+from zarrstain.training.gan_options import PAPER_RECIPE as PIX2PIX_RECIPE
+from zarrstain.training.recipe import check_recipe
 
 __all__ = ["FREEZE", "TrainConfig", "build_config", "training_models"]
 
@@ -49,6 +50,9 @@ class TrainConfig:
     mult_chan: int = 8  # pytorch_fnet: 32 (``paper()``)
     projection: int = 0  # > 0: learned per-pixel projection of the inputs (In silico labeling)
     steps: int = 400
+    # instead of steps: epochs of ceil(training scenes × patches_per_scene / batch_size) steps
+    epochs: int | None = None
+    patches_per_scene: int = 1  # an epoch's patches per scene (MMV_Im2Im's crops: 4)
     batch_size: int = 4
     # default 32×64×64 (3D) or 256×256 (2D), cut to fit; text "32x64x64" (a flag, a file) too
     patch: list[int] | None = None
@@ -60,7 +64,8 @@ class TrainConfig:
     momentum: float = 0.9  # SGD's
     schedule: str = "constant"  # or "step", "exponential", "cosine"
     warmup_steps: int = 0  # linear warm-up before the schedule
-    decay_every: int = 1000  # "step" / "exponential": × lr_gamma per this many steps
+    # "step" / "exponential": × lr_gamma per this many steps, or per "epoch"
+    decay_every: int | str = 1000
     lr_gamma: float = 0.1
     min_lr: float = 0.0  # "cosine": where it ends
     clip_grad_norm: float | None = None  # bound on the gradients' global L2 norm
@@ -112,14 +117,24 @@ class TrainConfig:
 
     @classmethod
     def paper(cls, **kwargs: Any) -> TrainConfig:
-        """The published training recipe of the model's family
-        (:attr:`~zarrstain.models.Architecture.paper_recipe`; pytorch_fnet's: 32 channels,
-        batch 24, 50,000 steps, β1 0.5), and its published network (``published``)."""
+        """The published training recipe of the model's family and its published network
+        (``published``): the family's :attr:`~zarrstain.models.Architecture.paper_recipe`
+        (pytorch_fnet's: 32 channels, batch 24, 50,000 steps, β1 0.5; guided-I2I's for
+        diffusion), or MMV_Im2Im's for pix2pix
+        (:data:`zarrstain.training.gan_options.PAPER_RECIPE`). ``kwargs`` override it."""
         model = str(kwargs.get("model") or cls.model)
         if model == PIX2PIX:
-            model = str(kwargs.get("generator") or "fnet3d")
-        name = resolve(model)[0]
-        recipe = dict(ARCHITECTURES[name].paper_recipe) if name in ARCHITECTURES else {}
+            recipe = dict(PIX2PIX_RECIPE)
+            generator = str(kwargs.get("generator") or recipe["generator"])
+            name, fixed = resolve(generator)
+            if name != "fnet":  # another family's network: MMV_Im2Im's optimisation only
+                recipe = {k: v for k, v in recipe.items() if k not in ("depth", "mult_chan")}
+            if name != "fnet" or fixed.get("ndim", 3) != 3:  # its 32×256×256 crops are 3D
+                del recipe["patch"]
+            recipe["generator"] = generator
+        else:
+            name = resolve(model)[0]
+            recipe = dict(ARCHITECTURES[name].paper_recipe) if name in ARCHITECTURES else {}
         return cls(**{**recipe, "published": True, **kwargs})
 
     def architecture(self) -> tuple[Architecture, dict[str, Any]]:
@@ -215,7 +230,7 @@ class TrainConfig:
         if self.patch is not None:
             self._check_patch(ndim)
         self._check_head()
-        self._check_recipe()
+        check_recipe(self, _flag)
         if self.freeze not in FREEZE:
             raise ParameterError(
                 f"{_flag('freeze')} {self.freeze!r} is not one of {', '.join(FREEZE)}"
@@ -266,45 +281,6 @@ class TrainConfig:
             )
         spec, kwargs = self.architecture()
         check_generator(spec, kwargs, self.generator or "fnet3d")
-
-    def _check_recipe(self) -> None:
-        """The optimizer and schedule (:mod:`zarrstain.training.recipe`)."""
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-            if getattr(self, name) not in allowed:
-                raise ParameterError(
-                    f"{_flag(name)} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
-                )
-        for name in ("weight_decay", "min_lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ParameterError(f"{_flag(name)} must be a number ≥ 0, not {value!r}")
-        if (
-            isinstance(self.warmup_steps, bool)
-            or not isinstance(self.warmup_steps, int)
-            or (self.warmup_steps < 0)
-        ):
-            raise ParameterError(
-                f"{_flag('warmup_steps')} must be a whole number ≥ 0, not {self.warmup_steps!r}"
-            )
-        _positive_int("decay_every", self.decay_every)
-        if not isinstance(self.lr_gamma, int | float) or not 0 < self.lr_gamma <= 1:
-            raise ParameterError(f"{_flag('lr_gamma')} must be in (0, 1], not {self.lr_gamma!r}")
-        if self.schedule == "cosine" and self.min_lr >= self.lr:
-            raise ParameterError(
-                f"{_flag('min_lr')} {self.min_lr} must be below lr ({self.lr}): the cosine "
-                "schedule falls from lr to it"
-            )
-        if self.clip_grad_norm is not None and (
-            not isinstance(self.clip_grad_norm, int | float) or not self.clip_grad_norm > 0
-        ):
-            raise ParameterError(
-                f"{_flag('clip_grad_norm')} must be a positive number, not {self.clip_grad_norm!r}"
-            )
-        if self.momentum != 0.9 and self.optimizer != "sgd":
-            raise ParameterError(
-                f"{_flag('momentum')} is a setting of SGD; add "
-                f"{option('optimizer=', '--optimizer')} sgd, or drop it (Adam's are its betas)"
-            )
 
     def _check_head(self) -> None:
         if self.head != "bins" and (self.bins_range or self.head_outputs):

@@ -19,10 +19,10 @@ Two layouts are read. *Flat*: :class:`~zarrstain.training.TrainConfig`'s keys at
                                 # or pix2pix's: {name: pix2pix, gan: bce, gan_weight: 1,
                                 #   reconstruction: mse, reconstruction_weight: 1000}
       optimizer: {name: adam, lr: 0.001, betas: [0.9, 0.999]}   # adamw, sgd; weight_decay
-      schedule: {name: constant}   # step, exponential (decay_every, gamma), cosine (min_lr);
-                                   # each: warmup_steps
+      schedule: {name: constant}   # step, exponential (decay_every: steps or "epoch",
+                                   # gamma), cosine (min_lr); each: warmup_steps
       clip_grad_norm: 1.0          # optional
-      steps: 5000
+      steps: 5000               # or epochs: (data.patches_per_scene patches per scene)
       batch_size: 24
 
 All three sections are required; every key is checked, and a bad one is named with the keys
@@ -47,7 +47,8 @@ SECTIONS: dict[str, dict[str, str | None]] = {
     "data": {"stores": None, "inputs": "inputs", "targets": "targets", "scenes": "scenes",
              "val_scenes": "val_scenes", "val_fraction": "val_fraction", "patch": "patch",
              "normalization": "normalization", "classes": "classes",
-             "class_key": "class_key", "val_patches": "val_patches"},
+             "class_key": "class_key", "val_patches": "val_patches",
+             "patches_per_scene": "patches_per_scene"},
     "model": {"architecture": "model", "kwargs": None, "head": "head", "bins": "bins",
               "bins_range": "bins_range", "head_outputs": "head_outputs", "alpha": "alpha",
               "init": "init", "freeze": "freeze", "backbone": "backbone",
@@ -55,6 +56,7 @@ SECTIONS: dict[str, dict[str, str | None]] = {
               "class_dropout": "class_dropout", "ema": "ema", "generator": "generator",
               "discriminator": None},
     "training": {"loss": None, "optimizer": None, "schedule": None, "steps": "steps",
+                 "epochs": "epochs",
                  "discriminator_optimizer": None,
                  "batch_size": "batch_size", "seed": "seed", "device": "device",
                  "validate_every": "validate_every", "checkpoint_every": "checkpoint_every",

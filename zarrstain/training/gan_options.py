@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from zarrstain.models.schema import FamilyOptions, Option
 
-__all__ = ["GAN_LOSSES", "OPTIONS", "RECONSTRUCTION_LOSSES"]
+__all__ = ["GAN_LOSSES", "OPTIONS", "PAPER_RECIPE", "RECONSTRUCTION_LOSSES"]
 
 GAN_LOSSES = ("bce", "lsgan")
 RECONSTRUCTION_LOSSES = ("mse", "l1")
@@ -29,3 +29,35 @@ OPTIONS = FamilyOptions(
         Option("discriminator_betas", "floats", minimum=0, help="Its Adam betas [0.5,0.999]."),
     )
 )
+
+#: ``TrainConfig.paper(model="pix2pix")``: MMV_Im2Im's label-free 3D pix2pix, as its
+#: ``paper_configs/labelfree_3d_pix2pix_train.yaml`` sets it: an fnet generator of depth 4 and
+#: 32 channels; Adam lr 2e-4, β (0.5, 0.999) and weight decay 5e-4 for generator and critic;
+#: ``ExponentialLR(0.999)`` stepped per epoch; BCE + 1000 × MSE; a 4-layer PatchGAN of width 64
+#: (instance norm); per device 2 images × 4 crops of 32×256×256 (batch 8), 10,000 epochs,
+#: normalized around the center. An epoch is ``ceil(scenes × 4 / 8)`` steps, as MMV_Im2Im's
+#: data loader counts one (:func:`zarrstain.training.recipe.in_steps`).
+PAPER_RECIPE = {
+    "generator": "fnet3d",
+    "depth": 4,
+    "mult_chan": 32,
+    "lr": 2e-4,
+    "betas": (0.5, 0.999),
+    "weight_decay": 5e-4,
+    "discriminator_lr": 2e-4,
+    "discriminator_betas": (0.5, 0.999),
+    "schedule": "step",
+    "lr_gamma": 0.999,
+    "decay_every": "epoch",
+    "batch_size": 8,
+    "patches_per_scene": 4,
+    "patch": [32, 256, 256],
+    "epochs": 10_000,
+    "gan_loss": "bce",
+    "gan_weight": 1.0,
+    "reconstruction_loss": "mse",
+    "reconstruction_weight": 1000.0,
+    "discriminator_layers": 4,
+    "discriminator_width": 64,
+    "normalization": "center",
+}

@@ -41,7 +41,15 @@ from zarrstain.training.adversarial import Adversary
 from zarrstain.training.conditioning import scene_classes
 from zarrstain.training.config import TrainConfig, build_config, training_models
 from zarrstain.training.ema import EMA
-from zarrstain.training.recipe import clip, make_optimizer, recipe_label, schedule_factor, set_lr
+from zarrstain.training.recipe import (
+    clip,
+    in_steps,
+    make_optimizer,
+    recipe_label,
+    schedule_factor,
+    set_lr,
+    steps_per_epoch,
+)
 from zarrstain.training.sampler import PatchSampler, bins_range, split_regions
 from zarrstain.training.transfer import start_from, train_mode
 
@@ -134,6 +142,9 @@ def train(
     train_regions, val_regions = split_regions(
         scenes, val_scenes=config.val_scenes, val_fraction=config.val_fraction
     )
+    # a run described in epochs, counted in steps now that the training scenes are known
+    n_train = len({r.scene for r in train_regions})
+    asked, config = config, in_steps(config, n_train)
     patch = _patch(config, scenes)
     sampler_for = functools.partial(
         PatchSampler, scenes, inputs=config.inputs, targets=config.targets, patch=patch,
@@ -187,6 +198,9 @@ def train(
     module = model.module.to(device)
     record = _provenance(stores, config, patch, scenes, train_regions, val_regions)
     record["targets_seen"] = sampler.targets_seen()
+    if asked is not config:  # counted in epochs: how many steps one was
+        record["epoch_steps"] = steps_per_epoch(asked, n_train)
+        record["epochs"] = asked.epochs
     trainable = None
     if config.init:
         trainable, record["init"] = start_from(module, spec, kwargs, config.init, config.freeze)

@@ -13,6 +13,13 @@ curve it left, with nothing to store:
 - ``"cosine"``: from the learning rate down to ``min_lr`` over the run, half a cosine
   (torch's ``CosineAnnealingLR``).
 
+Runs described in epochs, as Lightning-based tools describe them (MMV_Im2Im, VisCy), are
+turned into steps once the training scenes are known (:func:`in_steps`): an epoch is
+``ceil(training scenes × patches_per_scene / batch_size)`` steps, MMV_Im2Im's definition (each
+image of its data loader gives ``num_samples`` crops). ``epochs`` then replaces ``steps`` and
+``decay_every="epoch"`` decays once per epoch: ``schedule="step"`` with ``decay_every="epoch"``
+is Lightning's ``ExponentialLR`` stepped at every epoch's end.
+
 Each may start with ``warmup_steps`` of linear warm-up from ``lr / warmup_steps`` (VisCy and
 most transformer recipes warm up). Gradient clipping (``clip_grad_norm``) bounds the global
 L2 norm of the gradients before each step.
@@ -20,23 +27,32 @@ L2 norm of the gradients before each step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from zarrstain.errors import ParameterError
+
 __all__ = [
+    "EPOCH",
     "OPTIMIZERS",
     "SCHEDULES",
+    "check_recipe",
     "clip",
+    "in_steps",
     "lr_factor",
     "make_optimizer",
     "recipe_label",
     "schedule_factor",
     "set_lr",
+    "steps_per_epoch",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "exponential", "cosine")
+#: ``decay_every`` of a schedule that changes once per epoch
+EPOCH = "epoch"
 
 
 def lr_factor(
@@ -139,3 +155,66 @@ def recipe_label(config: Any) -> str:
     if config.clip_grad_norm is not None:
         text += f", gradients clipped to norm {config.clip_grad_norm:g}"
     return text
+
+
+def steps_per_epoch(config: Any, scenes: int) -> int:
+    """Steps of one epoch over ``scenes`` training scenes: each gives ``patches_per_scene``."""
+    return max(1, math.ceil(scenes * config.patches_per_scene / config.batch_size))
+
+
+def in_steps(config: Any, scenes: int) -> Any:
+    """``config`` with its epochs counted in steps for ``scenes`` training scenes.
+
+    ``epochs`` becomes ``steps`` (and is cleared), ``decay_every="epoch"`` a number of steps;
+    a config counted in steps already is returned as it is.
+    """
+    if config.epochs is None and config.decay_every != EPOCH:
+        return config
+    epoch = steps_per_epoch(config, scenes)
+    changes: dict[str, Any] = {}
+    if config.epochs is not None:
+        changes.update(steps=config.epochs * epoch, epochs=None)
+    if config.decay_every == EPOCH:
+        changes["decay_every"] = epoch
+    return dataclasses.replace(config, **changes)
+
+
+def check_recipe(config: Any, flag: Callable[[str], str]) -> None:
+    """Refuse an optimizer, schedule or clipping ``config`` cannot use (``flag``: a setting's
+    name as the user wrote it)."""
+    for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        if getattr(config, name) not in allowed:
+            raise ParameterError(
+                f"{flag(name)} {getattr(config, name)!r} is not one of {', '.join(allowed)}"
+            )
+    for name in ("weight_decay", "min_lr"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ParameterError(f"{flag(name)} must be a number ≥ 0, not {value!r}")
+    _whole("warmup_steps", config.warmup_steps, flag, 0)
+    _whole("patches_per_scene", config.patches_per_scene, flag, 1)
+    if config.epochs is not None:
+        _whole("epochs", config.epochs, flag, 1)
+    if config.decay_every != EPOCH:
+        _whole("decay_every", config.decay_every, flag, 1, f' or "{EPOCH}"')
+    if not isinstance(config.lr_gamma, int | float) or not 0 < config.lr_gamma <= 1:
+        raise ParameterError(f"{flag('lr_gamma')} must be in (0, 1], not {config.lr_gamma!r}")
+    if config.schedule == "cosine" and config.min_lr >= config.lr:
+        raise ParameterError(
+            f"{flag('min_lr')} {config.min_lr} must be below lr ({config.lr}): the cosine "
+            "schedule falls from lr to it"
+        )
+    norm = config.clip_grad_norm
+    if norm is not None and (isinstance(norm, bool) or not isinstance(norm, int | float)
+                             or not norm > 0):  # fmt: skip
+        raise ParameterError(f"{flag('clip_grad_norm')} must be a positive number, not {norm!r}")
+    if config.momentum != 0.9 and config.optimizer != "sgd":
+        raise ParameterError(
+            f"{flag('momentum')} is a setting of SGD; add "
+            f"{flag('optimizer')} sgd, or drop it (Adam's are its betas)"
+        )
+
+
+def _whole(name: str, value: Any, flag: Callable[[str], str], least: int, alt: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ParameterError(f"{flag(name)} must be a whole number ≥ {least}{alt}, not {value!r}")

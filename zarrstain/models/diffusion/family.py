@@ -85,7 +85,15 @@ class DiffusionArchitecture(Architecture):
     default_ema = 0.999
     conditional = "optional"
     #: guided-I2I's optimisation (Cross-Zamirski et al.): batch 2, Adam at 8e-5
-    paper_recipe = {"batch_size": 2, "lr": 8e-5}  # noqa: RUF012 - read only
+    # guided-I2I's config/Target2.json: Adam lr 8e-5 without weight decay, batch 2, an EMA of
+    # decay 0.9999 updated every step; ~250k steps (the paper's)
+    paper_recipe = {  # noqa: RUF012 - read only
+        "batch_size": 2,
+        "lr": 8e-5,
+        "weight_decay": 0.0,
+        "ema": 0.9999,
+        "steps": 250_000,
+    }
 
     def scene_options(self, options: Mapping[str, Any], scene: Any) -> dict[str, Any]:
         """The scene's class, from ``class_label`` (every scene), or ``classes`` / ``class_key``
