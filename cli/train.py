@@ -6,6 +6,7 @@ import click
 
 from zarrstain.engine.options import METHODS
 from zarrstain.training.recipe import EPOCH, OPTIMIZERS, SCHEDULES
+from zarrstain.training.selection import MONITORS
 
 from .family import FamilyCommand
 from .output import _quiet, _say
@@ -95,6 +96,17 @@ STEPS_OR_EPOCH = _StepsOrEpoch()
     default=None,
     help="Hold out the right fraction of every scene instead.",
 )
+@click.option("--validate-every", type=int, default=None, help="Validate every N steps [50].")
+@click.option(
+    "--monitor",
+    default=None,
+    type=click.Choice(MONITORS),
+    help="Keep the weights of the best validation by this metric [the latest].",
+)
+@click.option(
+    "--patience", type=int, default=None, help="Stop after N validations without improvement."
+)
+@click.option("--min-delta", type=float, default=None, help="What counts as one [0].")
 @click.option(
     "--device",
     default=None,
@@ -183,3 +195,9 @@ def train(
             f"final loss {last['loss']:.4f}"
             + (f", validation Pearson r {vals[-1]:.3f}" if vals else "")
         )
+    if result.best:
+        best = result.best
+        _say(f"kept the best validation: {best['monitor']} {best['value']:.4f} at step "
+             f"{best['step']}")  # fmt: skip
+    if result.stopped_early is not None:
+        _say(f"stopped early at step {result.stopped_early} (--patience)")

@@ -229,7 +229,6 @@ def test_bad_epoch_settings_are_refused(change, message):
 
 def test_the_cli_trains_in_epochs(plate, tmp_path):
     from click.testing import CliRunner
-
     from zarrstain.cli.main import cli
 
     out = tmp_path / "m"

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ def save_model(
     training: dict[str, Any] | None = None,
     overwrite: bool = False,
     state: tuple[str, Any] | None = None,
+    files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write ``model`` as a model package folder.
 
@@ -66,6 +68,9 @@ def save_model(
     state
         ``(file name, object)``: extra tensors to store beside the weights (``torch.save``;
         e.g. the optimizer state of a training run), part of the same atomic write.
+    files
+        Relative path → bytes: more files of the package (a training run's curves), written
+        in the same atomic write.
 
     Returns
     -------
@@ -96,8 +101,11 @@ def save_model(
         torch.save(model.spec.saved_state(model.module, model.kwargs), tmp / WEIGHTS)
         if state is not None:
             torch.save(state[1], tmp / state[0])
+        for name, data in (files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
-        (tmp / "README.md").write_text(_render(card))
+        (tmp / "README.md").write_text(_render(card, files or {}))
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -108,7 +116,7 @@ def save_model(
     return dest
 
 
-def _render(card: dict[str, Any]) -> str:
+def _render(card: dict[str, Any], files: Mapping[str, bytes]) -> str:
     lines = [f"# {card['name']}", "", "zarrstain model package.", ""]
     for key in (
         "architecture",
@@ -125,6 +133,8 @@ def _render(card: dict[str, Any]) -> str:
         "zarrstain_version",
     ):
         lines.append(f"- **{key}**: `{json.dumps(card[key])}`")
+    if "curves.png" in files:  # a trained package: its loss and validation curves
+        lines += ["", "![training curves](curves.png)"]
     if card.get("training"):
         lines += ["", "## Training", "", "```json", json.dumps(card["training"], indent=2), "```"]
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ from zarrstain.training.adversarial import (
 from zarrstain.training.experiment import read_experiment
 from zarrstain.training.gan_options import PAPER_RECIPE as PIX2PIX_RECIPE
 from zarrstain.training.recipe import check_recipe
+from zarrstain.training.selection import MONITORS
 
 __all__ = ["FREEZE", "TrainConfig", "build_config", "training_models"]
 
@@ -76,6 +77,12 @@ class TrainConfig:
     val_fraction: float | None = None
     val_patches: int = 16
     validate_every: int = 50
+    # choosing the model (zarrstain.training.selection): the package holds the best
+    # validation's weights by this metric ("val_pcc" or "val_loss"); stop after `patience`
+    # validations without an improvement above min_delta
+    monitor: str | None = None
+    patience: int | None = None
+    min_delta: float = 0.0
     checkpoint_every: int = 100
     device: str = "auto"
     # the output head (zarrstain.models.heads): "value", "bins" or "quantiles"
@@ -230,6 +237,7 @@ class TrainConfig:
         if self.patch is not None:
             self._check_patch(ndim)
         self._check_head()
+        self._check_selection()
         check_recipe(self, _flag)
         if self.freeze not in FREEZE:
             raise ParameterError(
@@ -281,6 +289,23 @@ class TrainConfig:
             )
         spec, kwargs = self.architecture()
         check_generator(spec, kwargs, self.generator or "fnet3d")
+
+    def _check_selection(self) -> None:
+        """The metric that chooses the model, and early stopping's patience."""
+        if self.monitor is not None and self.monitor not in MONITORS:
+            raise ParameterError(
+                f"{_flag('monitor')} {self.monitor!r} is not one of {', '.join(MONITORS)}"
+            )
+        if self.patience is not None:
+            _positive_int("patience", self.patience)
+            if self.monitor is None:
+                raise ParameterError(
+                    f"{_flag('patience')} stops when a validation metric stops improving; "
+                    f"name it with {_flag('monitor')} val_pcc (or val_loss)"
+                )
+        delta = self.min_delta
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or delta < 0:
+            raise ParameterError(f"{_flag('min_delta')} must be a number ≥ 0, not {delta!r}")
 
     def _check_head(self) -> None:
         if self.head != "bins" and (self.bins_range or self.head_outputs):

@@ -24,6 +24,8 @@ Two layouts are read. *Flat*: :class:`~zarrstain.training.TrainConfig`'s keys at
       clip_grad_norm: 1.0          # optional
       steps: 5000               # or epochs: (data.patches_per_scene patches per scene)
       batch_size: 24
+      monitor: val_pcc          # optional: keep the best validation's weights (or val_loss)
+      patience: 5               # optional: stop after 5 validations without improvement
 
 All three sections are required; every key is checked, and a bad one is named with the keys
 (or values) allowed. Relative paths (stores, ``model.backbone``, ``model.init``) are read
@@ -60,6 +62,7 @@ SECTIONS: dict[str, dict[str, str | None]] = {
                  "discriminator_optimizer": None,
                  "batch_size": "batch_size", "seed": "seed", "device": "device",
                  "validate_every": "validate_every", "checkpoint_every": "checkpoint_every",
+                 "monitor": "monitor", "patience": "patience", "min_delta": "min_delta",
                  "clip_grad_norm": "clip_grad_norm"},
 }  # fmt: skip
 #: per optimizer (zarrstain.training.recipe), the keys training.optimizer takes

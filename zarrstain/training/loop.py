@@ -23,12 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import zarr
 
 from zarrstain.errors import ParameterError, option
-from zarrstain.evaluation.metrics import pearson
 from zarrstain.io.read import open_scenes
 from zarrstain.io.store import store_location
 from zarrstain.models import Model, create_model, load_model, save_model
@@ -40,6 +38,7 @@ from zarrstain.progress import ProgressCallback, ProgressEvent
 from zarrstain.training.adversarial import Adversary
 from zarrstain.training.conditioning import scene_classes
 from zarrstain.training.config import TrainConfig, build_config, training_models
+from zarrstain.training.curves import Curves
 from zarrstain.training.ema import EMA
 from zarrstain.training.recipe import (
     clip,
@@ -51,7 +50,9 @@ from zarrstain.training.recipe import (
     steps_per_epoch,
 )
 from zarrstain.training.sampler import PatchSampler, bins_range, split_regions
+from zarrstain.training.selection import Selection
 from zarrstain.training.transfer import start_from, train_mode
+from zarrstain.training.validation import validate
 
 __all__ = ["TrainConfig", "TrainResult", "build_config", "train", "training_models"]
 
@@ -63,11 +64,16 @@ STATE = "training_state.pt"
 
 @dataclass
 class TrainResult:
-    """The trained model, its package folder and the loss / validation history."""
+    """The trained model, its package folder, the loss / validation history and the best
+    validation (``monitor``)."""
 
     model: Model
     package: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    #: with ``monitor``: the metric, step and value of the weights the package holds
+    best: dict[str, Any] = field(default_factory=dict)
+    #: with ``patience``: the step the run stopped at, before ``steps``
+    stopped_early: int | None = None
 
 
 def _patch(config: TrainConfig, scenes: dict) -> tuple[int, ...]:
@@ -217,13 +223,26 @@ def train(
     ema = EMA(module, decay) if decay else None
     if ema is not None:
         record["ema"] = decay
+    selection = Selection(config.monitor, config.patience, config.min_delta)
+    if selection.monitor is not None and val is None:
+        raise ParameterError(
+            f"{option('monitor', '--monitor')} {config.monitor} needs held-out patches to "
+            f"validate on; hold some out with {option('val_scenes=', '--val-scene')} or "
+            + option("val_fraction=", "--val-fraction")
+        )
     start, history = 0, []
     if resume:
-        start, history = _restore(out, model, optimizer, sampler, ema, adversary)
+        start, history = _restore(out, model, optimizer, sampler, ema, adversary, selection)
+    curves = Curves(config.steps)
     record["loss"] = spec.loss_label(kwargs) if adversary is None else config.gan.label()
     index = {sid: kwargs["class_names"].index(c) for sid, c in labels.items()} if labels else {}
     t0 = time.perf_counter()
+    stopped = selection.stop(history)  # a resumed run that had stopped early stays stopped
+    ran = False
     for step in range(start + 1, config.steps + 1):
+        if stopped:
+            break
+        ran = True
         train_mode(module, trainable)
         factor = schedule_factor(config, step)  # a function of the step: resumes exactly
         set_lr(optimizer, config.lr * factor)
@@ -251,25 +270,38 @@ def train(
             ema.update(module)
         if val is not None and (step % config.validate_every == 0 or step == config.steps):
             weights = ema.module if ema is not None else module
-            entry["val_pcc"] = _validate(weights, val, device, model, labels)
+            entry.update(validate(weights, val, device, model, labels, seed=config.seed,
+                                  batch_size=config.batch_size))  # fmt: skip
+            best = selection.update(entry, weights)
             logger.info(
-                "step %d: loss %.4f, validation Pearson r %.3f",
+                "step %d: loss %.4f, validation Pearson r %.3f, loss %.4f%s",
                 step,
                 entry["loss"],
                 entry["val_pcc"],
+                entry["val_loss"],
+                " (best)" if best else "",
             )
         history.append(entry)
         if progress is not None:
             progress(ProgressEvent("train", step, config.steps, entry))
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        stopped = selection.stop(history)
+        if stopped:
+            record["stopped_early"] = step
+            logger.info(
+                "stopping at step %d: %s has not improved for %d validations (best %.4g at "
+                "step %d)", step, selection.monitor, selection.patience,
+                selection.best_value, selection.best_step,
+            )  # fmt: skip
+        if step % config.checkpoint_every == 0 or step == config.steps or stopped:
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
             model = _checkpoint(model, module, optimizer, sampler, out, step, history, record,
-                                ema, adversary)  # fmt: skip
-    if start >= config.steps:
-        logger.info("%s already trained for %d steps; nothing to do", out, start)
+                                ema, adversary, selection, curves)  # fmt: skip
+    if not ran:  # trained to the end, or stopped early, before
+        logger.info("%s already trained (%d steps); nothing to do", out, start)
         model = load_model(out)
-    return TrainResult(model, out, history)
+    stopped_at = history[-1]["step"] if stopped and history else None
+    return TrainResult(model, out, history, selection.describe(), stopped_at)
 
 
 def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -301,55 +333,6 @@ def _input_labels(config: TrainConfig, spec: Any) -> list[str]:
     return [] if config.unconditional else list(config.inputs)
 
 
-def _validate(
-    module: torch.nn.Module,
-    val: tuple,
-    device,
-    model: Model,
-    labels: dict[str, str] | None = None,
-) -> float:
-    """Mean over targets of the Pearson r of the model's prediction on the held-out patches.
-
-    Predicted as ``predict`` would (every pass, the architecture's validation options: a
-    sampler's few deterministic steps), class by class for class-conditional models.
-    """
-    module.eval()
-    x_all, y_all, mask_all, scenes = val
-    live = dataclasses.replace(model, module=module)
-    groups = {None: list(range(len(x_all)))}
-    if labels:
-        groups = {
-            c: [i for i, s in enumerate(scenes) if labels[s] == c] for c in set(labels.values())
-        }
-    pred = None
-    for label, rows in groups.items():
-        if not rows:
-            continue
-        options = live.spec.validation_options(live.kwargs)
-        if label is not None:
-            options["class_label"] = label
-        run = live.with_options(**options) if options else live
-        x = torch.from_numpy(x_all[rows]).to(device)
-        out = run.forward(x).float().cpu().numpy()
-        if pred is None:
-            pred = np.zeros((len(x_all), *out.shape[1:]), np.float32)
-        pred[rows] = out
-    n_targets = y_all.shape[1]
-    per_target = pred.shape[1] // n_targets
-    values = [i * per_target for i in range(n_targets)]  # each target's first channel: its value
-    # the mean over target channels of each channel's Pearson r (not one r over all of them),
-    # each over the patches whose scene holds the target
-    return float(
-        np.mean(
-            [
-                pearson(y_all[mask_all[:, c], c], pred[mask_all[:, c], i])
-                for c, i in enumerate(values)
-                if mask_all[:, c].any()
-            ]
-        )
-    )
-
-
 def _provenance(stores, config, patch, scenes, train_regions, val_regions) -> dict[str, Any]:
     return {
         "stores": [store_location(s) for s in stores],
@@ -368,10 +351,15 @@ def _region_name(region) -> str:
 
 
 def _checkpoint(
-    model, module, optimizer, sampler, out, step, history, record, ema=None, adversary=None
-) -> Model:
-    # the package holds the averaged weights; the training state the raw ones, to resume
+    model, module, optimizer, sampler, out, step, history, record, ema=None, adversary=None,
+    selection=None, curves=None,
+) -> Model:  # fmt: skip
+    # the package holds the model to use: the best validation's weights (monitor), else the
+    # average (EMA), else the latest; the training state what resuming needs
     module_cpu = copy.deepcopy(ema.module if ema is not None else module).to("cpu").eval()
+    best = selection is not None and selection.weights is not None
+    if best:
+        module_cpu.load_state_dict(selection.weights)
     snapshot = dataclasses.replace(
         model,
         module=module_cpu,
@@ -380,22 +368,29 @@ def _checkpoint(
     last = {k: v for k, v in history[-1].items() if k != "step"}
     vals = [h["val_pcc"] for h in history if "val_pcc" in h]
     training = {**record, "steps": step, "last": last, **({"val_pcc": vals[-1]} if vals else {})}
+    if selection is not None and selection.describe():
+        training["best"] = selection.describe()
+    cpu = lambda m: {k: v.cpu() for k, v in m.state_dict().items()}  # noqa: E731
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "rng": sampler.rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
         "history": history,
-        **({"raw": {k: v.cpu() for k, v in module.state_dict().items()}} if ema else {}),
+        "monitor": selection.monitor if selection is not None else None,
+        **({"raw": cpu(module)} if ema is not None or best else {}),
+        **({"ema": cpu(ema.module)} if ema is not None and best else {}),
         **({"ema_updates": ema.updates} if ema else {}),
         **({"adversary": adversary.state_dict()} if adversary is not None else {}),
     }
-    save_model(snapshot, out, training=training, overwrite=True, state=(STATE, state))
+    files = curves.files(history) if curves is not None else None
+    save_model(snapshot, out, training=training, overwrite=True, state=(STATE, state),
+               files=files)  # fmt: skip
     return snapshot
 
 
 def _restore(
-    out: Path, model: Model, optimizer, sampler, ema=None, adversary=None
+    out: Path, model: Model, optimizer, sampler, ema=None, adversary=None, selection=None
 ) -> tuple[int, list]:
     if not (out / STATE).is_file():
         raise ParameterError(f"nothing to resume in {out} (no {STATE}); drop --resume")
@@ -415,14 +410,25 @@ def _restore(
     # on the CPU: set_rng_state takes a CPU tensor only, and the optimizer moves its own state
     # to the parameters' device when it loads it
     state = torch.load(out / STATE, map_location="cpu", weights_only=True)
+    monitor = selection.monitor if selection is not None else None
+    if state.get("monitor") != monitor:  # the package's weights were chosen otherwise
+        raise ParameterError(
+            f"{out} was trained with monitor={state.get('monitor')!r}; resume it with the "
+            f"same {option('monitor=', '--monitor')}, or choose a new --out"
+        )
     optimizer.load_state_dict(state["optimizer"])
     sampler.rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
     if ema is not None:
         if "raw" not in state:
             raise ParameterError(f"{out} was trained without a weight average; resume with --ema 0")
-        model.module.load_state_dict(state["raw"])
         ema.updates = int(state["ema_updates"])
+        if "ema" in state:  # the package holds the best weights, the state the average
+            ema.module.load_state_dict(state["ema"])
+    if "raw" in state:
+        model.module.load_state_dict(state["raw"])
+    if selection is not None:  # the best so far, from the history; its weights: the package's
+        selection.replay(state["history"], saved.module.state_dict())
     if adversary is not None:
         if "adversary" not in state:
             raise ParameterError(
