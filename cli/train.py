@@ -87,6 +87,14 @@ STEPS_OR_EPOCH = _StepsOrEpoch()
     type=click.Choice(METHODS),
     help="Of inputs and targets [center]; samplers train best on zscore.",
 )
+@click.option(
+    "--augment",
+    default=None,
+    metavar="SPEC",
+    help="flips, none, or transforms in physical units as YAML, e.g. "
+    "'{noise: {std: 0.5}, blur: {sigma_um: [0.1, 0.6]}, affine: {rotate: 180, zoom: 0.3}}' "
+    "[flips].",
+)
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @scenes_option("Train on these scenes only (repeat).")
 @click.option("--val-scene", "val_scenes", multiple=True, help="Hold out this scene (repeat).")

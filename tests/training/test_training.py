@@ -145,7 +145,7 @@ def test_split_by_scene_and_region(plate):
     assert train[0].x == slice(0, 36) and val[0].x == slice(36, 48)
     sampler = PatchSampler(scenes, val, ["BF"], ["DNA"], (8, 16, 12), seed=0)
     for _ in range(20):
-        _, _, (_, _, x0) = sampler._origin()
+        _, _, (_, _, x0), _, _ = sampler._origin()
         assert x0 >= 36
     with pytest.raises(ParameterError, match="not among"):
         split_regions(scenes, val_scenes=["Z/9/9"])

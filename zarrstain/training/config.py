@@ -18,6 +18,7 @@ from zarrstain.training.adversarial import (
     GanSettings,
     check_generator,
 )
+from zarrstain.training.augment import Augmentation
 from zarrstain.training.experiment import read_experiment
 from zarrstain.training.gan_options import PAPER_RECIPE as PIX2PIX_RECIPE
 from zarrstain.training.recipe import check_recipe
@@ -72,6 +73,9 @@ class TrainConfig:
     clip_grad_norm: float | None = None  # bound on the gradients' global L2 norm
     seed: int = 0
     normalization: str = "center"
+    # "flips" (pytorch_fnet's), "none", or transforms in physical units
+    # (zarrstain.training.augment): {"noise": {"std": 0.5}, "affine": {"rotate": 180}, ...}
+    augment: Any = "flips"
     scenes: list[str] | None = None
     val_scenes: list[str] | None = None
     val_fraction: float | None = None
@@ -238,6 +242,7 @@ class TrainConfig:
             self._check_patch(ndim)
         self._check_head()
         self._check_selection()
+        Augmentation.parse(self.augment)  # names an unknown transform, a bad range
         check_recipe(self, _flag)
         if self.freeze not in FREEZE:
             raise ParameterError(

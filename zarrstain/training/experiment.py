@@ -10,6 +10,7 @@ Two layouts are read. *Flat*: :class:`~zarrstain.training.TrainConfig`'s keys at
       inputs: [BF]
       targets: [DNA]
       scenes: [A/1/0, A/2/0]    # optional, as val_scenes, val_fraction, patch, normalization
+      augment: {noise: {std: 0.5}, blur: {sigma_um: [0.1, 0.6]}}   # optional; default flips
     model:                      # what learns
       architecture: fnet2d
       kwargs: {depth: 4, mult_chan: 32}
@@ -50,7 +51,7 @@ SECTIONS: dict[str, dict[str, str | None]] = {
              "val_scenes": "val_scenes", "val_fraction": "val_fraction", "patch": "patch",
              "normalization": "normalization", "classes": "classes",
              "class_key": "class_key", "val_patches": "val_patches",
-             "patches_per_scene": "patches_per_scene"},
+             "patches_per_scene": "patches_per_scene", "augment": "augment"},
     "model": {"architecture": "model", "kwargs": None, "head": "head", "bins": "bins",
               "bins_range": "bins_range", "head_outputs": "head_outputs", "alpha": "alpha",
               "init": "init", "freeze": "freeze", "backbone": "backbone",

@@ -36,6 +36,7 @@ from zarrstain.models.card import is_package
 from zarrstain.models.model import state_dict_hash
 from zarrstain.progress import ProgressCallback, ProgressEvent
 from zarrstain.training.adversarial import Adversary
+from zarrstain.training.augment import Augmentation
 from zarrstain.training.conditioning import scene_classes
 from zarrstain.training.config import TrainConfig, build_config, training_models
 from zarrstain.training.curves import Curves
@@ -156,7 +157,8 @@ def train(
         PatchSampler, scenes, inputs=config.inputs, targets=config.targets, patch=patch,
         normalization=config.normalization,
     )  # fmt: skip
-    sampler = sampler_for(train_regions, seed=config.seed)
+    augmentation = Augmentation.parse(config.augment)
+    sampler = sampler_for(train_regions, seed=config.seed, augmentation=augmentation)
     val = None
     if val_regions:  # a fixed set of held-out patches, not augmented
         val_sampler = sampler_for(val_regions, seed=config.seed + 1, flips=False)
@@ -204,6 +206,7 @@ def train(
     module = model.module.to(device)
     record = _provenance(stores, config, patch, scenes, train_regions, val_regions)
     record["targets_seen"] = sampler.targets_seen()
+    record["augmentation"] = augmentation.describe()
     if asked is not config:  # counted in epochs: how many steps one was
         record["epoch_steps"] = steps_per_epoch(asked, n_train)
         record["epochs"] = asked.epochs

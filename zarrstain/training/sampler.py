@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import dask
 import numpy as np
@@ -24,7 +25,7 @@ import xarray as xr
 
 from zarrstain.engine.normalize import normalization_stats
 from zarrstain.errors import ChannelError, ParameterError, ShapeMismatchError, option
-from zarrstain.training.augment import augment
+from zarrstain.training.augment import Augmentation, augment, warp, window
 from zarrstain.training.blocks import BlockCache
 
 __all__ = ["PatchSampler", "Region", "bins_range", "split_regions"]
@@ -94,6 +95,10 @@ class PatchSampler:
     cache_bytes
         Memory for decoded chunks (least recently used out first); ``0`` reads every patch
         from the store. The default, 1 GiB, holds e.g. 16 channels of 180 megapixels of uint16.
+    augmentation
+        :class:`~zarrstain.training.augment.Augmentation` (or what its ``parse`` reads):
+        intensity, contrast, blur, noise and affine transforms in physical units, beside the
+        flips (``flips=False`` turns every augmentation off).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class PatchSampler:
         seed: int = 0,
         flips: bool = True,
         cache_bytes: int = 2**30,
+        augmentation: Augmentation | Any = None,
     ) -> None:
         if not regions:
             raise ParameterError("no regions to sample patches from")
@@ -116,10 +122,18 @@ class PatchSampler:
         self.spatial = len(self.patch)
         if self.spatial not in (2, 3):
             raise ParameterError(f"patch must be (z, y, x) or (y, x), not {tuple(patch)}")
-        self.flips = flips
+        # flips=False: no augmentation at all (validation patches)
+        self.augmentation = Augmentation.parse(augmentation) if flips else None
+        self.flips = flips and self.augmentation.flips
         self.rng = np.random.default_rng(seed)
         self.regions = list(regions)
         self.scenes = {r.scene: scenes[r.scene] for r in self.regions}
+        # each scene's voxel size (µm) along the patch's axes: augmentation in physical units
+        self.voxel = {
+            sid: tuple(float((image.attrs.get("scale") or {}).get(a, 1.0))
+                       for a in ("z", "y", "x")[-self.spatial :])
+            for sid, image in self.scenes.items()
+        }  # fmt: skip
         # Inputs must be in every scene; a target may be missing from some (In silico
         # labeling trains one network on wells stained for different subsets): it is masked
         # out of the loss for their patches, and must be in at least one scene.
@@ -218,15 +232,28 @@ class PatchSampler:
             t: int(sum(p[i] for p in self.present.values())) for i, t in enumerate(self.targets)
         }
 
-    def _origin(self) -> tuple[Region, int, tuple[int, ...]]:
+    def _origin(
+        self, matrix: np.ndarray | None = None
+    ) -> tuple[Region, int, tuple[int, ...], tuple[int, ...], np.ndarray | None]:
+        """A random region, time point and window: its origin, its size, and the pixel matrix
+        of the affine ``matrix`` (physical) resampling it onto the patch; a window that does
+        not fit the region falls back to the patch (matrix None)."""
         region = self.regions[self.rng.choice(len(self.regions), p=self._weights)]
         t_n, z_n, y_n, x0, x1 = self._extent(region)
         t = int(self.rng.integers(t_n))
-        pz, py, px = (1, *self.patch) if self.spatial == 2 else self.patch
+        size, pixel = self.patch, None
+        if matrix is not None:
+            pixel, wanted = window(matrix, self.patch, self.voxel[region.scene])
+            room = (z_n, y_n, x1 - x0)[-self.spatial :]
+            if all(s <= n for s, n in zip(wanted, room, strict=True)):
+                size = wanted
+            else:
+                pixel = None
+        pz, py, px = (1, *size) if self.spatial == 2 else size
         z = int(self.rng.integers(z_n - pz + 1))
         y = int(self.rng.integers(y_n - py + 1))
         x = x0 + int(self.rng.integers(x1 - x0 - px + 1))
-        return region, t, (z, y, x)
+        return region, t, (z, y, x), size, pixel
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``n`` random pairs: float32 arrays (n, C_in, *patch) and (n, C_out, *patch).
@@ -238,18 +265,21 @@ class PatchSampler:
 
     def sample_with_mask(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As :meth:`sample`, and the (n, C_out) bool mask of the targets each patch has."""
-        pz, py, px = (1, *self.patch) if self.spatial == 2 else self.patch
         picks, windows = [], []
+        aug = self.augmentation
         for _ in range(n):
-            region, t, (z, y, x) = self._origin()
+            # an affine reads a larger (or smaller) window than the patch: drawn first
+            matrix = aug.draw_affine(self.rng, self.spatial) if aug is not None else None
+            region, t, (z, y, x), size, pixel = self._origin(matrix)
+            pz, py, px = (1, *size) if self.spatial == 2 else size
             space = (slice(z, z + pz), slice(y, y + py), slice(x, x + px))
             data = self.scenes[region.scene].data
             for channels in self._channels[region.scene]:
                 windows.append((region.scene, data, (t, channels, *space)))
-            picks.append((region.scene, t))
+            picks.append((region.scene, t, pixel))
         arrays = self.cache.read(windows)
         xs, ys = [], []
-        for k, (sid, t) in enumerate(picks):
+        for k, (sid, t, pixel) in enumerate(picks):
             (oi, si), (ot, st) = self.stats[sid]
             xi = (arrays[2 * k] - oi[t][:, None, None, None]) / si[t][:, None, None, None]
             here = self.present[sid]
@@ -259,12 +289,16 @@ class PatchSampler:
             ]
             if self.spatial == 2:
                 xi, yt = xi[:, 0], yt[:, 0]
+            if pixel is not None:  # the window resampled onto the patch, input and target
+                xi, yt = warp(xi, pixel, self.patch), warp(yt, pixel, self.patch)
             if self.flips:
                 xi, yt = augment(xi, yt, self.rng)
+            if aug is not None and aug.transforms:
+                xi = aug.apply_input(xi, self.rng, self.voxel[sid])
             xs.append(xi)
             ys.append(yt)
-        mask = np.stack([self.present[sid] for sid, _ in picks])
-        self.last_scenes = [sid for sid, _ in picks]  # each patch's scene (its class)
+        mask = np.stack([self.present[sid] for sid, _, _ in picks])
+        self.last_scenes = [sid for sid, _, _ in picks]  # each patch's scene (its class)
         return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), mask
 
 
