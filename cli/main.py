@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 import zarrstain
-from zarrstain.engine.options import NORMALIZATIONS, PRECISION_NAMES
+from zarrstain.engine.options import NORMALIZATIONS, PRECISION_NAMES, TTA_MODES
 from zarrstain.errors import ZarrstainError, cli_messages
 
 from .evaluate import evaluate
@@ -141,6 +141,14 @@ def info(store: str, as_json: bool) -> None:
     help="Where the model runs.",
 )
 @click.option(
+    "--tta",
+    default="none",
+    show_default=True,
+    type=click.Choice(TTA_MODES),
+    help="Test-time augmentation: the mean over the 4 xy flips, or the 8 flips and rotations "
+    "(4x / 8x the time; tiling stays exact).",
+)
+@click.option(
     "--precision",
     default="float32",
     show_default=True,
@@ -193,6 +201,7 @@ def predict(
     output_label: str | None,
     device: str,
     precision: str,
+    tta: str,
     dtypes: tuple[str, ...],
     seed: int,
     scratch: str | None,
@@ -233,6 +242,7 @@ def predict(
             input_channels=list(input_channels) or None,
             device=device,
             precision=precision,
+            tta=tta,
             block_memory=block_memory,
             seed=seed,
             scratch=scratch,

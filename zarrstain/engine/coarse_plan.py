@@ -64,14 +64,23 @@ def plan_scene(plan: PredictionPlan, scene: str, source: xr.DataArray) -> Planne
     blocks = StoreBlocks(
         inputs, prep.plan, method, args, None, clip,
         Forward.of(model, device=o.device, precision=o.precision,
-                   batch=o.batch_size or 0, seed=o.seed),
+                   batch=o.batch_size or 0, seed=o.seed, tta=o.tta),
         affine, rescale_map(plan.write.dtype) if plan.rescale else None,
         dict(o.resources) if o.resources else None,
     )  # fmt: skip
     record = prediction_provenance(
-        prep.scene, model, prep.chosen, method, stats, prep.plan, o.precision, units, o.seed
+        prep.scene,
+        model,
+        prep.chosen,
+        method,
+        stats,
+        prep.plan,
+        o.precision,
+        units,
+        o.seed,
+        o.tta,
     )
-    parts = (model, prep.chosen, method, prep.plan, o.precision, units, o.seed)
+    parts = (model, prep.chosen, method, prep.plan, o.precision, units, o.seed, o.tta)
     record["device"] = o.device
     if plan.rescale:
         record = rescale_record(record, plan.write.dtype)
@@ -117,9 +126,9 @@ def plan_like(plan: PredictionPlan, scene: str, like: Planned, source: xr.DataAr
         stats.attrs = {**like.stats.attrs, "data": token}  # (as stats_params gives them)
         record["normalization"] = {**record["normalization"], "offset": offset, "scale": scale}
     blocks = dataclasses.replace(blocks, inputs=inputs, cached=None, norm=None)
-    model, chosen, method, tiles, precision, units, seed = like.parts
+    model, chosen, method, tiles, precision, units, seed, tta = like.parts
     record["fingerprint"] = fingerprint = prediction_fingerprint(
-        model, token, chosen, method, stats, tiles, precision, units, seed
+        model, token, chosen, method, stats, tiles, precision, units, seed, tta
     )
     if "input" in record:
         record["input"] = {**record["input"], "scene": scene}

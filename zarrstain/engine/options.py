@@ -50,6 +50,8 @@ PRECISION_NAMES = ("float32", "tf32", "bfloat16", "float16")
 #: what ``normalize`` takes: the model's own method, none, or a method of
 #: :mod:`zarrstain.engine.normalize`
 NORMALIZATIONS = ("model", "none", *METHODS)
+#: test-time augmentation (zarrstain.engine.tiling.TTA): the mean over xy flips / rotations
+TTA_MODES = ("none", "flips", "d4")
 
 
 def check_halo(halo: Any) -> str | int:
@@ -161,6 +163,12 @@ class PredictOptions(_Options):
         Folder for the intermediate passes of multi-pass models: they are then computed now,
         one pass at a time, and reused by a rerun after an interruption. Without it the passes
         chain lazily in one graph. Single-pass models never use it.
+    tta
+        Test-time augmentation: ``"flips"`` predicts the 4 flips of the xy plane and
+        averages them (each flipped back), ``"d4"`` the 8 flips and 90° rotations; 4× or 8×
+        the forward passes. Tiling stays exact for local models (blocks and the padded
+        volume are multiples of the divisor, so a flipped block is a block of the flipped
+        volume). The prediction's provenance records it.
 
     Raises
     ------
@@ -182,6 +190,8 @@ class PredictOptions(_Options):
     scratch: str | None = None
     #: the model family's run options (``predict(options=...)``), checked against its schema
     options: Mapping[str, Any] | None = None
+    #: test-time augmentation: "none", "flips" (4 xy flips) or "d4" (+ 90° rotations: 8)
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "halo", check_halo(self.halo))
@@ -193,6 +203,10 @@ class PredictOptions(_Options):
             )
         check_device(self.device)
         check_precision(self.precision)
+        if self.tta not in TTA_MODES:
+            raise ParameterError(
+                f"{_flag('tta')} {self.tta!r} is not one of {', '.join(TTA_MODES)}"
+            )
         size = self.batch_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ParameterError(f"{_flag('batch_size')} must be a whole number ≥ 1, not {size!r}")

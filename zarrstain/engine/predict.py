@@ -304,6 +304,7 @@ def predict(
         resources=dict(o.resources) if o.resources else None,
         seed=o.seed,
         scratch=o.scratch,
+        tta=o.tta,
     )
     units = "normalized"
     if o.denormalize and model.output_intensity:
@@ -314,7 +315,7 @@ def predict(
     skip = ("normalization", "zarrstain", "provenance")
     result.attrs = {k: v for k, v in scene.attrs.items() if k not in skip}
     result.attrs["zarrstain"] = prediction_provenance(
-        scene, model, chosen, method, stats, plan, o.precision, units, o.seed
+        scene, model, chosen, method, stats, plan, o.precision, units, o.seed, o.tta
     )
     result.attrs["zarrstain"]["device"] = o.device
     return result

@@ -24,6 +24,7 @@ def prediction_provenance(
     precision: str,
     units: str,
     seed: int,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """The record :func:`zarrstain.write_channels` stores with each predicted channel."""
     norm: dict[str, Any] = {"method": method or "none"}
@@ -32,7 +33,16 @@ def prediction_provenance(
         norm["offset"] = stats["offset"].data  # computed with the prediction when written
         norm["scale"] = stats["scale"].data
     fingerprint = prediction_fingerprint(
-        model, source_token(scene, chosen), chosen, method, stats, plan, precision, units, seed
+        model,
+        source_token(scene, chosen),
+        chosen,
+        method,
+        stats,
+        plan,
+        precision,
+        units,
+        seed,
+        tta,
     )
     source = None  # where the inputs were read (the resolved store), for data from a store
     if "store" in scene.attrs and "scene" in scene.attrs:
@@ -49,6 +59,7 @@ def prediction_provenance(
         "normalization": norm,
         "tiling": plan.describe(),
         "precision": precision,
+        **({"test_time_augmentation": tta} if tta != "none" else {}),
         "output_units": units,
         "output_kinds": [h.kind for h in model.outputs],
         **(
@@ -73,6 +84,7 @@ def prediction_fingerprint(
     precision: str,
     units: str,
     seed: int,
+    tta: str = "none",
 ) -> str:
     """What determines a prediction, hashed: ``token`` is its inputs'
     :func:`~zarrstain.io.read.source_token`; statistics count by what they were computed from
@@ -89,6 +101,7 @@ def prediction_fingerprint(
         units,
         *((seed,) if model.spec.stochastic else ()),
         *((run_token(model.options),) if model.options else ()),
+        *((tta,) if tta != "none" else ()),  # earlier fingerprints stay as they were
     )
 
 

@@ -138,14 +138,29 @@ class Forward:
     step: int = 0
     head: OutputHead | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    tta: str = "none"  # test-time augmentation (TTA): the mean over these xy transforms
 
     @classmethod
     def of(cls, model: Model, *, step: int = 0, last: bool = True, **run: Any) -> Forward:
-        """The forward of ``model``'s pass ``step`` (``run``: device, precision, batch, seed)."""
+        """The forward of ``model``'s pass ``step`` (``run``: device, precision, batch, seed,
+        tta)."""
         head = model.head if last else None
         options = block_options(model.run_options)
         return cls(ModelHandle(model), model.spec, model.spatial_dims, step=step, head=head,
                    options=options, **run)  # fmt: skip
+
+    def _run(self, module: Any, tensor: torch.Tensor, context: BlockContext) -> torch.Tensor:
+        """The pass (and the head's reduction) on one batch, averaged over the TTA transforms:
+        each transformed back before the mean, so every output voxel stays where it was."""
+        total = None
+        for flip, k in TTA[self.tta]:
+            moved = _dihedral(tensor, flip, k)
+            result = self.spec.run(module, moved, context)
+            if self.head is not None:  # per voxel, in float32 whatever the precision
+                result = self.head.reduce(result.float())
+            result = _undo_dihedral(result.float(), flip, k)
+            total = result if total is None else total + result
+        return total / len(TTA[self.tta])
 
     def __call__(
         self,
@@ -178,14 +193,34 @@ class Forward:
                 )
                 ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else nullcontext()
                 with ctx:
-                    result = self.spec.run(module, tensor, context)
-                if self.head is not None:  # per voxel, in float32 whatever the precision
-                    result = self.head.reduce(result.float())
+                    result = self._run(module, tensor, context)
                 outs.append(result.float().cpu().numpy())
         out = np.concatenate(outs)
         if not flat:
             out = out.reshape(t, z, -1, y, xx).transpose(0, 2, 1, 3, 4)
         return out
+
+
+#: test-time augmentation → its transforms of the xy plane: (flip x first, then k × 90°)
+TTA: dict[str, tuple[tuple[bool, int], ...]] = {
+    "none": ((False, 0),),
+    "flips": ((False, 0), (True, 0), (False, 2), (True, 2)),  # identity, x, x+y, y flips
+    "d4": tuple((f, k) for f in (False, True) for k in range(4)),  # + the 90° rotations
+}
+
+
+def _dihedral(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
+    """Flip along x, then rotate by k × 90° in the (y, x) plane (the last two axes)."""
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k, dims=(-2, -1)) if k else x
+
+
+def _undo_dihedral(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
+    """The inverse of :func:`_dihedral`."""
+    if k:
+        x = torch.rot90(x, -k, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if flip else x
 
 
 def _block(
@@ -226,6 +261,7 @@ def run_tiled(
     resources: dict[str, float] | None = None,
     seed: int = 0,
     scratch: str | os.PathLike | None = None,
+    tta: str = "none",
 ) -> da.Array:
     """The model's prediction for a normalized float32 (t, c, z, y, x) dask array, lazily.
 
@@ -234,6 +270,11 @@ def run_tiled(
 
     Parameters
     ----------
+    tta
+        Test-time augmentation: ``"none"``, ``"flips"`` (the mean over the 4 flips of the xy
+        plane) or ``"d4"`` (the 8 flips and 90° rotations); exact tiling is kept (the blocks
+        and the padded volume are multiples of the divisor, so a flipped block is a block of
+        the flipped volume).
     seed, scratch
         The run's seed (passed to the architecture in each block's context), and a folder
         (a zarr store) where the intermediate passes of a multi-pass model are computed and
@@ -264,7 +305,7 @@ def run_tiled(
     # the latest pass the scratch store holds for this very chain
     names, name = [], out.name
     for step in range(last + 1):
-        names.append(name := _pass_name(name, model, plan, step, device, precision, seed))
+        names.append(name := _pass_name(name, model, plan, step, device, precision, seed, tta))
         if step in stored:
             name = STORED + name
     start = 0
@@ -278,7 +319,8 @@ def run_tiled(
         annotate = dask.annotate(resources=resources) if resources else nullcontext()
         with annotate:
             forward = Forward.of(model, step=step, last=step == last, device=device,
-                                 precision=precision, batch=batch_size or 0, seed=seed)  # fmt: skip
+                                 precision=precision, batch=batch_size or 0, seed=seed,
+                                 tta=tta)  # fmt: skip
             out = _map_pass(out, forward, plan, plan.halos[step], channels[step], names[step])
         if step in stored:
             out = persist_pass(out, scratch, step)
@@ -294,9 +336,12 @@ def _pass_name(
     device: str,
     precision: str,
     seed: int,
+    tta: str = "none",
 ) -> str:
     """The dask name of one pass's output: a token of its input's name and all it depends on."""
     key = (model.content_hash, plan, device, precision)
+    if tta != "none":
+        key += (tta,)
     if len(plan.halos) > 1:  # multi-pass: each pass its own graph layer
         key += (step,)
     if model.spec.stochastic:
@@ -347,6 +392,7 @@ def predict_whole(
     device: str = "cpu",
     precision: str = "float32",
     seed: int = 0,
+    tta: str = "none",
 ) -> np.ndarray:
     """One forward pass over a whole normalized (t, c, z, y, x) volume: the reference of exact mode.
 
@@ -359,7 +405,7 @@ def predict_whole(
     last = len(plan.halos) - 1
     for step in range(last + 1):
         forward = Forward.of(model, step=step, last=step == last, device=device,
-                             precision=precision, batch=1, seed=seed)  # fmt: skip
+                             precision=precision, batch=1, seed=seed, tta=tta)  # fmt: skip
         out = forward(out, volume=volume)
     z, y, x = plan.shape
     return out[:, :, :z, :y, :x]
