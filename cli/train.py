@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from zarrstain.engine.options import METHODS
-from zarrstain.training.recipe import EPOCH, OPTIMIZERS, SCHEDULES
+from zarrstain.training.recipe import EPOCH, OPTIMIZERS, PRECISIONS, SCHEDULES
 from zarrstain.training.selection import MONITORS
 
 from .family import FamilyCommand
@@ -81,6 +81,12 @@ STEPS_OR_EPOCH = _StepsOrEpoch()
 @click.option("--lr-gamma", type=float, default=None, help="step/exponential: factor [0.1].")
 @click.option("--min-lr", type=float, default=None, help="cosine: final learning rate [0].")
 @click.option("--clip-grad-norm", type=float, default=None, help="Clip gradients' L2 norm.")
+@click.option(
+    "--precision",
+    default=None,
+    type=click.Choice(PRECISIONS),
+    help="Mixed precision (autocast; float16 with a gradient scaler) [float32].",
+)
 @click.option(
     "--normalization",
     default=None,

@@ -104,6 +104,10 @@ class ReadOnlyStoreError(ZarrstainError, PermissionError):
     """A store that cannot be written to was asked to be modified in place."""
 
 
+class TrainingError(ZarrstainError, RuntimeError):
+    """Training cannot go on (a loss that is no longer finite); the last checkpoint is intact."""
+
+
 class ModelError(ZarrstainError, ValueError):
     """A model file or package that cannot be loaded (unreadable, foreign or inconsistent)."""
 

@@ -71,6 +71,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     min_lr: float = 0.0  # "cosine": where it ends
     clip_grad_norm: float | None = None  # bound on the gradients' global L2 norm
+    precision: str = "float32"  # or mixed: "bfloat16", "float16" (with a gradient scaler)
     seed: int = 0
     normalization: str = "center"
     # "flips" (pytorch_fnet's), "none", or transforms in physical units
@@ -294,6 +295,11 @@ class TrainConfig:
             )
         spec, kwargs = self.architecture()
         check_generator(spec, kwargs, self.generator or "fnet3d")
+        if self.precision == "float16":  # two optimizers, one scaler: not supported
+            raise ParameterError(
+                f"pix2pix trains in float32 or bfloat16, not float16; use "
+                f"{_flag('precision')} bfloat16"
+            )
 
     def _check_selection(self) -> None:
         """The metric that chooses the model, and early stopping's patience."""

@@ -64,7 +64,7 @@ SECTIONS: dict[str, dict[str, str | None]] = {
                  "batch_size": "batch_size", "seed": "seed", "device": "device",
                  "validate_every": "validate_every", "checkpoint_every": "checkpoint_every",
                  "monitor": "monitor", "patience": "patience", "min_delta": "min_delta",
-                 "clip_grad_norm": "clip_grad_norm"},
+                 "clip_grad_norm": "clip_grad_norm", "precision": "precision"},
 }  # fmt: skip
 #: per optimizer (zarrstain.training.recipe), the keys training.optimizer takes
 OPTIMIZERS = {

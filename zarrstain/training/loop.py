@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 import zarr
 
-from zarrstain.errors import ParameterError, option
+from zarrstain.errors import ParameterError, TrainingError, option
 from zarrstain.io.read import open_scenes
 from zarrstain.io.store import store_location
 from zarrstain.models import Model, create_model, load_model, save_model
@@ -42,7 +43,9 @@ from zarrstain.training.config import TrainConfig, build_config, training_models
 from zarrstain.training.curves import Curves
 from zarrstain.training.ema import EMA
 from zarrstain.training.recipe import (
+    autocast,
     clip,
+    grad_scaler,
     in_steps,
     make_optimizer,
     recipe_label,
@@ -226,6 +229,7 @@ def train(
     ema = EMA(module, decay) if decay else None
     if ema is not None:
         record["ema"] = decay
+    scaler = grad_scaler(device, config.precision)  # float16 only: a no-op otherwise
     selection = Selection(config.monitor, config.patience, config.min_delta)
     if selection.monitor is not None and val is None:
         raise ParameterError(
@@ -235,7 +239,8 @@ def train(
         )
     start, history = 0, []
     if resume:
-        start, history = _restore(out, model, optimizer, sampler, ema, adversary, selection)
+        start, history = _restore(out, model, optimizer, sampler, ema, adversary, selection,
+                                  scaler)  # fmt: skip
     curves = Curves(config.steps)
     record["loss"] = spec.loss_label(kwargs) if adversary is None else config.gan.label()
     index = {sid: kwargs["class_names"].index(c) for sid, c in labels.items()} if labels else {}
@@ -257,17 +262,29 @@ def train(
         if index:
             batch += (torch.tensor([index[s] for s in sampler.last_scenes], device=device),)
         if adversary is not None:
-            entry = {"step": step, **adversary.step(spec, module, optimizer, batch,
-                                                    config.clip_grad_norm)}  # fmt: skip
+            with autocast(device, config.precision):
+                entry = {"step": step, **adversary.step(spec, module, optimizer, batch,
+                                                        config.clip_grad_norm)}  # fmt: skip
         else:
             optimizer.zero_grad(set_to_none=True)
-            loss = spec.training_step(kwargs, module, batch)
-            loss.backward()
+            with autocast(device, config.precision):  # the forward and loss; backward outside
+                loss = spec.training_step(kwargs, module, batch)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             norm = clip(params, config.clip_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)  # skipped when float16 gradients overflowed
+            scaler.update()
             entry = {"step": step, "loss": float(loss.detach())}
             if norm is not None:
                 entry["grad_norm"] = norm
+        if not math.isfinite(entry["loss"]):  # diverged: every later step would be NaN too
+            raise TrainingError(
+                f"the loss is not finite at step {step} ({entry['loss']}; precision "
+                f"{config.precision}); lower {option('lr=', '--lr')}, bound the gradients with "
+                f"{option('clip_grad_norm=', '--clip-grad-norm')}"
+                + (", or train in float32" if config.precision != "float32" else "")
+                + f"; the last checkpoint in {out} is intact"
+            )
         entry["lr"] = config.lr * factor
         if ema is not None:
             ema.update(module)
@@ -299,7 +316,7 @@ def train(
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
             model = _checkpoint(model, module, optimizer, sampler, out, step, history, record,
-                                ema, adversary, selection, curves)  # fmt: skip
+                                ema, adversary, selection, curves, scaler)  # fmt: skip
     if not ran:  # trained to the end, or stopped early, before
         logger.info("%s already trained (%d steps); nothing to do", out, start)
         model = load_model(out)
@@ -355,7 +372,7 @@ def _region_name(region) -> str:
 
 def _checkpoint(
     model, module, optimizer, sampler, out, step, history, record, ema=None, adversary=None,
-    selection=None, curves=None,
+    selection=None, curves=None, scaler=None,
 ) -> Model:  # fmt: skip
     # the package holds the model to use: the best validation's weights (monitor), else the
     # average (EMA), else the latest; the training state what resuming needs
@@ -385,6 +402,7 @@ def _checkpoint(
         **({"ema": cpu(ema.module)} if ema is not None and best else {}),
         **({"ema_updates": ema.updates} if ema else {}),
         **({"adversary": adversary.state_dict()} if adversary is not None else {}),
+        **({"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}),
     }
     files = curves.files(history) if curves is not None else None
     save_model(snapshot, out, training=training, overwrite=True, state=(STATE, state),
@@ -393,8 +411,9 @@ def _checkpoint(
 
 
 def _restore(
-    out: Path, model: Model, optimizer, sampler, ema=None, adversary=None, selection=None
-) -> tuple[int, list]:
+    out: Path, model: Model, optimizer, sampler, ema=None, adversary=None, selection=None,
+    scaler=None,
+) -> tuple[int, list]:  # fmt: skip
     if not (out / STATE).is_file():
         raise ParameterError(f"nothing to resume in {out} (no {STATE}); drop --resume")
     saved = load_model(out)
@@ -430,6 +449,8 @@ def _restore(
             ema.module.load_state_dict(state["ema"])
     if "raw" in state:
         model.module.load_state_dict(state["raw"])
+    if scaler is not None and "scaler" in state:  # float16's loss scale, where it was
+        scaler.load_state_dict(state["scaler"])
     if selection is not None:  # the best so far, from the history; its weights: the package's
         selection.replay(state["history"], saved.module.state_dict())
     if adversary is not None:

@@ -37,9 +37,12 @@ from zarrstain.errors import ParameterError
 __all__ = [
     "EPOCH",
     "OPTIMIZERS",
+    "PRECISIONS",
     "SCHEDULES",
+    "autocast",
     "check_recipe",
     "clip",
+    "grad_scaler",
     "in_steps",
     "lr_factor",
     "make_optimizer",
@@ -53,6 +56,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 #: ``decay_every`` of a schedule that changes once per epoch
 EPOCH = "epoch"
+#: training precision: float32, or mixed precision (autocast; float16 with a gradient scaler)
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 def lr_factor(
@@ -154,6 +159,8 @@ def recipe_label(config: Any) -> str:
         text += f", {config.warmup_steps} warm-up steps"
     if config.clip_grad_norm is not None:
         text += f", gradients clipped to norm {config.clip_grad_norm:g}"
+    if getattr(config, "precision", "float32") != "float32":
+        text += f", {config.precision} mixed precision"
     return text
 
 
@@ -182,7 +189,9 @@ def in_steps(config: Any, scenes: int) -> Any:
 def check_recipe(config: Any, flag: Callable[[str], str]) -> None:
     """Refuse an optimizer, schedule or clipping ``config`` cannot use (``flag``: a setting's
     name as the user wrote it)."""
-    for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+    for name, allowed in (
+        ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)
+    ):  # fmt: skip
         if getattr(config, name) not in allowed:
             raise ParameterError(
                 f"{flag(name)} {getattr(config, name)!r} is not one of {', '.join(allowed)}"
@@ -218,3 +227,22 @@ def check_recipe(config: Any, flag: Callable[[str], str]) -> None:
 def _whole(name: str, value: Any, flag: Callable[[str], str], least: int, alt: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ParameterError(f"{flag(name)} must be a whole number ≥ {least}{alt}, not {value!r}")
+
+
+def autocast(device: Any, precision: str) -> Any:
+    """The forward's context for ``precision``: torch's autocast for mixed precision."""
+    import contextlib
+
+    import torch
+
+    if precision == "float32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(device: Any, precision: str) -> Any:
+    """A gradient scaler, active for float16 only (bfloat16 has float32's exponent range)."""
+    import torch
+
+    return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "float16")
