@@ -115,3 +115,20 @@ def http_root(tmp_path):
     thread.start()
     yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model3d():
+    """A small random 3D fnet (depth 2: divisor 4, receptive radius 24, exact halo 24): the
+    exact-tiling and test-time augmentation tests share it."""
+    from zarrstain.testing import random_model
+
+    return random_model(ndim=3, depth=2, mult_chan=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def model2d():
+    """A small random 2D fnet (depth 3), shared as :func:`model3d`."""
+    from zarrstain.testing import random_model
+
+    return random_model(ndim=2, depth=3, mult_chan=4, seed=4)

@@ -10,7 +10,6 @@ from scipy import ndimage
 import zarrstain
 from zarrstain.engine.options import PredictOptions
 from zarrstain.engine.tiling import predict_whole
-from zarrstain.testing import random_model
 
 FNET = SHARED / "fixtures" / "pytorch_fnet"
 
@@ -19,17 +18,6 @@ def smooth_noise(shape, seed=0):
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     x = ndimage.gaussian_filter(x, (0, 0, 1, 1, 1))
     return (x - x.mean()) / x.std()
-
-
-@pytest.fixture(scope="module")
-def model3d():
-    # depth 2: divisor 4, receptive radius 24, exact halo 24
-    return random_model(ndim=3, depth=2, mult_chan=4, seed=3)
-
-
-@pytest.fixture(scope="module")
-def model2d():
-    return random_model(ndim=2, depth=3, mult_chan=4, seed=4)
 
 
 @pytest.mark.parametrize(

@@ -16,16 +16,6 @@ from zarrstain.errors import ParameterError
 from zarrstain.testing import random_model
 
 
-@pytest.fixture(scope="module")
-def model3d():
-    return random_model(ndim=3, depth=2, mult_chan=4, seed=3)
-
-
-@pytest.fixture(scope="module")
-def model2d():
-    return random_model(ndim=2, depth=3, mult_chan=4, seed=4)
-
-
 @pytest.mark.parametrize("tta", ["flips", "d4"])
 @pytest.mark.parametrize(
     ("shape", "chunks"),
