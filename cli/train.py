@@ -101,6 +101,13 @@ STEPS_OR_EPOCH = _StepsOrEpoch()
     "'{noise: {std: 0.5}, blur: {sigma_um: [0.1, 0.6]}, affine: {rotate: 180, zoom: 0.3}}' "
     "[flips].",
 )
+@click.option(
+    "--loader-workers",
+    type=int,
+    default=None,
+    help="Sample patches in N worker processes, ahead of the model [0: in the main one].",
+)
+@click.option("--prefetch", type=int, default=None, help="Batches each worker prepares [2].")
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @scenes_option("Train on these scenes only (repeat).")
 @click.option("--val-scene", "val_scenes", multiple=True, help="Hold out this scene (repeat).")

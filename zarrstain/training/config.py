@@ -77,6 +77,10 @@ class TrainConfig:
     # "flips" (pytorch_fnet's), "none", or transforms in physical units
     # (zarrstain.training.augment): {"noise": {"std": 0.5}, "affine": {"rotate": 180}, ...}
     augment: Any = "flips"
+    # patch sampling in DataLoader worker processes (0: in the training process), each this
+    # many batches ahead; the batches do not depend on it (zarrstain.training.loader)
+    loader_workers: int = 0
+    prefetch: int = 2
     scenes: list[str] | None = None
     val_scenes: list[str] | None = None
     val_fraction: float | None = None
@@ -218,8 +222,13 @@ class TrainConfig:
         ndim = self.ndim
         for name in ("depth", "mult_chan", "steps", "batch_size", "val_patches"):
             _positive_int(name, getattr(self, name))
-        for name in ("validate_every", "checkpoint_every"):
+        for name in ("validate_every", "checkpoint_every", "prefetch"):
             _positive_int(name, getattr(self, name))
+        workers = self.loader_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ParameterError(
+                f"{_flag('loader_workers')} must be a whole number ≥ 0, not {workers!r}"
+            )
         if isinstance(self.projection, bool) or not isinstance(self.projection, int):
             raise ParameterError(
                 f"{_flag('projection')} must be a whole number, not {self.projection!r}"

@@ -42,6 +42,7 @@ from zarrstain.training.conditioning import scene_classes
 from zarrstain.training.config import TrainConfig, build_config, training_models
 from zarrstain.training.curves import Curves
 from zarrstain.training.ema import EMA
+from zarrstain.training.loader import batches
 from zarrstain.training.recipe import (
     autocast,
     clip,
@@ -247,7 +248,12 @@ def train(
     t0 = time.perf_counter()
     stopped = selection.stop(history)  # a resumed run that had stopped early stays stopped
     ran = False
-    for step in range(start + 1, config.steps + 1):
+    # each step's batch is a function of the seed and the step: the same from any number of
+    # loader workers, and after a resume
+    steps = range(start + 1, config.steps + 1) if not stopped else range(0)
+    feed = batches(sampler, steps, config.batch_size, workers=config.loader_workers,
+                   prefetch=config.prefetch)  # fmt: skip
+    for step, (x, y, mask, scenes) in zip(steps, feed):  # noqa: B905 - feed may stop early
         if stopped:
             break
         ran = True
@@ -256,11 +262,10 @@ def train(
         set_lr(optimizer, config.lr * factor)
         if adversary is not None:  # the critic follows the same schedule (MMV_Im2Im's does)
             set_lr(adversary.optimizer, config.discriminator_lr * factor)
-        batch = tuple(torch.from_numpy(a).to(device) for a in sampler.sample_with_mask(
-            config.batch_size
-        ))  # fmt: skip
+        batch = tuple(torch.from_numpy(a).to(device) for a in (x, y, mask))
         if index:
-            batch += (torch.tensor([index[s] for s in sampler.last_scenes], device=device),)
+            classes = [index[sampler.scene_ids[s]] for s in scenes]
+            batch += (torch.tensor(classes, device=device),)
         if adversary is not None:
             with autocast(device, config.precision):
                 entry = {"step": step, **adversary.step(spec, module, optimizer, batch,
@@ -317,6 +322,7 @@ def train(
             t0 = time.perf_counter()
             model = _checkpoint(model, module, optimizer, sampler, out, step, history, record,
                                 ema, adversary, selection, curves, scaler)  # fmt: skip
+    feed.close()  # loader workers end here, also after an early stop
     if not ran:  # trained to the end, or stopped early, before
         logger.info("%s already trained (%d steps); nothing to do", out, start)
         model = load_model(out)

@@ -125,9 +125,11 @@ class PatchSampler:
         # flips=False: no augmentation at all (validation patches)
         self.augmentation = Augmentation.parse(augmentation) if flips else None
         self.flips = flips and self.augmentation.flips
+        self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
         self.regions = list(regions)
         self.scenes = {r.scene: scenes[r.scene] for r in self.regions}
+        self.scene_ids = list(self.scenes)  # what :meth:`batch` numbers a patch's scene by
         # each scene's voxel size (µm) along the patch's axes: augmentation in physical units
         self.voxel = {
             sid: tuple(float((image.attrs.get("scale") or {}).get(a, 1.0))
@@ -233,14 +235,15 @@ class PatchSampler:
         }
 
     def _origin(
-        self, matrix: np.ndarray | None = None
+        self, matrix: np.ndarray | None = None, rng: np.random.Generator | None = None
     ) -> tuple[Region, int, tuple[int, ...], tuple[int, ...], np.ndarray | None]:
         """A random region, time point and window: its origin, its size, and the pixel matrix
         of the affine ``matrix`` (physical) resampling it onto the patch; a window that does
         not fit the region falls back to the patch (matrix None)."""
-        region = self.regions[self.rng.choice(len(self.regions), p=self._weights)]
+        rng = self.rng if rng is None else rng
+        region = self.regions[rng.choice(len(self.regions), p=self._weights)]
         t_n, z_n, y_n, x0, x1 = self._extent(region)
-        t = int(self.rng.integers(t_n))
+        t = int(rng.integers(t_n))
         size, pixel = self.patch, None
         if matrix is not None:
             pixel, wanted = window(matrix, self.patch, self.voxel[region.scene])
@@ -250,9 +253,9 @@ class PatchSampler:
             else:
                 pixel = None
         pz, py, px = (1, *size) if self.spatial == 2 else size
-        z = int(self.rng.integers(z_n - pz + 1))
-        y = int(self.rng.integers(y_n - py + 1))
-        x = x0 + int(self.rng.integers(x1 - x0 - px + 1))
+        z = int(rng.integers(z_n - pz + 1))
+        y = int(rng.integers(y_n - py + 1))
+        x = x0 + int(rng.integers(x1 - x0 - px + 1))
         return region, t, (z, y, x), size, pixel
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -263,14 +266,41 @@ class PatchSampler:
         x, y, _ = self.sample_with_mask(n)
         return x, y
 
-    def sample_with_mask(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """As :meth:`sample`, and the (n, C_out) bool mask of the targets each patch has."""
+    def batch(
+        self, step: int, n: int, first: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The patches ``first … first + n − 1`` of training step ``step``, and their scenes.
+
+        Patch ``i`` of step ``k`` comes from its own generator, seeded by (seed, k, i): a
+        batch is a function of the seed and the step alone, whichever process draws it (the
+        main one, a ``DataLoader`` worker, one rank of several drawing its slice of a global
+        batch), and a resumed run draws what an uninterrupted one would.
+
+        Returns
+        -------
+        inputs, targets, mask, scenes
+            As :meth:`sample_with_mask`, and each patch's index in :attr:`scene_ids`.
+        """
+        rngs = [np.random.default_rng([self.seed, step, i]) for i in range(first, first + n)]
+        x, y, mask = self.sample_with_mask(n, rngs)
+        scenes = np.array([self.scene_ids.index(s) for s in self.last_scenes], np.int64)
+        return x, y, mask, scenes
+
+    def sample_with_mask(
+        self, n: int, rngs: Sequence[np.random.Generator] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`sample`, and the (n, C_out) bool mask of the targets each patch has.
+
+        ``rngs``: one generator per patch (:meth:`batch`); by default every draw comes from
+        the sampler's own :attr:`rng`, in turn.
+        """
+        rngs = list(rngs) if rngs is not None else [self.rng] * n
         picks, windows = [], []
         aug = self.augmentation
-        for _ in range(n):
+        for rng in rngs:
             # an affine reads a larger (or smaller) window than the patch: drawn first
-            matrix = aug.draw_affine(self.rng, self.spatial) if aug is not None else None
-            region, t, (z, y, x), size, pixel = self._origin(matrix)
+            matrix = aug.draw_affine(rng, self.spatial) if aug is not None else None
+            region, t, (z, y, x), size, pixel = self._origin(matrix, rng)
             pz, py, px = (1, *size) if self.spatial == 2 else size
             space = (slice(z, z + pz), slice(y, y + py), slice(x, x + px))
             data = self.scenes[region.scene].data
@@ -279,7 +309,7 @@ class PatchSampler:
             picks.append((region.scene, t, pixel))
         arrays = self.cache.read(windows)
         xs, ys = [], []
-        for k, (sid, t, pixel) in enumerate(picks):
+        for k, ((sid, t, pixel), rng) in enumerate(zip(picks, rngs, strict=True)):
             (oi, si), (ot, st) = self.stats[sid]
             xi = (arrays[2 * k] - oi[t][:, None, None, None]) / si[t][:, None, None, None]
             here = self.present[sid]
@@ -292,9 +322,9 @@ class PatchSampler:
             if pixel is not None:  # the window resampled onto the patch, input and target
                 xi, yt = warp(xi, pixel, self.patch), warp(yt, pixel, self.patch)
             if self.flips:
-                xi, yt = augment(xi, yt, self.rng)
+                xi, yt = augment(xi, yt, rng)
             if aug is not None and aug.transforms:
-                xi = aug.apply_input(xi, self.rng, self.voxel[sid])
+                xi = aug.apply_input(xi, rng, self.voxel[sid])
             xs.append(xi)
             ys.append(yt)
         mask = np.stack([self.present[sid] for sid, _, _ in picks])
