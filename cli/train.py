@@ -119,6 +119,9 @@ STEPS_OR_EPOCH = _StepsOrEpoch()
 )
 @click.option("--validate-every", type=int, default=None, help="Validate every N steps [50].")
 @click.option(
+    "--checkpoint-every", type=int, default=None, help="Save the package every N steps [100]."
+)
+@click.option(
     "--monitor",
     default=None,
     type=click.Choice(MONITORS),
@@ -208,6 +211,8 @@ def train(
         list(stores), config, out, resume=resume, overwrite=overwrite, progress=bar
     )
     bar.finish()
+    if result.rank != 0:  # under torchrun: rank 0 reports
+        return
     vals = [h["val_pcc"] for h in result.history if "val_pcc" in h]
     last = result.history[-1] if result.history else {}
     _say(f"model: {result.package}")

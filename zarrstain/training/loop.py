@@ -12,7 +12,6 @@ where its last checkpoint left it.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import logging
@@ -30,17 +29,24 @@ import zarr
 from zarrstain.errors import ParameterError, TrainingError, option
 from zarrstain.io.read import open_scenes
 from zarrstain.io.store import store_location
-from zarrstain.models import Model, create_model, load_model, save_model
+from zarrstain.models import Model, create_model, load_model
 from zarrstain.models.architecture import channel_labels, output_label
 from zarrstain.models.cache import resolve_device
 from zarrstain.models.card import is_package
-from zarrstain.models.model import state_dict_hash
 from zarrstain.progress import ProgressCallback, ProgressEvent
 from zarrstain.training.adversarial import Adversary
 from zarrstain.training.augment import Augmentation
+from zarrstain.training.checkpoint import restore, save_checkpoint
 from zarrstain.training.conditioning import scene_classes
 from zarrstain.training.config import TrainConfig, build_config, training_models
 from zarrstain.training.curves import Curves
+from zarrstain.training.distributed import (
+    average_gradients,
+    broadcast_buffers,
+    setup,
+    synchronize,
+)
+from zarrstain.training.distributed import describe as describe_ranks
 from zarrstain.training.ema import EMA
 from zarrstain.training.loader import batches
 from zarrstain.training.recipe import (
@@ -64,8 +70,6 @@ __all__ = ["TrainConfig", "TrainResult", "build_config", "train", "training_mode
 
 logger = logging.getLogger(__name__)
 
-STATE = "training_state.pt"
-
 
 @dataclass
 class TrainResult:
@@ -79,6 +83,8 @@ class TrainResult:
     best: dict[str, Any] = field(default_factory=dict)
     #: with ``patience``: the step the run stopped at, before ``steps``
     stopped_early: int | None = None
+    #: this process's rank among torchrun's (0: the one that wrote the package)
+    rank: int = 0
 
 
 def _patch(config: TrainConfig, scenes: dict) -> tuple[int, ...]:
@@ -167,7 +173,10 @@ def train(
     if val_regions:  # a fixed set of held-out patches, not augmented
         val_sampler = sampler_for(val_regions, seed=config.seed + 1, flips=False)
         val = (*val_sampler.sample_with_mask(config.val_patches), val_sampler.last_scenes)
-    device = resolve_device(config.device)
+    ranks = setup(config.device)  # one process, or one of torchrun's
+    if ranks.world > 1 and config.gan is not None:
+        raise ParameterError("pix2pix trains on one process; run it without torchrun")
+    device = resolve_device(ranks.device(config.device))
     torch.manual_seed(config.seed)  # the initial weights
     spec, kwargs = config.architecture()
     labels = scene_classes(config, scenes)
@@ -207,10 +216,12 @@ def train(
     )
     # the architecture completed them (channel counts, heads' flags): train with those
     kwargs = dict(model.kwargs)
-    module = model.module.to(device)
+    module = synchronize(model.module.to(device), ranks)  # rank 0's weights everywhere
+    ranks.seed_losses(config.seed)  # each rank its own noise (a single process: unchanged)
     record = _provenance(stores, config, patch, scenes, train_regions, val_regions)
     record["targets_seen"] = sampler.targets_seen()
     record["augmentation"] = augmentation.describe()
+    record.update(describe_ranks(ranks))
     if asked is not config:  # counted in epochs: how many steps one was
         record["epoch_steps"] = steps_per_epoch(asked, n_train)
         record["epochs"] = asked.epochs
@@ -240,7 +251,7 @@ def train(
         )
     start, history = 0, []
     if resume:
-        start, history = _restore(out, model, optimizer, sampler, ema, adversary, selection,
+        start, history = restore(out, model, optimizer, sampler, ema, adversary, selection,
                                   scaler)  # fmt: skip
     curves = Curves(config.steps)
     record["loss"] = spec.loss_label(kwargs) if adversary is None else config.gan.label()
@@ -252,7 +263,7 @@ def train(
     # loader workers, and after a resume
     steps = range(start + 1, config.steps + 1) if not stopped else range(0)
     feed = batches(sampler, steps, config.batch_size, workers=config.loader_workers,
-                   prefetch=config.prefetch)  # fmt: skip
+                   prefetch=config.prefetch, part=(ranks.rank, ranks.world))  # fmt: skip
     for step, (x, y, mask, scenes) in zip(steps, feed):  # noqa: B905 - feed may stop early
         if stopped:
             break
@@ -275,11 +286,13 @@ def train(
             with autocast(device, config.precision):  # the forward and loss; backward outside
                 loss = spec.training_step(kwargs, module, batch)
             scaler.scale(loss).backward()
+            average_gradients(params, ranks.world)  # DDP's all-reduce (one process: nothing)
             scaler.unscale_(optimizer)  # clip the true gradients
             norm = clip(params, config.clip_grad_norm)
             scaler.step(optimizer)  # skipped when float16 gradients overflowed
             scaler.update()
-            entry = {"step": step, "loss": float(loss.detach())}
+            entry = {"step": step, "loss": ranks.mean(float(loss.detach()))}
+            broadcast_buffers(module, ranks)  # BatchNorm statistics: rank 0's, as DDP's
             if norm is not None:
                 entry["grad_norm"] = norm
         if not math.isfinite(entry["loss"]):  # diverged: every later step would be NaN too
@@ -307,7 +320,7 @@ def train(
                 " (best)" if best else "",
             )
         history.append(entry)
-        if progress is not None:
+        if progress is not None and ranks.main:
             progress(ProgressEvent("train", step, config.steps, entry))
         stopped = selection.stop(history)
         if stopped:
@@ -320,14 +333,18 @@ def train(
         if step % config.checkpoint_every == 0 or step == config.steps or stopped:
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
-            model = _checkpoint(model, module, optimizer, sampler, out, step, history, record,
-                                ema, adversary, selection, curves, scaler)  # fmt: skip
+            if ranks.main:  # the others hold the same weights
+                model = save_checkpoint(model, module, optimizer, sampler, out, step, history,
+                                    record, ema, adversary, selection, curves,
+                                    scaler)  # fmt: skip
     feed.close()  # loader workers end here, also after an early stop
+    ranks.barrier()  # every checkpoint written before any process returns
+    ranks.end()
     if not ran:  # trained to the end, or stopped early, before
         logger.info("%s already trained (%d steps); nothing to do", out, start)
         model = load_model(out)
     stopped_at = history[-1]["step"] if stopped and history else None
-    return TrainResult(model, out, history, selection.describe(), stopped_at)
+    return TrainResult(model, out, history, selection.describe(), stopped_at, ranks.rank)
 
 
 def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -374,102 +391,3 @@ def _region_name(region) -> str:
     if region.x == slice(None):
         return region.scene
     return f"{region.scene}[x={region.x.start}:{region.x.stop}]"
-
-
-def _checkpoint(
-    model, module, optimizer, sampler, out, step, history, record, ema=None, adversary=None,
-    selection=None, curves=None, scaler=None,
-) -> Model:  # fmt: skip
-    # the package holds the model to use: the best validation's weights (monitor), else the
-    # average (EMA), else the latest; the training state what resuming needs
-    module_cpu = copy.deepcopy(ema.module if ema is not None else module).to("cpu").eval()
-    best = selection is not None and selection.weights is not None
-    if best:
-        module_cpu.load_state_dict(selection.weights)
-    snapshot = dataclasses.replace(
-        model,
-        module=module_cpu,
-        content_hash=state_dict_hash(module_cpu, model.architecture, model.kwargs),
-    )
-    last = {k: v for k, v in history[-1].items() if k != "step"}
-    vals = [h["val_pcc"] for h in history if "val_pcc" in h]
-    training = {**record, "steps": step, "last": last, **({"val_pcc": vals[-1]} if vals else {})}
-    if selection is not None and selection.describe():
-        training["best"] = selection.describe()
-    cpu = lambda m: {k: v.cpu() for k, v in m.state_dict().items()}  # noqa: E731
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "rng": sampler.rng.bit_generator.state,
-        "torch_rng": torch.get_rng_state(),
-        "history": history,
-        "monitor": selection.monitor if selection is not None else None,
-        **({"raw": cpu(module)} if ema is not None or best else {}),
-        **({"ema": cpu(ema.module)} if ema is not None and best else {}),
-        **({"ema_updates": ema.updates} if ema else {}),
-        **({"adversary": adversary.state_dict()} if adversary is not None else {}),
-        **({"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}),
-    }
-    files = curves.files(history) if curves is not None else None
-    save_model(snapshot, out, training=training, overwrite=True, state=(STATE, state),
-               files=files)  # fmt: skip
-    return snapshot
-
-
-def _restore(
-    out: Path, model: Model, optimizer, sampler, ema=None, adversary=None, selection=None,
-    scaler=None,
-) -> tuple[int, list]:  # fmt: skip
-    if not (out / STATE).is_file():
-        raise ParameterError(f"nothing to resume in {out} (no {STATE}); drop --resume")
-    saved = load_model(out)
-    if (saved.kwargs, saved.input_labels, saved.output_labels) != (
-        model.kwargs,
-        model.input_labels,
-        model.output_labels,
-    ):
-        raise ParameterError(
-            f"{out} holds a different model ({saved.kwargs}, {list(saved.input_labels)} → "
-            f"{list(saved.output_labels)}); resume with the same settings, or choose a new --out"
-        )
-    model.module.load_state_dict(saved.module.state_dict())
-    if ema is not None:  # the package: the average; the state: the raw weights
-        ema.module.load_state_dict(saved.module.state_dict())
-    # on the CPU: set_rng_state takes a CPU tensor only, and the optimizer moves its own state
-    # to the parameters' device when it loads it
-    state = torch.load(out / STATE, map_location="cpu", weights_only=True)
-    monitor = selection.monitor if selection is not None else None
-    if state.get("monitor") != monitor:  # the package's weights were chosen otherwise
-        raise ParameterError(
-            f"{out} was trained with monitor={state.get('monitor')!r}; resume it with the "
-            f"same {option('monitor=', '--monitor')}, or choose a new --out"
-        )
-    optimizer.load_state_dict(state["optimizer"])
-    sampler.rng.bit_generator.state = state["rng"]
-    torch.set_rng_state(state["torch_rng"])
-    if ema is not None:
-        if "raw" not in state:
-            raise ParameterError(f"{out} was trained without a weight average; resume with --ema 0")
-        ema.updates = int(state["ema_updates"])
-        if "ema" in state:  # the package holds the best weights, the state the average
-            ema.module.load_state_dict(state["ema"])
-    if "raw" in state:
-        model.module.load_state_dict(state["raw"])
-    if scaler is not None and "scaler" in state:  # float16's loss scale, where it was
-        scaler.load_state_dict(state["scaler"])
-    if selection is not None:  # the best so far, from the history; its weights: the package's
-        selection.replay(state["history"], saved.module.state_dict())
-    if adversary is not None:
-        if "adversary" not in state:
-            raise ParameterError(
-                f"{out} was not trained with pix2pix (no discriminator to resume); resume "
-                "it with its own --model, or choose a new --out"
-            )
-        adversary.load_state_dict(state["adversary"])
-    elif "adversary" in state:  # resuming without the critic would silently drop it
-        raise ParameterError(
-            f"{out} was trained with pix2pix; resume it with --model pix2pix (its generator "
-            "and critic settings), or choose a new --out"
-        )
-    logger.info("resuming %s at step %d", out, state["step"])
-    return int(state["step"]), list(state["history"])
