@@ -9,7 +9,7 @@ from .params import out_option, overwrite_option
 
 __all__ = ["export"]
 
-FORMATS = ("torchscript", "bioimageio")
+FORMATS = ("torchscript", "bioimageio", "viscy")
 
 
 @click.command()
@@ -17,7 +17,8 @@ FORMATS = ("torchscript", "bioimageio")
 @click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default="torchscript", show_default=True,
     help="torchscript: one traced file, its zarrstain card inside; bioimageio: a bioimage.io "
-    "model package (zip) with both weight formats, test tensors and a cover.",
+    "model package (zip) with both weight formats, test tensors and a cover; viscy: a VisCy "
+    "network (fine-tuned) in VisCy's .ckpt layout, its card beside it.",
 )  # fmt: skip
 @out_option("The file to write (model.pt, package.zip).", required=True)
 @overwrite_option("Replace --out if it exists.")
@@ -53,7 +54,15 @@ def export(
     from zarrstain.models import load_model
 
     model = load_model(model_path)
-    if fmt == "torchscript":
+    if fmt == "viscy":
+        from zarrstain.models.viscy.export import export_viscy_checkpoint
+
+        if sample or scene or halo is not None or cites:
+            raise click.BadParameter(
+                "--sample, --scene, --halo and --cite are options of --format bioimageio"
+            )
+        path = export_viscy_checkpoint(model, out, overwrite=overwrite)
+    elif fmt == "torchscript":
         if sample or scene or halo is not None or cites:
             raise click.BadParameter(
                 "--sample, --scene, --halo and --cite are options of --format bioimageio"

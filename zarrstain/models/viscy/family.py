@@ -175,10 +175,73 @@ class VisCyPredictor(nn.Module):
 
 
 class VisCyArchitecture(Architecture):
-    """``viscy``: a VisCy checkpoint's network, loaded from the file, not trained here."""
+    """``viscy``: a VisCy checkpoint's network, loaded from the file, and fine-tuned from it.
+
+    ``zarrstain train --model viscy --init VSCyto3D.ckpt`` trains the checkpoint's network
+    (its architecture and widths come from the file) with VisCy's loss
+    (:func:`~zarrstain.models.viscy.loss.mixed_loss`: 0.5 × L1 + 0.5 × (1 − MS-SSIM)) on
+    VisCy's normalization (median / IQR, inputs and targets); ``--paper`` adds VisCy's
+    fine-tuning recipe (:attr:`paper_recipe`).
+    """
 
     name = "viscy"
-    trains = False
+    loss_name = "VisCy MixedLoss: 0.5 L1 + 0.5 (1 - MS-SSIM, 2.5D)"
+    #: VisCy's examples/configs/fit_example.yml: Adam(W) lr 1e-3, constant schedule, batch
+    #: 32, 256×256 patches of the network's z window, median/IQR normalization, and its
+    #: augmentations (blur there in pixels: here σ in µm at 0.65 µm pixels, a 20× objective)
+    paper_recipe = {  # noqa: RUF012 - read only
+        "lr": 1e-3,
+        "optimizer": "adamw",
+        "schedule": "constant",
+        "batch_size": 32,
+        "normalization": "median_iqr",
+        "augment": {
+            "affine": {"prob": 0.5, "rotate": 180.0, "shear": 0.05, "zoom": 0.3, "zoom_z": 0.2},
+            "contrast": {"prob": 0.3, "gamma": [0.75, 1.5]},
+            "intensity": {"prob": 0.5, "scale": 0.5},
+            "noise": {"prob": 0.5, "std": 1.0},
+            "blur": {"prob": 0.5, "sigma_um": [0.1625, 0.975]},
+        },
+    }
+
+    def train_kwargs(self, config: Any) -> dict[str, Any]:
+        """The network of the checkpoint training starts from (``init``), or
+        ``model_kwargs`` naming one (``{"network": "UNeXt2", "config": {...}}``)."""
+        given = dict(getattr(config, "model_kwargs", None) or {})
+        if "network" in given:
+            return given
+        init = getattr(config, "init", None)
+        if not init:
+            raise ParameterError(
+                "--model viscy fine-tunes a VisCy network: give the checkpoint to start from "
+                "with --init (e.g. VSCyto3D.ckpt, or a zarrstain package of one)"
+            )
+        from zarrstain.models import load_model  # the loader, not at import: it finds us
+
+        source = load_model(init)
+        if source.architecture != self.name:
+            raise ParameterError(
+                f"--init {init} is a {source.architecture!r} model, not a VisCy network"
+            )
+        return {**dict(source.kwargs), **given}
+
+    def channels(self, kwargs: dict[str, Any], n_inputs: int, n_outputs: int) -> dict[str, Any]:
+        """The network's channels are its checkpoint's: the labels must count as many."""
+        for what, n, key in (("input", n_inputs, "in_channels"),
+                             ("target", n_outputs, "out_channels")):  # fmt: skip
+            have = int(kwargs[key])
+            if n and n != have:
+                raise ParameterError(
+                    f"this VisCy network has {have} {what} channel(s); name {have} "
+                    f"(--{'input' if what == 'input' else 'target'}), not {n}"
+                )
+        return dict(kwargs)
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """VisCy's ``MixedLoss(l1_alpha=0.5, l2_alpha=0, ms_dssim_alpha=0.5)``."""
+        from zarrstain.models.viscy.loss import mixed_loss
+
+        return mixed_loss(prediction, target)
 
     def build(self, **kwargs: Any) -> nn.Module:
         config = {k: tuple(v) if isinstance(v, list) and k.endswith("kernel_size") else v
@@ -284,6 +347,15 @@ def _config(network: str, state: dict, given: dict[str, Any], path: Path) -> dic
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
+def _plain(value: Any) -> Any:
+    """JSON's types (tuples as lists), for the card."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def load_viscy_checkpoint(
     path: str | os.PathLike, card: dict[str, Any] | str | os.PathLike | None = None
 ) -> Model:
@@ -311,6 +383,8 @@ def load_viscy_checkpoint(
         )
     kwargs = {"network": network, "config": config, "in_channels": config["in_channels"],
               "out_channels": config["out_channels"]}  # fmt: skip
+    if given:  # VisCy's own model_config (its backbone's name): what VisCy rebuilds from
+        kwargs["viscy_model_config"] = _plain(given)
     arch = VisCyArchitecture()
     module = arch.build(**kwargs)
     try:
