@@ -43,7 +43,7 @@ STEPS_OR_EPOCH = _StepsOrEpoch()
     "arch",
     default=None,
     metavar="NAME",
-    help="fnet3d, fnet2d, pix2pix or another installed architecture [default: fnet3d].",
+    help="fnet3d, fnet2d, pix2pix, cyclegan or another installed architecture [fnet3d].",
 )
 @click.option("--depth", type=int, default=None, help="U-Net depth [default: 4].")
 @click.option("--mult-chan", type=int, default=None, help="Channels of the top level [8].")
@@ -111,6 +111,12 @@ STEPS_OR_EPOCH = _StepsOrEpoch()
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @scenes_option("Train on these scenes only (repeat).")
 @click.option("--val-scene", "val_scenes", multiple=True, help="Hold out this scene (repeat).")
+@click.option(
+    "--target-scene",
+    "target_scenes",
+    multiple=True,
+    help="cyclegan: learn the targets from this scene (repeat); the others give the inputs.",
+)
 @click.option(
     "--val-fraction",
     type=float,

@@ -163,3 +163,16 @@ def test_bioimageio_package_example(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "test_model: passed" in out
     assert "channels written: ['DNA (predicted)']; max |package - original| = 0" in out
+
+
+@pytest.mark.slow  # about 15 s on 2 cores
+def test_unpaired_example_runs_quickly(tmp_path, monkeypatch):
+    """The README's unpaired table: paired fnet and CycleGAN, evaluated on held-out wells."""
+    import json
+
+    monkeypatch.setattr(sys, "argv", ["example", "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(EXAMPLES / "unpaired.py"), run_name="__main__")
+    result = json.loads((tmp_path / "unpaired.json").read_text())
+    assert [r["training"].split()[0] for r in result["rows"]] == ["paired", "unpaired"]
+    assert all(len(r["pcc_fields"]) == 4 and np.isfinite(r["pcc"]) for r in result["rows"])
+    assert (tmp_path / "unpaired.md").read_text().startswith("| training | held-out PCC")

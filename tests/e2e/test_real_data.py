@@ -62,3 +62,17 @@ def test_isl_ablation_variant_reports_both_halves():
         for half in ("right", "left"):
             assert -1 <= row[f"{stain} {half}"] <= 1 and math.isfinite(row[f"{stain} {half}"])
     assert row["steps"] == 2 and row["down"] == 2
+
+
+@pytest.mark.slow  # about 20 s on 2 cores
+def test_viscy_finetune_example_trains_on_the_real_well_and_exports(tmp_path, monkeypatch):
+    import json
+
+    out = tmp_path / "viscy"
+    monkeypatch.setattr(sys, "argv", ["example", "--out", str(out), "--quick"])
+    runpy.run_path(str(ROOT / "examples" / "viscy_finetune.py"), run_name="__main__")
+    result = json.loads((out / "viscy_finetune.json").read_text())
+    assert len(result["rows"]) == 2
+    assert all(math.isfinite(r[s]) for r in result["rows"] for s in ("DAPI", "MAP2"))
+    tuned = zarrstain.load_model(out / "fcmae-tuned.ckpt")  # VisCy's layout, read back
+    assert tuned.architecture == "viscy" and len(tuned.output_labels) == 2

@@ -119,7 +119,8 @@ def test_a_3d_generator_trains_against_a_3d_critic(plate, tmp_path):
     [
         (
             dict(model="fnet2d", generator=None),
-            "is a pix2pix setting, not one of .fnet2d.; train with model= pix2pix",
+            "is a (cyclegan / )?pix2pix setting, not one of .fnet2d.; "
+            "train with model= (cyclegan or )?pix2pix",
         ),
         (dict(gan_loss="wgan"), "gan_loss must be one of bce, lsgan, not 'wgan'"),
         (

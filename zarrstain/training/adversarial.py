@@ -178,8 +178,10 @@ class Adversary:
         optimizer: torch.optim.Optimizer,
         batch: tuple[torch.Tensor, ...],
         clip_grad_norm: float | None = None,
+        step: int = 0,
     ) -> dict[str, float]:
-        """One discriminator update, then one generator update; the losses of both.
+        """One discriminator update, then one generator update; the losses of both
+        (``step``: the run's, unused: pix2pix draws no random numbers of its own).
 
         ``"loss"`` is the generator's total (what training logs and checkpoints), beside
         ``"d_loss"``, ``"adversarial"`` and ``"reconstruction"``.

@@ -36,7 +36,7 @@ def training_models() -> list[str]:
     return [
         *aliases(),
         *(n for n, a in ARCHITECTURES.items() if a.trains),
-        PIX2PIX,
+        *ADVERSARIAL,
     ]
 
 
@@ -118,7 +118,7 @@ class TrainConfig:
     # pix2pix (--model pix2pix): the generator's model, and the critic beside it
     # (zarrstain.training.adversarial; MMV_Im2Im's label-free defaults)
     generator: str | None = None  # default fnet3d
-    gan_loss: str = "bce"  # or "lsgan"
+    gan_loss: str | None = None  # "bce" (pix2pix's default) or "lsgan" (CycleGAN's)
     gan_weight: float = 1.0
     reconstruction_loss: str = "mse"  # or "l1"
     reconstruction_weight: float = 1000.0
@@ -126,6 +126,12 @@ class TrainConfig:
     discriminator_width: int = 64
     discriminator_lr: float = 2e-4
     discriminator_betas: tuple[float, float] = (0.5, 0.999)
+    # CycleGAN (--model cyclegan): unpaired; inputs from the scenes outside target_scenes,
+    # targets from target_scenes (zarrstain.training.cyclegan: MMV_Im2Im's weights)
+    target_scenes: list[str] | None = None
+    cycle_weight: float = 10.0
+    identity_weight: float = 2.0
+    pool_size: int = 50
 
     def __post_init__(self) -> None:
         if isinstance(self.patch, str):
@@ -156,14 +162,14 @@ class TrainConfig:
     def architecture(self) -> tuple[Architecture, dict[str, Any]]:
         """The registered architecture ``model`` names, and the module arguments it implies."""
         model = self.model
-        if model == PIX2PIX:  # adversarial training of a generator: the package holds it
+        if model in ADVERSARIAL:  # adversarial training of a generator: the package holds it
             model = self.generator or "fnet3d"
         name, fixed = resolve(model)
-        if name not in ARCHITECTURES or not ARCHITECTURES[name].trains or model == PIX2PIX:
-            if self.model == PIX2PIX:
-                generators = [m for m in training_models() if m != PIX2PIX]
+        if name not in ARCHITECTURES or not ARCHITECTURES[name].trains or model in ADVERSARIAL:
+            if self.model in ADVERSARIAL:
+                generators = [m for m in training_models() if m not in ADVERSARIAL]
                 raise ParameterError(
-                    f"pix2pix's generator {model!r} is not a registered architecture; choose "
+                    f"{self.model}'s generator {model!r} is not a registered architecture; choose "
                     f"one of {', '.join(generators)} ({option('generator=', '--generator')})"
                 )
             raise ParameterError(
@@ -175,11 +181,12 @@ class TrainConfig:
 
     @property
     def gan(self) -> Any:
-        """The pix2pix settings (:class:`~zarrstain.training.adversarial.GanSettings`) or None."""
-        if self.model != PIX2PIX:
+        """The pix2pix or CycleGAN settings
+        (:class:`~zarrstain.training.adversarial.GanSettings`), or None."""
+        if self.model not in ADVERSARIAL:
             return None
         return GanSettings(
-            loss=self.gan_loss,
+            loss=self.gan_loss or ("lsgan" if self.model == CYCLEGAN else "bce"),
             weight=self.gan_weight,
             reconstruction=self.reconstruction_loss,
             reconstruction_weight=self.reconstruction_weight,
@@ -295,8 +302,18 @@ class TrainConfig:
 
     def _check_gan(self) -> None:
         """What pix2pix's schema cannot say: a critic's lr above 0, a generator it can train."""
-        if self.model != PIX2PIX:
+        if self.target_scenes and self.model != CYCLEGAN:
+            raise ParameterError(
+                f"{_flag('target_scenes')} chooses an unpaired run's target scenes; train with "
+                f"{option('model=', '--model')} cyclegan, or drop it"
+            )
+        if self.model not in ADVERSARIAL:
             return
+        if self.model == CYCLEGAN and not self.target_scenes:
+            raise ParameterError(
+                "cyclegan learns from unpaired scenes: name those whose targets it learns with "
+                f"{option('target_scenes=', '--target-scene')} (the others give the inputs)"
+            )
         if not isinstance(self.discriminator_lr, int | float) or not self.discriminator_lr > 0:
             raise ParameterError(
                 f"{_flag('discriminator_lr')} must be a positive number, not "
@@ -306,7 +323,7 @@ class TrainConfig:
         check_generator(spec, kwargs, self.generator or "fnet3d")
         if self.precision == "float16":  # two optimizers, one scaler: not supported
             raise ParameterError(
-                f"pix2pix trains in float32 or bfloat16, not float16; use "
+                f"{self.model} trains in float32 or bfloat16, not float16; use "
                 f"{_flag('precision')} bfloat16"
             )
 
@@ -360,6 +377,8 @@ class TrainConfig:
 
 #: ``TrainConfig.model`` of adversarial training (the generator is ``TrainConfig.generator``)
 PIX2PIX = "pix2pix"
+CYCLEGAN = "cyclegan"
+ADVERSARIAL = (PIX2PIX, CYCLEGAN)
 
 
 def _setting_owners() -> dict[str, tuple[list[str], Option]]:
@@ -398,8 +417,8 @@ def family_schema(model: str) -> tuple[tuple[Option, ...], str] | None:
     """The training settings ``model``'s family declares, and who that is (for messages);
     None for a model no architecture is registered for (``TrainConfig`` names what exists)."""
     name = resolve(model)[0]
-    if model == PIX2PIX:
-        return declared(PIX2PIX).train, "pix2pix training"
+    if model in ADVERSARIAL:
+        return declared(model).train, f"{model} training"
     if name in ARCHITECTURES:
         return ARCHITECTURES[name].train_schema, f"architecture {name!r}"
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from zarrstain.models.schema import FamilyOptions, Option
 
-__all__ = ["GAN_LOSSES", "OPTIONS", "PAPER_RECIPE", "RECONSTRUCTION_LOSSES"]
+__all__ = ["CYCLEGAN_OPTIONS", "GAN_LOSSES", "OPTIONS", "PAPER_RECIPE", "RECONSTRUCTION_LOSSES"]
 
 GAN_LOSSES = ("bce", "lsgan")
 RECONSTRUCTION_LOSSES = ("mse", "l1")
@@ -61,3 +61,15 @@ PAPER_RECIPE = {
     "discriminator_width": 64,
     "normalization": "center",
 }
+
+#: CycleGAN's settings (``zarrstain train --model cyclegan``, MMV_Im2Im's unpaired framework):
+#: pix2pix's generator and critic settings, and its own losses' weights and fake pool
+CYCLEGAN_OPTIONS = FamilyOptions(
+    train=(
+        *(o for o in OPTIONS.train if o.name not in ("reconstruction_loss",
+                                                     "reconstruction_weight")),
+        Option("cycle_weight", "float", minimum=0, help="Cycle-consistency L1 weight [10]."),
+        Option("identity_weight", "float", minimum=0, help="Identity L1 weight [2]."),
+        Option("pool_size", "int", minimum=0, help="Generated patches the critics replay [50]."),
+    )
+)  # fmt: skip

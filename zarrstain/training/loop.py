@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import zarr
 
@@ -38,8 +39,9 @@ from zarrstain.training.adversarial import Adversary
 from zarrstain.training.augment import Augmentation
 from zarrstain.training.checkpoint import restore, save_checkpoint
 from zarrstain.training.conditioning import scene_classes
-from zarrstain.training.config import TrainConfig, build_config, training_models
+from zarrstain.training.config import CYCLEGAN, TrainConfig, build_config, training_models
 from zarrstain.training.curves import Curves
+from zarrstain.training.cyclegan import CycleGan
 from zarrstain.training.distributed import (
     average_gradients,
     broadcast_buffers,
@@ -159,6 +161,9 @@ def train(
     train_regions, val_regions = split_regions(
         scenes, val_scenes=config.val_scenes, val_fraction=config.val_fraction
     )
+    unpaired = config.model == CYCLEGAN
+    if unpaired:  # the targets' scenes apart: inputs from the others
+        train_regions, target_regions = _unpaired(train_regions, config.target_scenes)
     # a run described in epochs, counted in steps now that the training scenes are known
     n_train = len({r.scene for r in train_regions})
     asked, config = config, in_steps(config, n_train)
@@ -168,14 +173,21 @@ def train(
         normalization=config.normalization,
     )  # fmt: skip
     augmentation = Augmentation.parse(config.augment)
-    sampler = sampler_for(train_regions, seed=config.seed, augmentation=augmentation)
+    if unpaired:  # two domains, sampled apart: the inputs here, the targets there
+        sampler = sampler_for(train_regions, seed=config.seed, augmentation=augmentation,
+                              targets=config.inputs)  # fmt: skip
+        targets_from = sampler_for(target_regions, seed=config.seed + 2, inputs=config.targets,
+                                   augmentation=Augmentation(flips=augmentation.flips))  # fmt: skip
+    else:
+        sampler = targets_from = sampler_for(train_regions, seed=config.seed,
+                                             augmentation=augmentation)  # fmt: skip
     val = None
     if val_regions:  # a fixed set of held-out patches, not augmented
         val_sampler = sampler_for(val_regions, seed=config.seed + 1, flips=False)
         val = (*val_sampler.sample_with_mask(config.val_patches), val_sampler.last_scenes)
     ranks = setup(config.device)  # one process, or one of torchrun's
     if ranks.world > 1 and config.gan is not None:
-        raise ParameterError("pix2pix trains on one process; run it without torchrun")
+        raise ParameterError(f"{config.model} trains on one process; run it without torchrun")
     device = resolve_device(ranks.device(config.device))
     torch.manual_seed(config.seed)  # the initial weights
     spec, kwargs = config.architecture()
@@ -199,7 +211,7 @@ def train(
         )
     heads = spec.heads(kwargs)
     outputs = channel_labels([output_label(t) for t in config.targets], heads)
-    intensity = [i for i in sampler.target_intensity() for _ in heads]
+    intensity = [i for i in targets_from.target_intensity() for _ in heads]
     if spec.conditional == "required":  # a classifier: reads the targets, writes classes
         outputs, intensity = [f"{c} probability" for c in kwargs["class_names"]], []
     if spec.conditional == "required" or config.unconditional:
@@ -219,7 +231,7 @@ def train(
     module = synchronize(model.module.to(device), ranks)  # rank 0's weights everywhere
     ranks.seed_losses(config.seed)  # each rank its own noise (a single process: unchanged)
     record = _provenance(stores, config, patch, scenes, train_regions, val_regions)
-    record["targets_seen"] = sampler.targets_seen()
+    record["targets_seen"] = targets_from.targets_seen()
     record["augmentation"] = augmentation.describe()
     record.update(describe_ranks(ranks))
     if asked is not config:  # counted in epochs: how many steps one was
@@ -233,7 +245,16 @@ def train(
     params = [p for n, p in module.named_parameters() if trainable is None or n in trainable]
     optimizer = make_optimizer(params, config)
     adversary = None
-    if config.gan is not None:  # pix2pix: a critic beside the generator, trained in turn
+    if unpaired:  # CycleGAN: a second generator (on G's optimizer) and two critics
+        adversary = CycleGan(config.gan, spec, config.architecture()[1],
+                             (config.inputs, config.targets), patch, device,
+                             (config.cycle_weight, config.identity_weight, config.pool_size),
+                             config.seed)  # fmt: skip
+        optimizer.add_param_group({"params": adversary.generator_parameters()})
+        record["gan"] = {**dataclasses.asdict(config.gan), "cycle_weight": config.cycle_weight,
+                         "identity_weight": config.identity_weight,
+                         "pool_size": config.pool_size}  # fmt: skip
+    elif config.gan is not None:  # pix2pix: a critic beside the generator, trained in turn
         n_critic = len(config.inputs) + len(config.targets)  # it sees (input, target) pairs
         adversary = Adversary(config.gan, len(patch), n_critic, patch, device)
         record["gan"] = dataclasses.asdict(config.gan)
@@ -254,7 +275,11 @@ def train(
         start, history = restore(out, model, optimizer, sampler, ema, adversary, selection,
                                   scaler)  # fmt: skip
     curves = Curves(config.steps)
-    record["loss"] = spec.loss_label(kwargs) if adversary is None else config.gan.label()
+    record["loss"] = (
+        spec.loss_label(kwargs)
+        if adversary is None
+        else (adversary.label() if unpaired else config.gan.label())
+    )
     index = {sid: kwargs["class_names"].index(c) for sid, c in labels.items()} if labels else {}
     t0 = time.perf_counter()
     stopped = selection.stop(history)  # a resumed run that had stopped early stays stopped
@@ -264,6 +289,8 @@ def train(
     steps = range(start + 1, config.steps + 1) if not stopped else range(0)
     feed = batches(sampler, steps, config.batch_size, workers=config.loader_workers,
                    prefetch=config.prefetch, part=(ranks.rank, ranks.world))  # fmt: skip
+    if unpaired:  # the targets' patches: drawn apart, step by step as the inputs'
+        target_feed = batches(targets_from, steps, config.batch_size)
     for step, (x, y, mask, scenes) in zip(steps, feed):  # noqa: B905 - feed may stop early
         if stopped:
             break
@@ -273,6 +300,8 @@ def train(
         set_lr(optimizer, config.lr * factor)
         if adversary is not None:  # the critic follows the same schedule (MMV_Im2Im's does)
             set_lr(adversary.optimizer, config.discriminator_lr * factor)
+        if unpaired:  # not x's targets: patches of the target scenes
+            y, mask = next(target_feed)[0], np.ones((len(x), len(config.targets)), bool)
         batch = tuple(torch.from_numpy(a).to(device) for a in (x, y, mask))
         if index:
             classes = [index[sampler.scene_ids[s]] for s in scenes]
@@ -280,7 +309,7 @@ def train(
         if adversary is not None:
             with autocast(device, config.precision):
                 entry = {"step": step, **adversary.step(spec, module, optimizer, batch,
-                                                        config.clip_grad_norm)}  # fmt: skip
+                                                        config.clip_grad_norm, step)}  # fmt: skip
         else:
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, config.precision):  # the forward and loss; backward outside
@@ -345,6 +374,24 @@ def train(
         model = load_model(out)
     stopped_at = history[-1]["step"] if stopped and history else None
     return TrainResult(model, out, history, selection.describe(), stopped_at, ranks.rank)
+
+
+def _unpaired(regions: list, target_scenes: list[str]) -> tuple[list, list]:
+    """CycleGAN's two domains: the regions of the target scenes, and the others'."""
+    known = {r.scene for r in regions}
+    missing = [s for s in target_scenes if s not in known]
+    if missing:
+        raise ParameterError(
+            f"target scene {missing[0]!r} is not among the training scenes "
+            f"{sorted(known)[:8]} ({option('target_scenes=', '--target-scene')})"
+        )
+    inputs = [r for r in regions if r.scene not in target_scenes]
+    if not inputs:
+        raise ParameterError(
+            "every training scene is a target scene; leave some for the inputs "
+            f"({option('target_scenes=', '--target-scene')})"
+        )
+    return inputs, [r for r in regions if r.scene in target_scenes]
 
 
 def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
