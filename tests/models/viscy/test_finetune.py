@@ -124,3 +124,23 @@ def test_fine_tuning_names_what_is_missing(stack, tmp_path):
         export_viscy_checkpoint(zarrstain.testing.random_model(), tmp_path / "x.ckpt")
     with pytest.raises(ParameterError, match="a VisCy checkpoint is a .ckpt file"):
         export_viscy_checkpoint(load_model(UNEXT2), tmp_path / "x.pt")
+
+
+def test_the_viscy_preset_is_viscys_fit_example():
+    """VisCy's examples/configs/fit_example.yml, setting by setting (blur in µm here)."""
+    from zarrstain.training import TrainConfig
+    from zarrstain.training.augment import Augmentation
+
+    config = TrainConfig.paper(model="viscy", init=str(UNEXT2), inputs=["BF"],
+                               targets=["DNA", "Membrane"])  # fmt: skip
+    config.check()
+    assert (config.lr, config.optimizer, config.schedule, config.batch_size) == (
+        1e-3, "adamw", "constant", 32
+    )  # fmt: skip
+    assert config.normalization == "median_iqr"
+    aug = Augmentation.parse(config.augment)
+    assert aug.settings("affine")["rotate"] == (-180.0, 180.0)
+    assert aug.settings("affine")["shear"] == (-0.05, 0.05)
+    assert aug.settings("contrast") == {"prob": 0.3, "gamma": (0.75, 1.5)}
+    assert aug.settings("intensity")["scale"] == (-0.5, 0.5)
+    assert aug.settings("noise") == {"prob": 0.5, "std": (0.0, 1.0)}
