@@ -47,6 +47,9 @@ def test_cyclegan_trains_resumes_exactly_and_predicts_as_its_generator(plate, tm
     for a, b in zip(resumed.model.module.state_dict().values(),
                     straight.model.module.state_dict().values(), strict=True):  # fmt: skip
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ParameterError, match="was trained with cyclegan; resume it with --model"):
+        pix2pix = _config(model="pix2pix", target_scenes=None, steps=9, pool_size=50)
+        run_training(plate, pix2pix, tmp_path / "b", resume=True)
     card = json.loads((tmp_path / "a" / "card.json").read_text())
     assert card["training"]["loss"] == "cyclegan: LSGAN ×1 + cycle L1 ×10 + identity L1 ×2"
     assert card["architecture"] == "fnet" and card["output_labels"] == ["DNA (predicted)"]

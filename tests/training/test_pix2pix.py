@@ -102,7 +102,7 @@ def test_pix2pix_resumes_exactly_with_the_discriminator(plate, tmp_path):
     plain = dataclasses.replace(config, model="fnet2d", generator=None, discriminator_layers=4,
                                 discriminator_width=64)  # fmt: skip
     run_training(plate, dataclasses.replace(plain, steps=3), tmp_path / "plain")
-    with pytest.raises(ParameterError, match="not trained with pix2pix"):
+    with pytest.raises(ParameterError, match="was trained without a critic; resume it"):
         run_training(plate, dataclasses.replace(config, steps=6), tmp_path / "plain", resume=True)
     with pytest.raises(ParameterError, match="was trained with pix2pix"):
         run_training(plate, dataclasses.replace(plain, steps=6), tmp_path / "resumed", resume=True)

@@ -94,6 +94,18 @@ def restore(
             f"{out} was trained with monitor={state.get('monitor')!r}; resume it with the "
             f"same {option('monitor=', '--monitor')}, or choose a new --out"
         )
+    saved_kind = None
+    if "adversary" in state:  # what trained beside the generator: CycleGAN's or pix2pix's
+        saved_kind = "cyclegan" if state["adversary"].get("cyclegan") else "pix2pix"
+    kind = None if adversary is None else ("cyclegan" if hasattr(adversary, "pools")
+                                           else "pix2pix")  # fmt: skip
+    if kind != saved_kind:
+        trained = f"with {saved_kind}" if saved_kind else "without a critic"
+        resume_as = f"--model {saved_kind}" if saved_kind else "its own --model"
+        raise ParameterError(
+            f"{out} was trained {trained}; resume it with {resume_as} (the same generator "
+            "and critic settings), or choose a new --out"
+        )
     optimizer.load_state_dict(state["optimizer"])
     sampler.rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
@@ -110,16 +122,6 @@ def restore(
     if selection is not None:  # the best so far, from the history; its weights: the package's
         selection.replay(state["history"], saved.module.state_dict())
     if adversary is not None:
-        if "adversary" not in state:
-            raise ParameterError(
-                f"{out} was not trained with pix2pix (no discriminator to resume); resume "
-                "it with its own --model, or choose a new --out"
-            )
         adversary.load_state_dict(state["adversary"])
-    elif "adversary" in state:  # resuming without the critic would silently drop it
-        raise ParameterError(
-            f"{out} was trained with pix2pix; resume it with --model pix2pix (its generator "
-            "and critic settings), or choose a new --out"
-        )
     logger.info("resuming %s at step %d", out, state["step"])
     return int(state["step"]), list(state["history"])
