@@ -144,3 +144,22 @@ def test_the_viscy_preset_is_viscys_fit_example():
     assert aug.settings("contrast") == {"prob": 0.3, "gamma": (0.75, 1.5)}
     assert aug.settings("intensity")["scale"] == (-0.5, 0.5)
     assert aug.settings("noise") == {"prob": 0.5, "std": (0.0, 1.0)}
+
+
+def test_vscyto2ds_fcmae_fine_tunes_in_2d(tmp_path):
+    """VisCy's FCMAE (VSCyto2D's architecture) reads one plane: 2D patches, a 256 multiple."""
+    from zarrstain.training import TrainConfig
+    from zarrstain.training import train as run_training
+
+    plate = datasets.make_plate(tmp_path / "p.zarr", rows=("A",), columns=("1",), fields=1,
+                                shape=(1, 1, 256, 256), seed=2)  # fmt: skip
+    config = TrainConfig(inputs=["BF"], targets=["DNA", "Membrane"], model="viscy",
+                         init=str(FIXTURES / "viscy" / "fcmae.ckpt"), patch=[256, 256],
+                         batch_size=1, steps=2, device="cpu",
+                         normalization="median_iqr")  # fmt: skip
+    result = run_training(plate, config, tmp_path / "tuned")
+    assert result.model.spatial_dims == 2 and np.isfinite(result.history[-1]["loss"])
+    assert result.model.kwargs["network"] == "UNeXt2_2D"
+    assert zarrstain.load_model(tmp_path / "tuned").output_labels == (
+        "DNA (predicted)", "Membrane (predicted)"
+    )  # fmt: skip
