@@ -50,8 +50,14 @@ PRECISION_NAMES = ("float32", "tf32", "bfloat16", "float16")
 #: what ``normalize`` takes: the model's own method, none, or a method of
 #: :mod:`zarrstain.engine.normalize`
 NORMALIZATIONS = ("model", "none", *METHODS)
-#: test-time augmentation (zarrstain.engine.tiling.TTA): the mean over xy flips / rotations
-TTA_MODES = ("none", "flips", "d4")
+#: test-time augmentation → its transforms of the xy plane, each (flip x first, then k × 90°);
+#: the forward averages them (:class:`zarrstain.engine.tiling.Forward`)
+TTA: dict[str, tuple[tuple[bool, int], ...]] = {
+    "none": ((False, 0),),
+    "flips": ((False, 0), (True, 0), (False, 2), (True, 2)),  # identity, x, x+y, y flips
+    "d4": tuple((f, k) for f in (False, True) for k in range(4)),  # + the 90° rotations
+}
+TTA_MODES = tuple(TTA)
 
 
 def check_halo(halo: Any) -> str | int:

@@ -32,7 +32,7 @@ import dask.array as da
 import numpy as np
 import torch
 
-from zarrstain.engine.options import PRECISION_NAMES, check_precision
+from zarrstain.engine.options import PRECISION_NAMES, TTA, check_precision
 from zarrstain.engine.planner import (
     TilePlan,
     auto_halo,
@@ -199,14 +199,6 @@ class Forward:
         if not flat:
             out = out.reshape(t, z, -1, y, xx).transpose(0, 2, 1, 3, 4)
         return out
-
-
-#: test-time augmentation → its transforms of the xy plane: (flip x first, then k × 90°)
-TTA: dict[str, tuple[tuple[bool, int], ...]] = {
-    "none": ((False, 0),),
-    "flips": ((False, 0), (True, 0), (False, 2), (True, 2)),  # identity, x, x+y, y flips
-    "d4": tuple((f, k) for f in (False, True) for k in range(4)),  # + the 90° rotations
-}
 
 
 def _dihedral(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:

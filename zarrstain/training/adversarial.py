@@ -147,6 +147,9 @@ def check_generator(spec: Architecture, kwargs: dict[str, Any], model: str) -> N
 class Adversary:
     """The discriminator, its optimizer and the two updates of one pix2pix step."""
 
+    #: what trained beside the generator (recorded in the training state, checked on resume)
+    kind = "pix2pix"
+
     def __init__(
         self,
         settings: GanSettings,
@@ -219,9 +222,14 @@ class Adversary:
             "reconstruction": float(reconstruction.detach()),
         }
 
+    def label(self) -> str:
+        """Names the loss in provenance: ``"pix2pix: BCE ×1 + MSE ×1000"``."""
+        return self.settings.label()
+
     def state_dict(self) -> dict[str, Any]:
         """The discriminator's weights and its optimizer's state, for the training state."""
         return {
+            "kind": self.kind,
             "discriminator": {k: v.cpu() for k, v in self.discriminator.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
         }

@@ -27,7 +27,7 @@ STATE = "training_state.pt"
 
 
 def save_checkpoint(
-    model, module, optimizer, sampler, out, step, history, record, ema=None, adversary=None,
+    model, module, optimizer, out, step, history, record, ema=None, adversary=None,
     selection=None, curves=None, scaler=None,
 ) -> Model:  # fmt: skip
     # the package holds the model to use: the best validation's weights (monitor), else the
@@ -50,7 +50,6 @@ def save_checkpoint(
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
-        "rng": sampler.rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
         "history": history,
         "monitor": selection.monitor if selection is not None else None,
@@ -67,7 +66,7 @@ def save_checkpoint(
 
 
 def restore(
-    out: Path, model: Model, optimizer, sampler, ema=None, adversary=None, selection=None,
+    out: Path, model: Model, optimizer, ema=None, adversary=None, selection=None,
     scaler=None,
 ) -> tuple[int, list]:  # fmt: skip
     if not (out / STATE).is_file():
@@ -94,11 +93,9 @@ def restore(
             f"{out} was trained with monitor={state.get('monitor')!r}; resume it with the "
             f"same {option('monitor=', '--monitor')}, or choose a new --out"
         )
-    saved_kind = None
-    if "adversary" in state:  # what trained beside the generator: CycleGAN's or pix2pix's
-        saved_kind = "cyclegan" if state["adversary"].get("cyclegan") else "pix2pix"
-    kind = None if adversary is None else ("cyclegan" if hasattr(adversary, "pools")
-                                           else "pix2pix")  # fmt: skip
+    # what trained beside the generator (states written before "kind" existed: pix2pix's)
+    saved_kind = state["adversary"].get("kind", "pix2pix") if "adversary" in state else None
+    kind = adversary.kind if adversary is not None else None
     if kind != saved_kind:
         trained = f"with {saved_kind}" if saved_kind else "without a critic"
         resume_as = f"--model {saved_kind}" if saved_kind else "its own --model"
@@ -107,7 +104,6 @@ def restore(
             "and critic settings), or choose a new --out"
         )
     optimizer.load_state_dict(state["optimizer"])
-    sampler.rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
     if ema is not None:
         if "raw" not in state:

@@ -105,19 +105,21 @@ def _event(wall_time: float, step: int, body: bytes) -> bytes:
     return b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step) + body
 
 
-def _scalar(wall: float, step: int, tag: str, value: float) -> bytes:
-    value_msg = _field(1, tag.encode()) + b"\x15" + struct.pack("<f", value)
-    return _record(_event(wall, step, _field(5, _field(1, value_msg))))
+def _events(history: Sequence[Mapping[str, float]], wall: float) -> list[bytes]:
+    """One TFRecord per scalar of ``history``, in order."""
+    out = []
+    for tag, points in scalars(history).items():
+        for step, value in points:
+            value_msg = _field(1, tag.encode()) + b"\x15" + struct.pack("<f", value)
+            out.append(_record(_event(wall, step, _field(5, _field(1, value_msg)))))
+    return out
 
 
 def event_file(history: Sequence[Mapping[str, float]], wall_time: float | None = None) -> bytes:
     """The bytes of a TensorBoard event file holding ``history``'s scalars (:data:`SCALARS`)."""
     wall = time.time() if wall_time is None else wall_time
-    out = [_record(_event(wall, 0, _field(3, b"brain.Event:2")))]  # the file's version
-    for entry in history:
-        out += [_scalar(wall, step, tag, value) for tag, [(step, value)] in
-                scalars([entry]).items()]  # fmt: skip
-    return b"".join(out)
+    header = _record(_event(wall, 0, _field(3, b"brain.Event:2")))  # the file's version
+    return header + b"".join(_events(history, wall))
 
 
 class Curves:
@@ -137,10 +139,7 @@ class Curves:
         """File name in the package → its bytes."""
         if not self._records:
             self._records.append(event_file([]))
-        wall = time.time()
-        for entry in history[self._encoded :]:
-            for tag, [(step, value)] in scalars([entry]).items():
-                self._records.append(_scalar(wall, step, tag, value))
+        self._records += _events(history[self._encoded :], time.time())
         self._encoded = len(history)
         return {PNG: curves_png(history, self.steps), EVENTS: b"".join(self._records)}
 

@@ -64,7 +64,10 @@ class FakePool:
 
 class CycleGan:
     """The second generator, the two critics and their updates; the pix2pix ``Adversary``'s
-    interface (``step``, ``optimizer``, ``state_dict``), so the training loop runs either."""
+    interface (``step``, ``optimizer``, ``label``, ``state_dict``), so the training loop runs
+    either."""
+
+    kind = "cyclegan"
 
     def __init__(
         self,
@@ -174,7 +177,7 @@ class CycleGan:
             return {k: v.cpu() for k, v in m.state_dict().items()}
 
         return {
-            "cyclegan": True,
+            "kind": self.kind,
             "backward": cpu(self.backward),
             "critic_t": cpu(self.critic_t),
             "critic_i": cpu(self.critic_i),

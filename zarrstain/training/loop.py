@@ -191,6 +191,7 @@ def train(
     device = resolve_device(ranks.device(config.device))
     torch.manual_seed(config.seed)  # the initial weights
     spec, kwargs = config.architecture()
+    given = dict(kwargs)  # before the run completes them: CycleGAN's second generator's
     labels = scene_classes(config, scenes)
     if labels is not None:  # class-conditional: the class names go into the card
         kwargs["class_names"] = sorted(set(labels.values()))
@@ -246,7 +247,7 @@ def train(
     optimizer = make_optimizer(params, config)
     adversary = None
     if unpaired:  # CycleGAN: a second generator (on G's optimizer) and two critics
-        adversary = CycleGan(config.gan, spec, config.architecture()[1],
+        adversary = CycleGan(config.gan, spec, given,
                              (config.inputs, config.targets), patch, device,
                              (config.cycle_weight, config.identity_weight, config.pool_size),
                              config.seed)  # fmt: skip
@@ -272,14 +273,9 @@ def train(
         )
     start, history = 0, []
     if resume:
-        start, history = restore(out, model, optimizer, sampler, ema, adversary, selection,
-                                  scaler)  # fmt: skip
+        start, history = restore(out, model, optimizer, ema, adversary, selection, scaler)
     curves = Curves(config.steps)
-    record["loss"] = (
-        spec.loss_label(kwargs)
-        if adversary is None
-        else (adversary.label() if unpaired else config.gan.label())
-    )
+    record["loss"] = spec.loss_label(kwargs) if adversary is None else adversary.label()
     index = {sid: kwargs["class_names"].index(c) for sid, c in labels.items()} if labels else {}
     t0 = time.perf_counter()
     stopped = selection.stop(history)  # a resumed run that had stopped early stays stopped
@@ -292,8 +288,6 @@ def train(
     if unpaired:  # the targets' patches: drawn apart, step by step as the inputs'
         target_feed = batches(targets_from, steps, config.batch_size)
     for step, (x, y, mask, scenes) in zip(steps, feed):  # noqa: B905 - feed may stop early
-        if stopped:
-            break
         ran = True
         train_mode(module, trainable)
         factor = schedule_factor(config, step)  # a function of the step: resumes exactly
@@ -363,9 +357,10 @@ def train(
             record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
             if ranks.main:  # the others hold the same weights
-                model = save_checkpoint(model, module, optimizer, sampler, out, step, history,
-                                    record, ema, adversary, selection, curves,
-                                    scaler)  # fmt: skip
+                model = save_checkpoint(model, module, optimizer, out, step, history, record,
+                                        ema, adversary, selection, curves, scaler)  # fmt: skip
+        if stopped:
+            break
     feed.close()  # loader workers end here, also after an early stop
     ranks.barrier()  # every checkpoint written before any process returns
     ranks.end()
