@@ -36,6 +36,7 @@ from .params import (
 from .progress import Progress, StageProgress
 from .train import train
 from .uncertainty import calibrate
+from .watch import watch
 
 logger = logging.getLogger("zarrstain.cli")
 
@@ -311,6 +312,7 @@ cli.add_command(calibrate)
 cli.add_command(evaluate)
 cli.add_command(train)
 cli.add_command(export)
+cli.add_command(watch)
 
 
 def main() -> None:

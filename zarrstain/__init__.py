@@ -24,7 +24,9 @@ _LAZY = {
     "open_scenes": ".io",
     "predict": ".engine.predict",
     "save_model": ".models",
+    "time_statistics": ".live",
     "train": ".training",
+    "watch": ".live",
     "write_channels": ".io",
 }
 

@@ -69,6 +69,7 @@ def begin_create(
     blocks: tuple[Any, Any] | None = None,
     new: bool = False,
     checked: bool = False,
+    ome: tuple[str, dict[str, Any]] | None = None,
 ) -> PyramidWrite:
     """Start creating an image at ``gpath`` with the source's axes, scales and pyramid shapes.
 
@@ -107,6 +108,9 @@ def begin_create(
     checked
         With ``new``: the caller has seen that nothing exists there and that its parents do
         (the metadata are written without reading any).
+    ome
+        ``(version, OME attributes)`` of the source image, when they are not (yet) in
+        ``src_group`` (a stream whose writer adds them when it closes: :mod:`zarrstain.live`).
     """
     pending = PendingRecord.describe("create", labels, record,
                                      _dtype(data, src_meta, copy_labels), time,
@@ -116,10 +120,10 @@ def begin_create(
     if new and gpath:  # the group, its record and its arrays in one call
         attrs = {"zarrstain": {KEY: fresh(pending)}}
         image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time,
-                               where, whole, attrs, checked)  # fmt: skip
+                               where, whole, attrs, checked, ome)  # fmt: skip
         return _write(image, image.arrays, None, data, labels, src_meta, record, time, blocks)
     image = _NewImage.plan(root, gpath, src_group, src_meta, data, labels, copy_labels, time,
-                           where, whole)  # fmt: skip
+                           where, whole, ome=ome)  # fmt: skip
     arrays = [_resumable(image.group, *layout, image.dtype) for layout in image.layouts]
 
     def store(prov: dict[str, Any]) -> None:  # no OME metadata: not an image yet
@@ -223,10 +227,12 @@ class _NewImage:
         whole_planes: bool = False,
         attrs: dict[str, Any] | None = None,
         checked: bool = False,
+        ome: tuple[str, dict[str, Any]] | None = None,
     ) -> _NewImage:
         """``attrs``: create the group (nothing exists there; ``checked``: seen by the caller)
-        with these attributes, and its arrays (``arrays``)."""
-        version, src_ome = ome_attrs(src_group)
+        with these attributes, and its arrays (``arrays``). ``ome``: the source's OME
+        attributes (default: read from ``src_group``)."""
+        version, src_ome = ome if ome is not None else ome_attrs(src_group)
         ms, cax, added = _with_channel_axis(src_meta, src_ome["multiscales"][0])
         copy_idx = [src_meta.labels.index(lab) for lab in copy_labels]
         dtype = _dtype(data, src_meta, copy_labels)
