@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's GPU checks, in one run on a machine with one CUDA GPU (CI has none):
 #   1. benchmarks/gpu.py alone on the GPU (throughput, memory, precision errors), then
-#      benchmarks/scale.py on a 384-field plate (÷ loop, GPU utilization sampled);
+#      benchmarks/scale.py on a 384-field plate (÷ loop, GPU utilization sampled), then
+#      benchmarks/live.py (zarrstain watch: latency per time point, sustained rate);
 #   2. then side by side: the CUDA cases of the test suite, the ISL example trained and
 #      predicted on CUDA, and the ISL ablation's GPU variants.
 # Usage: benchmarks/gpu_checks.sh OUT_DIR   (zarrstain and its test extras installed;
@@ -21,6 +22,9 @@ sampler=$!
 timeout 120 python3 benchmarks/scale.py --fields 384 --chunks whole --models fnet --repeat 1 \
     --device cuda --out "$out/scale" >"$out/scale.log" 2>&1
 kill "$sampler"
+# staining while acquiring: latency per time point of a 2D and a 3D model on the GPU
+timeout 90 python3 benchmarks/live.py --device cuda --time-points 12 --fractions 0.8,1.2 \
+    --out "$out/live" >"$out/live.log" 2>&1
 variants=(
     "2× down + EMA 0.999, 5000 steps, cosine"
     "2× down + EMA 0.999, 5000 steps, cosine, zoom"
@@ -40,6 +44,7 @@ timeout 300 python3 examples/isl_phase_to_dapi.py "$out/isl" --steps 3000 --devi
     >"$out/example.log" 2>&1
 wait
 tail -3 "$out/scale.log"
+tail -8 "$out/live.log"
 tail -3 "$out/pytest.log"
 tail -5 "$out/example.log"
 grep -h '"variant"' "$out/ablation.log" | cut -c1-80

@@ -56,7 +56,7 @@ class LiveProgress:
 @click.command(cls=FamilyCommand)
 @click.argument("store")
 @model_option("Model (any format zarrstain predict reads).")
-@out_option("The output store; it grows with STORE (required: see --help).", required=True)
+@out_option("The output store; it grows with STORE [in place: see below].")
 @scenes_option()
 @click.option(
     "--input-channel",
@@ -94,8 +94,17 @@ class LiveProgress:
     show_default=True,
     help="Warn when more time points than this wait to be predicted.",
 )
+@click.option(
+    "--latency-target",
+    type=float,
+    default=None,
+    help="Warn when a time point's prediction is readable later than this (seconds).",
+)
 @click.option("--output-label", default=None, help="Label of the predicted channel.")
-@click.option("--dtype", default="float32", show_default=True, help="Output dtype.")
+@click.option(
+    "--dtype", default=None,
+    help="Output dtype [float32 in --out; in place, the store's].",
+)  # fmt: skip
 @click.option(
     "--halo", default="auto", show_default=True, help="auto, exact or a number of voxels."
 )
@@ -113,7 +122,7 @@ class LiveProgress:
 def watch(
     store: str,
     model_path: str,
-    out: str,
+    out: str | None,
     scenes: tuple[str, ...],
     input_channels: tuple[str, ...],
     statistics: str,
@@ -122,8 +131,9 @@ def watch(
     poll: float,
     max_batch: int,
     max_lag: int,
+    latency_target: float | None,
     output_label: str | None,
-    dtype: str,
+    dtype: str | None,
     halo: str,
     normalization: str,
     device: str,
@@ -136,8 +146,9 @@ def watch(
     The predictions go to --out, whose time axis grows with STORE: viewers opening it see
     only complete predicted time points. Ends at --until time points, after --idle-timeout
     seconds without a new one, when an acquire-zarr writer closes its stream, or on Ctrl-C;
-    running the same command again continues where it stopped. Writing into STORE itself is
-    not offered: its writer rewrites the arrays' metadata as it appends time points.
+    running the same command again continues where it stopped. Without --out the channel is
+    added to STORE itself, which needs a writer that allocated all --until time points up
+    front (as iohub's create_zeros): one that appends them rewrites the arrays' metadata.
     """
     import zarrstain
 
@@ -146,14 +157,16 @@ def watch(
         result = zarrstain.watch(
             store, model_path, out=out, scenes=list(scenes) or None, statistics=statistics,
             until=until, idle_timeout=idle_timeout, poll=poll, max_batch=max_batch,
-            max_lag=max_lag, output_label=output_label, dtype=dtype, halo=halo,
+            max_lag=max_lag, latency_target=latency_target, output_label=output_label,
+            dtype=dtype, halo=halo,
             normalization=normalization, input_channels=list(input_channels) or None,
             device=device, precision=precision, options=options, progress=bar,
         )  # fmt: skip
     except KeyboardInterrupt:
         bar.finish()
         click.echo(
-            f"stopped (Ctrl-C); what {out} shows is complete: run the same command to continue",
+            f"stopped (Ctrl-C); what {out or store} shows is complete: run the same command "
+            "to continue",
             err=True,
         )
         sys.exit(130)

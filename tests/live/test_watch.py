@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -44,11 +45,14 @@ def references(tmp_path_factory):
     return refs
 
 
-def start_writer(kind, reference, live, tmp_path, *, interval=0.3, stall_at=None):
+def start_writer(kind, reference, live, tmp_path, *, interval=0.3, stall_at=None,
+                 preallocate=False):  # fmt: skip
     cmd = [sys.executable, str(WRITER), kind, str(reference), str(live),
            "--interval", str(interval), "--log", str(tmp_path / "writer.log")]  # fmt: skip
     if stall_at is not None:
         cmd += ["--stall-at", str(stall_at)]
+    if preallocate:
+        cmd += ["--preallocate"]
     return subprocess.Popen(cmd)
 
 
@@ -236,18 +240,23 @@ def test_a_slow_model_warns_with_both_rates_and_catches_up_in_batches(
     live, out = tmp_path / "live.zarr", tmp_path / "out.zarr"
     start_writer("zarr", references["0.5"], live, tmp_path, interval=0.01).wait(timeout=60)
     with caplog.at_level(logging.WARNING, logger="zarrstain.live"):
-        result = watch(live, model3d, out=out, until=T, halo="exact", max_batch=2, max_lag=1)
+        result = watch(live, model3d, out=out, until=T, halo="exact", max_batch=2, max_lag=1,
+                       latency_target=0.001)  # fmt: skip
     assert result.written == {"": T}
     messages = [r.getMessage() for r in caplog.records]
     warning = next(m for m in messages if "wait to be predicted" in m)
     assert "time points/s" in warning and "nothing is lost" in warning
+    late = [m for m in messages if "(target 0.00 s)" in m]
+    assert len(late) == 1 and "use a GPU" in late[0]  # once, while the target stays missed
 
 
 def test_refusals_leave_nothing_behind(references, tmp_path, model3d):
     live = tmp_path / "live.zarr"
     start_writer("zarr", references["0.5"], live, tmp_path, interval=0.01).wait(timeout=60)
-    with pytest.raises(UnsupportedError, match="needs an output store"):
+    with pytest.raises(UnsupportedError, match="in place needs the acquisition's length"):
         watch(live, model3d)
+    with pytest.raises(UnsupportedError, match="appends time points"):  # not allocated up front
+        watch(live, model3d, until=T + 1)
     with pytest.raises(ParameterError, match="is the store being watched"):
         watch(live, model3d, out=live)
     with pytest.raises(ParameterError, match="first:N"):
@@ -285,3 +294,31 @@ def test_the_cli_follows_a_store_and_prints_what_it_did(references, tmp_path, mo
     assert run.exit_code == 0 and "4 time point(s) (1 by this run)" in run.stdout
     run = CliRunner().invoke(cli, [*args, "--statistics", "first:x"])
     assert run.exit_code == 1 and "first:N" in run.output
+    run = CliRunner().invoke(cli, ["watch", str(live), "-m", str(tmp_path / "model")])
+    assert (
+        run.exit_code == 1 and "in place needs the acquisition's length (--until N)" in run.output
+    )
+
+
+def test_in_place_where_the_writer_allocated_the_whole_acquisition(
+    references, tmp_path, model3d, schema_dir
+):
+    # target units (a trained model's), so that predictions round meaningfully into uint16
+    model = dataclasses.replace(model3d, output_intensity=((100.0, 1000.0),))
+    live = tmp_path / "live.zarr"
+    writer = start_writer("zarr", references["0.5"], live, tmp_path, preallocate=True)
+    try:
+        result = watch(live, model, until=T, idle_timeout=60, halo="exact", max_batch=2)
+    finally:
+        writer.wait(timeout=60)
+    assert result.ended == "count" and result.written == {"": T}
+    image = zarrstain.open_image(live)
+    assert list(image.coords["c"].values) == ["BF", "DNA", "Membrane", "DNA (predicted)"]
+    record = zarr.open_group(live).attrs["zarrstain"]["channels"]["DNA (predicted)"]
+    assert record["time_points"] == [[0, T]]
+    expected = tmp_path / "predict.zarr"
+    plan_prediction(live, model, out=expected, halo="exact", dtype="uint16").run()
+    np.testing.assert_allclose(predicted(live), predicted(expected), atol=1)
+    assert_valid_store(live, schema_dir)
+    # restarted: everything is there already
+    assert watch(live, model, until=T, halo="exact").written == {}

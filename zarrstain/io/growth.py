@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import zarr
 
@@ -33,15 +33,26 @@ from zarrstain.io._zarr_compat import chunk_key, list_keys
 __all__ = ["complete_time_points"]
 
 
-def _grid(arr: zarr.Array) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The outer chunk grid's block shape (shards where the array is sharded) and its counts."""
+def _grid(
+    arr: zarr.Array, extent: Sequence[int | None] | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The outer chunk grid's block shape (shards where the array is sharded) and its counts
+    (over ``extent`` where it gives a size)."""
     shards = getattr(arr, "shards", None)
     block = tuple(shards) if shards else tuple(arr.chunks)
-    return block, tuple(math.ceil(n / b) for n, b in zip(arr.shape, block, strict=True))
+    sizes = [
+        n if extent is None or extent[i] is None else min(n, int(extent[i]))  # type: ignore[arg-type]
+        for i, n in enumerate(arr.shape)
+    ]
+    return block, tuple(math.ceil(n / b) for n, b in zip(sizes, block, strict=True))
 
 
 def complete_time_points(
-    arr: zarr.Array, *, final: bool = False, keys: Iterable[str] | None = None
+    arr: zarr.Array,
+    *,
+    final: bool = False,
+    keys: Iterable[str] | None = None,
+    extent: Sequence[int | None] | None = None,
 ) -> int:
     """How many time points of ``arr`` (time on its first axis), from the first, are complete.
 
@@ -53,6 +64,9 @@ def complete_time_points(
         The acquisition is over: the time points of a last, multi-time-point chunk count.
     keys
         The array's store keys, listed already (default: listed here).
+    extent
+        Per axis, the size that counts (None: all): e.g. the acquired channels only, when
+        channels predicted beside them are written after each time point.
 
     Returns
     -------
@@ -62,7 +76,7 @@ def complete_time_points(
     total = int(arr.shape[0])
     if total == 0:
         return 0
-    block, counts = _grid(arr)
+    block, counts = _grid(arr, extent)
     present = set(list_keys(arr) if keys is None else keys)
     per_t = block[0]
     last_full = -1

@@ -21,6 +21,7 @@ from typing import Any
 import zarr
 
 from zarrstain.errors import NotOmeZarrError, StoreNotFoundError, UnsupportedError, ZarrstainError
+from zarrstain.io.channels import INCOMPLETE_SUFFIX
 from zarrstain.io.growth import complete_time_points
 from zarrstain.io.layout import select_scenes
 from zarrstain.io.metadata import Axis, ImageMeta, Level, canonical_dims, ome_attrs
@@ -140,8 +141,23 @@ def _state(
             f"{where} has axes {''.join(dims)}, with no time axis first: there is no time-lapse "
             "to follow; predict it with zarrstain predict"
         )
-    complete = complete_time_points(arr, final=final)
+    complete = complete_time_points(arr, final=final, extent=_acquired(group, meta))
     return SceneState(sid, gpath, group, meta, ome, int(arr.shape[0]), complete)
+
+
+def _acquired(group: Any, meta: ImageMeta) -> list[int | None] | None:
+    """Per axis, the extent of the acquired data: channels zarrstain wrote (listed in its
+    provenance, after the acquired ones) are left out, or ``watch`` in place would wait for
+    its own predictions of the time points it has not predicted yet."""
+    dims = meta.axis_names
+    written = set((group.attrs.get("zarrstain") or {}).get("channels") or {})
+    if "c" not in dims or not written:
+        return None
+    labels = [lab.removesuffix(INCOMPLETE_SUFFIX) for lab in meta.labels]
+    acquired = [i for i, lab in enumerate(labels) if lab not in written]
+    extent: list[int | None] = [None] * len(dims)
+    extent[dims.index("c")] = max(acquired, default=-1) + 1
+    return extent
 
 
 def _provisional(
