@@ -146,6 +146,20 @@ def test_an_acquire_zarr_stream_is_stained_while_it_grows(references, tmp_path, 
     assert scene.attrs["scale"]["z"] == 2.0
 
 
+def test_an_ome_zarr_py_image_appended_by_zarr_is_stained(references, tmp_path, model3d):
+    live, out = tmp_path / "live.zarr", tmp_path / "out.zarr"
+    writer = start_writer("ome-zarr", references["0.5"], live, tmp_path, interval=0.3)
+    try:  # (ome-zarr-py names no channels: they are "0", "1", "2")
+        result = watch(live, model3d, out=out, until=T, idle_timeout=60, halo="exact",
+                       input_channels={"BF": "0"})  # fmt: skip
+    finally:
+        writer.wait(timeout=60)
+    assert result.written == {"": T}
+    expected = predict_finished(live, model3d, tmp_path, input_channels={"BF": "0"})
+    assert_same(predicted(out), predicted(expected))
+    assert zarrstain.open_image(out).attrs["scale"] == zarrstain.open_image(live).attrs["scale"]
+
+
 def test_a_stalled_writer_never_yields_a_partly_predicted_time_point(references, tmp_path, model3d):
     live, out = tmp_path / "live.zarr", tmp_path / "out.zarr"
     writer = start_writer("zarr", references["0.5"], live, tmp_path, interval=0.1, stall_at=2)
