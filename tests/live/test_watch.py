@@ -22,6 +22,7 @@ from zarrstain import datasets
 from zarrstain.engine.pipeline import plan_prediction
 from zarrstain.errors import ChannelExistsError, ParameterError, UnsupportedError
 from zarrstain.live import time_statistics, watch
+from zarrstain.live.output import predicted_time_points
 from zarrstain.testing import assert_valid_store
 
 WRITER = Path(__file__).with_name("stream_writer.py")
@@ -121,14 +122,15 @@ def test_a_growing_plate_is_stained_field_by_field(references, tmp_path, model3d
     assert_valid_store(out, schema_dir)
 
 
-def test_an_acquire_zarr_stream_is_stained_while_it_grows(references, tmp_path, model3d):
+@pytest.mark.parametrize("mode", ["frame", "running"])
+def test_an_acquire_zarr_stream_is_stained_while_it_grows(references, tmp_path, model3d, mode):
     pytest.importorskip("acquire_zarr")
     live, out = tmp_path / "live.zarr", tmp_path / "out.zarr"
     writer = start_writer("acquire", references["0.5"], live, tmp_path, interval=0.4)
     times = []
     try:
         result = watch(live, model3d, out=out, idle_timeout=60, halo="exact",
-                       input_channels={"BF": "0"}, statistics="running",
+                       input_channels={"BF": "0"}, statistics=mode,
                        progress=lambda e: times.append(time.time()))  # fmt: skip
     finally:
         writer.wait(timeout=60)
@@ -137,10 +139,14 @@ def test_an_acquire_zarr_stream_is_stained_while_it_grows(references, tmp_path, 
     closed = writer_log(tmp_path)[-1]["closed"]
     assert times[0] < closed  # predictions were readable while the writer still wrote
     scene = zarrstain.open_image(live)
-    frames = zarrstain.normalization_stats(scene.sel(c=["0"]), "center").compute()
-    finished = zarrstain.predict(scene, model3d, halo="exact", input_channels={"BF": "0"},
-                                 stats=time_statistics(frames, "running"))  # fmt: skip
-    assert_same(predicted(out), finished.values[:, 0])
+    if mode == "frame":  # zarrstain predict (the store-to-store pipeline) on the finished one
+        expected = predict_finished(live, model3d, tmp_path, input_channels={"BF": "0"})
+        assert_same(predicted(out), predicted(expected))
+    else:  # the same statistics given to zarrstain.predict
+        frames = zarrstain.normalization_stats(scene.sel(c=["0"]), "center").compute()
+        finished = zarrstain.predict(scene, model3d, halo="exact", input_channels={"BF": "0"},
+                                     stats=time_statistics(frames, mode))  # fmt: skip
+        assert_same(predicted(out), finished.values[:, 0])
     # the scales the writer declared, adopted once its metadata appeared
     assert zarrstain.open_image(out).attrs["scale"] == scene.attrs["scale"]
     assert scene.attrs["scale"]["z"] == 2.0
@@ -284,10 +290,18 @@ def test_refusals_leave_nothing_behind(references, tmp_path, model3d):
         watch(live, model3d, out=tmp_path / "o.zarr", until=2, halo="exact", statistics="running")
 
 
-def test_nothing_to_follow_yet_ends_after_the_idle_timeout(tmp_path, model3d):
+def test_nothing_to_follow_yet_ends_after_the_idle_timeout(tmp_path, model3d, caplog):
     result = watch(tmp_path / "not-yet.zarr", model3d, out=tmp_path / "o.zarr", idle_timeout=0.5)
     assert result.ended == "idle" and result.time_points == {}
     assert not (tmp_path / "o.zarr").exists()
+    # a folder that is no OME-Zarr (yet): said once, and again when the run ends
+    (tmp_path / "not-ome.zarr").mkdir()
+    with caplog.at_level(logging.WARNING, logger="zarrstain.live"):
+        result = watch(tmp_path / "not-ome.zarr", model3d, out=tmp_path / "o.zarr",
+                       idle_timeout=1.5, poll=0.05)  # fmt: skip
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("not readable yet" in m for m in messages) == 1
+    assert any("nothing could be followed" in m for m in messages)
 
 
 def test_the_cli_follows_a_store_and_prints_what_it_did(references, tmp_path, model3d):
@@ -302,6 +316,7 @@ def test_the_cli_follows_a_store_and_prints_what_it_did(references, tmp_path, mo
     args = ["watch", str(live), "-m", str(tmp_path / "model"), "--out", str(out), "--until", "3"]
     run = CliRunner().invoke(cli, [*args, "--json"])
     assert run.exit_code == 0, run.output
+    assert "watching: 3 time point(s) predicted, lag 0, latency" in run.stderr  # progress
     summary = json.loads(run.stdout)
     assert summary["ended"] == "count" and summary["time_points"] == {"": 3}
     run = CliRunner().invoke(cli, [*args[:-1], "4"])  # continues
@@ -336,3 +351,44 @@ def test_in_place_where_the_writer_allocated_the_whole_acquisition(
     assert_valid_store(live, schema_dir)
     # restarted: everything is there already
     assert watch(live, model, until=T, halo="exact").written == {}
+
+
+def test_ctrl_c_ends_the_cli_with_a_complete_output_that_a_rerun_continues(
+    references, tmp_path, model3d
+):
+    from zarrstain.models import save_model
+
+    live, out = tmp_path / "live.zarr", tmp_path / "out.zarr"
+    save_model(model3d, tmp_path / "model")
+    writer = start_writer("zarr", references["0.5"], live, tmp_path, interval=0.5)
+    cmd = [sys.executable, "-m", "zarrstain.cli.main", "watch", str(live), "-m",
+           str(tmp_path / "model"), "--out", str(out), "--until", str(T),
+           "--halo", "exact"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    meta = out / "zarr.json"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (
+            meta.exists() and "multiscales" in meta.read_text()
+        ):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        writer.wait(timeout=60)
+    assert proc.returncode == 130 and "stopped (Ctrl-C)" in stderr, stderr
+    before = predicted_time_points(zarr.open_group(out), "out")
+    assert 1 <= before < T
+    result = watch(live, model3d, out=out, until=T, halo="exact")
+    assert result.written == {"": T - before}
+    assert_same(predicted(out), predicted(predict_finished(live, model3d, tmp_path)))
+
+
+def test_a_stop_event_ends_a_run_from_another_thread(tmp_path, model3d):
+    import threading
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    result = watch(tmp_path / "not-yet.zarr", model3d, out=tmp_path / "o.zarr", stop=stop)
+    assert result.ended == "stopped" and time.monotonic() - started < 5

@@ -240,11 +240,14 @@ class Follower:
         try:
             snap = scan(self.store, self.scenes, final=final, storage_options=self.storage_options)
         except (StoreNotFoundError, NotOmeZarrError, MetadataError) as exc:
-            # the writer is creating the store (groups before their metadata): look again;
-            # metadata that stay broken are reported
+            # the writer is creating the store (groups before their metadata; acquire-zarr
+            # writes an array's metadata after its first time point): look again. Metadata of
+            # a store followed already that stay broken are raised; before that, said once.
             self._failures += 1
             if self.state and self._failures > RETRIES:
                 raise
+            if self._failures == RETRIES and not isinstance(exc, StoreNotFoundError):
+                logger.warning("%s: not readable yet (%s); waiting for its writer", self.where, exc)
             self._problem = str(exc)
             logger.debug("%s: nothing to follow yet (%s)", self.where, exc)
             return None
