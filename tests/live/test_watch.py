@@ -39,10 +39,11 @@ def references(tmp_path_factory):
                                      ngff_version=version, seed=1)
         for version in ("0.4", "0.5")
     }  # fmt: skip
-    refs["plate"] = datasets.make_plate(
-        base / "plate.zarr", rows=("A",), columns=("1", "2"), fields=1, shape=(3, 8, 32, 32),
-        ngff_version="0.4", seed=2,
-    )  # fmt: skip
+    for version in ("0.4", "0.5"):
+        refs["plate", version] = datasets.make_plate(
+            base / f"plate{version}.zarr", rows=("A",), columns=("1", "2"), fields=1,
+            shape=(3, 8, 32, 32), ngff_version=version, seed=2,
+        )  # fmt: skip
     return refs
 
 
@@ -108,9 +109,12 @@ def test_a_growing_image_is_stained_as_predict_stains_the_finished_one(
     ]
 
 
-def test_a_growing_plate_is_stained_field_by_field(references, tmp_path, model3d, schema_dir):
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_a_growing_plate_is_stained_field_by_field(
+    references, tmp_path, model3d, schema_dir, version
+):
     live, out = tmp_path / "live.zarr", tmp_path / "out.zarr"
-    writer = start_writer("zarr", references["plate"], live, tmp_path, interval=0.2)
+    writer = start_writer("zarr", references["plate", version], live, tmp_path, interval=0.2)
     try:
         result = watch(live, model3d, out=out, until=3, idle_timeout=60, halo="exact")
     finally:
