@@ -187,7 +187,7 @@ class Follower:
                 logger.info("%s: the writer closed the stream", self.where)
                 final = True
                 snap = self._scan(final)
-                if self.root is not None:
+                if snap is not None and self.root is not None and "" in snap.scenes:
                     adopt_metadata(self.root, snap.scenes[""].ome, self.out_where)
             if snap is not None:
                 self.provisional = snap.provisional
