@@ -15,7 +15,7 @@ import click
 
 from zarrstain.progress import ProgressEvent
 
-__all__ = ["Progress", "StageProgress"]
+__all__ = ["LiveProgress", "Progress", "StageProgress"]
 
 #: without a TTY, a line at least this often (seconds) ...
 INTERVAL = 60.0
@@ -135,3 +135,38 @@ class StageProgress:
         """End every stage's bar."""
         for shown in self.shown.values():
             shown.finish()
+
+
+#: without a TTY, a watch progress line at most this often (seconds)
+LIVE_INTERVAL = 30.0
+
+
+class LiveProgress:
+    """Time points done, lag, latency and rate of a watch run, on one line of stderr (a
+    terminal) or a line every :data:`LIVE_INTERVAL` seconds (a log)."""
+
+    def __init__(self, quiet: bool, tty: bool | None = None) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self._last = 0.0
+        self._drawn = False
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.quiet:
+            return
+        info = event.info
+        text = (
+            f"watching: {event.done} time point(s) predicted, lag {int(info.get('lag', 0))}, "
+            f"latency {info.get('latency', 0.0):.2f} s, {info.get('rate', 0.0):.2f} time points/s"
+        )
+        if self.tty:
+            click.echo("\r" + text.ljust(78), nl=False, err=True)
+            self._drawn = True
+        elif not self._last or time.monotonic() - self._last >= LIVE_INTERVAL:
+            self._last = time.monotonic()
+            click.echo(text, err=True)
+
+    def finish(self) -> None:
+        """End the line."""
+        if self._drawn:
+            click.echo("", err=True)

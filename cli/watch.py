@@ -4,53 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
 import click
 
 from zarrstain.engine.options import NORMALIZATIONS, PRECISION_NAMES
-from zarrstain.progress import ProgressEvent
 
 from .family import FamilyCommand
 from .output import _quiet, _say
 from .params import DEVICE, json_option, model_option, out_option, scenes_option
+from .progress import LiveProgress
 
 __all__ = ["watch"]
-
-#: without a TTY, a progress line at most this often (seconds)
-INTERVAL = 30.0
-
-
-class LiveProgress:
-    """Time points done, lag, latency and rate of a watch run, on one line of stderr (a
-    terminal) or a line every :data:`INTERVAL` seconds (a log)."""
-
-    def __init__(self, quiet: bool, tty: bool | None = None) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty() if tty is None else tty
-        self._last = 0.0
-        self._drawn = False
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if self.quiet:
-            return
-        info = event.info
-        text = (
-            f"watching: {event.done} time point(s) predicted, lag {int(info.get('lag', 0))}, "
-            f"latency {info.get('latency', 0.0):.2f} s, {info.get('rate', 0.0):.2f} time points/s"
-        )
-        if self.tty:
-            click.echo("\r" + text.ljust(78), nl=False, err=True)
-            self._drawn = True
-        elif not self._last or time.monotonic() - self._last >= INTERVAL:
-            self._last = time.monotonic()
-            click.echo(text, err=True)
-
-    def finish(self) -> None:
-        """End the line."""
-        if self._drawn:
-            click.echo("", err=True)
 
 
 @click.command(cls=FamilyCommand)

@@ -396,3 +396,18 @@ def test_a_stop_event_ends_a_run_from_another_thread(tmp_path, model3d):
     started = time.monotonic()
     result = watch(tmp_path / "not-yet.zarr", model3d, out=tmp_path / "o.zarr", stop=stop)
     assert result.ended == "stopped" and time.monotonic() - started < 5
+
+
+def test_a_running_mean_continues_across_a_restart(references, tmp_path, model3d):
+    live, out = tmp_path / "live.zarr", tmp_path / "out.zarr"
+    start_writer("zarr", references["0.4"], live, tmp_path, interval=0.01).wait(timeout=60)
+    watch(live, model3d, out=out, until=2, halo="exact", statistics="running")
+    # the restarted run reads the statistics of time points 0-1 again, not their predictions
+    assert watch(live, model3d, out=out, until=T, halo="exact", statistics="running").written == {
+        "": T - 2
+    }
+    scene = zarrstain.open_image(live)
+    frames = zarrstain.normalization_stats(scene.sel(c=["BF"]), "center").compute()
+    finished = zarrstain.predict(scene, model3d, halo="exact",
+                                 stats=time_statistics(frames, "running"))  # fmt: skip
+    assert_same(predicted(out), finished.values[:, 0])

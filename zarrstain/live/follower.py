@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
@@ -132,6 +133,8 @@ class Follower:
         dtype: np.dtype | None,
         scenes: list[str] | None,
         storage_options: dict[str, Any] | None,
+        until: int | None = None,
+        latency_target: float | None = None,
     ) -> None:
         self.store, self.model, self.out, self.mode = store, model, out, mode
         self.options, self.dtype, self.scenes = options, dtype, scenes
@@ -153,15 +156,13 @@ class Follower:
         }  # fmt: skip
         self.key = tokenize(json.dumps(decides, sort_keys=True, default=str))
         self.state: dict[str, _Scene] = {}
-        self.until: int | None = None
-        self.latency_target: float | None = None
+        self.until, self.latency_target = until, latency_target
         self._late = False  # the latency target was missed and not met since
         self.root: Any = None
         self.result = WatchResult(self.out_where)
         self.provisional = False
         self._lag_warned = 0
         self._started = time.monotonic()
-        self._busy = 0.0  # seconds spent predicting and writing
         self._failures = 0  # polls in a row whose store could not be read
         self._problem: str | None = None  # why, the last time
 
@@ -169,7 +170,6 @@ class Follower:
 
     def run(
         self,
-        until: int | None,
         idle_timeout: float | None,
         poll: float,
         max_batch: int,
@@ -177,7 +177,7 @@ class Follower:
         progress: Callable[[ProgressEvent], Any] | None,
         stop: threading.Event | None,
     ) -> WatchResult:
-        self.until = until
+        until = self.until
         last_new = time.monotonic()
         final = False
         while True:
@@ -191,17 +191,17 @@ class Follower:
                     adopt_metadata(self.root, snap.scenes[""].ome, self.out_where)
             if snap is not None:
                 self.provisional = snap.provisional
-                if self._note_complete(snap, until):
+                if self._note_complete(snap):
                     last_new = time.monotonic()
             did = False
             for sid, st in snap.scenes.items() if snap else ():
-                target = st.complete if until is None else min(st.complete, until)
+                target = self._target(st)
                 s = self.state[sid]
                 if target > s.done:
                     t1 = min(target, s.done + max_batch)
                     self._predict(snap, st, s.done, t1)
                     did = True
-                    self._report(snap, until, progress, max_lag)
+                    self._report(snap, progress, max_lag)
                 if stop is not None and stop.is_set():
                     break
             if stop is not None and stop.is_set():
@@ -226,7 +226,6 @@ class Follower:
         if not self.state and self._problem:
             logger.warning("%s: nothing could be followed: %s", self.where, self._problem)
         self.result.ended = reason
-        self.result.busy_s = self._busy
         self.result.time_points = {sid: s.done for sid, s in self.state.items()}
         n = sum(self.result.written.values())
         logger.info(
@@ -264,13 +263,16 @@ class Follower:
                 )
         return snap
 
-    def _note_complete(self, snap: Snapshot, until: int | None) -> bool:
+    def _target(self, st: SceneState) -> int:
+        """The time points of a scene to predict: those complete, up to ``until``."""
+        return st.complete if self.until is None else min(st.complete, self.until)
+
+    def _note_complete(self, snap: Snapshot) -> bool:
         """Record when time points were first found complete; whether any was new."""
         now, new = time.monotonic(), False
         for sid, st in snap.scenes.items():
             s = self.state[sid]
-            top = st.complete if until is None else min(st.complete, until)
-            for t in range(max(s.done, max(s.seen, default=-1) + 1), top):
+            for t in range(max(s.done, max(s.seen, default=-1) + 1), self._target(st)):
                 s.seen[t] = now
                 new = True
         return new
@@ -281,9 +283,14 @@ class Follower:
         start = time.monotonic()
         s = self.state[st.scene]
         scene = image_to_dataarray(st.group, st.meta, 0, scene=st.scene, store=self.location)
-        sub = scene.isel(t=slice(t0, t1))
-        stats = self._statistics(scene, s, t0, t1)
-        pred = predict(sub, self.model, stats=stats, predict_options=self.options)
+        chosen = select_inputs(scene.coords["c"].values, self.model, self.options.input_channels)
+        # the batch's inputs read once, for the statistics and the model alike (their chunks
+        # kept: the blocks are planned as zarrstain predict plans them)
+        inputs = scene.sel(c=chosen).isel(t=slice(t0, t1))
+        inputs = inputs.copy(data=da.from_array(inputs.values, chunks=inputs.data.chunks,
+                                                name=False))  # fmt: skip
+        stats = self._statistics(scene, inputs, s, t0)
+        pred = predict(inputs, self.model, stats=stats, predict_options=self.options)
         record = {**pred.attrs["zarrstain"], "live": {"statistics": self.mode.spec,
                                                       "key": self.key}}  # fmt: skip
         where = f"{self.out_where}/{st.gpath}" if st.gpath else self.out_where
@@ -293,7 +300,7 @@ class Follower:
             self._write_out(snap, st, pred.data, record, t0, where, s.created)
         s.created, s.done = True, t1
         now = time.monotonic()
-        self._busy += now - start
+        self.result.busy_s += now - start
         latencies = [now - s.seen.pop(t, start) for t in range(t0, t1)]
         self.result.latencies.extend(latencies)
         self._check_latency(where, t0, max(latencies), now - start, t1 - t0)
@@ -350,26 +357,31 @@ class Follower:
                 made = [sid for sid, x in self.state.items() if x.created] + [st.scene]
                 write_collection_metadata(fresh, snap.opened.root, snap.opened.layout, made)
 
-    def _statistics(self, scene: xr.DataArray, s: _Scene, t0: int, t1: int) -> xr.Dataset | None:
-        """The normalization statistics of time points ``t0:t1`` under the run's mode."""
+    def _statistics(
+        self, scene: xr.DataArray, inputs: xr.DataArray, s: _Scene, t0: int
+    ) -> xr.Dataset | None:
+        """The normalization statistics of ``inputs`` (time points ``t0:t1`` of ``scene``'s
+        input channels, in memory) under the run's mode."""
         if self.method is None:
             return None
-        chosen = select_inputs(scene.coords["c"].values, self.model, self.options.input_channels)
         args = normalization_args(self.model, self.method)
-        inputs = scene.sel(c=chosen)
+        t1, chosen = t0 + inputs.sizes["t"], list(inputs.coords["c"].values)
         if not self.mode.reads_frames:  # fixed: nothing read from the stream
-            sub = inputs.isel(t=slice(t0, t1))
             zeros = np.zeros((t1 - t0, len(chosen)))
             frames = xr.Dataset(
                 {"offset": (("t", "c"), zeros), "scale": (("t", "c"), zeros)},
-                coords={"c": chosen}, attrs=stats_params(sub, self.method, **args),
+                coords={"c": chosen}, attrs=stats_params(inputs, self.method, **args),
             )  # fmt: skip
             return time_statistics(frames, self.mode)
-        first = len(s.offsets) if self.mode.history else t0
-        frames = normalization_stats(inputs.isel(t=slice(first, t1)), self.method, **args)
-        frames = frames.compute()
+        frames = normalization_stats(inputs, self.method, **args).compute()
         if not self.mode.history:
             return frames  # each time point its own: zarrstain predict's statistics
+        if len(s.offsets) < t0:  # resumed: the time points an earlier run predicted, read once
+            earlier = scene.sel(c=chosen).isel(t=slice(len(s.offsets), t0))
+            before = normalization_stats(earlier, self.method, **args).compute()
+            s.offsets.extend(before["offset"].values)
+            s.scales.extend(before["scale"].values)
+        del s.offsets[t0:], s.scales[t0:]  # (a batch that failed before is computed again)
         s.offsets.extend(frames["offset"].values)
         s.scales.extend(frames["scale"].values)
         every = xr.Dataset(
@@ -450,16 +462,15 @@ class Follower:
     def _report(
         self,
         snap: Snapshot,
-        until: int | None,
         progress: Callable[[ProgressEvent], Any] | None,
         max_lag: int,
     ) -> None:
         lag = 0
         for sid, st in snap.scenes.items():
-            top = st.complete if until is None else min(st.complete, until)
-            lag += max(top - self.state[sid].done, 0)
+            lag += max(self._target(st) - self.state[sid].done, 0)
         done = sum(self.result.written.values())
-        rate = done / self._busy if self._busy > 0 else 0.0
+        busy = self.result.busy_s
+        rate = done / busy if busy > 0 else 0.0
         if lag > max_lag and lag >= 2 * self._lag_warned:
             self._lag_warned = lag
             elapsed = time.monotonic() - self._started

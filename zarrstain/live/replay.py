@@ -18,52 +18,37 @@ from typing import Any
 
 import zarr
 
+from zarrstain.io.opened import OpenStore, open_store
+
 __all__ = ["replay"]
 
 logger = logging.getLogger(__name__)
 
 
-def _ome(group: zarr.Group) -> dict[str, Any]:
-    attrs = group.attrs.asdict()
-    return attrs.get("ome", attrs)
-
-
-def _images(root: zarr.Group) -> list[str]:
-    """Image group paths of a store (its root, or a plate's fields)."""
-    ome = _ome(root)
-    if "plate" not in ome:
-        return [""]
-    return [
-        f"{well['path']}/{img['path']}"
-        for well in ome["plate"]["wells"]
-        for img in _ome(root[well["path"]])["well"]["images"]
-    ]
-
-
 def _prepare(
-    ref: zarr.Group, live: zarr.Group, preallocate: bool
+    ref: OpenStore, live: zarr.Group, preallocate: bool
 ) -> dict[str, list[tuple[Any, Any]]]:
     """Every group with its metadata, every level array with 0 time points (or all of them,
     ``preallocate``); (source, target) level pairs per image."""
     arrays: dict[str, list[tuple[Any, Any]]] = {}
-    v3 = ref.metadata.zarr_format == 3
-    for path in _images(ref):
-        src = ref[path] if path else ref
+    v3 = ref.root.metadata.zarr_format == 3
+    for path in ref.layout.scenes.values():
+        src = ref.group(path)
         parts = path.split("/") if path else []
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
-            live.require_group(parent).attrs.put(ref[parent].attrs.asdict())
+            live.require_group(parent).attrs.put(ref.root[parent].attrs.asdict())
         dst = live.require_group(path) if path else live
         dst.attrs.put(src.attrs.asdict())
         arrays[path] = []
-        for dataset in _ome(src)["multiscales"][0]["datasets"]:
-            a = src[dataset["path"]]
+        for level in ref.meta(path).levels:
+            a = src[level.path]
             kwargs = {"dimension_names": a.metadata.dimension_names} if v3 else {}
             shape = a.shape if preallocate else (0, *a.shape[1:])
-            b = dst.create_array(dataset["path"], shape=shape, chunks=a.chunks,
+            b = dst.create_array(level.path, shape=shape, chunks=a.chunks,
                                  dtype=a.dtype, fill_value=a.fill_value, **kwargs)  # fmt: skip
             arrays[path].append((a, b))
-    live.attrs.put(ref.attrs.asdict())  # the plate (or image) metadata last, as writers do
+    live.attrs.put(ref.root.attrs.asdict())  # the plate (or image) metadata last, as writers do
     return arrays
 
 
@@ -96,8 +81,8 @@ def replay(
     on_written
         Called with ``(t, time.time())`` once every chunk of time point ``t`` is written.
     """
-    ref = zarr.open_group(reference, mode="r")
-    target = zarr.open_group(live, mode="w", zarr_format=ref.metadata.zarr_format)
+    ref = open_store(reference, "r")
+    target = zarr.open_group(live, mode="w", zarr_format=ref.root.metadata.zarr_format)
     arrays = _prepare(ref, target, preallocate)
     n_t = next(iter(arrays.values()))[0][0].shape[0]
     start = time.monotonic()

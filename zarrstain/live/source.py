@@ -20,7 +20,7 @@ from typing import Any
 
 import zarr
 
-from zarrstain.errors import NotOmeZarrError, StoreNotFoundError, UnsupportedError, ZarrstainError
+from zarrstain.errors import NotOmeZarrError, UnsupportedError
 from zarrstain.io.channels import INCOMPLETE_SUFFIX
 from zarrstain.io.growth import complete_time_points
 from zarrstain.io.layout import select_scenes
@@ -169,11 +169,7 @@ def _provisional(
         try:
             extra = {"storage_options": storage_options} if storage_options else {}
             arr = zarr.open_array(store=path, path=str(len(levels)), mode="r", **extra)
-        except (FileNotFoundError, KeyError, ValueError, TypeError, zarr.errors.ArrayNotFoundError):
-            break
-        except Exception as exc:  # zarr's errors for "no array here" vary by version
-            if "not found" not in str(exc).lower():
-                raise
+        except (FileNotFoundError, KeyError, ValueError):  # no array (metadata) there (yet)
             break
         levels.append(arr)
     if not levels:
@@ -207,14 +203,3 @@ def _provisional(
     canonical_dims(axes)  # (checks the names)
     meta = ImageMeta("", version, axes, tuple(ome_levels), None, None)
     return meta, (version, {"multiscales": [ms]}), levels[0]
-
-
-def wait_for(path: Any, storage_options: dict[str, Any] | None = None) -> bool:
-    """Whether anything a scan could follow exists at ``path`` yet."""
-    try:
-        scan(path, storage_options=storage_options)
-    except (StoreNotFoundError, NotOmeZarrError):
-        return False
-    except ZarrstainError:
-        return True
-    return True

@@ -161,10 +161,9 @@ def watch(
         store, model, out, LiveStatistics.parse(statistics), o,
         None if dtype is None else np.dtype(dtype),
         [scenes] if isinstance(scenes, str) else (list(scenes) if scenes else None),
-        storage_options,
+        storage_options, until, latency_target,
     )  # fmt: skip
-    follower.latency_target = latency_target
-    return follower.run(until, idle_timeout, poll, max_batch, max_lag, progress, stop)
+    return follower.run(idle_timeout, poll, max_batch, max_lag, progress, stop)
 
 
 def _check_positive(**values: int | None) -> None:
